@@ -1,0 +1,3 @@
+fn main() {
+    println!("start_server {}", env!("CARGO_PKG_VERSION"));
+}
