@@ -34,7 +34,7 @@ header:
 	SERVER_STARTER_UPDATE_HEADER=1 $(CARGO) build --lib
 
 test: all examples
-	START_SERVER=$(CURDIR)/$(BIN) $(CARGO) test --release --locked -- --test-threads=8
+	START_SERVER=$(CURDIR)/$(BIN) $(CARGO) test --locked -- --test-threads=8
 
 clean:
 	$(CARGO) clean

@@ -10,8 +10,8 @@
 
 #include <stddef.h>
 
-/*
- Version of the library, as numbers (also in `server_starter_version()`).
+/**
+ * Version of the library, as numbers (also in `server_starter_version()`).
  */
 #define SERVER_STARTER_VERSION_MAJOR 0
 
@@ -23,8 +23,8 @@
 extern "C" {
 #endif // __cplusplus
 
-/*
- The library's version as a NUL-terminated string, e.g. "0.1.0". Never NULL.
+/**
+ * The library's version as a NUL-terminated string, e.g. "0.1.0". Never NULL.
  */
 const char *server_starter_version(void);
 
