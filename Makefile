@@ -2,14 +2,24 @@
 #
 #   make                 static musl start_server, libserver_starter.{a,so}, the header
 #   make test            every test (what CI runs)
-#   make examples        the C, Go and Python examples, built against build/stage
-#   make bench           benchmarks beside the Perl original
+#   make examples        the C, Go and Python examples, built against an installed
+#                        copy of the library staged in build/stage (see below)
 #   make install PREFIX=/usr/local DESTDIR=
+#   make uninstall PREFIX=/usr/local DESTDIR=    removes exactly what install put there
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
 CARGO   ?= cargo
+CC      ?= cc
+GO      ?= go
+PKG_CONFIG ?= pkg-config
 MUSL    := x86_64-unknown-linux-musl
+
+BINDIR        = $(PREFIX)/bin
+LIBDIR        = $(PREFIX)/lib
+INCLUDEDIR    = $(PREFIX)/include
+PKGCONFIGDIR  = $(LIBDIR)/pkgconfig
+MANDIR        = $(PREFIX)/share/man
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 MAJOR   := $(word 1,$(subst ., ,$(VERSION)))
@@ -18,8 +28,21 @@ BIN     := target/$(MUSL)/release/start_server
 LIBA    := target/release/libserver_starter.a
 LIBSO   := target/release/libserver_starter.so
 HEADER  := include/server_starter.h
+MAN1    := man/start_server.1
+MAN3    := man/server_starter.3
 
-.PHONY: all bin lib header test examples bench install uninstall clean
+SONAME  := libserver_starter.so.$(MAJOR)
+SOFILE  := libserver_starter.so.$(VERSION)
+
+# What a C program linking libserver_starter.a also needs: Rust's std pulls in
+# these system libraries. Asked of rustc (an empty staticlib prints them), with
+# the list known for linux-gnu as the fallback when rustc cannot be asked.
+NATIVE_LIBS_KNOWN := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+NATIVE_LIBS = $(or $(shell mkdir -p build/probe && \
+	rustc --print native-static-libs --crate-type staticlib --crate-name probe \
+	      --out-dir build/probe - </dev/null 2>&1 | sed -n 's/^note: native-static-libs: //p'),$(NATIVE_LIBS_KNOWN))
+
+.PHONY: all bin lib header test examples stage install uninstall clean
 
 all: bin lib
 
@@ -35,6 +58,96 @@ header:
 
 test: all examples
 	START_SERVER=$(CURDIR)/$(BIN) $(CARGO) test --locked -- --test-threads=8
+
+build/server_starter.pc: server_starter.pc.in Cargo.toml Makefile
+	@mkdir -p build
+	sed -e 's|@PREFIX@|$(PREFIX)|g' \
+	    -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
+	    -e 's|@VERSION@|$(VERSION)|g' \
+	    -e 's|@LIBS_PRIVATE@|$(NATIVE_LIBS)|g' \
+	    $< > $@.tmp
+	mv $@.tmp $@
+
+# The .pc file bakes in PREFIX, so it is regenerated on every install: the
+# staged install (PREFIX=/usr) and a real one may differ.
+install: all
+	@rm -f build/server_starter.pc
+	$(MAKE) --no-print-directory build/server_starter.pc PREFIX='$(PREFIX)'
+	install -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(INCLUDEDIR)' \
+	           '$(DESTDIR)$(PKGCONFIGDIR)' '$(DESTDIR)$(MANDIR)/man1'
+	install -p -m 755 $(BIN) '$(DESTDIR)$(BINDIR)/start_server'
+	install -p -m 644 $(LIBA) '$(DESTDIR)$(LIBDIR)/libserver_starter.a'
+	install -p -m 755 $(LIBSO) '$(DESTDIR)$(LIBDIR)/$(SOFILE)'
+	ln -sf $(SOFILE) '$(DESTDIR)$(LIBDIR)/$(SONAME)'
+	ln -sf $(SONAME) '$(DESTDIR)$(LIBDIR)/libserver_starter.so'
+	install -p -m 644 $(HEADER) '$(DESTDIR)$(INCLUDEDIR)/server_starter.h'
+	install -p -m 644 build/server_starter.pc '$(DESTDIR)$(PKGCONFIGDIR)/server_starter.pc'
+	install -p -m 644 $(MAN1) '$(DESTDIR)$(MANDIR)/man1/start_server.1'
+	if [ -f $(MAN3) ]; then \
+	  install -d '$(DESTDIR)$(MANDIR)/man3' && \
+	  install -p -m 644 $(MAN3) '$(DESTDIR)$(MANDIR)/man3/server_starter.3'; \
+	fi
+
+uninstall:
+	rm -f '$(DESTDIR)$(BINDIR)/start_server' \
+	      '$(DESTDIR)$(LIBDIR)/libserver_starter.a' \
+	      '$(DESTDIR)$(LIBDIR)/$(SOFILE)' \
+	      '$(DESTDIR)$(LIBDIR)/$(SONAME)' \
+	      '$(DESTDIR)$(LIBDIR)/libserver_starter.so' \
+	      '$(DESTDIR)$(INCLUDEDIR)/server_starter.h' \
+	      '$(DESTDIR)$(PKGCONFIGDIR)/server_starter.pc' \
+	      '$(DESTDIR)$(MANDIR)/man1/start_server.1' \
+	      '$(DESTDIR)$(MANDIR)/man3/server_starter.3'
+
+# ---------------------------------------------------------------------------
+# Examples, built the way a user would build them: against an installed
+# library, found through pkg-config. The install is staged under build/stage
+# with PREFIX=/usr, and PKG_CONFIG_SYSROOT_DIR maps the .pc file's /usr paths
+# into the stage.
+
+STAGE        := $(CURDIR)/build/stage
+STAGE_PREFIX := /usr
+STAGE_LIBDIR  = $(STAGE)$(STAGE_PREFIX)/lib
+EXAMPLES     := $(CURDIR)/build/examples
+PKG_ENV       = PKG_CONFIG_PATH='$(STAGE_LIBDIR)/pkgconfig' PKG_CONFIG_LIBDIR='$(STAGE_LIBDIR)/pkgconfig' \
+                PKG_CONFIG_SYSROOT_DIR='$(STAGE)'
+EXAMPLE_CFLAGS ?= -O2 -g -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE
+
+C_EXAMPLES := echo http
+EXAMPLE_OUTPUTS := $(foreach e,$(C_EXAMPLES),build/examples/$(e)-static build/examples/$(e)-shared) \
+                   build/examples/go-worker build/examples/python/worker.py
+
+examples: stage
+	$(MAKE) --no-print-directory $(EXAMPLE_OUTPUTS)
+
+stage:
+	$(MAKE) --no-print-directory install DESTDIR='$(STAGE)' PREFIX=$(STAGE_PREFIX)
+
+# Static: libserver_starter.a is linked in (picked by its file name, since the
+# .so beside it would otherwise win), libc and the rest stay shared.
+build/examples/%-static: c-examples/%.c $(STAGE_LIBDIR)/libserver_starter.a
+	@mkdir -p $(@D)
+	$(CC) $(EXAMPLE_CFLAGS) $$($(PKG_ENV) $(PKG_CONFIG) --cflags server_starter) -o $@ $< \
+	  $$($(PKG_ENV) $(PKG_CONFIG) --static --libs server_starter | sed 's/-lserver_starter\b/-l:libserver_starter.a/')
+
+# Shared: found at run time through the rpath, so no LD_LIBRARY_PATH is needed.
+build/examples/%-shared: c-examples/%.c $(STAGE_LIBDIR)/$(SOFILE)
+	@mkdir -p $(@D)
+	$(CC) $(EXAMPLE_CFLAGS) $$($(PKG_ENV) $(PKG_CONFIG) --cflags server_starter) -o $@ $< \
+	  $$($(PKG_ENV) $(PKG_CONFIG) --libs server_starter) -Wl,-rpath,'$(STAGE_LIBDIR)'
+
+# Go: offline (no dependencies in go.mod), caches kept under build/.
+build/examples/go-worker: c-examples/go/main.go c-examples/go/go.mod $(STAGE_LIBDIR)/$(SOFILE)
+	@mkdir -p $(@D) build/go/cache build/go/path
+	cd c-examples/go && $(PKG_ENV) CGO_ENABLED=1 GOFLAGS=-mod=mod GOPROXY=off GOTOOLCHAIN=local \
+	  GOCACHE='$(CURDIR)/build/go/cache' GOPATH='$(CURDIR)/build/go/path' \
+	  CGO_LDFLAGS='-Wl,-rpath,$(STAGE_LIBDIR)' \
+	  $(GO) build -o '$(CURDIR)/$@' .
+
+build/examples/python/worker.py: c-examples/python/worker.py
+	@mkdir -p $(@D)
+	install -p -m 755 $< $@
 
 clean:
 	$(CARGO) clean
