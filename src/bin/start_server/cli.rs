@@ -1,0 +1,331 @@
+//! The command line: every option of Server::Starter 0.35's start_server, spelled the
+//! same, as `--opt=value` or `--opt value`, and, as Getopt::Long allows, with one dash
+//! or abbreviated to any unambiguous prefix.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use getopts::{Options, ParsingStyle};
+
+use crate::port_spec::{self, PortSpec};
+use crate::signals::Signal;
+
+/// What start_server was asked to do.
+pub enum Mode {
+    Help,
+    Version,
+    Start(Config),
+    /// `--restart`: HUP the running instance and wait for its new generation.
+    Restart { pid_file: PathBuf, status_file: PathBuf },
+    /// `--stop`: TERM the running instance and wait for it to exit.
+    Stop { pid_file: PathBuf },
+}
+
+pub struct Config {
+    pub ports: Vec<PortSpec>,
+    pub paths: Vec<PathBuf>,
+    pub dir: Option<PathBuf>,
+    pub interval: Duration,
+    pub signal_on_hup: Signal,
+    pub signal_on_term: Signal,
+    pub pid_file: Option<PathBuf>,
+    pub status_file: Option<PathBuf>,
+    pub envdir: Option<PathBuf>,
+    pub log_file: Option<String>,
+    pub daemonize: bool,
+    pub enable_auto_restart: bool,
+    pub auto_restart_interval: Option<Duration>,
+    pub kill_old_delay: Option<Duration>,
+    pub backlog: i32,
+    pub command: Vec<String>,
+}
+
+/// A command-line error: the message, and the exit status the original uses for it
+/// (1 for what Getopt::Long rejects, 255 for what it dies on later).
+#[derive(Debug)]
+pub struct Error {
+    pub message: String,
+    pub status: u8,
+}
+
+fn usage(message: String) -> Error {
+    Error { message, status: 1 }
+}
+
+fn invalid(message: String) -> Error {
+    Error { message, status: 255 }
+}
+
+/// (name, takes a value)
+const OPTIONS: &[(&str, bool)] = &[
+    ("port", true),
+    ("path", true),
+    ("interval", true),
+    ("log-file", true),
+    ("pid-file", true),
+    ("dir", true),
+    ("signal-on-hup", true),
+    ("signal-on-term", true),
+    ("backlog", true),
+    ("envdir", true),
+    ("enable-auto-restart", false),
+    ("daemonize", false),
+    ("auto-restart-interval", true),
+    ("kill-old-delay", true),
+    ("status-file", true),
+    ("restart", false),
+    ("stop", false),
+    ("help", false),
+    ("version", false),
+];
+
+pub const HELP: &str = "\
+Usage: start_server [options] -- server-prog server-arg1 server-arg2 ...
+
+  # start Plack using Starlet listening at TCP port 8000
+  start_server --port=8000 -- plackup -s Starlet --max-workers=100 index.psgi
+
+A superdaemon for hot-deploying server programs: it binds the listening sockets
+once, runs the server program as a worker that inherits them (named in
+SERVER_STARTER_PORT), and on SIGHUP starts a new worker, then tells the old one
+to stop once the new one has started.
+
+Options:
+  --port=(port|host:port|[ipv6]:port)[=fd]
+                          TCP port to listen to (repeatable); a bare port binds
+                          0.0.0.0; =fd puts the socket at that descriptor; a u
+                          before the port number binds UDP (e.g. --port=u443)
+  --path=path             unix socket to listen to (repeatable)
+  --dir=path              working directory of the workers
+  --interval=seconds      how long a new worker must live to count as started,
+                          and the pace of retries (default: 1; fractions allowed)
+  --signal-on-hup=SIGNAL  signal for the old workers on SIGHUP (default: TERM)
+  --signal-on-term=SIGNAL signal for the workers on SIGTERM (default: TERM)
+  --pid-file=filename     write start_server's pid there (locked while running)
+  --status-file=filename  keep `generation:pid` lines of the workers there
+  --envdir=ENVDIR         directory of files whose first lines become environment
+                          variables, read again before every spawn (or $ENVDIR)
+  --log-file=file         append start_server's and the workers' output to file
+  --log-file=\"| cmd args\" pipe it to a command
+  --daemonize             detach (fork, setsid, fork); needs --log-file
+  --enable-auto-restart   restart the workers periodically (or $ENABLE_AUTO_RESTART)
+  --auto-restart-interval=seconds
+                          period of the automatic restart (default: 360)
+  --kill-old-delay=seconds
+                          wait before signalling the old workers (default: 5 with
+                          --enable-auto-restart, 0 otherwise)
+  --backlog=size          listen backlog (default: SOMAXCONN)
+  --restart               HUP the instance of --pid-file and wait until
+                          --status-file shows only the new generation
+  --stop                  TERM the instance of --pid-file and wait for its exit
+  --help                  print this help
+  --version               print the version number
+";
+
+pub fn parse(args: &[String]) -> Result<Mode, Error> {
+    let args = expand_abbreviations(args)?;
+    let mut opts = Options::new();
+    opts.parsing_style(ParsingStyle::StopAtFirstFree);
+    for &(name, takes_value) in OPTIONS {
+        if takes_value {
+            opts.optmulti("", name, "", "VALUE");
+        } else {
+            opts.optflagmulti("", name, "");
+        }
+    }
+    let m = opts.parse(&args).map_err(|e| usage(format!("{e} (see --help)")))?;
+    // As with Getopt::Long, a repeated option keeps its last value (but --port and
+    // --path accumulate).
+    let last = |name: &str| m.opt_strs(name).pop();
+    let path = |name: &str| last(name).map(PathBuf::from);
+
+    if m.opt_present("help") {
+        return Ok(Mode::Help);
+    }
+    if m.opt_present("version") {
+        return Ok(Mode::Version);
+    }
+    if m.opt_present("restart") {
+        return match (path("pid-file"), path("status-file")) {
+            (Some(pid_file), Some(status_file)) => Ok(Mode::Restart { pid_file, status_file }),
+            _ => Err(invalid("--restart option requires --pid-file and --status-file to be set as well".into())),
+        };
+    }
+    if m.opt_present("stop") {
+        return match path("pid-file") {
+            Some(pid_file) => Ok(Mode::Stop { pid_file }),
+            None => Err(invalid("--stop option requires --pid-file to be set as well".into())),
+        };
+    }
+
+    let daemonize = m.opt_present("daemonize");
+    let log_file = last("log-file");
+    if daemonize && log_file.is_none() {
+        return Err(invalid("--log-file option must be specified together with --daemonize".into()));
+    }
+    let ports = m.opt_strs("port").iter().map(|p| port_spec::parse(p)).collect::<Result<_, _>>().map_err(invalid)?;
+    let signal = |name: &str| {
+        last(name)
+            .map(|s| Signal::parse(&s).map_err(|e| invalid(format!("--{name}: {e}"))))
+            .unwrap_or(Ok(Signal::term()))
+    };
+    let seconds = |name: &str| last(name).map(|s| parse_seconds(name, &s)).transpose();
+    let backlog = match last("backlog") {
+        None => libc::SOMAXCONN,
+        Some(text) => match text.trim().parse::<i32>() {
+            // The original treats 0 as "not given".
+            Ok(0) => libc::SOMAXCONN,
+            Ok(n) if n > 0 => n,
+            _ => return Err(invalid(format!("invalid --backlog value {text:?}: expected a positive number"))),
+        },
+    };
+    let dir = path("dir");
+    if let Some(dir) = &dir {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(invalid(format!("--dir {}: not a directory", dir.display()))),
+            Err(e) => return Err(invalid(format!("--dir {}: {e}", dir.display()))),
+        }
+    }
+    let config = Config {
+        ports,
+        paths: m.opt_strs("path").into_iter().map(PathBuf::from).collect(),
+        dir,
+        interval: seconds("interval")?.unwrap_or(Duration::from_secs(1)),
+        signal_on_hup: signal("signal-on-hup")?,
+        signal_on_term: signal("signal-on-term")?,
+        pid_file: path("pid-file"),
+        status_file: path("status-file"),
+        envdir: path("envdir"),
+        log_file,
+        daemonize,
+        enable_auto_restart: m.opt_present("enable-auto-restart"),
+        auto_restart_interval: seconds("auto-restart-interval")?,
+        kill_old_delay: seconds("kill-old-delay")?,
+        backlog,
+        command: m.free.clone(),
+    };
+    if config.command.is_empty() {
+        return Err(invalid("server program not specified".into()));
+    }
+    Ok(Mode::Start(config))
+}
+
+/// A non-negative number of seconds, fractions allowed (`0.25`).
+pub fn parse_seconds(name: &str, text: &str) -> Result<Duration, Error> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| invalid(format!("invalid --{name} value {text:?}: expected a number of seconds")))
+}
+
+/// Rewrites `-name`, and any unambiguous prefix of a long option, to `--full-name`,
+/// up to the first argument that is not an option (the server command).
+fn expand_abbreviations(args: &[String]) -> Result<Vec<String>, Error> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--" || !arg.starts_with('-') || arg == "-" {
+            out.push(arg.clone());
+            out.extend(rest.cloned());
+            break;
+        }
+        let body = arg.trim_start_matches('-');
+        let (name, value) = match body.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (body, None),
+        };
+        let exact = OPTIONS.iter().find(|(o, _)| *o == name);
+        let prefixed: Vec<_> = OPTIONS.iter().filter(|(o, _)| o.starts_with(name)).collect();
+        let option = match (exact, prefixed.as_slice()) {
+            (Some(&option), _) | (None, [&option]) => option,
+            (None, []) => {
+                // Unknown: getopts reports it.
+                out.push(arg.clone());
+                continue;
+            }
+            (None, many) => {
+                let names: Vec<_> = many.iter().map(|(o, _)| format!("--{o}")).collect();
+                return Err(usage(format!("Option {arg} is ambiguous ({}) (see --help)", names.join(", "))));
+            }
+        };
+        let (full, takes_value) = option;
+        match value {
+            Some(value) => out.push(format!("--{full}={value}")),
+            None => {
+                out.push(format!("--{full}"));
+                if takes_value {
+                    out.extend(rest.next().cloned());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(args: &[&str]) -> Config {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match parse(&args) {
+            Ok(Mode::Start(c)) => c,
+            Ok(_) => panic!("not a start"),
+            Err(e) => panic!("{}", e.message),
+        }
+    }
+
+    fn error(args: &[&str]) -> Error {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match parse(&args) {
+            Err(e) => e,
+            Ok(_) => panic!("{args:?} was accepted"),
+        }
+    }
+
+    #[test]
+    fn both_spellings_and_abbreviations() {
+        let c = start(&["--port=80", "--port", "81", "-path=/tmp/x.sock", "--int", "0.25", "--", "prog", "--port=9"]);
+        assert_eq!(c.ports.len(), 2);
+        assert_eq!(c.ports[1].name, "81");
+        assert_eq!(c.paths, vec![PathBuf::from("/tmp/x.sock")]);
+        assert_eq!(c.interval, Duration::from_millis(250));
+        assert_eq!(c.command, vec!["prog", "--port=9"]);
+    }
+
+    #[test]
+    fn command_without_double_dash_stops_option_parsing() {
+        let c = start(&["--port=80", "prog", "--port=9"]);
+        assert_eq!(c.ports.len(), 1);
+        assert_eq!(c.command, vec!["prog", "--port=9"]);
+    }
+
+    #[test]
+    fn defaults_and_last_value_wins() {
+        let c = start(&["--interval=3", "--interval=2", "--signal-on-hup=usr1", "--", "prog"]);
+        assert_eq!(c.interval, Duration::from_secs(2));
+        assert_eq!(c.signal_on_hup.name, "USR1");
+        assert_eq!(c.signal_on_term.name, "TERM");
+        assert_eq!(c.backlog, libc::SOMAXCONN);
+        assert!(c.kill_old_delay.is_none());
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(error(&["--bogus", "--", "x"]).status, 1);
+        assert_eq!(error(&["--s", "--", "x"]).status, 1); // --signal-*, --status-file, --stop
+        assert!(error(&["--port=80"]).message.contains("server program not specified"));
+        assert!(error(&["--port=80x", "--", "x"]).message.contains("80x"));
+        assert!(error(&["--signal-on-hup=FOO", "--", "x"]).message.contains("FOO"));
+        assert!(error(&["--interval=-1", "--", "x"]).message.contains("-1"));
+        assert!(error(&["--backlog=x", "--", "x"]).message.contains("backlog"));
+        assert!(error(&["--daemonize", "--", "x"]).message.contains("--log-file"));
+        assert!(error(&["--restart", "--pid-file=x"]).message.contains("--status-file"));
+        assert!(error(&["--stop"]).message.contains("--pid-file"));
+        assert!(error(&["--dir=/nonexistent/dir", "--", "x"]).message.contains("/nonexistent/dir"));
+        assert!(error(&["--port"]).message.contains("port"));
+    }
+}

@@ -1,0 +1,143 @@
+//! Spawning a worker: fork, then exec the server command.
+//!
+//! Everything the child needs (argv, envp, the PATH candidates execvp would try) is
+//! built before fork, so that between fork and exec the child only makes
+//! async-signal-safe system calls and allocates nothing. A failure in the child is
+//! written to a close-on-exec pipe; the parent reads it and reports it, so that the
+//! message is formatted (and allocated) on the parent's side.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::raw::{c_char, c_int};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::Path;
+use std::ptr;
+
+use crate::sys::{self, Fork, Pid};
+
+/// The server command and where to run it, as given on the command line.
+pub struct Command {
+    argv: Vec<CString>,
+    dir: Option<CString>,
+}
+
+/// How a spawn went: the child exists either way and will be reaped; `exec_error` says
+/// why it could not become the server.
+pub struct Spawned {
+    pub pid: Pid,
+    pub exec_error: Option<String>,
+}
+
+/// errno values after which execvp goes on to the next PATH entry.
+const TRY_NEXT: [c_int; 5] = [libc::ENOENT, libc::ENOTDIR, libc::ESTALE, libc::ENODEV, libc::ETIMEDOUT];
+
+const STAGE_CHDIR: u8 = b'c';
+const STAGE_EXEC: u8 = b'e';
+
+impl Command {
+    pub fn new(args: &[String], dir: Option<&Path>) -> Result<Command, String> {
+        let cstring = |bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| format!("a NUL byte in {:?}", String::from_utf8_lossy(bytes)))
+        };
+        if args.is_empty() {
+            return Err("server program not specified".into());
+        }
+        let argv = args.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>()?;
+        let dir = dir.map(|d| cstring(d.as_os_str().as_bytes())).transpose()?;
+        Ok(Command { argv, dir })
+    }
+
+    fn program(&self) -> &CString {
+        &self.argv[0]
+    }
+
+    /// The files execvp would try, in order, for this environment's PATH.
+    fn candidates(&self, env: &[(OsString, OsString)]) -> Vec<CString> {
+        let program = self.program().as_bytes();
+        if program.contains(&b'/') {
+            return vec![self.program().clone()];
+        }
+        let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
+        let path = path.unwrap_or(OsStr::new("/bin:/usr/bin")).as_bytes();
+        path.split(|&b| b == b':')
+            .filter_map(|dir| {
+                // An empty PATH element means the current directory.
+                let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+                CString::new([dir, b"/", program].concat()).ok()
+            })
+            .collect()
+    }
+
+    /// Forks and execs the command with `env` (later entries override earlier ones).
+    pub fn spawn(&self, env: &[(OsString, OsString)]) -> io::Result<Spawned> {
+        let candidates = self.candidates(env);
+        let envp_strings = envp(env);
+        let argv = pointers(&self.argv);
+        let envp = pointers(&envp_strings);
+        let (report_read, report_write) = sys::pipe_cloexec()?;
+
+        match sys::fork()? {
+            Fork::Child => self.exec_child(&candidates, &argv, &envp, report_write.as_raw_fd()),
+            Fork::Parent(pid) => {
+                drop(report_write);
+                let mut buf = [0u8; 5];
+                // EOF (0 bytes) means exec succeeded and closed the pipe.
+                let n = sys::read_full(&report_read, &mut buf)?;
+                let exec_error = (n == buf.len()).then(|| {
+                    let err = io::Error::from_raw_os_error(c_int::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]));
+                    let program = self.program().to_string_lossy();
+                    match (buf[0], &self.dir) {
+                        (STAGE_CHDIR, Some(dir)) => format!("failed to chdir to {}: {err}", dir.to_string_lossy()),
+                        _ => format!("failed to exec {program}: {err}"),
+                    }
+                });
+                Ok(Spawned { pid, exec_error })
+            }
+        }
+    }
+}
+
+impl Command {
+    /// In the child, between fork and exec: only async-signal-safe calls, no allocation.
+    fn exec_child(&self, candidates: &[CString], argv: &[*const c_char], envp: &[*const c_char], report: RawFd) -> ! {
+        sys::child_reset_signals();
+        if let Some(dir) = &self.dir {
+            if let Err(errno) = sys::child_chdir(dir) {
+                child_fail(report, STAGE_CHDIR, errno);
+            }
+        }
+        // execvp's search: go on past a missing file; remember a permission problem
+        // and report it if nothing better is found.
+        let mut errno = libc::ENOENT;
+        let mut denied = false;
+        for candidate in candidates {
+            errno = sys::child_execve(candidate, argv, envp);
+            denied |= errno == libc::EACCES;
+            if errno != libc::EACCES && !TRY_NEXT.contains(&errno) {
+                break;
+            }
+        }
+        child_fail(report, STAGE_EXEC, if denied && TRY_NEXT.contains(&errno) { libc::EACCES } else { errno })
+    }
+}
+
+/// In the child: tells the parent which step failed with which errno, and exits 255 as
+/// the original's child does when exec fails.
+fn child_fail(fd: RawFd, stage: u8, errno: c_int) -> ! {
+    let [a, b, c, d] = errno.to_ne_bytes();
+    sys::child_write(fd, &[stage, a, b, c, d]);
+    sys::child_exit(255)
+}
+
+/// `KEY=VALUE` strings; an entry with a NUL byte cannot be passed and is left out.
+fn envp(env: &[(OsString, OsString)]) -> Vec<CString> {
+    env.iter()
+        .filter_map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok())
+        .collect()
+}
+
+/// The NULL-terminated pointer array execve wants; `strings` must outlive it.
+fn pointers(strings: &[CString]) -> Vec<*const c_char> {
+    strings.iter().map(|s| s.as_ptr()).chain(Some(ptr::null())).collect()
+}
