@@ -112,7 +112,7 @@ STAGE_LIBDIR  = $(STAGE)$(STAGE_PREFIX)/lib
 EXAMPLES     := $(CURDIR)/build/examples
 PKG_ENV       = PKG_CONFIG_PATH='$(STAGE_LIBDIR)/pkgconfig' PKG_CONFIG_LIBDIR='$(STAGE_LIBDIR)/pkgconfig' \
                 PKG_CONFIG_SYSROOT_DIR='$(STAGE)'
-EXAMPLE_CFLAGS ?= -O2 -g -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE
+EXAMPLE_CFLAGS ?= -O2 -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE
 
 C_EXAMPLES := echo http
 EXAMPLE_OUTPUTS := $(foreach e,$(C_EXAMPLES),build/examples/$(e)-static build/examples/$(e)-shared) \
