@@ -1,0 +1,138 @@
+//! Thin wrappers over the few libc calls the library makes. The rest of the crate
+//! is safe code; every `unsafe` block outside `ffi.rs` is here.
+//!
+//! None of these allocate (an `io::Error` from `last_os_error` is a plain code),
+//! so the C API can use them.
+
+use std::ffi::CStr;
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// The value of an environment variable, without the terminating NUL.
+///
+/// # Safety
+///
+/// The result borrows libc's environment: it is valid only as long as nothing
+/// calls `setenv`, `putenv` or `unsetenv` (from any thread). The caller must not
+/// keep it past the call of the public function that asked for it.
+pub unsafe fn getenv<'a>(name: &CStr) -> Option<&'a [u8]> {
+    // SAFETY: `name` is NUL-terminated; getenv returns NULL or a NUL-terminated
+    // string that stays valid under the contract stated above.
+    unsafe {
+        let value = libc::getenv(name.as_ptr());
+        if value.is_null() {
+            None
+        } else {
+            Some(CStr::from_ptr(value).to_bytes())
+        }
+    }
+}
+
+/// The calling process's id.
+pub fn getpid() -> i32 {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// What the kernel says about a socket descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// `AF_INET`, `AF_INET6`, `AF_UNIX`, ...
+    pub family: i32,
+    /// `SOCK_STREAM`, `SOCK_DGRAM`, ...
+    pub socktype: i32,
+    /// The local port in host byte order; 0 for families without ports.
+    pub port: u16,
+}
+
+/// Family, type and port of `fd` from `getsockopt(SO_TYPE)` and `getsockname`.
+/// Fails with `EBADF` when `fd` is not open and `ENOTSOCK` when it is not a socket.
+pub fn socket_info(fd: RawFd) -> io::Result<SocketInfo> {
+    let mut socktype: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the option buffer is a c_int and `len` says so.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut socktype as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` is large enough for any address and `len` says how large.
+    let rc = unsafe { libc::getsockname(fd, storage.as_mut_ptr().cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised, then (partly) written by the kernel: every bit
+    // pattern is a valid sockaddr_storage.
+    let storage = unsafe { storage.assume_init() };
+    let family = i32::from(storage.ss_family);
+    let port = match family {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in, which fits in and has no
+            // stricter alignment than sockaddr_storage.
+            let sin = unsafe {
+                &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            u16::from_be(sin.sin_port)
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe {
+                &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            u16::from_be(sin6.sin6_port)
+        }
+        _ => 0,
+    };
+    Ok(SocketInfo {
+        family,
+        socktype,
+        port,
+    })
+}
+
+/// Sets `FD_CLOEXEC` on `fd`, keeping its other descriptor flags.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD take and return plain integers; a bad fd is EBADF.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The inode number of the file `fd` refers to (for a socket, its sockfs inode).
+pub fn inode(fd: RawFd) -> io::Result<u64> {
+    let mut st = MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` is a writable stat buffer; a bad fd is EBADF.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised, then filled in by fstat.
+    #[allow(clippy::useless_conversion)] // st_ino is narrower than u64 on some targets
+    Ok(u64::from(unsafe { st.assume_init() }.st_ino))
+}
+
+/// Takes ownership of an inherited descriptor.
+///
+/// # Safety
+///
+/// `fd` must be open and owned by nobody else in the process: the returned
+/// `OwnedFd` closes it when dropped. `listeners::claim` ensures the library hands
+/// each descriptor out once.
+pub unsafe fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: ownership is transferred under the contract stated above.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
