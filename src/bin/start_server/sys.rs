@@ -181,20 +181,28 @@ pub fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
 // --- between fork and exec: async-signal-safe, allocation-free ---
 
 /// In the child: unblocks every signal and resets every disposition to the default, so
-/// the worker starts as if exec'd by a shell (SIGPIPE included).
+/// the worker starts as if exec'd by a shell (SIGPIPE included, and even the real-time
+/// signals libc reserves for itself, which its sigaction() refuses to touch).
 pub fn child_reset_signals() {
-    // SAFETY: sigemptyset/sigprocmask/sigaction are async-signal-safe; the structures
-    // are stack-allocated and initialised; errors (SIGKILL, SIGSTOP, the signals
-    // reserved by libc) are expected and ignored.
+    /// The kernel's `struct sigaction` for rt_sigaction(2); all zeroes is SIG_DFL with
+    /// no flags and an empty mask.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+    let empty: u64 = 0;
+    // SAFETY: raw rt_sigprocmask/rt_sigaction system calls are async-signal-safe; the
+    // structures are initialised and live on the stack, and their size is the kernel's
+    // sigset size (8 bytes). Errors (SIGKILL, SIGSTOP) are expected and ignored.
     unsafe {
-        let mut empty: libc::sigset_t = mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
-        let mut dfl: libc::sigaction = mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &empty as *const u64, ptr::null_mut::<u64>(), 8);
         // Linux numbers signals 1..=64 (the kernel's _NSIG is 64).
         for sig in 1..=64 {
-            libc::sigaction(sig, &dfl, ptr::null_mut());
+            libc::syscall(libc::SYS_rt_sigaction, sig, &dfl as *const KernelSigaction, ptr::null_mut::<KernelSigaction>(), 8);
         }
     }
 }

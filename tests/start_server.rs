@@ -1,0 +1,435 @@
+//! start_server's lifecycle, through the built binary, with real workers (the C http
+//! example and a Perl worker using Debian's Server::Starter::server_ports()) on real
+//! sockets.
+
+mod common;
+mod support;
+
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{example, TempDir};
+use support::*;
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// Requests in a loop from a few threads until stopped: (answers by generation, failures).
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+    generations: Arc<Mutex<Vec<u64>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    count: Arc<AtomicUsize>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let generations = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let count = Arc::new(AtomicUsize::new(0));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, generations, failures, count) =
+                    (stop.clone(), generations.clone(), failures.clone(), count.clone());
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match http_get(addr) {
+                            Ok((_, g)) => generations.lock().unwrap().push(g),
+                            Err(e) => failures.lock().unwrap().push(e.to_string()),
+                        }
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load { stop, threads, generations, failures, count }
+    }
+
+    fn finish(self) -> (Vec<u64>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let generations = self.generations.lock().unwrap().clone();
+        let failures = self.failures.lock().unwrap().clone();
+        (generations, failures)
+    }
+}
+
+/// A HUP under load: the pid and generation change, and no request fails.
+fn hup_without_failures(worker: Vec<String>) {
+    let dir = TempDir::new("hup");
+    let status = dir.path().join("status");
+    let (server, port) = Server::start_retrying(
+        |port| {
+            let mut args = strings(&["--port", &format!("127.0.0.1:{port}"), "--interval=0.3"]);
+            args.push(format!("--status-file={}", status.display()));
+            args.push("--".into());
+            args.extend(worker.iter().cloned());
+            args
+        },
+        &[],
+    );
+    let addr = addr("127.0.0.1", port);
+    let first = wait_generation(addr, 1);
+    let load = Load::start(addr, 4);
+    wait_until("some requests before the HUP", || load.count.load(Ordering::Relaxed) > 20);
+    server.signal(libc::SIGHUP);
+    let second = wait_generation(addr, 2);
+    server.wait_line(&format!("old worker {first} died, status:0"));
+    let before = load.count.load(Ordering::Relaxed);
+    wait_until("some requests after the restart", || load.count.load(Ordering::Relaxed) > before + 20);
+    let (generations, failures) = load.finish();
+
+    assert_ne!(first, second);
+    assert!(failures.is_empty(), "{} of {} requests failed: {:?}", failures.len(), generations.len(), &failures[..failures.len().min(5)]);
+    assert!(generations.contains(&1) && generations.contains(&2));
+    assert_eq!(server.wait_status(&status, &[2]), vec![(2, second)]);
+    server.wait_line("new worker is now running, sending TERM to old workers:");
+}
+
+#[test]
+fn hup_replaces_the_c_worker_without_a_failed_request() {
+    hup_without_failures(vec![example("http-static").display().to_string()]);
+}
+
+#[test]
+fn hup_replaces_the_perl_worker_without_a_failed_request() {
+    hup_without_failures(vec![perl_worker().display().to_string()]);
+}
+
+#[test]
+fn failing_starts_leave_the_old_generation_serving() {
+    let dir = TempDir::new("fail");
+    let status = dir.path().join("status");
+    let worker = perl_worker().display().to_string();
+    let (server, port) = Server::start_retrying(
+        |port| {
+            strings(&[
+                &format!("--port=127.0.0.1:{port}"),
+                "--interval=0.5",
+                &format!("--status-file={}", status.display()),
+                "--",
+                &worker,
+            ])
+        },
+        &[("FAIL_GENERATIONS", "1,3,4")],
+    );
+    let addr = addr("127.0.0.1", port);
+    server.wait_line("seems to have failed to start, exit status:768");
+    let second = wait_generation(addr, 2);
+    assert_eq!(server.wait_status(&status, &[2]), vec![(2, second)]);
+
+    server.signal(libc::SIGHUP);
+    server.wait_nth_line("seems to have failed to start", 2);
+    // Generation 3 failed: generation 2 still answers while 4 is tried.
+    assert_eq!(http_get(addr).unwrap(), (second, 2));
+    server.wait_nth_line("seems to have failed to start", 3);
+    assert_eq!(http_get(addr).unwrap(), (second, 2));
+    let fifth = wait_generation(addr, 5);
+    server.wait_line(&format!("old worker {second} died, status:0"));
+    assert_eq!(server.wait_status(&status, &[5]), vec![(5, fifth)]);
+    assert_eq!(server.worker_pids().len(), 5, "one spawn per generation");
+}
+
+#[test]
+fn signal_on_hup_usr1() {
+    let worker = perl_worker().display().to_string();
+    let (server, port) = Server::start_retrying(
+        |port| strings(&[&format!("--port=127.0.0.1:{port}"), "--interval=0.2", "--signal-on-hup=usr1", "--", &worker]),
+        &[],
+    );
+    let addr = addr("127.0.0.1", port);
+    let first = wait_generation(addr, 1);
+    server.signal(libc::SIGHUP);
+    server.wait_line(&format!("new worker is now running, sending USR1 to old workers:{first}"));
+    // The Perl worker exits 42 on USR1 (and 0 on TERM): 42 << 8.
+    server.wait_line(&format!("old worker {first} died, status:10752"));
+    wait_generation(addr, 2);
+}
+
+#[test]
+fn unix_socket_serves_and_is_removed_at_exit() {
+    let dir = TempDir::new("unix");
+    let sock = dir.path().join("app.sock");
+    let mut server = Server::start(&[
+        &format!("--path={}", sock.display()),
+        "--interval=0.2",
+        "--",
+        &example("http-static").display().to_string(),
+    ]);
+    let (pid, generation) = wait_for("an answer on the unix socket", || http_get_unix(&sock).ok());
+    assert_eq!(generation, 1);
+    server.signal(libc::SIGHUP);
+    wait_for("generation 2 on the unix socket", || http_get_unix(&sock).ok().filter(|a| a.1 == 2));
+    server.wait_line(&format!("old worker {pid} died, status:0"));
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    assert!(!sock.exists(), "the socket file is removed at exit");
+}
+
+#[test]
+fn stale_unix_socket_is_replaced_live_one_and_plain_file_are_refused() {
+    let dir = TempDir::new("stale");
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let server = Server::start(&[&format!("--path={}", stale.display()), "--", "sleep", "60"]);
+    server.wait_line(&format!("removing existing socket file:{}", stale.display()));
+    server.wait_line("starting new worker");
+    drop(server);
+
+    let live = dir.path().join("live.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let mut server = Server::start(&[&format!("--path={}", live.display()), "--", "sleep", "60"]);
+    assert!(!server.wait_exit().success());
+    assert!(server.has_line("another process is accepting connections on it"), "{:?}", server.lines());
+    assert!(live.exists());
+
+    let plain = dir.path().join("data.txt");
+    std::fs::write(&plain, "precious").unwrap();
+    let mut server = Server::start(&[&format!("--path={}", plain.display()), "--", "sleep", "60"]);
+    assert!(!server.wait_exit().success());
+    assert!(server.has_line(&format!("{}: the file exists and is not a socket", plain.display())));
+    assert_eq!(std::fs::read_to_string(&plain).unwrap(), "precious");
+    assert!(!server.has_line("starting new worker"));
+}
+
+#[test]
+fn udp_and_ipv6_and_every_listener_reach_the_worker() {
+    let dir = TempDir::new("udp");
+    let log = dir.path().join("worker.log");
+    let v6 = free_port("::1");
+    let (server, port) = Server::start_retrying(
+        |port| {
+            strings(&[
+                &format!("--port=127.0.0.1:{port}"),
+                &format!("--port=127.0.0.1:u{port}"),
+                &format!("--port=[::1]:{v6}"),
+                "--interval=0.2",
+                "--",
+                &example("echo-static").display().to_string(),
+            ])
+        },
+        &[("WORKER_LOG", log.to_str().unwrap())],
+    );
+    server.wait_line("starting new worker");
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let echoed = wait_for("a UDP echo", || {
+        udp.send_to(b"ping", ("127.0.0.1", port)).ok()?;
+        let mut buf = [0u8; 16];
+        let n = udp.recv(&mut buf).ok()?;
+        Some(buf[..n].to_vec())
+    });
+    assert_eq!(echoed, b"ping");
+    for target in [addr("127.0.0.1", port), addr("::1", v6)] {
+        let reply = wait_for("a TCP echo", || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(target).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            s.write_all(b"hello\n").ok()?;
+            let mut buf = [0u8; 6];
+            s.read_exact(&mut buf).ok()?;
+            Some(buf)
+        });
+        assert_eq!(&reply, b"hello\n", "{target}");
+    }
+}
+
+#[test]
+fn environment_names_every_listener_as_the_original_does() {
+    let dir = TempDir::new("env");
+    let log = dir.path().join("worker.log");
+    let sock = dir.path().join("s.sock");
+    let v6 = free_port("::1");
+    let (server, port) = Server::start_retrying(
+        |port| {
+            strings(&[
+                &format!("--port=127.0.0.1:{port}"),
+                &format!("--port=u{port}"),
+                &format!("--port=[::1]:{v6}"),
+                &format!("--path={}", sock.display()),
+                &format!("--dir={}", dir.path().display()),
+                "--interval=0.1",
+                "--",
+                &perl_worker().display().to_string(),
+            ])
+        },
+        &[("WORKER_LOG", log.to_str().unwrap())],
+    );
+    let line = wait_for("the worker's report", || std::fs::read_to_string(&log).ok().filter(|s| s.ends_with('\n')));
+    let expected = format!("port=127.0.0.1:{port}=3;{port}=4;[::1]:{v6}=5;{}=6", sock.display());
+    assert!(line.contains(&expected), "{line} lacks {expected}");
+    assert!(line.starts_with("generation=1 "), "{line}");
+    // --dir, no signal left blocked, and only the listening sockets beyond what the
+    // test itself passed down.
+    assert!(line.contains(&format!("cwd={} ", dir.path().display())), "{line}");
+    assert!(line.contains("sigblk=0000000000000000"), "{line}");
+    // Beyond stdio and the four sockets, the worker may hold only what the test
+    // process itself passed down to start_server (same descriptor, same file).
+    let fds = line.trim_end().split(" fds=").nth(1).unwrap();
+    for entry in fds.split(' ') {
+        let (fd, target) = entry.split_once('>').unwrap();
+        let fd: i32 = fd.parse().unwrap();
+        if (3..=6).contains(&fd) {
+            assert!(target.starts_with("socket:"), "{entry}");
+        } else if fd > 6 {
+            let ours = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
+            assert_eq!(ours.as_deref().and_then(|p| p.to_str()), Some(target), "worker inherited {entry}: {line}");
+        }
+    }
+    drop(server);
+}
+
+#[test]
+fn socket_pinned_at_fd_0() {
+    let dir = TempDir::new("fd0");
+    let log = dir.path().join("worker.log");
+    let (server, port) = Server::start_retrying(
+        |port| strings(&[&format!("--port=127.0.0.1:{port}=0"), "--interval=0.1", "--", &perl_worker().display().to_string()]),
+        &[("WORKER_LOG", log.to_str().unwrap())],
+    );
+    server.wait_line("socket is duplicated to file descriptor 0");
+    let line = wait_for("the worker's report", || std::fs::read_to_string(&log).ok().filter(|s| s.ends_with('\n')));
+    assert!(line.contains(&format!("port=127.0.0.1:{port}=0 ")), "{line}");
+    assert_eq!(wait_generation(addr("127.0.0.1", port), 1), server.worker_pids()[0]);
+}
+
+#[test]
+fn term_stops_every_worker_and_cleans_up() {
+    let dir = TempDir::new("term");
+    let status = dir.path().join("status");
+    let sock = dir.path().join("s.sock");
+    let mut server = Server::start(&[
+        &format!("--path={}", sock.display()),
+        &format!("--status-file={}", status.display()),
+        "--interval=0.1",
+        "--signal-on-term=INT",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 7' INT; while :; do sleep 0.05; done",
+    ]);
+    let entries = server.wait_status(&status, &[1]);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    let pid = entries[0].1;
+    assert!(server.has_line(&format!("received TERM, sending INT to all workers:{pid}")), "{:?}", server.lines());
+    assert!(server.has_line(&format!("worker {pid} died, status:1792")), "{:?}", server.lines());
+    assert_eq!(server.lines().last().map(String::as_str), Some("exiting"));
+    assert!(!status.exists() && !sock.exists());
+    assert!(!pid_alive(pid));
+}
+
+#[test]
+fn int_sends_term() {
+    let mut server = Server::start(&["--interval=0.1", "--signal-on-term=USR1", "--", "sleep", "60"]);
+    server.wait_line("starting new worker");
+    let pid = server.worker_pids()[0];
+    thread::sleep(Duration::from_millis(150)); // let the worker start (not required)
+    server.signal(libc::SIGINT);
+    assert!(server.wait_exit().success());
+    assert!(server.has_line(&format!("received INT, sending TERM to all workers:{pid}")), "{:?}", server.lines());
+    assert!(server.has_line(&format!("worker {pid} died, status:15")));
+}
+
+#[test]
+fn term_during_the_interval_is_acted_on_at_once() {
+    let mut server = Server::start(&["--interval=60", "--", "sleep", "600"]);
+    server.wait_line("starting new worker");
+    let sent = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    assert!(sent.elapsed() < Duration::from_secs(10), "took {:?}", sent.elapsed());
+}
+
+#[test]
+fn term_during_the_kill_old_delay_is_acted_on_at_once() {
+    let mut server = Server::start(&["--interval=0.1", "--kill-old-delay=60", "--", "sleep", "600"]);
+    server.wait_line("starting new worker");
+    server.signal(libc::SIGHUP);
+    server.wait_line("sleeping 60 secs before killing old workers");
+    let pids = server.worker_pids();
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    for pid in pids {
+        assert!(!pid_alive(pid));
+    }
+}
+
+#[test]
+fn hups_during_a_start_coalesce_into_one_restart() {
+    let dir = TempDir::new("coalesce");
+    let status = dir.path().join("status");
+    let server = Server::start(&["--interval=0.5", &format!("--status-file={}", status.display()), "--", "sleep", "600"]);
+    server.wait_status(&status, &[1]);
+    server.signal(libc::SIGHUP);
+    server.wait_line("received HUP, spawning a new worker");
+    for _ in 0..5 {
+        server.signal(libc::SIGHUP);
+        thread::sleep(Duration::from_millis(20));
+    }
+    server.wait_status(&status, &[3]);
+    // Gen 3 started: one restart for the five HUPs sent during gen 2's start.
+    thread::sleep(Duration::from_millis(800));
+    assert_eq!(server.count_lines("received HUP, spawning a new worker"), 2, "{:?}", server.lines());
+    assert_eq!(read_status(&status).len(), 1);
+}
+
+#[test]
+fn a_worker_that_dies_is_restarted() {
+    let dir = TempDir::new("respawn");
+    let status = dir.path().join("status");
+    let server = Server::start(&["--interval=0.1", &format!("--status-file={}", status.display()), "--", "sleep", "600"]);
+    let first = server.wait_status(&status, &[1])[0].1;
+    signal(first, libc::SIGKILL);
+    server.wait_line(&format!("worker {first} died unexpectedly with status:9, restarting"));
+    let second = server.wait_status(&status, &[2])[0].1;
+    assert_ne!(first, second);
+}
+
+#[test]
+fn exec_failure_is_reported_and_retried() {
+    let mut server = Server::start(&["--interval=0.1", "--", "/nonexistent/server-prog", "arg"]);
+    server.wait_line("failed to exec /nonexistent/server-prog: No such file or directory");
+    server.wait_nth_line("seems to have failed to start, exit status:65280", 2);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+
+    let mut server = Server::start(&["--interval=0.1", "--", "no-such-command-anywhere"]);
+    server.wait_line("failed to exec no-such-command-anywhere: No such file or directory");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+}
+
+#[test]
+fn path_lookup_and_zero_interval() {
+    let dir = TempDir::new("path");
+    let status = dir.path().join("status");
+    let mut server = Server::start(&["--interval=0", &format!("--status-file={}", status.display()), "--", "sleep", "600"]);
+    server.wait_status(&status, &[1]);
+    server.signal(libc::SIGHUP);
+    server.wait_status(&status, &[2]);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+}
+
+#[test]
+fn worker_starts_with_default_signal_dispositions_and_mask() {
+    // start_server itself blocks HUP, INT, TERM and CHLD and ignores PIPE; cat reports
+    // what it inherited, on the log (start_server's stdout).
+    let server = Server::start(&["--interval=5", "--", "cat", "/proc/self/status"]);
+    let lines = wait_for("cat's report", || {
+        let lines = server.lines();
+        lines.iter().any(|l| l.starts_with("SigCgt:")).then_some(lines)
+    });
+    let field = |name: &str| lines.iter().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap().to_string();
+    assert_eq!(field("SigBlk:"), "0000000000000000");
+    assert_eq!(field("SigIgn:"), "0000000000000000");
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/perl
+# A worker for the tests, written as users of the Perl original write theirs: it finds
+# its sockets with Server::Starter's own server_ports() and answers HTTP/1.0 with
+#   hello from pid PID generation N
+# on every stream socket. On TERM (or USR1, with exit status 42) it finishes the
+# connection in hand and exits.
+#
+# FAIL_GENERATIONS=1,3,4  exit 3 at once in those generations (a failing start).
+# WORKER_LOG=FILE         append "GEN PID CWD SIG..." facts about the process there.
+use strict;
+use warnings;
+use IO::Select;
+use IO::Socket::INET;
+use Server::Starter qw(server_ports);
+
+my $gen = $ENV{SERVER_STARTER_GENERATION};
+exit 3 if grep { $_ eq $gen } split /,/, ($ENV{FAIL_GENERATIONS} || '');
+
+my $stop = '';
+$SIG{TERM} = sub { $stop = 'TERM' };
+$SIG{USR1} = sub { $stop = 'USR1' };
+
+if (my $log = $ENV{WORKER_LOG}) {
+    use Cwd qw(getcwd);
+    open my $status, '<', '/proc/self/status' or die "status: $!";
+    my %st = map { /^(\w+):\s*(\S*)/ ? ($1, $2) : () } <$status>;
+    close $status;
+    opendir my $fds, '/proc/self/fd' or die "fd: $!";
+    # Each descriptor with what it is, except the one reading this directory.
+    my @fds = map { "$_>" . (readlink("/proc/self/fd/$_") // '?') }
+        grep { /^\d+$/ && $_ != fileno($fds) } readdir $fds;
+    open my $fh, '>>', $log or die "$log: $!";
+    print $fh "generation=$gen pid=$$ cwd=", getcwd(), " sigblk=$st{SigBlk}",
+        " port=$ENV{SERVER_STARTER_PORT} fds=", join(' ', @fds), "\n";
+    close $fh;
+}
+
+my @socks;
+for my $fd (values %{ server_ports() }) {
+    my $sock = IO::Socket::INET->new;
+    $sock->fdopen($fd, 'r') or die "fdopen($fd): $!";
+    push @socks, $sock if $sock->sockopt(Socket::SO_TYPE()) == Socket::SOCK_STREAM();
+}
+my $select = IO::Select->new(@socks);
+while (!$stop) {
+    for my $sock ($select->can_read) {
+        $sock->blocking(0);
+        my $conn = $sock->accept or next;
+        $conn->blocking(1);
+        my $request = '';
+        while ($request !~ /\r?\n\r?\n/) {
+            my $n = sysread $conn, $request, 4096, length $request;
+            last unless $n;
+        }
+        my $body = "hello from pid $$ generation $gen\n";
+        print $conn "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ",
+            length($body), "\r\nConnection: close\r\n\r\n$body";
+        close $conn;
+    }
+}
+exit($stop eq 'USR1' ? 42 : 0);
