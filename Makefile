@@ -112,7 +112,10 @@ STAGE_LIBDIR  = $(STAGE)$(STAGE_PREFIX)/lib
 EXAMPLES     := $(CURDIR)/build/examples
 PKG_ENV       = PKG_CONFIG_PATH='$(STAGE_LIBDIR)/pkgconfig' PKG_CONFIG_LIBDIR='$(STAGE_LIBDIR)/pkgconfig' \
                 PKG_CONFIG_SYSROOT_DIR='$(STAGE)'
-EXAMPLE_CFLAGS ?= -O2 -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE
+EXAMPLE_CFLAGS ?= -O2 -Wall -Wextra -Werror -std=c11
+# libserver_starter.a carries all of Rust's std: --gc-sections keeps only what
+# is used (a third of the code), -s drops the debug info that comes with it.
+EXAMPLE_LDFLAGS ?= -Wl,--gc-sections -s
 
 C_EXAMPLES := echo http
 EXAMPLE_OUTPUTS := $(foreach e,$(C_EXAMPLES),build/examples/$(e)-static build/examples/$(e)-shared) \
@@ -129,13 +132,14 @@ stage:
 build/examples/%-static: c-examples/%.c $(STAGE_LIBDIR)/libserver_starter.a
 	@mkdir -p $(@D)
 	$(CC) $(EXAMPLE_CFLAGS) $$($(PKG_ENV) $(PKG_CONFIG) --cflags server_starter) -o $@ $< \
-	  $$($(PKG_ENV) $(PKG_CONFIG) --static --libs server_starter | sed 's/-lserver_starter\b/-l:libserver_starter.a/')
+	  $$($(PKG_ENV) $(PKG_CONFIG) --static --libs server_starter | sed 's/-lserver_starter\b/-l:libserver_starter.a/') \
+	  $(EXAMPLE_LDFLAGS)
 
 # Shared: found at run time through the rpath, so no LD_LIBRARY_PATH is needed.
 build/examples/%-shared: c-examples/%.c $(STAGE_LIBDIR)/$(SOFILE)
 	@mkdir -p $(@D)
 	$(CC) $(EXAMPLE_CFLAGS) $$($(PKG_ENV) $(PKG_CONFIG) --cflags server_starter) -o $@ $< \
-	  $$($(PKG_ENV) $(PKG_CONFIG) --libs server_starter) -Wl,-rpath,'$(STAGE_LIBDIR)'
+	  $$($(PKG_ENV) $(PKG_CONFIG) --libs server_starter) -Wl,-rpath,'$(STAGE_LIBDIR)' $(EXAMPLE_LDFLAGS)
 
 # Go: offline (no dependencies in go.mod), caches kept under build/.
 build/examples/go-worker: c-examples/go/main.go c-examples/go/go.mod $(STAGE_LIBDIR)/$(SOFILE)

@@ -25,6 +25,9 @@
  *   EXAMPLE_READY_DELAY_MS    sleep this long before serving (a slow start)
  *   EXAMPLE_DRAIN_TIMEOUT_MS  how long to drain connections after SIGTERM
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* accept4, pipe2 */
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>

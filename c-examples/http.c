@@ -33,6 +33,9 @@
  *                              when SIGTERM arrives), without blocking the loop
  *   EXAMPLE_DRAIN_TIMEOUT_MS   how long to drain connections after SIGTERM
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* accept4, pipe2 */
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
