@@ -42,7 +42,7 @@ NATIVE_LIBS = $(or $(shell mkdir -p build/probe && \
 	rustc --print native-static-libs --crate-type staticlib --crate-name probe \
 	      --out-dir build/probe - </dev/null 2>&1 | sed -n 's/^note: native-static-libs: //p'),$(NATIVE_LIBS_KNOWN))
 
-.PHONY: all bin lib header test examples stage install uninstall clean
+.PHONY: all bin lib header test examples stage install uninstall clean bench
 
 all: bin lib
 
@@ -58,6 +58,11 @@ header:
 
 test: all examples
 	START_SERVER=$(CURDIR)/$(BIN) $(CARGO) test --locked -- --test-threads=8
+
+# Side-by-side benchmarks against the Perl original (installed from Debian when
+# missing); prints one markdown table, also kept in build/bench/results.md.
+bench: all examples
+	START_SERVER=$(CURDIR)/$(BIN) EXAMPLES=$(EXAMPLES) python3 bench/run.py
 
 build/server_starter.pc: server_starter.pc.in Cargo.toml Makefile
 	@mkdir -p build
