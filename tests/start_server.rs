@@ -35,8 +35,12 @@ impl Load {
         let count = Arc::new(AtomicUsize::new(0));
         let threads = (0..threads)
             .map(|_| {
-                let (stop, generations, failures, count) =
-                    (stop.clone(), generations.clone(), failures.clone(), count.clone());
+                let (stop, generations, failures, count) = (
+                    stop.clone(),
+                    generations.clone(),
+                    failures.clone(),
+                    count.clone(),
+                );
                 thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         match http_get(addr) {
@@ -48,7 +52,13 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, threads, generations, failures, count }
+        Load {
+            stop,
+            threads,
+            generations,
+            failures,
+            count,
+        }
     }
 
     fn finish(self) -> (Vec<u64>, Vec<String>) {
@@ -79,16 +89,26 @@ fn hup_without_failures(worker: Vec<String>) {
     let addr = addr("127.0.0.1", port);
     let first = wait_generation(addr, 1);
     let load = Load::start(addr, 4);
-    wait_until("some requests before the HUP", || load.count.load(Ordering::Relaxed) > 20);
+    wait_until("some requests before the HUP", || {
+        load.count.load(Ordering::Relaxed) > 20
+    });
     server.signal(libc::SIGHUP);
     let second = wait_generation(addr, 2);
     server.wait_line(&format!("old worker {first} died, status:0"));
     let before = load.count.load(Ordering::Relaxed);
-    wait_until("some requests after the restart", || load.count.load(Ordering::Relaxed) > before + 20);
+    wait_until("some requests after the restart", || {
+        load.count.load(Ordering::Relaxed) > before + 20
+    });
     let (generations, failures) = load.finish();
 
     assert_ne!(first, second);
-    assert!(failures.is_empty(), "{} of {} requests failed: {:?}", failures.len(), generations.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        generations.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert!(generations.contains(&1) && generations.contains(&2));
     assert_eq!(server.wait_status(&status, &[2]), vec![(2, second)]);
     server.wait_line("new worker is now running, sending TERM to old workers:");
@@ -142,13 +162,23 @@ fn failing_starts_leave_the_old_generation_serving() {
 fn signal_on_hup_usr1() {
     let worker = perl_worker().display().to_string();
     let (server, port) = Server::start_retrying(
-        |port| strings(&[&format!("--port=127.0.0.1:{port}"), "--interval=0.2", "--signal-on-hup=usr1", "--", &worker]),
+        |port| {
+            strings(&[
+                &format!("--port=127.0.0.1:{port}"),
+                "--interval=0.2",
+                "--signal-on-hup=usr1",
+                "--",
+                &worker,
+            ])
+        },
         &[],
     );
     let addr = addr("127.0.0.1", port);
     let first = wait_generation(addr, 1);
     server.signal(libc::SIGHUP);
-    server.wait_line(&format!("new worker is now running, sending USR1 to old workers:{first}"));
+    server.wait_line(&format!(
+        "new worker is now running, sending USR1 to old workers:{first}"
+    ));
     // The Perl worker exits 42 on USR1 (and 0 on TERM): 42 << 8.
     server.wait_line(&format!("old worker {first} died, status:10752"));
     wait_generation(addr, 2);
@@ -167,7 +197,9 @@ fn unix_socket_serves_and_is_removed_at_exit() {
     let (pid, generation) = wait_for("an answer on the unix socket", || http_get_unix(&sock).ok());
     assert_eq!(generation, 1);
     server.signal(libc::SIGHUP);
-    wait_for("generation 2 on the unix socket", || http_get_unix(&sock).ok().filter(|a| a.1 == 2));
+    wait_for("generation 2 on the unix socket", || {
+        http_get_unix(&sock).ok().filter(|a| a.1 == 2)
+    });
     server.wait_line(&format!("old worker {pid} died, status:0"));
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
@@ -180,7 +212,10 @@ fn stale_unix_socket_is_replaced_live_one_and_plain_file_are_refused() {
     let stale = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     let server = Server::start(&[&format!("--path={}", stale.display()), "--", "sleep", "60"]);
-    server.wait_line(&format!("removing existing socket file:{}", stale.display()));
+    server.wait_line(&format!(
+        "removing existing socket file:{}",
+        stale.display()
+    ));
     server.wait_line("starting new worker");
     drop(server);
 
@@ -188,14 +223,21 @@ fn stale_unix_socket_is_replaced_live_one_and_plain_file_are_refused() {
     let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
     let mut server = Server::start(&[&format!("--path={}", live.display()), "--", "sleep", "60"]);
     assert!(!server.wait_exit().success());
-    assert!(server.has_line("another process is accepting connections on it"), "{:?}", server.lines());
+    assert!(
+        server.has_line("another process is accepting connections on it"),
+        "{:?}",
+        server.lines()
+    );
     assert!(live.exists());
 
     let plain = dir.path().join("data.txt");
     std::fs::write(&plain, "precious").unwrap();
     let mut server = Server::start(&[&format!("--path={}", plain.display()), "--", "sleep", "60"]);
     assert!(!server.wait_exit().success());
-    assert!(server.has_line(&format!("{}: the file exists and is not a socket", plain.display())));
+    assert!(server.has_line(&format!(
+        "{}: the file exists and is not a socket",
+        plain.display()
+    )));
     assert_eq!(std::fs::read_to_string(&plain).unwrap(), "precious");
     assert!(!server.has_line("starting new worker"));
 }
@@ -220,7 +262,8 @@ fn udp_and_ipv6_and_every_listener_reach_the_worker() {
     );
     server.wait_line("starting new worker");
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    udp.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let echoed = wait_for("a UDP echo", || {
         udp.send_to(b"ping", ("127.0.0.1", port)).ok()?;
         let mut buf = [0u8; 16];
@@ -263,13 +306,23 @@ fn environment_names_every_listener_as_the_original_does() {
         },
         &[("WORKER_LOG", log.to_str().unwrap())],
     );
-    let line = wait_for("the worker's report", || std::fs::read_to_string(&log).ok().filter(|s| s.ends_with('\n')));
-    let expected = format!("port=127.0.0.1:{port}=3;{port}=4;[::1]:{v6}=5;{}=6", sock.display());
+    let line = wait_for("the worker's report", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    });
+    let expected = format!(
+        "port=127.0.0.1:{port}=3;{port}=4;[::1]:{v6}=5;{}=6",
+        sock.display()
+    );
     assert!(line.contains(&expected), "{line} lacks {expected}");
     assert!(line.starts_with("generation=1 "), "{line}");
     // --dir, no signal left blocked, and only the listening sockets beyond what the
     // test itself passed down.
-    assert!(line.contains(&format!("cwd={} ", dir.path().display())), "{line}");
+    assert!(
+        line.contains(&format!("cwd={} ", dir.path().display())),
+        "{line}"
+    );
     assert!(line.contains("sigblk=0000000000000000"), "{line}");
     // Beyond stdio and the four sockets, the worker may hold only what the test
     // process itself passed down to start_server (same descriptor, same file).
@@ -281,7 +334,11 @@ fn environment_names_every_listener_as_the_original_does() {
             assert!(target.starts_with("socket:"), "{entry}");
         } else if fd > 6 {
             let ours = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
-            assert_eq!(ours.as_deref().and_then(|p| p.to_str()), Some(target), "worker inherited {entry}: {line}");
+            assert_eq!(
+                ours.as_deref().and_then(|p| p.to_str()),
+                Some(target),
+                "worker inherited {entry}: {line}"
+            );
         }
     }
     drop(server);
@@ -292,13 +349,30 @@ fn socket_pinned_at_fd_0() {
     let dir = TempDir::new("fd0");
     let log = dir.path().join("worker.log");
     let (server, port) = Server::start_retrying(
-        |port| strings(&[&format!("--port=127.0.0.1:{port}=0"), "--interval=0.1", "--", &perl_worker().display().to_string()]),
+        |port| {
+            strings(&[
+                &format!("--port=127.0.0.1:{port}=0"),
+                "--interval=0.1",
+                "--",
+                &perl_worker().display().to_string(),
+            ])
+        },
         &[("WORKER_LOG", log.to_str().unwrap())],
     );
     server.wait_line("socket is duplicated to file descriptor 0");
-    let line = wait_for("the worker's report", || std::fs::read_to_string(&log).ok().filter(|s| s.ends_with('\n')));
-    assert!(line.contains(&format!("port=127.0.0.1:{port}=0 ")), "{line}");
-    assert_eq!(wait_generation(addr("127.0.0.1", port), 1), server.worker_pids()[0]);
+    let line = wait_for("the worker's report", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    });
+    assert!(
+        line.contains(&format!("port=127.0.0.1:{port}=0 ")),
+        "{line}"
+    );
+    assert_eq!(
+        wait_generation(addr("127.0.0.1", port), 1),
+        server.worker_pids()[0]
+    );
 }
 
 #[test]
@@ -320,8 +394,16 @@ fn term_stops_every_worker_and_cleans_up() {
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
     let pid = entries[0].1;
-    assert!(server.has_line(&format!("received TERM, sending INT to all workers:{pid}")), "{:?}", server.lines());
-    assert!(server.has_line(&format!("worker {pid} died, status:1792")), "{:?}", server.lines());
+    assert!(
+        server.has_line(&format!("received TERM, sending INT to all workers:{pid}")),
+        "{:?}",
+        server.lines()
+    );
+    assert!(
+        server.has_line(&format!("worker {pid} died, status:1792")),
+        "{:?}",
+        server.lines()
+    );
     assert_eq!(server.lines().last().map(String::as_str), Some("exiting"));
     assert!(!status.exists() && !sock.exists());
     assert!(!pid_alive(pid));
@@ -329,13 +411,23 @@ fn term_stops_every_worker_and_cleans_up() {
 
 #[test]
 fn int_sends_term() {
-    let mut server = Server::start(&["--interval=0.1", "--signal-on-term=USR1", "--", "sleep", "60"]);
+    let mut server = Server::start(&[
+        "--interval=0.1",
+        "--signal-on-term=USR1",
+        "--",
+        "sleep",
+        "60",
+    ]);
     server.wait_line("starting new worker");
     let pid = server.worker_pids()[0];
     thread::sleep(Duration::from_millis(150)); // let the worker start (not required)
     server.signal(libc::SIGINT);
     assert!(server.wait_exit().success());
-    assert!(server.has_line(&format!("received INT, sending TERM to all workers:{pid}")), "{:?}", server.lines());
+    assert!(
+        server.has_line(&format!("received INT, sending TERM to all workers:{pid}")),
+        "{:?}",
+        server.lines()
+    );
     assert!(server.has_line(&format!("worker {pid} died, status:15")));
 }
 
@@ -346,12 +438,22 @@ fn term_during_the_interval_is_acted_on_at_once() {
     let sent = Instant::now();
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
-    assert!(sent.elapsed() < Duration::from_secs(10), "took {:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        sent.elapsed()
+    );
 }
 
 #[test]
 fn term_during_the_kill_old_delay_is_acted_on_at_once() {
-    let mut server = Server::start(&["--interval=0.1", "--kill-old-delay=60", "--", "sleep", "600"]);
+    let mut server = Server::start(&[
+        "--interval=0.1",
+        "--kill-old-delay=60",
+        "--",
+        "sleep",
+        "600",
+    ]);
     server.wait_line("starting new worker");
     server.signal(libc::SIGHUP);
     server.wait_line("sleeping 60 secs before killing old workers");
@@ -367,7 +469,13 @@ fn term_during_the_kill_old_delay_is_acted_on_at_once() {
 fn hups_during_a_start_coalesce_into_one_restart() {
     let dir = TempDir::new("coalesce");
     let status = dir.path().join("status");
-    let server = Server::start(&["--interval=0.5", &format!("--status-file={}", status.display()), "--", "sleep", "600"]);
+    let server = Server::start(&[
+        "--interval=0.5",
+        &format!("--status-file={}", status.display()),
+        "--",
+        "sleep",
+        "600",
+    ]);
     server.wait_status(&status, &[1]);
     server.signal(libc::SIGHUP);
     server.wait_line("received HUP, spawning a new worker");
@@ -378,7 +486,12 @@ fn hups_during_a_start_coalesce_into_one_restart() {
     server.wait_status(&status, &[3]);
     // Gen 3 started: one restart for the five HUPs sent during gen 2's start.
     thread::sleep(Duration::from_millis(800));
-    assert_eq!(server.count_lines("received HUP, spawning a new worker"), 2, "{:?}", server.lines());
+    assert_eq!(
+        server.count_lines("received HUP, spawning a new worker"),
+        2,
+        "{:?}",
+        server.lines()
+    );
     assert_eq!(read_status(&status).len(), 1);
 }
 
@@ -386,10 +499,18 @@ fn hups_during_a_start_coalesce_into_one_restart() {
 fn a_worker_that_dies_is_restarted() {
     let dir = TempDir::new("respawn");
     let status = dir.path().join("status");
-    let server = Server::start(&["--interval=0.1", &format!("--status-file={}", status.display()), "--", "sleep", "600"]);
+    let server = Server::start(&[
+        "--interval=0.1",
+        &format!("--status-file={}", status.display()),
+        "--",
+        "sleep",
+        "600",
+    ]);
     let first = server.wait_status(&status, &[1])[0].1;
     signal(first, libc::SIGKILL);
-    server.wait_line(&format!("worker {first} died unexpectedly with status:9, restarting"));
+    server.wait_line(&format!(
+        "worker {first} died unexpectedly with status:9, restarting"
+    ));
     let second = server.wait_status(&status, &[2])[0].1;
     assert_ne!(first, second);
 }
@@ -412,7 +533,13 @@ fn exec_failure_is_reported_and_retried() {
 fn path_lookup_and_zero_interval() {
     let dir = TempDir::new("path");
     let status = dir.path().join("status");
-    let mut server = Server::start(&["--interval=0", &format!("--status-file={}", status.display()), "--", "sleep", "600"]);
+    let mut server = Server::start(&[
+        "--interval=0",
+        &format!("--status-file={}", status.display()),
+        "--",
+        "sleep",
+        "600",
+    ]);
     server.wait_status(&status, &[1]);
     server.signal(libc::SIGHUP);
     server.wait_status(&status, &[2]);
@@ -427,9 +554,19 @@ fn worker_starts_with_default_signal_dispositions_and_mask() {
     let server = Server::start(&["--interval=5", "--", "cat", "/proc/self/status"]);
     let lines = wait_for("cat's report", || {
         let lines = server.lines();
-        lines.iter().any(|l| l.starts_with("SigCgt:")).then_some(lines)
+        lines
+            .iter()
+            .any(|l| l.starts_with("SigCgt:"))
+            .then_some(lines)
     });
-    let field = |name: &str| lines.iter().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap().to_string();
+    let field = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(field("SigBlk:"), "0000000000000000");
     assert_eq!(field("SigIgn:"), "0000000000000000");
 }

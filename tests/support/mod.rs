@@ -15,7 +15,9 @@ use crate::common::{self, StartServer, TempDir, PATIENCE};
 /// The start_server under test: `$START_SERVER` (what `make test` sets: the static musl
 /// build), else the one cargo built for these tests.
 pub fn start_server_bin() -> PathBuf {
-    std::env::var_os("START_SERVER").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_start_server").into())
+    std::env::var_os("START_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_start_server").into())
 }
 
 pub fn perl_worker() -> PathBuf {
@@ -43,7 +45,12 @@ pub fn free_port(ip: &str) -> u16 {
 pub fn pid_alive(pid: i32) -> bool {
     // A zombie still answers kill(0): look at its state too.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -75,7 +82,10 @@ impl Server {
 
     /// Starts start_server on a port picked by `make_args` (given a fresh free port
     /// each time), again if another process took the port first.
-    pub fn start_retrying(mut make_args: impl FnMut(u16) -> Vec<String>, env: &[(&str, &str)]) -> (Server, u16) {
+    pub fn start_retrying(
+        mut make_args: impl FnMut(u16) -> Vec<String>,
+        env: &[(&str, &str)],
+    ) -> (Server, u16) {
         for _ in 0..5 {
             let port = free_port("127.0.0.1");
             let args = make_args(port);
@@ -90,7 +100,11 @@ impl Server {
             if started {
                 return (server, port);
             }
-            assert!(server.has_line("Address already in use"), "start_server failed: {:?}", server.lines());
+            assert!(
+                server.has_line("Address already in use"),
+                "start_server failed: {:?}",
+                server.lines()
+            );
         }
         panic!("no free port after 5 tries");
     }
@@ -117,9 +131,15 @@ impl Server {
 
     /// Waits for the `n`-th (1-based) line containing `needle`.
     pub fn wait_nth_line(&self, needle: &str, n: usize) -> String {
-        wait_for(&format!("log line {needle:?} #{n} in {}", self.inner.log.display()), || {
-            self.lines().into_iter().filter(|l| l.contains(needle)).nth(n - 1)
-        })
+        wait_for(
+            &format!("log line {needle:?} #{n} in {}", self.inner.log.display()),
+            || {
+                self.lines()
+                    .into_iter()
+                    .filter(|l| l.contains(needle))
+                    .nth(n - 1)
+            },
+        )
     }
 
     pub fn worker_pids(&self) -> Vec<i32> {
@@ -140,11 +160,14 @@ impl Server {
 
     /// Waits until the status file holds exactly these generations.
     pub fn wait_status(&self, file: &Path, generations: &[u64]) -> Vec<(u64, i32)> {
-        wait_for(&format!("status file with generations {generations:?}"), || {
-            let entries = read_status(file);
-            let gens: Vec<u64> = entries.iter().map(|e| e.0).collect();
-            (gens == generations).then_some(entries)
-        })
+        wait_for(
+            &format!("status file with generations {generations:?}"),
+            || {
+                let entries = read_status(file);
+                let gens: Vec<u64> = entries.iter().map(|e| e.0).collect();
+                (gens == generations).then_some(entries)
+            },
+        )
     }
 }
 
@@ -186,10 +209,13 @@ pub fn http_get_unix(path: &Path) -> std::io::Result<(i32, u64)> {
 
 /// Waits until a request over TCP is answered by `generation`; returns its pid.
 pub fn wait_generation(addr: SocketAddr, generation: u64) -> i32 {
-    wait_for(&format!("generation {generation} to answer at {addr}"), || match http_get(addr) {
-        Ok((pid, g)) if g == generation => Some(pid),
-        _ => None,
-    })
+    wait_for(
+        &format!("generation {generation} to answer at {addr}"),
+        || match http_get(addr) {
+            Ok((pid, g)) if g == generation => Some(pid),
+            _ => None,
+        },
+    )
 }
 
 pub fn addr(ip: &str, port: u16) -> SocketAddr {

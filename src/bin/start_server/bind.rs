@@ -46,7 +46,12 @@ impl Listeners {
         }
     }
 
-    fn bind_all(&mut self, ports: &[PortSpec], paths: &[PathBuf], backlog: i32) -> Result<(), String> {
+    fn bind_all(
+        &mut self,
+        ports: &[PortSpec],
+        paths: &[PathBuf],
+        backlog: i32,
+    ) -> Result<(), String> {
         let mut placeholders = reserve_pinned_fds(ports)?;
         for spec in ports {
             let fd = bind_port(spec, backlog)?;
@@ -56,14 +61,23 @@ impl Listeners {
                     if let Some(pos) = placeholders.iter().position(|p| p.as_raw_fd() == target) {
                         let _ = placeholders.swap_remove(pos).into_raw_fd();
                     }
-                    sys::dup2(fd.as_raw_fd(), target)
-                        .map_err(|e| format!("dup2(2) failed for {} to descriptor {target}: {e}", spec.name))?;
+                    sys::dup2(fd.as_raw_fd(), target).map_err(|e| {
+                        format!(
+                            "dup2(2) failed for {} to descriptor {target}: {e}",
+                            spec.name
+                        )
+                    })?;
                     log!("socket is duplicated to file descriptor {target}");
                     target
                 }
-                None => inheritable(fd).map_err(|e| format!("fcntl(F_SETFD) failed for {}: {e}", spec.name))?,
+                None => inheritable(fd)
+                    .map_err(|e| format!("fcntl(F_SETFD) failed for {}: {e}", spec.name))?,
             };
-            self.0.push(Listener { name: spec.name.clone(), fd, unix_file: None });
+            self.0.push(Listener {
+                name: spec.name.clone(),
+                fd,
+                unix_file: None,
+            });
         }
         for path in paths {
             let listener = bind_path(path, backlog)?;
@@ -74,7 +88,11 @@ impl Listeners {
 
     /// The value of SERVER_STARTER_PORT: `name=fd` entries joined by `;`.
     pub fn env_value(&self) -> String {
-        let entries: Vec<String> = self.0.iter().map(|l| format!("{}={}", l.name, l.fd)).collect();
+        let entries: Vec<String> = self
+            .0
+            .iter()
+            .map(|l| format!("{}={}", l.name, l.fd))
+            .collect();
         entries.join(";")
     }
 
@@ -88,7 +106,9 @@ impl Listeners {
     pub fn remove_socket_files(&self) {
         for file in self.0.iter().filter_map(|l| l.unix_file.as_ref()) {
             match fs::symlink_metadata(&file.path) {
-                Ok(m) if m.file_type().is_socket() && m.dev() == file.dev && m.ino() == file.ino => {
+                Ok(m)
+                    if m.file_type().is_socket() && m.dev() == file.dev && m.ino() == file.ino =>
+                {
                     if let Err(e) = fs::remove_file(&file.path) {
                         log!("failed to remove socket file {}: {e}", file.path.display());
                     }
@@ -106,14 +126,18 @@ fn reserve_pinned_fds(ports: &[PortSpec]) -> Result<Vec<OwnedFd>, String> {
     let mut seen = Vec::new();
     let mut placeholders = Vec::new();
     for spec in ports {
-        let Some(target) = spec.pinned_fd else { continue };
+        let Some(target) = spec.pinned_fd else {
+            continue;
+        };
         if seen.contains(&target) {
-            return Err(format!("invalid port value: descriptor {target} is pinned by two --port options"));
+            return Err(format!(
+                "invalid port value: descriptor {target} is pinned by two --port options"
+            ));
         }
         seen.push(target);
         if !sys::fd_is_open(target) {
-            let placeholder =
-                sys::occupy_fd(target).map_err(|e| format!("failed to reserve descriptor {target}: {e}"))?;
+            let placeholder = sys::occupy_fd(target)
+                .map_err(|e| format!("failed to reserve descriptor {target}: {e}"))?;
             placeholders.push(placeholder);
         }
     }
@@ -122,7 +146,11 @@ fn reserve_pinned_fds(ports: &[PortSpec]) -> Result<Vec<OwnedFd>, String> {
 
 fn bind_port(spec: &PortSpec, backlog: i32) -> Result<OwnedFd, String> {
     let addr = spec.resolve()?;
-    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     let ty = match spec.protocol {
         Protocol::Tcp => libc::SOCK_STREAM,
         Protocol::Udp => libc::SOCK_DGRAM,
@@ -156,8 +184,16 @@ fn bind_path(path: &Path, backlog: i32) -> Result<Listener, String> {
     sys::umask(saved);
     bound.map_err(|e| fail(e.to_string()))?;
     let meta = fs::symlink_metadata(path).map_err(|e| fail(e.to_string()))?;
-    let unix_file = UnixFile { path: path.to_path_buf(), dev: meta.dev(), ino: meta.ino() };
-    let listener = |fd| Listener { name: path.display().to_string(), fd, unix_file: Some(unix_file) };
+    let unix_file = UnixFile {
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    let listener = |fd| Listener {
+        name: path.display().to_string(),
+        fd,
+        unix_file: Some(unix_file),
+    };
     if let Err(e) = sys::listen(&fd, backlog) {
         let _ = fs::remove_file(path);
         return Err(fail(e.to_string()));
@@ -185,7 +221,9 @@ fn remove_stale_socket(path: &Path, addr: &SockAddr) -> Result<(), String> {
             log!("removing existing socket file:{}", path.display());
             fs::remove_file(path).map_err(|e| format!("failed to remove existing socket file: {e}"))
         }
-        Err(e) => Err(format!("cannot tell whether the existing socket is in use: {e}")),
+        Err(e) => Err(format!(
+            "cannot tell whether the existing socket is in use: {e}"
+        )),
     }
 }
 

@@ -14,11 +14,16 @@ use crate::signals::Signal;
 pub enum Mode {
     Help,
     Version,
-    Start(Config),
+    Start(Box<Config>),
     /// `--restart`: HUP the running instance and wait for its new generation.
-    Restart { pid_file: PathBuf, status_file: PathBuf },
+    Restart {
+        pid_file: PathBuf,
+        status_file: PathBuf,
+    },
     /// `--stop`: TERM the running instance and wait for it to exit.
-    Stop { pid_file: PathBuf },
+    Stop {
+        pid_file: PathBuf,
+    },
 }
 
 pub struct Config {
@@ -53,7 +58,10 @@ fn usage(message: String) -> Error {
 }
 
 fn invalid(message: String) -> Error {
-    Error { message, status: 255 }
+    Error {
+        message,
+        status: 255,
+    }
 }
 
 /// (name, takes a value)
@@ -133,7 +141,9 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
             opts.optflagmulti("", name, "");
         }
     }
-    let m = opts.parse(&args).map_err(|e| usage(format!("{e} (see --help)")))?;
+    let m = opts
+        .parse(&args)
+        .map_err(|e| usage(format!("{e} (see --help)")))?;
     // As with Getopt::Long, a repeated option keeps its last value (but --port and
     // --path accumulate).
     let last = |name: &str| m.opt_strs(name).pop();
@@ -147,36 +157,61 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
     }
     if m.opt_present("restart") {
         return match (path("pid-file"), path("status-file")) {
-            (Some(pid_file), Some(status_file)) => Ok(Mode::Restart { pid_file, status_file }),
-            _ => Err(invalid("--restart option requires --pid-file and --status-file to be set as well".into())),
+            (Some(pid_file), Some(status_file)) => Ok(Mode::Restart {
+                pid_file,
+                status_file,
+            }),
+            _ => Err(invalid(
+                "--restart option requires --pid-file and --status-file to be set as well".into(),
+            )),
         };
     }
     if m.opt_present("stop") {
         return match path("pid-file") {
             Some(pid_file) => Ok(Mode::Stop { pid_file }),
-            None => Err(invalid("--stop option requires --pid-file to be set as well".into())),
+            None => Err(invalid(
+                "--stop option requires --pid-file to be set as well".into(),
+            )),
         };
     }
 
     let daemonize = m.opt_present("daemonize");
     let log_file = last("log-file");
     if daemonize && log_file.is_none() {
-        return Err(invalid("--log-file option must be specified together with --daemonize".into()));
+        return Err(invalid(
+            "--log-file option must be specified together with --daemonize".into(),
+        ));
     }
-    let ports = m.opt_strs("port").iter().map(|p| port_spec::parse(p)).collect::<Result<_, _>>().map_err(invalid)?;
+    let ports = m
+        .opt_strs("port")
+        .iter()
+        .map(|p| port_spec::parse(p))
+        .collect::<Result<_, _>>()
+        .map_err(invalid)?;
     let signal = |name: &str| {
         last(name)
             .map(|s| Signal::parse(&s).map_err(|e| invalid(format!("--{name}: {e}"))))
             .unwrap_or(Ok(Signal::term()))
     };
-    let seconds = |name: &str| last(name).map(|s| parse_seconds(name, &s)).transpose();
+    let seconds = |name: &str| {
+        last(name)
+            .map(|s| {
+                parse_seconds(&s)
+                    .map_err(|why| invalid(format!("invalid --{name} value {s:?}: {why}")))
+            })
+            .transpose()
+    };
     let backlog = match last("backlog") {
         None => libc::SOMAXCONN,
         Some(text) => match text.trim().parse::<i32>() {
             // The original treats 0 as "not given".
             Ok(0) => libc::SOMAXCONN,
             Ok(n) if n > 0 => n,
-            _ => return Err(invalid(format!("invalid --backlog value {text:?}: expected a positive number"))),
+            _ => {
+                return Err(invalid(format!(
+                    "invalid --backlog value {text:?}: expected a positive number"
+                )))
+            }
         },
     };
     let dir = path("dir");
@@ -185,6 +220,15 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(invalid(format!("--dir {}: not a directory", dir.display()))),
             Err(e) => return Err(invalid(format!("--dir {}: {e}", dir.display()))),
+        }
+    }
+    let envdir = path("envdir");
+    if let Some(envdir) = &envdir {
+        if !envdir.is_dir() {
+            return Err(invalid(format!(
+                "--envdir {}: not a directory",
+                envdir.display()
+            )));
         }
     }
     let config = Config {
@@ -196,7 +240,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         signal_on_term: signal("signal-on-term")?,
         pid_file: path("pid-file"),
         status_file: path("status-file"),
-        envdir: path("envdir"),
+        envdir,
         log_file,
         daemonize,
         enable_auto_restart: m.opt_present("enable-auto-restart"),
@@ -208,17 +252,17 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
     if config.command.is_empty() {
         return Err(invalid("server program not specified".into()));
     }
-    Ok(Mode::Start(config))
+    Ok(Mode::Start(Box::new(config)))
 }
 
 /// A non-negative number of seconds, fractions allowed (`0.25`).
-pub fn parse_seconds(name: &str, text: &str) -> Result<Duration, Error> {
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     text.trim()
         .parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| invalid(format!("invalid --{name} value {text:?}: expected a number of seconds")))
+        .ok_or_else(|| "expected a number of seconds".to_string())
 }
 
 /// Rewrites `-name`, and any unambiguous prefix of a long option, to `--full-name`,
@@ -238,7 +282,10 @@ fn expand_abbreviations(args: &[String]) -> Result<Vec<String>, Error> {
             None => (body, None),
         };
         let exact = OPTIONS.iter().find(|(o, _)| *o == name);
-        let prefixed: Vec<_> = OPTIONS.iter().filter(|(o, _)| o.starts_with(name)).collect();
+        let prefixed: Vec<_> = OPTIONS
+            .iter()
+            .filter(|(o, _)| o.starts_with(name))
+            .collect();
         let option = match (exact, prefixed.as_slice()) {
             (Some(&option), _) | (None, [&option]) => option,
             (None, []) => {
@@ -248,7 +295,10 @@ fn expand_abbreviations(args: &[String]) -> Result<Vec<String>, Error> {
             }
             (None, many) => {
                 let names: Vec<_> = many.iter().map(|(o, _)| format!("--{o}")).collect();
-                return Err(usage(format!("Option {arg} is ambiguous ({}) (see --help)", names.join(", "))));
+                return Err(usage(format!(
+                    "Option {arg} is ambiguous ({}) (see --help)",
+                    names.join(", ")
+                )));
             }
         };
         let (full, takes_value) = option;
@@ -272,7 +322,7 @@ mod tests {
     fn start(args: &[&str]) -> Config {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         match parse(&args) {
-            Ok(Mode::Start(c)) => c,
+            Ok(Mode::Start(c)) => *c,
             Ok(_) => panic!("not a start"),
             Err(e) => panic!("{}", e.message),
         }
@@ -288,7 +338,17 @@ mod tests {
 
     #[test]
     fn both_spellings_and_abbreviations() {
-        let c = start(&["--port=80", "--port", "81", "-path=/tmp/x.sock", "--int", "0.25", "--", "prog", "--port=9"]);
+        let c = start(&[
+            "--port=80",
+            "--port",
+            "81",
+            "-path=/tmp/x.sock",
+            "--int",
+            "0.25",
+            "--",
+            "prog",
+            "--port=9",
+        ]);
         assert_eq!(c.ports.len(), 2);
         assert_eq!(c.ports[1].name, "81");
         assert_eq!(c.paths, vec![PathBuf::from("/tmp/x.sock")]);
@@ -305,7 +365,13 @@ mod tests {
 
     #[test]
     fn defaults_and_last_value_wins() {
-        let c = start(&["--interval=3", "--interval=2", "--signal-on-hup=usr1", "--", "prog"]);
+        let c = start(&[
+            "--interval=3",
+            "--interval=2",
+            "--signal-on-hup=usr1",
+            "--",
+            "prog",
+        ]);
         assert_eq!(c.interval, Duration::from_secs(2));
         assert_eq!(c.signal_on_hup.name, "USR1");
         assert_eq!(c.signal_on_term.name, "TERM");
@@ -317,15 +383,27 @@ mod tests {
     fn errors() {
         assert_eq!(error(&["--bogus", "--", "x"]).status, 1);
         assert_eq!(error(&["--s", "--", "x"]).status, 1); // --signal-*, --status-file, --stop
-        assert!(error(&["--port=80"]).message.contains("server program not specified"));
+        assert!(error(&["--port=80"])
+            .message
+            .contains("server program not specified"));
         assert!(error(&["--port=80x", "--", "x"]).message.contains("80x"));
-        assert!(error(&["--signal-on-hup=FOO", "--", "x"]).message.contains("FOO"));
+        assert!(error(&["--signal-on-hup=FOO", "--", "x"])
+            .message
+            .contains("FOO"));
         assert!(error(&["--interval=-1", "--", "x"]).message.contains("-1"));
-        assert!(error(&["--backlog=x", "--", "x"]).message.contains("backlog"));
-        assert!(error(&["--daemonize", "--", "x"]).message.contains("--log-file"));
-        assert!(error(&["--restart", "--pid-file=x"]).message.contains("--status-file"));
+        assert!(error(&["--backlog=x", "--", "x"])
+            .message
+            .contains("backlog"));
+        assert!(error(&["--daemonize", "--", "x"])
+            .message
+            .contains("--log-file"));
+        assert!(error(&["--restart", "--pid-file=x"])
+            .message
+            .contains("--status-file"));
         assert!(error(&["--stop"]).message.contains("--pid-file"));
-        assert!(error(&["--dir=/nonexistent/dir", "--", "x"]).message.contains("/nonexistent/dir"));
+        assert!(error(&["--dir=/nonexistent/dir", "--", "x"])
+            .message
+            .contains("/nonexistent/dir"));
         assert!(error(&["--port"]).message.contains("port"));
     }
 }

@@ -3,8 +3,13 @@
 
 mod bind;
 mod cli;
+mod control;
+mod daemon;
+mod envdir;
 #[macro_use]
 mod log;
+mod log_file;
+mod pid_file;
 mod port_spec;
 mod signals;
 mod spawn;
@@ -16,6 +21,8 @@ use std::process::ExitCode;
 
 use bind::Listeners;
 use cli::{Config, Mode};
+use log_file::LogFile;
+use pid_file::PidFile;
 use signals::Events;
 use spawn::Command;
 use status_file::StatusFile;
@@ -39,11 +46,18 @@ fn main() -> ExitCode {
             Ok(())
         }
         Mode::Version => {
-            println!("{} (Server::Starter 0.35 compatible)", env!("CARGO_PKG_VERSION"));
+            println!(
+                "{} (Server::Starter 0.35 compatible)",
+                env!("CARGO_PKG_VERSION")
+            );
             Ok(())
         }
-        Mode::Start(config) => start(config),
-        Mode::Restart { .. } | Mode::Stop { .. } => Err("--restart and --stop are not implemented yet".to_string()),
+        Mode::Start(config) => start(*config),
+        Mode::Restart {
+            pid_file,
+            status_file,
+        } => control::restart(&pid_file, &status_file),
+        Mode::Stop { pid_file } => control::stop(&pid_file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,23 +70,111 @@ fn fail(status: u8, message: &str) -> ExitCode {
     ExitCode::from(status)
 }
 
+/// Set-up, in the original's order, then the supervisor. A step that fails undoes the
+/// ones before it: no file is left behind that was not there before.
 fn start(config: Config) -> Result<(), String> {
     signals::block().map_err(|e| format!("failed to block signals: {e}"))?;
-    let command = Command::new(&config.command, config.dir.as_deref())?;
+    export_options(&config);
+    let tunables = envdir::tunables(&envdir::current())?;
+    let command = Command::new(
+        &config.command,
+        config.dir.as_deref(),
+        config.signal_on_term.number,
+    )?;
 
-    log!("start_server (pid:{}) starting now...", std::process::id());
-    let listeners = Listeners::bind(&config.ports, &config.paths, config.backlog)?;
+    // Locked before binding, so that a second instance is told that it is one, rather
+    // than that its ports are in use.
+    let mut pid_file = config.pid_file.as_deref().map(PidFile::lock).transpose()?;
+    let bound = config
+        .log_file
+        .as_deref()
+        .map(LogFile::open)
+        .transpose()
+        .and_then(|log_file| {
+            log!("start_server (pid:{}) starting now...", std::process::id());
+            let listeners = Listeners::bind(&config.ports, &config.paths, config.backlog)?;
+            Ok((log_file, listeners))
+        });
+    let result = match bound {
+        Ok((log_file, listeners)) => {
+            let result = serve(
+                config,
+                tunables,
+                command,
+                &listeners,
+                pid_file.as_mut(),
+                log_file.as_ref(),
+            );
+            listeners.remove_socket_files();
+            if let Some(log_file) = log_file {
+                log_file.finish();
+            }
+            result
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(pid_file) = pid_file {
+        pid_file.release();
+    }
+    result
+}
+
+/// With the sockets bound: detach if asked to, then supervise until stopped.
+fn serve(
+    config: Config,
+    tunables: envdir::Tunables,
+    command: Command,
+    listeners: &Listeners,
+    pid_file: Option<&mut PidFile>,
+    log_file: Option<&LogFile>,
+) -> Result<(), String> {
+    if let Some(log_file) = log_file {
+        log_file.redirect()?;
+    }
+    let daemon = if config.daemonize {
+        Some(daemon::daemonize(listeners.has_fd(0))?)
+    } else {
+        None
+    };
+    if let Some(pid_file) = pid_file {
+        pid_file.write_pid()?;
+    }
     let events = Events::new().map_err(|e| format!("failed to create a signalfd: {e}"))?;
+    if let Some(daemon) = daemon {
+        daemon.ready();
+    }
     let settings = Settings {
         interval: config.interval,
-        kill_old_delay: config.kill_old_delay.unwrap_or_default(),
         signal_on_hup: config.signal_on_hup,
         signal_on_term: config.signal_on_term,
         port_env: listeners.env_value(),
     };
     let status_file = config.status_file.map(StatusFile::new);
-    let mut supervisor = Supervisor::new(settings, command, status_file);
-    let result = supervisor.run(&events).map_err(|e| format!("waiting for events failed: {e}"));
-    listeners.remove_socket_files();
-    result
+    let mut supervisor = Supervisor::new(settings, tunables, command, status_file);
+    supervisor
+        .run(&events)
+        .map_err(|e| format!("waiting for events failed: {e}"))
+}
+
+/// Like the original, the options that have environment equivalents are exported, for
+/// start_server's own later reading (through --envdir's overlay) and for the workers.
+fn export_options(config: &Config) {
+    let set = |key: &str, value: Option<String>| {
+        if let Some(value) = value {
+            std::env::set_var(key, value);
+        }
+    };
+    set(
+        "ENVDIR",
+        config.envdir.as_ref().map(|d| d.display().to_string()),
+    );
+    set(
+        "ENABLE_AUTO_RESTART",
+        config.enable_auto_restart.then(|| "1".to_string()),
+    );
+    set("KILL_OLD_DELAY", config.kill_old_delay.map(log::seconds));
+    set(
+        "AUTO_RESTART_INTERVAL",
+        config.auto_restart_interval.map(log::seconds),
+    );
 }

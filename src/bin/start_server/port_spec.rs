@@ -83,7 +83,13 @@ pub fn parse(spec: &str) -> Result<PortSpec, String> {
             }
         }
     };
-    Ok(PortSpec { host, port, protocol, pinned_fd, name })
+    Ok(PortSpec {
+        host,
+        port,
+        protocol,
+        pinned_fd,
+        name,
+    })
 }
 
 /// Only ASCII digits: `str::parse` would also take a sign.
@@ -98,7 +104,10 @@ impl PortSpec {
     /// The address to bind, resolving a host name to its first IPv4 address.
     pub fn resolve(&self) -> Result<SocketAddr, String> {
         match &self.host {
-            Host::Any => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), self.port)),
+            Host::Any => Ok(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                self.port,
+            )),
             Host::V6(ip) => Ok(SocketAddr::new(IpAddr::V6(*ip), self.port)),
             Host::V4(host) => {
                 if let Ok(ip) = host.parse::<Ipv4Addr>() {
@@ -156,9 +165,28 @@ mod tests {
     #[test]
     fn rejects_what_is_not_a_port() {
         for bad in [
-            "", "   ", "http", "-1", "+80", "65536", "u", "uu80", "80u", "8080=", "8080=x", "8080=-1",
-            ":80", "[]:80", "[::1]", "[::1]:", "[zz::1]:80", "[1.2.3.4]:80", "host:", "1:2:3",
-            "80=1=2", "8080=99999999999",
+            "",
+            "   ",
+            "http",
+            "-1",
+            "+80",
+            "65536",
+            "u",
+            "uu80",
+            "80u",
+            "8080=",
+            "8080=x",
+            "8080=-1",
+            ":80",
+            "[]:80",
+            "[::1]",
+            "[::1]:",
+            "[zz::1]:80",
+            "[1.2.3.4]:80",
+            "host:",
+            "1:2:3",
+            "80=1=2",
+            "8080=99999999999",
         ] {
             let err = parse(bad).expect_err(bad);
             assert!(err.starts_with("invalid port value"), "{bad}: {err}");
@@ -167,7 +195,10 @@ mod tests {
 
     #[test]
     fn resolves_names_to_ipv4() {
-        assert_eq!(ok("localhost:80").resolve().unwrap(), "127.0.0.1:80".parse().unwrap());
+        assert_eq!(
+            ok("localhost:80").resolve().unwrap(),
+            "127.0.0.1:80".parse().unwrap()
+        );
         assert_eq!(ok("80").resolve().unwrap(), "0.0.0.0:80".parse().unwrap());
         assert!(ok("no-such-host.invalid:80").resolve().is_err());
     }

@@ -62,18 +62,25 @@ impl Signal {
         let upper = text.trim().to_ascii_uppercase();
         let name = upper.strip_prefix("SIG").unwrap_or(&upper);
         if let Some(&(_, number)) = NAMES.iter().find(|(n, _)| *n == name) {
-            return Ok(Signal { name: name.to_string(), number });
+            return Ok(Signal {
+                name: name.to_string(),
+                number,
+            });
         }
         match name.parse::<c_int>() {
-            Ok(number) if (1..=64).contains(&number) && !name.starts_with('+') => {
-                Ok(Signal { name: name.to_string(), number })
-            }
+            Ok(number) if (1..=64).contains(&number) && !name.starts_with('+') => Ok(Signal {
+                name: name.to_string(),
+                number,
+            }),
             _ => Err(format!("unknown signal name: {text:?}")),
         }
     }
 
     pub fn term() -> Signal {
-        Signal { name: "TERM".into(), number: libc::SIGTERM }
+        Signal {
+            name: "TERM".into(),
+            number: libc::SIGTERM,
+        }
     }
 }
 
@@ -107,7 +114,9 @@ impl Events {
     /// Opened after the sockets are bound, so that they get the lowest descriptors, as
     /// with the original.
     pub fn new() -> io::Result<Events> {
-        Ok(Events { fd: sys::signalfd(&SigSet::of(&HANDLED))? })
+        Ok(Events {
+            fd: sys::signalfd(&SigSet::of(&HANDLED))?,
+        })
     }
 
     /// Sleeps until a signal arrives or `deadline` passes.

@@ -20,6 +20,8 @@ use crate::sys::{self, Fork, Pid};
 pub struct Command {
     argv: Vec<CString>,
     dir: Option<CString>,
+    /// Sent to the worker by the kernel if start_server dies without stopping it.
+    parent_death_signal: c_int,
 }
 
 /// How a spawn went: the child exists either way and will be reaped; `exec_error` says
@@ -30,22 +32,40 @@ pub struct Spawned {
 }
 
 /// errno values after which execvp goes on to the next PATH entry.
-const TRY_NEXT: [c_int; 5] = [libc::ENOENT, libc::ENOTDIR, libc::ESTALE, libc::ENODEV, libc::ETIMEDOUT];
+const TRY_NEXT: [c_int; 5] = [
+    libc::ENOENT,
+    libc::ENOTDIR,
+    libc::ESTALE,
+    libc::ENODEV,
+    libc::ETIMEDOUT,
+];
 
 const STAGE_CHDIR: u8 = b'c';
 const STAGE_EXEC: u8 = b'e';
 
 impl Command {
-    pub fn new(args: &[String], dir: Option<&Path>) -> Result<Command, String> {
+    pub fn new(
+        args: &[String],
+        dir: Option<&Path>,
+        parent_death_signal: c_int,
+    ) -> Result<Command, String> {
         let cstring = |bytes: &[u8]| {
-            CString::new(bytes).map_err(|_| format!("a NUL byte in {:?}", String::from_utf8_lossy(bytes)))
+            CString::new(bytes)
+                .map_err(|_| format!("a NUL byte in {:?}", String::from_utf8_lossy(bytes)))
         };
         if args.is_empty() {
             return Err("server program not specified".into());
         }
-        let argv = args.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>()?;
+        let argv = args
+            .iter()
+            .map(|a| cstring(a.as_bytes()))
+            .collect::<Result<_, _>>()?;
         let dir = dir.map(|d| cstring(d.as_os_str().as_bytes())).transpose()?;
-        Ok(Command { argv, dir })
+        Ok(Command {
+            argv,
+            dir,
+            parent_death_signal,
+        })
     }
 
     fn program(&self) -> &CString {
@@ -58,7 +78,11 @@ impl Command {
         if program.contains(&b'/') {
             return vec![self.program().clone()];
         }
-        let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
+        let path = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_os_str());
         let path = path.unwrap_or(OsStr::new("/bin:/usr/bin")).as_bytes();
         path.split(|&b| b == b':')
             .filter_map(|dir| {
@@ -76,19 +100,26 @@ impl Command {
         let argv = pointers(&self.argv);
         let envp = pointers(&envp_strings);
         let (report_read, report_write) = sys::pipe_cloexec()?;
+        let parent = std::process::id() as Pid;
 
         match sys::fork()? {
-            Fork::Child => self.exec_child(&candidates, &argv, &envp, report_write.as_raw_fd()),
+            Fork::Child => {
+                self.exec_child(parent, &candidates, &argv, &envp, report_write.as_raw_fd())
+            }
             Fork::Parent(pid) => {
                 drop(report_write);
                 let mut buf = [0u8; 5];
                 // EOF (0 bytes) means exec succeeded and closed the pipe.
                 let n = sys::read_full(&report_read, &mut buf)?;
                 let exec_error = (n == buf.len()).then(|| {
-                    let err = io::Error::from_raw_os_error(c_int::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]));
+                    let err = io::Error::from_raw_os_error(c_int::from_ne_bytes([
+                        buf[1], buf[2], buf[3], buf[4],
+                    ]));
                     let program = self.program().to_string_lossy();
                     match (buf[0], &self.dir) {
-                        (STAGE_CHDIR, Some(dir)) => format!("failed to chdir to {}: {err}", dir.to_string_lossy()),
+                        (STAGE_CHDIR, Some(dir)) => {
+                            format!("failed to chdir to {}: {err}", dir.to_string_lossy())
+                        }
                         _ => format!("failed to exec {program}: {err}"),
                     }
                 });
@@ -100,8 +131,18 @@ impl Command {
 
 impl Command {
     /// In the child, between fork and exec: only async-signal-safe calls, no allocation.
-    fn exec_child(&self, candidates: &[CString], argv: &[*const c_char], envp: &[*const c_char], report: RawFd) -> ! {
+    fn exec_child(
+        &self,
+        parent: Pid,
+        candidates: &[CString],
+        argv: &[*const c_char],
+        envp: &[*const c_char],
+        report: RawFd,
+    ) -> ! {
         sys::child_reset_signals();
+        if !sys::child_set_parent_death_signal(self.parent_death_signal, parent) {
+            sys::child_exit(255);
+        }
         if let Some(dir) = &self.dir {
             if let Err(errno) = sys::child_chdir(dir) {
                 child_fail(report, STAGE_CHDIR, errno);
@@ -118,7 +159,15 @@ impl Command {
                 break;
             }
         }
-        child_fail(report, STAGE_EXEC, if denied && TRY_NEXT.contains(&errno) { libc::EACCES } else { errno })
+        child_fail(
+            report,
+            STAGE_EXEC,
+            if denied && TRY_NEXT.contains(&errno) {
+                libc::EACCES
+            } else {
+                errno
+            },
+        )
     }
 }
 
@@ -139,5 +188,9 @@ fn envp(env: &[(OsString, OsString)]) -> Vec<CString> {
 
 /// The NULL-terminated pointer array execve wants; `strings` must outlive it.
 fn pointers(strings: &[CString]) -> Vec<*const c_char> {
-    strings.iter().map(|s| s.as_ptr()).chain(Some(ptr::null())).collect()
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(Some(ptr::null()))
+        .collect()
 }

@@ -15,7 +15,10 @@ pub struct StatusFile {
 
 impl StatusFile {
     pub fn new(path: PathBuf) -> StatusFile {
-        StatusFile { path, created: false }
+        StatusFile {
+            path,
+            created: false,
+        }
     }
 
     /// Replaces the file's contents with `workers` as (generation, pid), sorted by
@@ -23,7 +26,10 @@ impl StatusFile {
     pub fn write(&mut self, workers: &[(u64, Pid)]) -> Result<(), String> {
         let mut workers = workers.to_vec();
         workers.sort_unstable();
-        let text: String = workers.iter().map(|(generation, pid)| format!("{generation}:{pid}\n")).collect();
+        let text: String = workers
+            .iter()
+            .map(|(generation, pid)| format!("{generation}:{pid}\n"))
+            .collect();
         // The temporary name is the original's: FILE.PID, in the same directory, so
         // that rename is atomic.
         let mut tmp = self.path.clone().into_os_string();
@@ -39,7 +45,10 @@ impl StatusFile {
             }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
-                Err(format!("failed to write status file {}: {e}", self.path.display()))
+                Err(format!(
+                    "failed to write status file {}: {e}",
+                    self.path.display()
+                ))
             }
         }
     }
@@ -52,4 +61,14 @@ impl StatusFile {
             }
         }
     }
+}
+
+/// The generations a status file lists, for `--restart`.
+pub fn generations(path: &std::path::Path) -> Result<Vec<u64>, String> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| format!("failed to open file:{}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once(':')?.0.parse().ok())
+        .collect())
 }

@@ -14,6 +14,7 @@ use std::io;
 use std::os::raw::c_int;
 use std::time::{Duration, Instant};
 
+use crate::envdir::{self, Tunables};
 use crate::log;
 use crate::signals::{Events, Signal};
 use crate::spawn::Command;
@@ -22,7 +23,6 @@ use crate::sys::{self, Pid};
 
 pub struct Settings {
     pub interval: Duration,
-    pub kill_old_delay: Duration,
     pub signal_on_hup: Signal,
     pub signal_on_term: Signal,
     /// The value of SERVER_STARTER_PORT.
@@ -49,6 +49,8 @@ struct Attempt {
 
 pub struct Supervisor {
     settings: Settings,
+    /// What the environment (and --envdir) said at the last spawn.
+    tunables: Tunables,
     command: Command,
     status_file: Option<StatusFile>,
     /// The last generation number given out; every spawn attempt takes the next one.
@@ -63,14 +65,22 @@ pub struct Supervisor {
     kill_old_at: Option<Instant>,
     /// A HUP arrived while a restart was under way: one more restart follows it.
     hup_pending: bool,
+    /// When the current worker started, for auto-restart.
+    started_at: Option<Instant>,
     /// TERM or INT arrived: every worker has been signalled; exit once all are gone.
     stopping: bool,
 }
 
 impl Supervisor {
-    pub fn new(settings: Settings, command: Command, status_file: Option<StatusFile>) -> Supervisor {
+    pub fn new(
+        settings: Settings,
+        tunables: Tunables,
+        command: Command,
+        status_file: Option<StatusFile>,
+    ) -> Supervisor {
         Supervisor {
             settings,
+            tunables,
             command,
             status_file,
             generation: 0,
@@ -79,6 +89,7 @@ impl Supervisor {
             old: BTreeMap::new(),
             kill_old_at: None,
             hup_pending: false,
+            started_at: None,
             stopping: false,
         }
     }
@@ -109,7 +120,30 @@ impl Supervisor {
     /// The next timer, if any: with none, the loop sleeps until a signal comes.
     fn next_deadline(&self) -> Option<Instant> {
         let attempt = self.attempt.as_ref().map(|a| a.until);
-        [attempt, self.kill_old_at].into_iter().flatten().min()
+        [attempt, self.kill_old_at, self.auto_restart_at()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// With auto-restart on, when the current worker is due for replacement: once the
+    /// interval has passed and no old worker remains, or at twice the interval anyway.
+    /// (The original checks every second; this is a timer at the exact moment.)
+    fn auto_restart_at(&self) -> Option<Instant> {
+        let interval = self.tunables.auto_restart?;
+        let started = self.started_at?;
+        if self.stopping
+            || self.attempt.is_some()
+            || self.kill_old_at.is_some()
+            || self.current.is_none()
+        {
+            return None;
+        }
+        Some(if self.old.is_empty() {
+            started + interval
+        } else {
+            started + interval * 2
+        })
     }
 
     // ------------------------------------------------------------ events
@@ -121,20 +155,23 @@ impl Supervisor {
         if self.attempt.is_some() || self.kill_old_at.is_some() {
             self.hup_pending = true;
         } else {
+            log!("received HUP, spawning a new worker");
             self.restart();
         }
     }
 
+    /// TERM or INT: signal every worker, then wait for all of them to exit. Unlike the
+    /// original, which ignores them, a repeated TERM or INT signals the workers still
+    /// running again.
     fn stop(&mut self, sig: c_int) {
-        if self.stopping {
-            return;
-        }
-        self.stopping = true;
-        self.hup_pending = false;
-        self.kill_old_at = None;
-        let starting = self.attempt.take().and_then(|a| a.worker);
-        for worker in starting.into_iter().chain(self.current.take()) {
-            self.old.insert(worker.pid, worker.generation);
+        if !self.stopping {
+            self.stopping = true;
+            self.hup_pending = false;
+            self.kill_old_at = None;
+            let starting = self.attempt.take().and_then(|a| a.worker);
+            for worker in starting.into_iter().chain(self.current.take()) {
+                self.old.insert(worker.pid, worker.generation);
+            }
         }
         // As in the original, INT is passed on as TERM; only TERM becomes
         // --signal-on-term.
@@ -143,7 +180,11 @@ impl Supervisor {
         } else {
             ("INT", Signal::term())
         };
-        log!("received {received}, sending {} to all workers:{}", send.name, self.old_pids());
+        log!(
+            "received {received}, sending {} to all workers:{}",
+            send.name,
+            self.old_pids()
+        );
         self.signal_old(&send);
     }
 
@@ -199,6 +240,15 @@ impl Supervisor {
         }
         if self.hup_pending && self.attempt.is_none() && self.kill_old_at.is_none() {
             self.hup_pending = false;
+            log!("received HUP, spawning a new worker");
+            self.restart();
+        } else if self.auto_restart_at().is_some_and(|at| at <= now) {
+            let interval = log::seconds(self.tunables.auto_restart.unwrap_or_default());
+            if self.old.is_empty() {
+                log!("autorestart triggered (interval={interval})");
+            } else {
+                log!("autorestart triggered (forced, interval={interval})");
+            }
             self.restart();
         }
     }
@@ -206,7 +256,6 @@ impl Supervisor {
     // ------------------------------------------------------------ transitions
 
     fn restart(&mut self) {
-        log!("received HUP, spawning a new worker");
         if let Some(worker) = self.current.take() {
             self.old.insert(worker.pid, worker.generation);
         }
@@ -216,36 +265,58 @@ impl Supervisor {
     fn spawn(&mut self, replacing: bool) {
         self.generation += 1;
         let until = Instant::now() + self.settings.interval;
-        let worker = match self.command.spawn(&self.worker_env()) {
+        let env = self.worker_env();
+        let worker = match self.command.spawn(&env) {
             Ok(spawned) => {
                 log!("starting new worker {}", spawned.pid);
                 if let Some(error) = spawned.exec_error {
                     log!("{error}");
                 }
-                Some(Worker { pid: spawned.pid, generation: self.generation })
+                Some(Worker {
+                    pid: spawned.pid,
+                    generation: self.generation,
+                })
             }
             Err(e) => {
-                log!("fork(2) failed: {e}; trying again in {} secs", log::seconds(self.settings.interval));
+                log!(
+                    "fork(2) failed: {e}; trying again in {} secs",
+                    log::seconds(self.settings.interval)
+                );
                 None
             }
         };
-        self.attempt = Some(Attempt { worker, until, replacing });
+        self.attempt = Some(Attempt {
+            worker,
+            until,
+            replacing,
+        });
     }
 
     /// The new worker outlived `--interval`: it is now the current one.
     fn started(&mut self, worker: Worker, replacing: bool) {
         self.current = Some(worker);
+        self.started_at = Some(Instant::now());
         self.write_status();
         if !replacing {
             return;
         }
-        let old = if self.old.is_empty() { "none".to_string() } else { self.old_pids() };
-        log!("new worker is now running, sending {} to old workers:{old}", self.settings.signal_on_hup.name);
-        let delay = self.settings.kill_old_delay;
+        let old = if self.old.is_empty() {
+            "none".to_string()
+        } else {
+            self.old_pids()
+        };
+        log!(
+            "new worker is now running, sending {} to old workers:{old}",
+            self.settings.signal_on_hup.name
+        );
+        let delay = self.tunables.kill_old_delay;
         if delay.is_zero() {
             self.kill_old_workers();
         } else {
-            log!("sleeping {} secs before killing old workers", log::seconds(delay));
+            log!(
+                "sleeping {} secs before killing old workers",
+                log::seconds(delay)
+            );
             self.kill_old_at = Some(Instant::now() + delay);
         }
     }
@@ -272,21 +343,37 @@ impl Supervisor {
     }
 
     fn write_status(&mut self) {
-        let Some(status_file) = &mut self.status_file else { return };
-        let mut workers: Vec<(u64, Pid)> = self.old.iter().map(|(&pid, &generation)| (generation, pid)).collect();
+        let Some(status_file) = &mut self.status_file else {
+            return;
+        };
+        let mut workers: Vec<(u64, Pid)> = self
+            .old
+            .iter()
+            .map(|(&pid, &generation)| (generation, pid))
+            .collect();
         workers.extend(self.current.map(|w| (w.generation, w.pid)));
         if let Err(e) = status_file.write(&workers) {
             log!("{e}");
         }
     }
 
-    /// start_server's own environment, plus the two variables of the protocol.
-    fn worker_env(&self) -> Vec<(OsString, OsString)> {
-        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(k, _)| k != "SERVER_STARTER_PORT" && k != "SERVER_STARTER_GENERATION")
-            .collect();
-        env.push(("SERVER_STARTER_PORT".into(), self.settings.port_env.clone().into()));
-        env.push(("SERVER_STARTER_GENERATION".into(), self.generation.to_string().into()));
+    /// start_server's environment with --envdir read again, plus the two variables of
+    /// the protocol. The settings taken from the environment are refreshed on the way.
+    fn worker_env(&mut self) -> Vec<(OsString, OsString)> {
+        let mut env = envdir::current();
+        match envdir::tunables(&env) {
+            Ok(tunables) => self.tunables = tunables,
+            Err(e) => log!("{e}; keeping the previous settings"),
+        }
+        env.retain(|(k, _)| k != "SERVER_STARTER_PORT" && k != "SERVER_STARTER_GENERATION");
+        env.push((
+            "SERVER_STARTER_PORT".into(),
+            self.settings.port_env.clone().into(),
+        ));
+        env.push((
+            "SERVER_STARTER_GENERATION".into(),
+            self.generation.to_string().into(),
+        ));
         env
     }
 }

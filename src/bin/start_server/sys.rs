@@ -94,12 +94,18 @@ pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<c_int>> {
 /// Waits until `fd` is readable or `timeout` passes (`None`: no time limit). Returns
 /// whether it is readable. This is where start_server sleeps.
 pub fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let ts = timeout.map(|t| libc::timespec {
         tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: t.subsec_nanos() as libc::c_long,
     });
-    let ts_ptr = ts.as_ref().map_or(ptr::null(), |t| t as *const libc::timespec);
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: one valid pollfd; `ts_ptr` is null or points to a live timespec; a null
     // sigmask keeps the current mask.
     let n = unsafe { libc::ppoll(&mut pfd, 1, ts_ptr, ptr::null()) };
@@ -193,17 +199,44 @@ pub fn child_reset_signals() {
         restorer: usize,
         mask: u64,
     }
-    let dfl = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+    let dfl = KernelSigaction {
+        handler: 0,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
     let empty: u64 = 0;
     // SAFETY: raw rt_sigprocmask/rt_sigaction system calls are async-signal-safe; the
     // structures are initialised and live on the stack, and their size is the kernel's
     // sigset size (8 bytes). Errors (SIGKILL, SIGSTOP) are expected and ignored.
     unsafe {
-        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &empty as *const u64, ptr::null_mut::<u64>(), 8);
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            ptr::null_mut::<u64>(),
+            8,
+        );
         // Linux numbers signals 1..=64 (the kernel's _NSIG is 64).
         for sig in 1..=64 {
-            libc::syscall(libc::SYS_rt_sigaction, sig, &dfl as *const KernelSigaction, ptr::null_mut::<KernelSigaction>(), 8);
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                ptr::null_mut::<KernelSigaction>(),
+                8,
+            );
         }
+    }
+}
+
+/// In the child: asks the kernel to send `sig` when the parent (start_server) dies, so
+/// that a start_server killed with SIGKILL leaves no worker behind. Returns false when
+/// the parent is already gone (it died between fork and this call).
+pub fn child_set_parent_death_signal(sig: c_int, parent: Pid) -> bool {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are plain system calls, async-signal-safe.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) == 0 && libc::getppid() == parent
     }
 }
 
@@ -252,7 +285,11 @@ fn errno() -> c_int {
 pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     // SAFETY: fcntl on an integer descriptor has no memory-safety preconditions.
     let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
-    let flags = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
     // SAFETY: as above.
     check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags) }).map(drop)
 }
@@ -326,7 +363,9 @@ impl SockAddr {
                 let sin = libc::sockaddr_in {
                     sin_family: libc::AF_INET as libc::sa_family_t,
                     sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
                     sin_zero: [0; 8],
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
@@ -338,7 +377,9 @@ impl SockAddr {
                     sin6_family: libc::AF_INET6 as libc::sa_family_t,
                     sin6_port: a.port().to_be(),
                     sin6_flowinfo: a.flowinfo(),
-                    sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
                     sin6_scope_id: a.scope_id(),
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
@@ -346,7 +387,10 @@ impl SockAddr {
                 mem::size_of::<libc::sockaddr_in6>()
             }
         };
-        SockAddr { storage, len: len as libc::socklen_t }
+        SockAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
     }
 
     /// A unix-domain address; `None` when the path does not fit in sun_path.
@@ -365,7 +409,10 @@ impl SockAddr {
             *dst = src as c_char;
         }
         let len = mem::size_of::<libc::sa_family_t>() + path.len() + 1;
-        Some(SockAddr { storage, len: len as libc::socklen_t })
+        Some(SockAddr {
+            storage,
+            len: len as libc::socklen_t,
+        })
     }
 
     fn as_ptr(&self) -> *const libc::sockaddr {
@@ -386,4 +433,45 @@ pub fn connect(fd: &OwnedFd, addr: &SockAddr) -> io::Result<()> {
 pub fn listen(fd: &OwnedFd, backlog: c_int) -> io::Result<()> {
     // SAFETY: listen has no memory-safety preconditions.
     check(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
+}
+
+// ---------------------------------------------------------------- locks and sessions
+
+/// flock(2) with LOCK_EX, without blocking unless `wait`. Ok(false): someone else holds
+/// the lock.
+pub fn lock_exclusive(fd: &impl AsRawFd, wait: bool) -> io::Result<bool> {
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    loop {
+        // SAFETY: flock on an open descriptor has no memory-safety preconditions.
+        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+/// setsid(2): a new session, without a controlling terminal.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: setsid has no memory-safety preconditions.
+    check(unsafe { libc::setsid() }).map(drop)
+}
+
+/// Points each of `fds` at /dev/null.
+pub fn redirect_to_dev_null(fds: &[RawFd]) -> io::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    for &fd in fds {
+        dup2(null.as_raw_fd(), fd)?;
+    }
+    Ok(())
 }
