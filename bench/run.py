@@ -1,0 +1,575 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks of our start_server against the Perl original.
+
+Run by `make bench`, which builds everything first. Both implementations run in the
+same invocation on the same machine, and one markdown table comes out: on stdout and
+in build/bench/results.md.
+
+Environment:
+  START_SERVER          our binary (default: the release musl build)
+  EXAMPLES              directory holding http-static (default: build/examples)
+  BENCH_IDLE_SECONDS    idle window for the context-switch counts (default 30)
+  BENCH_REPS            repetitions of each latency measurement (default 7)
+  BENCH_LOAD_SECONDS    length of each load run (default 15)
+
+Every process is started here and stopped here, by its PID, with bounded waits; every
+server listens on 127.0.0.1 only, on ports the kernel handed out as free.
+"""
+
+import datetime
+import itertools
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OURS = os.environ.get("START_SERVER") or os.path.join(
+    ROOT, "target/x86_64-unknown-linux-musl/release/start_server")
+EXAMPLES = os.environ.get("EXAMPLES") or os.path.join(ROOT, "build/examples")
+HTTP_WORKER = os.path.join(EXAMPLES, "http-static")
+OUT_DIR = os.path.join(ROOT, "build/bench")
+STAMP_WORKER = os.path.join(OUT_DIR, "stampworker")
+
+PERL_SCRIPT = "/usr/bin/start_server"
+PERL_MODULE = "/usr/share/perl5/Server/Starter.pm"
+PERL_GUARD = "/usr/share/perl5/Server/Starter/Guard.pm"
+
+IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "30"))
+REPS = int(os.environ.get("BENCH_REPS", "7"))
+LOAD_SECONDS = int(os.environ.get("BENCH_LOAD_SECONDS", "15"))
+MANY_PORTS = 1000
+
+IMPLS = ("ours", "perl")
+
+
+def now():
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def note(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- setup
+
+def ensure_tools():
+    """Installs the Perl original and wrk from Debian when missing."""
+    missing = []
+    if not (os.path.exists(PERL_SCRIPT) and os.path.exists(PERL_MODULE)):
+        missing.append("libserver-starter-perl")
+    if shutil.which("wrk") is None:
+        missing.append("wrk")
+    if not missing:
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    note(f"installing {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = sudo + ["apt-get", "install", "-y", "--no-install-recommends"] + missing
+    if subprocess.run(install, env=env).returncode != 0:
+        # A fresh machine has no package lists yet.
+        subprocess.run(sudo + ["apt-get", "update"], env=env, check=True)
+        subprocess.run(install, env=env, check=True)
+
+
+def build_stamp_worker():
+    os.makedirs(OUT_DIR, exist_ok=True)
+    src = os.path.join(ROOT, "bench/stampworker.c")
+    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-Wall", "-Wextra", "-Werror",
+                    "-std=c11", "-o", STAMP_WORKER, src], check=True)
+
+
+def free_ports(n):
+    """n distinct ports the kernel reports free on 127.0.0.1, all held at once so
+    none is handed out twice, then released for the servers to bind."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# ---------------------------------------------------------------- processes
+
+class Server:
+    """One start_server process (either implementation) and what it logs."""
+
+    serial = itertools.count(1)  # a fresh stamp file per server, never a stale one
+
+    def __init__(self, impl, args, worker, tmp, env=None, tag=""):
+        self.impl = impl
+        self.tmp = tmp
+        name = f"{impl}{tag}-{next(Server.serial)}"
+        self.stamp_file = os.path.join(tmp, name + ".stamps")
+        self.log_file = os.path.join(tmp, name + ".log")
+        exe = [OURS] if impl == "ours" else ["/usr/bin/perl", PERL_SCRIPT]
+        full_env = dict(os.environ, BENCH_STAMP_FILE=self.stamp_file, **(env or {}))
+        # Neither implementation must see these from the caller's environment.
+        for k in ("ENABLE_AUTO_RESTART", "AUTO_RESTART_INTERVAL", "KILL_OLD_DELAY", "ENVDIR"):
+            if k not in (env or {}):
+                full_env.pop(k, None)
+        self.log = open(self.log_file, "wb")
+        self.spawned_at = now()
+        self.proc = subprocess.Popen(exe + args + ["--", worker], stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        self.pid = self.proc.pid
+
+    def stamps(self):
+        """[(what, generation, pid, time)] in the order written."""
+        try:
+            with open(self.stamp_file) as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            what, gen, pid, t = line.split()
+            out.append((what, int(gen), int(pid), float(t)))
+        return out
+
+    def wait_stamp(self, what, gen, timeout=15.0):
+        deadline = now() + timeout
+        while now() < deadline:
+            for s in self.stamps():
+                if s[0] == what and s[1] == gen:
+                    return s
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.impl} start_server exited: {self.log_text()}")
+            time.sleep(0.001)
+        raise RuntimeError(f"{self.impl}: no '{what}' stamp for generation {gen} "
+                           f"within {timeout}s; log:\n{self.log_text()}")
+
+    def log_text(self):
+        with open(self.log_file, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def worker_pids(self):
+        return [int(p) for p in re.findall(r"starting new worker (\d+)", self.log_text())]
+
+    def status(self):
+        fields = {}
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                fields[k] = v.strip()
+        return fields
+
+    def rss_kib(self):
+        return int(self.status()["VmRSS"].split()[0])
+
+    def ctxt(self):
+        st = self.status()
+        return int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
+
+    def stop(self):
+        """TERM, as an operator would; KILL to start_server and its workers if the
+        exit takes longer than 10 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                note(f"{self.impl} start_server {self.pid} ignored TERM; killing it")
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        for pid in self.worker_pids():
+            try:
+                # Only if it is still our worker: a reused PID would not be a zombie
+                # child of the start_server we just reaped, but check the command.
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if os.path.basename(f.read().split(b"\0")[0]).decode() in (
+                            "stampworker", "http-static"):
+                        os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        self.log.close()
+
+
+class Registry:
+    """Every server started, so that a failure anywhere still stops them all."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.live = []
+
+    def start(self, *a, **kw):
+        s = Server(*a, tmp=self.tmp, **kw)
+        self.live.append(s)
+        return s
+
+    def stop(self, s):
+        s.stop()
+        self.live.remove(s)
+
+    def stop_all(self):
+        for s in list(self.live):
+            try:
+                self.stop(s)
+            except Exception as e:  # keep stopping the others
+                note(f"stopping {s.impl} {s.pid}: {e}")
+
+
+# ---------------------------------------------------------------- measurements
+
+def sizes():
+    ours = os.path.getsize(OURS)
+    perl_files = [PERL_SCRIPT, PERL_MODULE, PERL_GUARD]
+    original = sum(os.path.getsize(p) for p in perl_files if os.path.exists(p))
+    interp = {"/usr/bin/perl": os.path.getsize(os.path.realpath("/usr/bin/perl"))}
+    ldd = subprocess.run(["ldd", "/usr/bin/perl"], capture_output=True, text=True).stdout
+    m = re.search(r"(\S*libperl\.so\S*) => (\S+)", ldd)
+    if m:
+        interp[m.group(1)] = os.path.getsize(os.path.realpath(m.group(2)))
+    # What the script pulls in from perl's library at start-up, besides its own module.
+    inc = subprocess.run(
+        ["/usr/bin/perl", "-MGetopt::Long", "-MPod::Usage", "-MServer::Starter", "-e",
+         'print "$_\\n" for values %INC'], capture_output=True, text=True).stdout.split()
+    libs = [p for p in inc if "Server/Starter" not in p]
+    lib_bytes = sum(os.path.getsize(p) for p in libs)
+    return ours, original, interp, (len(libs), lib_bytes)
+
+
+def idle(reg):
+    """RSS and context switches of start_server over an idle window, all four
+    configurations side by side in the same window."""
+    auto = ["--enable-auto-restart", "--auto-restart-interval=3600"]
+    configs = {(impl, a): None for impl in IMPLS for a in (False, True)}
+    for impl, a in configs:
+        port = free_ports(1)[0]
+        configs[(impl, a)] = reg.start(impl, [f"--port=127.0.0.1:{port}"] + (auto if a else []),
+                                       STAMP_WORKER, tag="-idle")
+    for s in configs.values():
+        s.wait_stamp("start", 1)
+    # Past --interval (1 s), so that ours has declared the worker started and has no
+    # timer left: the window then sees only the steady state.
+    time.sleep(1.5)
+    before = {k: s.ctxt() for k, s in configs.items()}
+    note(f"idle window of {IDLE_SECONDS:g} s")
+    time.sleep(IDLE_SECONDS)
+    result = {}
+    for k, s in configs.items():
+        result[k] = {"ctxt": s.ctxt() - before[k], "rss": s.rss_kib(),
+                     "restarts": len(s.worker_pids()) - 1}
+    for s in configs.values():
+        reg.stop(s)
+    return result
+
+
+def restart_latency(reg, impl, interval):
+    """Seconds from sending SIGHUP to the old worker taking SIGTERM, REPS times."""
+    s = reg.start(impl, [f"--interval={interval}"], STAMP_WORKER, tag=f"-hup{interval}")
+    try:
+        s.wait_stamp("start", 1)
+        # Let the first worker count as started, so the first HUP is a plain restart.
+        time.sleep(float(interval) + 0.3)
+        out = []
+        for gen in range(1, REPS + 1):
+            sent = now()
+            os.kill(s.pid, signal.SIGHUP)
+            term = s.wait_stamp("term", gen, timeout=float(interval) + 10)
+            out.append(term[3] - sent)
+            # The new generation is current once the old one is told to go; a short
+            # pause lets start_server get back to waiting before the next HUP.
+            time.sleep(0.1)
+        return out
+    finally:
+        reg.stop(s)
+
+
+def http_get(port, timeout=1.0):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as c:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def first_response(reg, impl):
+    """Seconds from just before spawning start_server to the first HTTP response of
+    its worker, polling connect+request every millisecond."""
+    port = free_ports(1)[0]
+    s = reg.start(impl, [f"--port=127.0.0.1:{port}"], HTTP_WORKER, tag="-first")
+    try:
+        deadline = s.spawned_at + 15
+        while now() < deadline:
+            try:
+                if http_get(port).startswith(b"HTTP/1.1 200"):
+                    return now() - s.spawned_at
+            except OSError:
+                pass
+            time.sleep(0.001)
+        raise RuntimeError(f"{impl}: no response within 15 s; log:\n{s.log_text()}")
+    finally:
+        reg.stop(s)
+
+
+def many_ports(reg, impl, ports):
+    """Start-up with MANY_PORTS listeners: seconds to the first worker's start, and
+    start_server's RSS once it is up."""
+    args = [f"--port=127.0.0.1:{p}" for p in ports]
+    s = reg.start(impl, args, STAMP_WORKER, tag="-many")
+    try:
+        st = s.wait_stamp("start", 1, timeout=60)
+        elapsed = st[3] - s.spawned_at
+        time.sleep(0.2)
+        return elapsed, s.rss_kib()
+    finally:
+        reg.stop(s)
+
+
+def load(reg, impl, keep_alive):
+    """wrk -c 64 against http-static for LOAD_SECONDS with a SIGHUP every second.
+
+    Without keep-alive every request has a connection of its own, accepted from the
+    listener start_server holds: a failure there is a listener lost or left unserved
+    across a restart. With keep-alive a failure can also be the worker's: http-static
+    closes its idle keep-alive connections on SIGTERM, and a request the client sent
+    at that moment meets a closed connection (wrk counts a read error, never retries).
+    """
+    port = free_ports(1)[0]
+    s = reg.start(impl, [f"--port=127.0.0.1:{port}", "--interval=1"], HTTP_WORKER, tag="-load")
+    try:
+        deadline = now() + 15
+        while True:
+            try:
+                if http_get(port).startswith(b"HTTP/1.1 200"):
+                    break
+            except OSError:
+                pass
+            if now() > deadline:
+                raise RuntimeError(f"{impl}: http-static never answered: {s.log_text()}")
+            time.sleep(0.01)
+        time.sleep(1.2)
+        stop = threading.Event()
+        hups = [0]
+
+        def hupper():
+            while not stop.wait(1.0):
+                os.kill(s.pid, signal.SIGHUP)
+                hups[0] += 1
+
+        t = threading.Thread(target=hupper)
+        t.start()
+        try:
+            wrk = subprocess.run(
+                ["wrk", "-t2", "-c64", f"-d{LOAD_SECONDS}s", "--timeout", "5s"]
+                + ([] if keep_alive else ["-H", "Connection: close"])
+                + [f"http://127.0.0.1:{port}/"],
+                capture_output=True, text=True, timeout=LOAD_SECONDS + 60)
+        finally:
+            stop.set()
+            t.join()
+        out = wrk.stdout
+        m = re.search(r"(\d+) requests in", out)
+        if not m:
+            raise RuntimeError(f"wrk output not understood:\n{out}\n{wrk.stderr}")
+        served = int(m.group(1))
+        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        errs = dict(zip(("connect", "read", "write", "timeout"),
+                        map(int, errors.groups()))) if errors else {}
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        errs["non-2xx"] = int(non2xx.group(1)) if non2xx else 0
+        log = s.log_text()
+        return {"served": served, "failed": sum(errs.values()),
+                "errors": {k: v for k, v in errs.items() if v},
+                "hups": hups[0],
+                "restarts": len(re.findall(r"new worker is now running", log))}
+    finally:
+        reg.stop(s)
+
+
+# ---------------------------------------------------------------- table
+
+def failed(ld):
+    detail = ", ".join(f"{k} {v}" for k, v in ld["errors"].items())
+    return f"{ld['failed']} ({detail})" if detail else str(ld["failed"])
+
+
+def fmt_bytes(n):
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.2f} MiB"
+    return f"{n / 1024:.1f} KiB"
+
+
+def fmt_kib(k):
+    return fmt_bytes(k * 1024)
+
+
+def fmt_ms(xs):
+    if not xs:
+        return "n/a"
+    med = statistics.median(xs) * 1000
+    lo, hi = min(xs) * 1000, max(xs) * 1000
+    return f"{med:.2f} ms ({lo:.2f}–{hi:.2f})"
+
+
+def ratio(a, b):
+    if a is None or b is None:
+        return "—"
+    if b == 0:
+        return "—" if a == 0 else "∞"
+    return f"{a / b:.3g}"
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def machine():
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} CPUs (nproc {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()}), " \
+           f"Linux {platform.release()}, {cpu}"
+
+
+def versions():
+    ours = subprocess.run([OURS, "--version"], capture_output=True, text=True).stdout.strip()
+    perl = subprocess.run(["/usr/bin/perl", PERL_SCRIPT, "--version"], capture_output=True,
+                          text=True).stdout.strip()
+    perlv = subprocess.run(["/usr/bin/perl", "-e", "print $^V"], capture_output=True,
+                           text=True).stdout.strip()
+    return ours, perl, perlv
+
+
+def main():
+    started = now()
+    # Other work on the machine skews every figure here: say how busy it was.
+    with open("/proc/loadavg") as f:
+        loadavg = " ".join(f.read().split()[:3])
+    ensure_tools()
+    build_stamp_worker()
+    for p in (OURS, HTTP_WORKER):
+        if not os.access(p, os.X_OK):
+            sys.exit(f"bench: {p} missing: run `make all examples` first")
+    tmp = tempfile.mkdtemp(prefix="start_server-bench-")
+    reg = Registry(tmp)
+    rows = []
+    notes = []
+    try:
+        ours_size, orig_size, interp, (nlibs, lib_bytes) = sizes()
+        rows.append(("binary size", fmt_bytes(ours_size),
+                     fmt_bytes(orig_size) + " (script + Starter.pm + Guard.pm)",
+                     ratio(ours_size, orig_size)))
+        needs = orig_size + sum(interp.values()) + lib_bytes
+        rows.append(("size with what it needs to run", fmt_bytes(ours_size),
+                     fmt_bytes(needs) + " (+ perl and the modules it loads)",
+                     ratio(ours_size, needs)))
+        notes.append("The original also needs the perl interpreter: " +
+                     ", ".join(f"{os.path.basename(k)} {fmt_bytes(v)}" for k, v in interp.items()) +
+                     f", and loads {nlibs} modules ({fmt_bytes(lib_bytes)}) from its library "
+                     "at start-up. Ours is one static binary and needs nothing else.")
+
+        note("idle: RSS and context switches")
+        idl = idle(reg)
+        rows.append(("start_server RSS, idle, one worker",
+                     fmt_kib(idl[("ours", False)]["rss"]), fmt_kib(idl[("perl", False)]["rss"]),
+                     ratio(idl[("ours", False)]["rss"], idl[("perl", False)]["rss"])))
+        for a, label in ((False, ""), (True, ", --enable-auto-restart --auto-restart-interval=3600")):
+            o, p = idl[("ours", a)]["ctxt"], idl[("perl", a)]["ctxt"]
+            rows.append((f"context switches in {IDLE_SECONDS:g} s idle{label}", str(o), str(p),
+                         ratio(o, p)))
+            for impl in IMPLS:
+                if idl[(impl, a)]["restarts"]:
+                    notes.append(f"{impl}{label}: {idl[(impl, a)]['restarts']} restart(s) "
+                                 "happened in the idle window.")
+
+        note("restart latency")
+        lat = {}
+        for interval in ("1", "0"):
+            for impl in IMPLS:
+                lat[(impl, interval)] = restart_latency(reg, impl, interval)
+            o, p = lat[("ours", interval)], lat[("perl", interval)]
+            rows.append((f"restart latency, SIGHUP → old worker's SIGTERM, --interval={interval}",
+                         fmt_ms(o), fmt_ms(p), ratio(med(o), med(p))))
+        o = restart_latency(reg, "ours", "0.05")
+        rows.append(("restart latency, --interval=0.05", fmt_ms(o),
+                     "n/a (integer seconds only)", "—"))
+
+        note("exec → first response")
+        first = {impl: [first_response(reg, impl) for _ in range(REPS)] for impl in IMPLS}
+        rows.append(("exec → first HTTP response (http-static)", fmt_ms(first["ours"]),
+                     fmt_ms(first["perl"]), ratio(med(first["ours"]), med(first["perl"]))))
+
+        note(f"{MANY_PORTS} listeners")
+        ports = free_ports(MANY_PORTS)
+        many = {impl: [many_ports(reg, impl, ports) for _ in range(max(3, REPS // 2 + 1))]
+                for impl in IMPLS}
+        t = {impl: [x[0] for x in many[impl]] for impl in IMPLS}
+        r = {impl: med([x[1] for x in many[impl]]) for impl in IMPLS}
+        rows.append((f"{MANY_PORTS} --port listeners: exec → first worker start",
+                     fmt_ms(t["ours"]), fmt_ms(t["perl"]), ratio(med(t["ours"]), med(t["perl"]))))
+        rows.append((f"{MANY_PORTS} --port listeners: start_server RSS",
+                     fmt_kib(r["ours"]), fmt_kib(r["perl"]), ratio(r["ours"], r["perl"])))
+
+        for keep_alive in (False, True):
+            mode = "keep-alive" if keep_alive else "Connection: close"
+            note(f"load: wrk -c64 {mode} for {LOAD_SECONDS} s with SIGHUP every second")
+            ld = {impl: load(reg, impl, keep_alive) for impl in IMPLS}
+            label = f"wrk -t2 -c64 {mode}, {LOAD_SECONDS} s, --interval=1, SIGHUP every 1 s"
+            rows.append((f"requests served ({label})", str(ld["ours"]["served"]),
+                         str(ld["perl"]["served"]),
+                         ratio(ld["ours"]["served"], ld["perl"]["served"])))
+            rows.append((f"requests failed ({mode}, same run)",
+                         failed(ld["ours"]), failed(ld["perl"]),
+                         ratio(ld["ours"]["failed"], ld["perl"]["failed"])))
+            rows.append((f"restarts completed ({mode}, same run)",
+                         f"{ld['ours']['restarts']} of {ld['ours']['hups']} HUPs",
+                         f"{ld['perl']['restarts']} of {ld['perl']['hups']} HUPs",
+                         ratio(ld["ours"]["restarts"], ld["perl"]["restarts"])))
+        notes.append("Failed requests with keep-alive are read errors in wrk when http-static, "
+                     "on SIGTERM, closes a keep-alive connection it takes for idle while the "
+                     "client's next request is already on its way (the worker's drain policy, "
+                     "the same under either start_server); with Connection: close, "
+                     "start_server's listener handoff is all that is measured.")
+    finally:
+        reg.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    ours_v, perl_v, perlv = versions()
+    lines = [
+        "# start_server: ours vs the Perl original",
+        "",
+        f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} — {machine()}; "
+        f"load average at the start: {loadavg}",
+        "",
+        f"ours: `{os.path.relpath(OURS, ROOT)}` ({ours_v}); original: Server::Starter {perl_v} "
+        f"on perl {perlv}. Latencies: median (min–max) of {REPS} runs "
+        f"({len(many['ours'])} for the {MANY_PORTS}-listener start-up); "
+        "ratio = ours / original.",
+        "",
+        "| measurement | ours | original (Perl) | ours/original |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    lines += [""] + [f"- {n}" for n in notes]
+    lines += [f"- Whole run: {now() - started:.0f} s."]
+    text = "\n".join(lines) + "\n"
+    os.makedirs(OUT_DIR, exist_ok=True)
+    with open(os.path.join(OUT_DIR, "results.md"), "w") as f:
+        f.write(text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()
