@@ -53,7 +53,6 @@ fn library(name: &str) -> PathBuf {
         "src/parse.rs",
         "src/listeners.rs",
         "src/sys.rs",
-        "Cargo.toml",
     ] {
         let source_path = Path::new(MANIFEST_DIR).join(source);
         let modified = std::fs::metadata(&source_path)
