@@ -570,3 +570,56 @@ fn worker_starts_with_default_signal_dispositions_and_mask() {
     assert_eq!(field("SigBlk:"), "0000000000000000");
     assert_eq!(field("SigIgn:"), "0000000000000000");
 }
+
+/// The shipped binary (what `make` builds) needs nothing from the host: it runs alone in
+/// an empty root, as in a `FROM scratch` container.
+#[test]
+fn release_binary_is_static_and_runs_in_an_empty_root() {
+    let bin = common::artifact(
+        "target/x86_64-unknown-linux-musl/release/start_server",
+        "make bin",
+    );
+    let file = std::process::Command::new("file")
+        .arg(&bin)
+        .output()
+        .expect("run file(1)");
+    let file = String::from_utf8_lossy(&file.stdout);
+    assert!(file.contains("statically linked"), "{file}");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let root = TempDir::new("scratch");
+        std::fs::copy(&bin, root.path().join("start_server")).unwrap();
+        // chroot execs start_server: the pid is start_server's.
+        let mut child = std::process::Command::new("chroot")
+            .arg(root.path())
+            .args([
+                "/start_server",
+                "--port=127.0.0.1:0",
+                "--interval=0.2",
+                "--",
+                "/no-such-server",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run chroot");
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut seen = Vec::new();
+        // Bounded: each failed start logs two lines every 0.2 s.
+        for line in std::io::BufRead::lines(stderr).take(20) {
+            let line = line.unwrap();
+            let done = line.contains("failed to exec /no-such-server: No such file or directory");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        signal(child.id() as i32, libc::SIGTERM);
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status:?}: {seen:?}");
+        assert!(
+            seen.iter()
+                .any(|l| l.contains("failed to exec /no-such-server")),
+            "{seen:?}"
+        );
+    }
+}
