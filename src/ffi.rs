@@ -332,14 +332,10 @@ pub unsafe extern "C" fn server_starter_find(name: *const c_char) -> c_int {
             Ok(source) => source,
             Err(e) => return e,
         };
-        let mut found = None;
-        for entry in source.entries() {
-            match entry {
-                Ok(entry) if found.is_none() && entry.name == wanted => found = Some(entry),
-                Ok(_) => {}
-                Err(e) => return code(e.kind),
-            }
-        }
+        let found = match parse::find(&source, wanted) {
+            Ok(found) => found,
+            Err(e) => return code(e.kind),
+        };
         match found.map(listeners::check) {
             Some(Ok(c)) => c.entry.fd,
             Some(Err(failure)) => code(failure.kind()),

@@ -71,8 +71,10 @@ pub(crate) fn check(entry: Entry<'_>) -> Result<Checked<'_>, Failure<'_>> {
 pub(crate) fn checked<'a>(
     source: &Source<'a>,
 ) -> Result<impl Iterator<Item = Result<Checked<'a>, Failure<'a>>>, Failure<'a>> {
-    if let Some(Err(e)) = source.entries().find(Result::is_err) {
-        return Err(Failure::Parse(e));
+    if source.may_be_malformed() {
+        if let Some(Err(e)) = source.entries().find(Result::is_err) {
+            return Err(Failure::Parse(e));
+        }
     }
     Ok(source
         .entries()
@@ -452,13 +454,7 @@ impl Environment {
             });
         }
         let source = self.source()?;
-        let mut found = None;
-        for entry in source.entries() {
-            let entry = entry.map_err(|e| Error::parse(&e))?;
-            if found.is_none() && entry.name == wanted {
-                found = Some(entry);
-            }
-        }
+        let found = parse::find(&source, wanted).map_err(|e| Error::parse(&e))?;
         let entry = found.ok_or_else(|| Error {
             kind: ErrorKind::NotFound,
             context: format!("listener \"{}\"", String::from_utf8_lossy(wanted)),
@@ -688,6 +684,17 @@ mod tests {
                 assert!(e.to_string().contains("listener \"web\" (fd 3)"), "{e}");
             }
         }
+        // Up to INT_MAX - 3 descriptors: nothing walks them all.
+        let huge = Environment {
+            listen_fds: Some("2147483644".into()),
+            listen_fdnames: None,
+            ..env.clone()
+        };
+        let started = std::time::Instant::now();
+        assert_eq!(huge.find("web").unwrap_err().kind(), ErrorKind::NotFound);
+        let _ = huge.find("unknown");
+        let _ = huge.listeners();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
         let other = Environment {
             listen_pid: Some("1".into()),
             ..env.clone()

@@ -488,6 +488,16 @@ pub enum SourceEntries<'a> {
 }
 
 impl<'a> Source<'a> {
+    /// Whether iterating may yield a parse error. Without `LISTEN_FDNAMES` every
+    /// systemd entry is valid, and there may be up to INT_MAX - 3 of them: callers
+    /// skip validation passes rather than walk them all.
+    pub fn may_be_malformed(&self) -> bool {
+        match self {
+            Source::Starter(_) => true,
+            Source::Systemd(sd) => sd.names.is_some(),
+        }
+    }
+
     /// The entries this source names.
     pub fn entries(&self) -> SourceEntries<'a> {
         match *self {
@@ -506,6 +516,29 @@ impl<'a> Iterator for SourceEntries<'a> {
             SourceEntries::Systemd(it) => it.next(),
         }
     }
+}
+
+/// The first entry of `source` named `wanted`, after checking that the whole
+/// source parses (a malformed entry anywhere is an error, wherever the match is).
+pub fn find<'a>(source: &Source<'a>, wanted: &[u8]) -> Result<Option<Entry<'a>>, ParseError> {
+    if let Source::Systemd(Systemd { count, names: None }) = *source {
+        // Every descriptor is "unknown": answer without walking up to INT_MAX - 3
+        // entries.
+        return Ok((wanted == SD_UNKNOWN_NAME && count > 0).then_some(Entry {
+            name: SD_UNKNOWN_NAME,
+            fd: SD_LISTEN_FDS_START,
+            family: libc::AF_UNSPEC,
+            port: 0,
+        }));
+    }
+    let mut found = None;
+    for entry in source.entries() {
+        let entry = entry?;
+        if found.is_none() && entry.name == wanted {
+            found = Some(entry);
+        }
+    }
+    Ok(found)
 }
 
 /// `SERVER_STARTER_GENERATION`'s value: a decimal in `0..=i64::MAX`, whitespace
