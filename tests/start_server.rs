@@ -623,3 +623,35 @@ fn release_binary_is_static_and_runs_in_an_empty_root() {
         );
     }
 }
+
+/// Binding a privileged port without the privilege: a clear error, nothing spawned.
+#[test]
+fn permission_denied_is_reported_before_anything_is_spawned() {
+    // SAFETY: geteuid has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if as_root {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ]);
+        cmd.arg(start_server_bin());
+        cmd
+    } else {
+        std::process::Command::new(start_server_bin())
+    };
+    let out = cmd
+        .args(["--port=127.0.0.1:81", "--", "sleep", "60"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.contains("failed to bind to 127.0.0.1:81: Permission denied"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("starting new worker"), "{stderr}");
+}

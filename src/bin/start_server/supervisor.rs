@@ -98,7 +98,14 @@ impl Supervisor {
     pub fn run(&mut self, events: &Events) -> io::Result<()> {
         self.spawn(false);
         while !(self.stopping && self.old.is_empty()) {
-            let arrived = events.wait(self.next_deadline())?;
+            let arrived = match events.wait(self.next_deadline()) {
+                Ok(arrived) => arrived,
+                Err(e) => {
+                    // Blind from here on: at least leave no worker running.
+                    self.stop(libc::SIGTERM);
+                    return Err(e);
+                }
+            };
             // Exits first: a worker that is gone must be neither signalled nor
             // declared started.
             self.reap();
