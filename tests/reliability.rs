@@ -344,13 +344,23 @@ fn zero_drops(server: &mut Server, target: Target, status: &Path, label: &str) {
     wait_until("the load to be served by generation 1", || {
         load.served_by(1) > 0
     });
+    // How long each new generation took to serve the load, after its HUP.
+    let mut latencies = Vec::new();
     for generation in 2..=RESTARTS + 1 {
+        let sent = Instant::now();
         server.signal(libc::SIGHUP);
         wait_until(
             &format!("the load to be served by generation {generation}"),
             || load.served_by(generation) > 0,
         );
+        latencies.push(sent.elapsed());
     }
+    let slowest = latencies.iter().max().unwrap();
+    let median = {
+        let mut sorted = latencies.clone();
+        sorted.sort();
+        sorted[sorted.len() / 2]
+    };
     let last = RESTARTS + 1;
     server.wait_status(status, &[last]);
     let before = load.count.load(Ordering::Relaxed);
@@ -360,7 +370,8 @@ fn zero_drops(server: &mut Server, target: Target, status: &Path, label: &str) {
     let tally = load.finish();
     let total: usize = tally.by_generation.values().sum();
     eprintln!(
-        "zero drops ({label}): {total} requests answered over {} connections by {} generations in {:?}, \
+        "zero drops ({label}): HUP to first answer of the new generation: median {median:?}, slowest {slowest:?}; \
+         {total} requests answered over {} connections by {} generations in {:?}, \
          {} failed, {} keep-alive connections closed by the server under a request (retried); by generation: {:?}",
         tally.connections,
         tally.by_generation.len(),
