@@ -820,6 +820,10 @@ fn sigkilled_start_server_leaves_no_worker_and_its_sockets_can_be_reused() {
         killed.elapsed()
     );
     assert!(sock.exists(), "the unix socket file stays after a SIGKILL");
+    // The kernel's signal was --signal-on-term's TERM: http-static says so on the log.
+    for pid in [first, second] {
+        server.wait_line(&format!("http: pid {pid} got signal 15"));
+    }
 
     // The port and the socket path can be served again.
     let args: Vec<String> = args(port);
@@ -840,4 +844,36 @@ fn sigkilled_start_server_leaves_no_worker_and_its_sockets_can_be_reused() {
     again.signal(libc::SIGTERM);
     assert!(again.wait_exit().success());
     assert!(!sock.exists());
+}
+
+#[test]
+fn sigkilled_start_server_has_the_kernel_send_signal_on_term() {
+    let dir = TempDir::new("pdeath");
+    let signal_log = dir.path().join("signals");
+    let mut server = Server::start_with(
+        &[
+            "--interval=0.1",
+            "--signal-on-term=USR1",
+            "--",
+            "sh",
+            &worker_script("report_signal.sh"),
+        ],
+        &[("SIGNAL_LOG", signal_log.to_str().unwrap())],
+    );
+    let leftovers = Leftovers::new(server.pid());
+    server.wait_line("starting new worker");
+    let worker = server.worker_pids()[0];
+    leftovers.watch(worker);
+    wait_until("the worker to be ready", || {
+        std::fs::read_to_string(&signal_log).is_ok_and(|t| t.contains(&format!("ready {worker}")))
+    });
+    server.signal(libc::SIGKILL);
+    server.wait_exit();
+    let text = wait_for("the worker's report", || {
+        std::fs::read_to_string(&signal_log)
+            .ok()
+            .filter(|t| t.contains(" got "))
+    });
+    assert!(text.contains(&format!("{worker} got USR1")), "{text}");
+    wait_until("the worker to exit", || !pid_alive(worker));
 }
