@@ -174,15 +174,19 @@ class Server:
         st = self.status()
         return int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
 
+    forced = {impl: 0 for impl in IMPLS}  # start_servers that needed KILL
+
     def stop(self):
         """TERM, as an operator would; KILL to start_server and its workers if the
-        exit takes longer than 10 s."""
+        exit takes longer than 5 s."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                note(f"{self.impl} start_server {self.pid} ignored TERM; killing it")
+                note(f"{self.impl} start_server {self.pid} still running 5 s after TERM; "
+                     f"killing it. Its log ends:\n{self.log_text()[-600:]}")
+                Server.forced[self.impl] += 1
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         for pid in self.worker_pids():
@@ -563,6 +567,10 @@ def main():
     ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     lines += [""] + [f"- {n}" for n in notes]
+    for impl in IMPLS:
+        if Server.forced[impl]:
+            lines.append(f"- {impl}: start_server was still running 5 s after TERM "
+                         f"{Server.forced[impl]} time(s) and was killed (log on stderr).")
     lines += [f"- Whole run: {now() - started:.0f} s."]
     text = "\n".join(lines) + "\n"
     os.makedirs(OUT_DIR, exist_ok=True)
