@@ -222,15 +222,6 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
             Err(e) => return Err(invalid(format!("--dir {}: {e}", dir.display()))),
         }
     }
-    let envdir = path("envdir");
-    if let Some(envdir) = &envdir {
-        if !envdir.is_dir() {
-            return Err(invalid(format!(
-                "--envdir {}: not a directory",
-                envdir.display()
-            )));
-        }
-    }
     let config = Config {
         ports,
         paths: m.opt_strs("path").into_iter().map(PathBuf::from).collect(),
@@ -240,7 +231,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         signal_on_term: signal("signal-on-term")?,
         pid_file: path("pid-file"),
         status_file: path("status-file"),
-        envdir,
+        envdir: path("envdir"),
         log_file,
         daemonize,
         enable_auto_restart: m.opt_present("enable-auto-restart"),

@@ -14,6 +14,18 @@ use std::time::Duration;
 
 pub type Env = Vec<(OsString, OsString)>;
 
+/// Checked once at start: `--envdir` (or `ENVDIR`) must name a directory. (The
+/// original silently ignores anything else, which hides a typo until a deploy.)
+pub fn check() -> Result<(), String> {
+    match std::env::var_os("ENVDIR") {
+        Some(dir) if !Path::new(&dir).is_dir() => Err(format!(
+            "envdir {}: not a directory",
+            Path::new(&dir).display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// start_server's environment with `ENVDIR`'s files overlaid: a removed file's
 /// variable is back to what it was in start_server's own environment (or gone).
 pub fn current() -> Env {

@@ -75,6 +75,7 @@ fn fail(status: u8, message: &str) -> ExitCode {
 fn start(config: Config) -> Result<(), String> {
     signals::block().map_err(|e| format!("failed to block signals: {e}"))?;
     export_options(&config);
+    envdir::check()?;
     let tunables = envdir::tunables(&envdir::current())?;
     let command = Command::new(
         &config.command,
