@@ -22,7 +22,8 @@
  *   - every request already received, or still arriving on a connection we
  *     accepted, is answered, with "Connection: close";
  *   - idle keep-alive connections (they have been answered and sent nothing
- *     more) are closed;
+ *     more for EXAMPLE_IDLE_GRACE_MS, default 100) are closed: a busy client
+ *     gets its next answer with "Connection: close" instead of a closed socket;
  *   - when no connection is left the process exits 0. After
  *     EXAMPLE_DRAIN_TIMEOUT_MS (default 10000) the stragglers are dropped.
  * The signal handler only writes a byte to a pipe; poll() wakes up on it.
@@ -32,6 +33,8 @@
  *   EXAMPLE_RESPONSE_DELAY_MS  hold each response this long (requests in flight
  *                              when SIGTERM arrives), without blocking the loop
  *   EXAMPLE_DRAIN_TIMEOUT_MS   how long to drain connections after SIGTERM
+ *   EXAMPLE_IDLE_GRACE_MS      how long a keep-alive connection must have been
+ *                              idle to be closed while draining
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4, pipe2 */
@@ -70,11 +73,13 @@ struct conn {
     long respond_at;        /* EXAMPLE_RESPONSE_DELAY_MS: when to answer */
     bool close_after_write;
     unsigned long served;
+    long last_active;       /* when it last sent us bytes or got an answer */
 };
 
 static int signal_pipe[2] = {-1, -1};
 static bool draining;
 static long response_delay;
+static long idle_grace;
 static char body[128];
 static size_t body_len;
 
@@ -262,6 +267,7 @@ static void queue_response(struct conn *c)
     c->in_len -= c->req_len;
     c->has_request = false;
     c->served++;
+    c->last_active = now_ms();
 }
 
 /*
@@ -297,12 +303,10 @@ static bool serve_conn(struct conn *c, bool readable)
             continue;
         }
 
-        /* 3. Draining: a connection that was answered and sent nothing since is idle. */
-        if (draining && c->served > 0 && c->in_len == 0)
-            return false;
-
-        /* 4. Read more of the next request. */
-        if (!readable)
+        /* 3. Read more of the next request. While draining, always look: a
+         * keep-alive client may have sent its next request since poll() ran,
+         * and closing on unread data would reset the connection. */
+        if (!readable && !draining)
             return true;
         ssize_t n = recv(c->fd, c->in + c->in_len, IN_MAX - c->in_len, 0);
         if (n == 0)
@@ -310,9 +314,18 @@ static bool serve_conn(struct conn *c, bool readable)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return errno == EAGAIN || errno == EWOULDBLOCK;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                return false;
+            /* 4. Nothing more to read. While draining, a connection that was
+             * answered and has sent nothing since is idle: close it, once it
+             * has been idle for EXAMPLE_IDLE_GRACE_MS. The grace spares the
+             * busy keep-alive client whose next request is on its way: closing
+             * under it would lose that request. */
+            return !(draining && c->served > 0 && c->in_len == 0 &&
+                     now_ms() - c->last_active >= idle_grace);
         }
         c->in_len += (size_t)n;
+        c->last_active = now_ms();
         readable = c->in_len < IN_MAX; /* a short read may mean more is there */
     }
 }
@@ -361,6 +374,7 @@ int main(void)
     long ready_delay = env_ms("EXAMPLE_READY_DELAY_MS", 0);
     long drain_timeout = env_ms("EXAMPLE_DRAIN_TIMEOUT_MS", 10000);
     response_delay = env_ms("EXAMPLE_RESPONSE_DELAY_MS", 0);
+    idle_grace = env_ms("EXAMPLE_IDLE_GRACE_MS", 100);
     body_len = (size_t)snprintf(body, sizeof body, "hello from pid %d generation %ld\n",
                                 (int)getpid(), server_starter_generation());
     if (ready_delay > 0)
@@ -414,6 +428,12 @@ int main(void)
                 if (wake_at < 0 || c->respond_at < wake_at)
                     wake_at = c->respond_at;
             }
+            else if (draining && c->served > 0 && c->in_len == 0) {
+                /* Idle while draining: wake up when its grace is over. */
+                long idle_until = c->last_active + idle_grace;
+                if (idle_until < wake_at)
+                    wake_at = idle_until;
+            }
             pfds[np++] = (struct pollfd){.fd = c->fd, .events = events};
         }
 
@@ -425,7 +445,6 @@ int main(void)
             return 1;
         }
 
-        bool drain_started = false;
         if (pfds[0].revents & POLLIN) {
             unsigned char sig;
             while (read(signal_pipe[0], &sig, 1) == 1)
@@ -437,7 +456,7 @@ int main(void)
                 for (int i = 0; i < count; i++)
                     if (ls[i].socktype == SOCK_STREAM)
                         close(ls[i].fd);
-                draining = drain_started = true;
+                draining = true;
                 drain_deadline = now_ms() + drain_timeout;
                 fprintf(stderr, "http: pid %d got signal %d, draining %zu connection(s)\n",
                         (int)getpid(), sig, nconns);
@@ -459,7 +478,7 @@ int main(void)
                 free(c);
                 continue;
             }
-            if (rev != 0 || due || drain_started) {
+            if (rev != 0 || due || draining) {
                 unsigned long before = c->served;
                 bool alive = serve_conn(c, (rev & (POLLIN | POLLHUP | POLLERR)) != 0);
                 total_served += c->served - before;
@@ -502,6 +521,7 @@ int main(void)
                     return 1;
                 }
                 c->fd = fd;
+                c->last_active = now_ms();
                 conns[nconns++] = c;
             }
         }

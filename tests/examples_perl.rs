@@ -224,3 +224,115 @@ fn sigterm_lets_http_requests_in_flight_finish() {
         assert!(parse_hello(&body).is_some(), "{body:?}");
     }
 }
+
+/// Reads one response off a keep-alive connection: (its headers, its body).
+fn read_response(s: &mut std::net::TcpStream) -> std::io::Result<(String, String)> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| std::io::Error::other(format!("no Content-Length in {head:?}")))?;
+            if data.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&data[end + 4..end + 4 + length]).into_owned();
+                return Ok((head, body));
+            }
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other(format!("connection closed after {} bytes", data.len())));
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Restarts under load lose no request: 64 keep-alive clients request without
+/// pause through two SIGHUPs; every request gets its answer (a client whose
+/// answer said "Connection: close" reconnects).
+#[test]
+fn restarts_under_keep_alive_load_lose_no_request() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    let running = start("load", &path_arg("http-static"), &["--interval=0"], &[]);
+    let addr = running.tcp4;
+    Target::Tcp(addr).get_eventually();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let generations = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let clients: Vec<_> = (0..64)
+        .map(|_| {
+            let (stop, answered, failures, generations) =
+                (stop.clone(), answered.clone(), failures.clone(), generations.clone());
+            std::thread::spawn(move || {
+                let mut conn: Option<std::net::TcpStream> = None;
+                // Bounded even if `stop` never comes.
+                let deadline = Instant::now() + PATIENCE;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let result = (|| {
+                        if conn.is_none() {
+                            let s = std::net::TcpStream::connect(addr)?;
+                            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+                            conn = Some(s);
+                        }
+                        let s = conn.as_mut().unwrap();
+                        s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")?;
+                        read_response(s)
+                    })();
+                    match result {
+                        Ok((head, body)) => {
+                            if head.to_ascii_lowercase().contains("connection: close") {
+                                conn = None;
+                            }
+                            match parse_hello(&body) {
+                                Some((_, generation)) => {
+                                    generations.lock().unwrap().insert(generation);
+                                    answered.fetch_add(1, Ordering::Relaxed);
+                                }
+                                None => failures.lock().unwrap().push(format!("odd body {body:?}")),
+                            }
+                        }
+                        Err(e) => {
+                            conn = None;
+                            failures.lock().unwrap().push(e.to_string());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let wait_for_more = |what: &str| {
+        let before = answered.load(Ordering::Relaxed);
+        poll_until(what, PATIENCE, || (answered.load(Ordering::Relaxed) > before + 500).then_some(()));
+    };
+    wait_for_more("answers before the first restart");
+    for generation in 2..=3 {
+        running.server.signal(libc::SIGHUP);
+        poll_until(&format!("generation {generation} to answer"), PATIENCE, || {
+            generations.lock().unwrap().contains(&generation).then_some(())
+        });
+        wait_for_more("answers after a restart");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failures.len(),
+        answered.load(Ordering::Relaxed) + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    running.stop_cleanly();
+}
