@@ -541,11 +541,12 @@ def main():
                          f"{ld['ours']['restarts']} of {ld['ours']['hups']} HUPs",
                          f"{ld['perl']['restarts']} of {ld['perl']['hups']} HUPs",
                          ratio(ld["ours"]["restarts"], ld["perl"]["restarts"])))
-        notes.append("Failed requests with keep-alive are read errors in wrk when http-static, "
-                     "on SIGTERM, closes a keep-alive connection it takes for idle while the "
-                     "client's next request is already on its way (the worker's drain policy, "
-                     "the same under either start_server); with Connection: close, "
-                     "start_server's listener handoff is all that is measured.")
+        notes.append("Load runs: with Connection: close every request is a new connection "
+                     "accepted from the listener start_server holds across restarts, so a "
+                     "failure there is start_server's. With keep-alive, a failure is a read "
+                     "error in wrk (it never retries) when the old worker closes a keep-alive "
+                     "connection under a request already on its way: http-static's drain "
+                     "policy, whichever start_server runs it.")
     finally:
         reg.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
