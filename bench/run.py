@@ -21,6 +21,7 @@ import itertools
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -443,8 +444,8 @@ def machine():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return f"{os.cpu_count()} CPUs (nproc {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()}), " \
-           f"Linux {platform.release()}, {cpu}"
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    return f"nproc {nproc}, Linux {platform.release()}, {cpu}"
 
 
 def versions():
@@ -462,6 +463,12 @@ def main():
     with open("/proc/loadavg") as f:
         loadavg = " ".join(f.read().split()[:3])
     ensure_tools()
+    # 1000 listeners take 1000 descriptors, here and in both start_servers: a soft
+    # limit of 1024 (a common default) would be too tight.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = MANY_PORTS + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want * 4, hard), hard))
     build_stamp_worker()
     for p in (OURS, HTTP_WORKER):
         if not os.access(p, os.X_OK):
