@@ -14,8 +14,14 @@ mod common;
 use common::*;
 
 fn perl_start_server() -> PathBuf {
-    let path = PathBuf::from(std::env::var("PERL_START_SERVER").unwrap_or_else(|_| "/usr/bin/start_server".into()));
-    assert!(path.exists(), "{} is missing: install libserver-starter-perl", path.display());
+    let path = PathBuf::from(
+        std::env::var("PERL_START_SERVER").unwrap_or_else(|_| "/usr/bin/start_server".into()),
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: install libserver-starter-perl",
+        path.display()
+    );
     path
 }
 
@@ -44,9 +50,15 @@ fn start(tag: &str, worker: &[String], extra_args: &[&str], extra_env: &[(&str, 
     let dir = TempDir::new(tag);
     let unix = dir.path().join("s.sock");
     for attempt in 1..=5 {
-        let tcp4: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1", false)).parse().unwrap();
-        let tcp6: SocketAddr = format!("[::1]:{}", free_port("::1", false)).parse().unwrap();
-        let udp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1", true)).parse().unwrap();
+        let tcp4: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1", false))
+            .parse()
+            .unwrap();
+        let tcp6: SocketAddr = format!("[::1]:{}", free_port("::1", false))
+            .parse()
+            .unwrap();
+        let udp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1", true))
+            .parse()
+            .unwrap();
         let mut args = vec![
             format!("--port={tcp4}"),
             format!("--port={tcp6}"),
@@ -59,7 +71,10 @@ fn start(tag: &str, worker: &[String], extra_args: &[&str], extra_env: &[(&str, 
         // The staged install, for the Python worker's pkg-config lookup.
         let stage = repo_root().join("build/stage");
         let mut envs = vec![
-            ("PKG_CONFIG_PATH", stage.join("usr/lib/pkgconfig").display().to_string()),
+            (
+                "PKG_CONFIG_PATH",
+                stage.join("usr/lib/pkgconfig").display().to_string(),
+            ),
             ("PKG_CONFIG_SYSROOT_DIR", stage.display().to_string()),
         ];
         envs.extend(extra_env.iter().map(|(k, v)| (*k, v.to_string())));
@@ -73,17 +88,31 @@ fn start(tag: &str, worker: &[String], extra_args: &[&str], extra_env: &[(&str, 
             }
         });
         if started {
-            return Running { server, tcp4, tcp6, udp, unix, _dir: dir };
+            return Running {
+                server,
+                tcp4,
+                tcp6,
+                udp,
+                unix,
+                _dir: dir,
+            };
         }
         let log = server.log_text();
-        assert!(log.contains("failed to bind"), "start_server {args:?} exited:\n{log}");
+        assert!(
+            log.contains("failed to bind"),
+            "start_server {args:?} exited:\n{log}"
+        );
     }
     panic!("no free ports after 5 attempts");
 }
 
 impl Running {
     fn streams(&self) -> Vec<Target> {
-        vec![Target::Tcp(self.tcp4), Target::Tcp(self.tcp6), Target::Unix(self.unix.clone())]
+        vec![
+            Target::Tcp(self.tcp4),
+            Target::Tcp(self.tcp6),
+            Target::Unix(self.unix.clone()),
+        ]
     }
 
     /// Checks every listener answers as `kind` says.
@@ -93,9 +122,14 @@ impl Running {
                 Kind::Echo => echo_eventually(&target),
                 Kind::HttpNoUdp | Kind::HttpAndUdpEcho => {
                     let body = target.get_eventually();
-                    let (pid, generation) = parse_hello(&body).unwrap_or_else(|| panic!("{target:?} said {body:?}"));
+                    let (pid, generation) =
+                        parse_hello(&body).unwrap_or_else(|| panic!("{target:?} said {body:?}"));
                     assert_eq!(generation, 1, "{target:?}");
-                    assert_eq!(Some(&pid), self.server.worker_pids().first(), "{target:?}: {body}");
+                    assert_eq!(
+                        Some(&pid),
+                        self.server.worker_pids().first(),
+                        "{target:?}: {body}"
+                    );
                 }
             }
         }
@@ -106,11 +140,18 @@ impl Running {
 
     /// SIGTERM to start_server: the worker exits 0, and so does start_server.
     fn stop_cleanly(mut self) {
-        let pid = *self.server.worker_pids().last().expect("a worker was started");
+        let pid = *self
+            .server
+            .worker_pids()
+            .last()
+            .expect("a worker was started");
         self.server.signal(libc::SIGTERM);
         let status = self.server.wait_exit(PATIENCE);
         let log = self.server.log_text();
-        assert!(log.contains(&format!("worker {pid} died, status:0\n")), "worker {pid} did not exit 0:\n{log}");
+        assert!(
+            log.contains(&format!("worker {pid} died, status:0\n")),
+            "worker {pid} did not exit 0:\n{log}"
+        );
         assert!(status.success(), "start_server: {status:?}\n{log}");
     }
 }
@@ -181,14 +222,26 @@ fn sighup_brings_a_new_http_worker_generation() {
 
     running.server.signal(libc::SIGHUP);
     let (second_pid, second_gen) = poll_until("generation 2 to answer", PATIENCE, || {
-        let hello = parse_hello(&target.get().expect("requests keep succeeding during a restart"))?;
+        let hello = parse_hello(
+            &target
+                .get()
+                .expect("requests keep succeeding during a restart"),
+        )?;
         (hello.1 == 2).then_some(hello)
     });
     assert_eq!(second_gen, 2);
     assert_ne!(second_pid, first_pid);
-    poll_until(&format!("old worker {first_pid} to exit 0"), PATIENCE, || {
-        running.server.log_text().contains(&format!("old worker {first_pid} died, status:0\n")).then_some(())
-    });
+    poll_until(
+        &format!("old worker {first_pid} to exit 0"),
+        PATIENCE,
+        || {
+            running
+                .server
+                .log_text()
+                .contains(&format!("old worker {first_pid} died, status:0\n"))
+                .then_some(())
+        },
+    );
     // Every listener now reaches the new worker.
     for target in running.streams() {
         let body = target.get_eventually();
@@ -202,11 +255,20 @@ fn sighup_brings_a_new_http_worker_generation() {
 #[test]
 fn sigterm_lets_http_requests_in_flight_finish() {
     const CLIENTS: usize = 20;
-    let running = start("inflight", &path_arg("http-static"), &["--interval=0"], &[("EXAMPLE_RESPONSE_DELAY_MS", "300")]);
+    let running = start(
+        "inflight",
+        &path_arg("http-static"),
+        &["--interval=0"],
+        &[("EXAMPLE_RESPONSE_DELAY_MS", "300")],
+    );
     let target = Target::Tcp(running.tcp4);
     target.get_eventually(); // the worker is up
     let worker = running.server.worker_pids()[0];
-    let open_fds = || std::fs::read_dir(format!("/proc/{worker}/fd")).map(|d| d.count()).unwrap_or(0);
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{worker}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
     let baseline = open_fds();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
@@ -217,10 +279,15 @@ fn sigterm_lets_http_requests_in_flight_finish() {
     // Stop the worker only once it has accepted every connection: a connection
     // still queued on the listener when the last worker is gone is lost, and
     // that is not what this test is about.
-    poll_until("the worker to accept every client", PATIENCE, || (open_fds() >= baseline + CLIENTS).then_some(()));
+    poll_until("the worker to accept every client", PATIENCE, || {
+        (open_fds() >= baseline + CLIENTS).then_some(())
+    });
     running.stop_cleanly();
     for c in clients {
-        let body = c.join().expect("client thread").expect("an in-flight request is answered");
+        let body = c
+            .join()
+            .expect("client thread")
+            .expect("an in-flight request is answered");
         assert!(parse_hello(&body).is_some(), "{body:?}");
     }
 }
@@ -235,7 +302,11 @@ fn read_response(s: &mut std::net::TcpStream) -> std::io::Result<(String, String
             let head = String::from_utf8_lossy(&data[..end]).into_owned();
             let length: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| std::io::Error::other(format!("no Content-Length in {head:?}")))?;
             if data.len() >= end + 4 + length {
@@ -245,7 +316,10 @@ fn read_response(s: &mut std::net::TcpStream) -> std::io::Result<(String, String
         }
         let n = s.read(&mut buf)?;
         if n == 0 {
-            return Err(std::io::Error::other(format!("connection closed after {} bytes", data.len())));
+            return Err(std::io::Error::other(format!(
+                "connection closed after {} bytes",
+                data.len()
+            )));
         }
         data.extend_from_slice(&buf[..n]);
     }
@@ -270,8 +344,12 @@ fn restarts_under_keep_alive_load_lose_no_request() {
     let generations = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
     let clients: Vec<_> = (0..64)
         .map(|_| {
-            let (stop, answered, failures, generations) =
-                (stop.clone(), answered.clone(), failures.clone(), generations.clone());
+            let (stop, answered, failures, generations) = (
+                stop.clone(),
+                answered.clone(),
+                failures.clone(),
+                generations.clone(),
+            );
             std::thread::spawn(move || {
                 let mut conn: Option<std::net::TcpStream> = None;
                 // Bounded even if `stop` never comes.
@@ -312,14 +390,24 @@ fn restarts_under_keep_alive_load_lose_no_request() {
 
     let wait_for_more = |what: &str| {
         let before = answered.load(Ordering::Relaxed);
-        poll_until(what, PATIENCE, || (answered.load(Ordering::Relaxed) > before + 500).then_some(()));
+        poll_until(what, PATIENCE, || {
+            (answered.load(Ordering::Relaxed) > before + 500).then_some(())
+        });
     };
     wait_for_more("answers before the first restart");
     for generation in 2..=3 {
         running.server.signal(libc::SIGHUP);
-        poll_until(&format!("generation {generation} to answer"), PATIENCE, || {
-            generations.lock().unwrap().contains(&generation).then_some(())
-        });
+        poll_until(
+            &format!("generation {generation} to answer"),
+            PATIENCE,
+            || {
+                generations
+                    .lock()
+                    .unwrap()
+                    .contains(&generation)
+                    .then_some(())
+            },
+        );
         wait_for_more("answers after a restart");
     }
     stop.store(true, Ordering::Relaxed);

@@ -25,7 +25,11 @@ pub fn repo_root() -> PathBuf {
 /// A build artifact under the repository, or a failed test saying how to build it.
 pub fn artifact(relative: &str, how: &str) -> PathBuf {
     let path = repo_root().join(relative);
-    assert!(path.exists(), "{} is missing: run `{how}` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `{how}` first",
+        path.display()
+    );
     path
 }
 
@@ -41,7 +45,10 @@ pub fn poll_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
         if let Some(v) = probe() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -52,7 +59,10 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         // Short: unix socket paths must fit in 108 bytes.
         let path = std::env::temp_dir().join(format!(
             "ss-{tag}-{}-{}-{nanos:x}",
@@ -79,9 +89,13 @@ impl Drop for TempDir {
 pub fn free_port(ip: &str, udp: bool) -> u16 {
     let addr: SocketAddr = (ip.parse::<std::net::IpAddr>().expect("an IP address"), 0).into();
     if udp {
-        UdpSocket::bind(addr).and_then(|s| s.local_addr()).map(|a| a.port())
+        UdpSocket::bind(addr)
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
     } else {
-        TcpListener::bind(addr).and_then(|s| s.local_addr()).map(|a| a.port())
+        TcpListener::bind(addr)
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
     }
     .unwrap_or_else(|e| panic!("binding {addr} to find a free port: {e}"))
 }
@@ -100,8 +114,14 @@ pub struct StartServer {
 
 impl StartServer {
     /// Spawns `program args...` with the extra environment `envs`, logging to `log`.
-    pub fn spawn(program: &Path, args: &[String], envs: &[(&str, String)], log: PathBuf) -> StartServer {
-        let out = fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+    pub fn spawn(
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, String)],
+        log: PathBuf,
+    ) -> StartServer {
+        let out =
+            fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
         let err = out.try_clone().expect("dup of the log file");
         let mut cmd = Command::new(program);
         cmd.args(args)
@@ -115,7 +135,11 @@ impl StartServer {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {} {args:?}: {e}", program.display()));
-        StartServer { child, log, status: None }
+        StartServer {
+            child,
+            log,
+            status: None,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -137,13 +161,23 @@ impl StartServer {
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet.
         let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}): {}", self.pid(), std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {sig}): {}",
+            self.pid(),
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Waits for start_server to exit, failing the test (with its log) at `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let log = self.log.clone();
-        poll_until(&format!("start_server to exit (log {})", log.display()), timeout, || self.try_status())
+        poll_until(
+            &format!("start_server to exit (log {})", log.display()),
+            timeout,
+            || self.try_status(),
+        )
     }
 
     /// Pids of the workers it said it started ("starting new worker N"), in order.
@@ -221,13 +255,17 @@ impl Target {
     /// Polls until a GET succeeds (the worker may still be starting).
     pub fn get_eventually(&self) -> String {
         let mut last = String::new();
-        poll_until(&format!("an HTTP answer on {self:?}"), PATIENCE, || match self.get() {
-            Ok(body) => Some(body),
-            Err(e) => {
-                last = e.to_string();
-                None
-            }
-        })
+        poll_until(
+            &format!("an HTTP answer on {self:?}"),
+            PATIENCE,
+            || match self.get() {
+                Ok(body) => Some(body),
+                Err(e) => {
+                    last = e.to_string();
+                    None
+                }
+            },
+        )
     }
 }
 
@@ -236,9 +274,14 @@ impl<T: Read + Write> ReadWrite for T {}
 
 /// Sends a datagram to `to` until the same bytes come back.
 pub fn udp_echo_eventually(to: SocketAddr, payload: &[u8]) {
-    let bind: SocketAddr = if to.is_ipv6() { ipv6_loopback() } else { "127.0.0.1:0".parse().unwrap() };
+    let bind: SocketAddr = if to.is_ipv6() {
+        ipv6_loopback()
+    } else {
+        "127.0.0.1:0".parse().unwrap()
+    };
     let sock = UdpSocket::bind(bind).expect("binding a UDP client socket");
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     sock.connect(to).expect("connecting a UDP socket");
     let mut buf = [0u8; 2048];
     poll_until(&format!("a UDP echo from {to}"), PATIENCE, || {
