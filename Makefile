@@ -83,6 +83,8 @@ install: all
 	           '$(DESTDIR)$(PKGCONFIGDIR)' '$(DESTDIR)$(MANDIR)/man1'
 	install -p -m 755 $(BIN) '$(DESTDIR)$(BINDIR)/start_server'
 	install -p -m 644 $(LIBA) '$(DESTDIR)$(LIBDIR)/libserver_starter.a'
+	# cargo's strip does not reach static libraries: the debug info of std is most of it.
+	strip --strip-debug '$(DESTDIR)$(LIBDIR)/libserver_starter.a'
 	install -p -m 755 $(LIBSO) '$(DESTDIR)$(LIBDIR)/$(SOFILE)'
 	ln -sf $(SOFILE) '$(DESTDIR)$(LIBDIR)/$(SONAME)'
 	ln -sf $(SONAME) '$(DESTDIR)$(LIBDIR)/libserver_starter.so'

@@ -100,7 +100,8 @@ pub fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool
         revents: 0,
     };
     let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        // Capped at 68 years, which fits time_t on every target.
+        tv_sec: t.as_secs().min(i32::MAX as u64) as _,
         tv_nsec: t.subsec_nanos() as libc::c_long,
     });
     let ts_ptr = ts
