@@ -20,3 +20,8 @@ pub use listeners::{
 /// `header` compares it with the committed `include/server_starter.h`.
 #[doc(hidden)]
 pub const GENERATED_HEADER: &str = include_str!(concat!(env!("OUT_DIR"), "/server_starter.h"));
+
+/// The README's Rust snippets, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
