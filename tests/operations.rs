@@ -62,8 +62,7 @@ fn second_instance_on_a_pid_file_refuses_and_leaves_it_intact() {
         modified
     );
 
-    first.signal(libc::SIGTERM);
-    assert!(first.wait_exit().success());
+    first.stop();
     assert!(!pid_file.exists(), "removed at exit");
 }
 
@@ -83,8 +82,7 @@ fn stale_pid_file_is_taken_over() {
     wait_until("the pid file to be rewritten", || {
         fs::read_to_string(&pid_file).ok().as_deref() == Some(&expected)
     });
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
     assert!(!pid_file.exists());
 }
 
@@ -200,8 +198,7 @@ fn restart_without_an_instance_or_a_worker_fails_instead_of_waiting() {
         "{}",
         stderr(&out)
     );
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
 }
 
 #[test]
@@ -233,8 +230,7 @@ fn restart_gives_up_when_the_instance_exits() {
         .spawn()
         .unwrap();
     server.wait_nth_line("seems to have failed to start", 1);
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
     let out = restart.wait_with_output().unwrap();
     assert!(!out.status.success());
     assert!(
@@ -358,8 +354,7 @@ fn log_pipe_receives_every_line_before_start_server_exits() {
     wait_until("the worker's first line", || {
         fs::read_to_string(&out_file).is_ok_and(|t| t.contains("[log] worker says hello"))
     });
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
     let text = fs::read_to_string(&out_file).unwrap();
     for line in [
         format!("[log] starting new worker {worker}"),
@@ -387,8 +382,7 @@ fn log_file_appends() {
     wait_until("the log", || {
         fs::read_to_string(&log).is_ok_and(|t| t.contains("starting new worker"))
     });
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
     let text = fs::read_to_string(&log).unwrap();
     assert!(
         text.starts_with("earlier line\nstarting new worker "),

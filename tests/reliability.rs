@@ -398,8 +398,7 @@ fn zero_drops(server: &mut Server, target: Target, status: &Path, label: &str) {
         RESTARTS as usize
     );
     assert!(!server.has_line("failed"), "{:?}", server.lines());
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
 }
 
 #[test]
@@ -541,8 +540,7 @@ fn hup_storm_settles_on_one_worker_and_leaks_nothing() {
         server.count_lines("starting new worker") - 1,
         "{lines:?}"
     );
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
 }
 
 // ------------------------------------------------------------------ 3. crash loop
@@ -579,8 +577,7 @@ fn crash_loop_is_paced_by_the_interval_and_costs_no_cpu() {
         !server.has_line("died unexpectedly"),
         "a failed start is not a running worker"
     );
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
 }
 
 // ------------------------------------------------------------------ 4. specified behaviours
@@ -707,8 +704,7 @@ fn worker_exiting_during_the_kill_old_delay_is_not_signalled() {
         "the current worker was signalled: {lines:?}"
     );
     assert_eq!(read_status(&status), vec![(2, second)]);
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
     assert!(server.has_line(&format!(
         "received TERM, sending TERM to all workers:{second}"
     )));
@@ -841,8 +837,7 @@ fn sigkilled_start_server_leaves_no_worker_and_its_sockets_can_be_reused() {
         http_get_unix(&sock).ok()
     });
     assert_eq!((unix_pid, generation), (pid, 1));
-    again.signal(libc::SIGTERM);
-    assert!(again.wait_exit().success());
+    again.stop();
     assert!(!sock.exists());
 }
 

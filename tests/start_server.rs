@@ -201,8 +201,7 @@ fn unix_socket_serves_and_is_removed_at_exit() {
         http_get_unix(&sock).ok().filter(|a| a.1 == 2)
     });
     server.wait_line(&format!("old worker {pid} died, status:0"));
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
     assert!(!sock.exists(), "the socket file is removed at exit");
 }
 
@@ -391,8 +390,7 @@ fn term_stops_every_worker_and_cleans_up() {
         "trap 'exit 7' INT; while :; do sleep 0.05; done",
     ]);
     let entries = server.wait_status(&status, &[1]);
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
     let pid = entries[0].1;
     assert!(
         server.has_line(&format!("received TERM, sending INT to all workers:{pid}")),
@@ -420,7 +418,6 @@ fn int_sends_term() {
     ]);
     server.wait_line("starting new worker");
     let pid = server.worker_pids()[0];
-    thread::sleep(Duration::from_millis(150)); // let the worker start (not required)
     server.signal(libc::SIGINT);
     assert!(server.wait_exit().success());
     assert!(
@@ -436,8 +433,7 @@ fn term_during_the_interval_is_acted_on_at_once() {
     let mut server = Server::start(&["--interval=60", "--", "sleep", "600"]);
     server.wait_line("starting new worker");
     let sent = Instant::now();
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
     assert!(
         sent.elapsed() < Duration::from_secs(10),
         "took {:?}",
@@ -458,8 +454,7 @@ fn term_during_the_kill_old_delay_is_acted_on_at_once() {
     server.signal(libc::SIGHUP);
     server.wait_line("sleeping 60 secs before killing old workers");
     let pids = server.worker_pids();
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
     for pid in pids {
         assert!(!pid_alive(pid));
     }
@@ -520,13 +515,11 @@ fn exec_failure_is_reported_and_retried() {
     let mut server = Server::start(&["--interval=0.1", "--", "/nonexistent/server-prog", "arg"]);
     server.wait_line("failed to exec /nonexistent/server-prog: No such file or directory");
     server.wait_nth_line("seems to have failed to start, exit status:65280", 2);
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
 
     let mut server = Server::start(&["--interval=0.1", "--", "no-such-command-anywhere"]);
     server.wait_line("failed to exec no-such-command-anywhere: No such file or directory");
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
 }
 
 #[test]
@@ -543,8 +536,7 @@ fn path_lookup_and_zero_interval() {
     server.wait_status(&status, &[1]);
     server.signal(libc::SIGHUP);
     server.wait_status(&status, &[2]);
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
+    server.stop();
 }
 
 #[test]

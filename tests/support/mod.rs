@@ -158,6 +158,13 @@ impl Server {
         self.inner.wait_exit(PATIENCE)
     }
 
+    /// TERM, then wait: start_server must exit 0.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit();
+        assert!(status.success(), "start_server exited with {status}: {:?}", self.lines());
+    }
+
     /// Waits until the status file holds exactly these generations.
     pub fn wait_status(&self, file: &Path, generations: &[u64]) -> Vec<(u64, i32)> {
         wait_for(
