@@ -136,14 +136,14 @@ stage:
 
 # Static: libserver_starter.a is linked in (picked by its file name, since the
 # .so beside it would otherwise win), libc and the rest stay shared.
-build/examples/%-static: c-examples/%.c $(STAGE_LIBDIR)/libserver_starter.a
+build/examples/%-static: c-examples/%.c c-examples/worker.h $(STAGE_LIBDIR)/libserver_starter.a
 	@mkdir -p $(@D)
 	$(CC) $(EXAMPLE_CFLAGS) $$($(PKG_ENV) $(PKG_CONFIG) --cflags server_starter) -o $@ $< \
 	  $$($(PKG_ENV) $(PKG_CONFIG) --static --libs server_starter | sed 's/-lserver_starter\b/-l:libserver_starter.a/') \
 	  $(EXAMPLE_LDFLAGS)
 
 # Shared: found at run time through the rpath, so no LD_LIBRARY_PATH is needed.
-build/examples/%-shared: c-examples/%.c $(STAGE_LIBDIR)/$(SOFILE)
+build/examples/%-shared: c-examples/%.c c-examples/worker.h $(STAGE_LIBDIR)/$(SOFILE)
 	@mkdir -p $(@D)
 	$(CC) $(EXAMPLE_CFLAGS) $$($(PKG_ENV) $(PKG_CONFIG) --cflags server_starter) -o $@ $< \
 	  $$($(PKG_ENV) $(PKG_CONFIG) --libs server_starter) -Wl,-rpath,'$(STAGE_LIBDIR)' $(EXAMPLE_LDFLAGS)

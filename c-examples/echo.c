@@ -43,6 +43,8 @@
 
 #include <server_starter.h>
 
+#include "worker.h"
+
 #define BUF_SIZE 16384
 
 struct conn {
@@ -51,50 +53,6 @@ struct conn {
     size_t len, off;    /* buf[off..len) is still to be written */
 };
 
-static int signal_pipe[2] = {-1, -1};
-
-static void on_signal(int sig)
-{
-    int saved = errno; /* write() may clobber errno of the interrupted code */
-    unsigned char byte = (unsigned char)sig;
-    ssize_t ignored = write(signal_pipe[1], &byte, 1);
-    (void)ignored; /* a full pipe already holds a pending wake-up */
-    errno = saved;
-}
-
-static long env_ms(const char *name, long fallback)
-{
-    const char *v = getenv(name);
-    if (v == NULL || *v == '\0')
-        return fallback;
-    char *end;
-    long ms = strtol(v, &end, 10);
-    if (*end != '\0' || ms < 0) {
-        fprintf(stderr, "echo: ignoring %s=%s: not a number of milliseconds\n", name, v);
-        return fallback;
-    }
-    return ms;
-}
-
-static long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static int set_nonblocking(int fd)
-{
-    int flags = fcntl(fd, F_GETFL);
-    return flags < 0 ? -1 : fcntl(fd, F_SETFL, flags | O_NONBLOCK);
-}
 
 /* Writes out what is pending. Returns -1 when the connection is dead. */
 static int flush_conn(struct conn *c)
@@ -165,20 +123,12 @@ static void serve_datagrams(int fd)
 
 int main(void)
 {
-    server_starter_listener fixed[64], *ls = fixed;
-    int count = server_starter_listeners(ls, 64);
-    if (count < 0) {
-        fprintf(stderr, "echo: no inherited listeners: %s (run me under start_server)\n",
-                server_starter_strerror(count));
+    worker_name = "echo";
+    server_starter_listener fixed[64];
+    int count;
+    server_starter_listener *ls = read_listeners(fixed, 64, &count);
+    if (ls == NULL)
         return 1;
-    }
-    if (count > 64) { /* more than the stack array holds: ask again with room for all */
-        ls = calloc((size_t)count, sizeof *ls);
-        if (ls == NULL || server_starter_listeners(ls, (size_t)count) != count) {
-            fprintf(stderr, "echo: cannot read the %d inherited listeners\n", count);
-            return 1;
-        }
-    }
     for (int i = 0; i < count; i++) {
         if (set_nonblocking(ls[i].fd) < 0) {
             fprintf(stderr, "echo: listener %s (fd %d): %s\n", ls[i].name, ls[i].fd, strerror(errno));
@@ -186,18 +136,10 @@ int main(void)
         }
     }
 
-    if (pipe2(signal_pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
-        perror("echo: pipe2");
+    if (install_signal_pipe() < 0) {
+        perror("echo: signals");
         return 1;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     long ready_delay = env_ms("EXAMPLE_READY_DELAY_MS", 0);
     long drain_timeout = env_ms("EXAMPLE_DRAIN_TIMEOUT_MS", 10000);

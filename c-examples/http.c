@@ -56,6 +56,8 @@
 
 #include <server_starter.h>
 
+#include "worker.h"
+
 #define IN_MAX 16384 /* the largest request (head and body) we accept */
 #define OUT_MAX 512
 
@@ -76,55 +78,11 @@ struct conn {
     long last_active;       /* when it last sent us bytes or got an answer */
 };
 
-static int signal_pipe[2] = {-1, -1};
 static bool draining;
 static long response_delay;
 static long idle_grace;
 static char body[128];
 static size_t body_len;
-
-static void on_signal(int sig)
-{
-    int saved = errno; /* write() may clobber errno of the interrupted code */
-    unsigned char byte = (unsigned char)sig;
-    ssize_t ignored = write(signal_pipe[1], &byte, 1);
-    (void)ignored; /* a full pipe already holds a pending wake-up */
-    errno = saved;
-}
-
-static long env_ms(const char *name, long fallback)
-{
-    const char *v = getenv(name);
-    if (v == NULL || *v == '\0')
-        return fallback;
-    char *end;
-    long ms = strtol(v, &end, 10);
-    if (*end != '\0' || ms < 0) {
-        fprintf(stderr, "http: ignoring %s=%s: not a number of milliseconds\n", name, v);
-        return fallback;
-    }
-    return ms;
-}
-
-static long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static int set_nonblocking(int fd)
-{
-    int flags = fcntl(fd, F_GETFL);
-    return flags < 0 ? -1 : fcntl(fd, F_SETFL, flags | O_NONBLOCK);
-}
 
 /* Hundreds of connections need more descriptors than the usual soft limit of 1024. */
 static void raise_fd_limit(void)
@@ -332,20 +290,12 @@ static bool serve_conn(struct conn *c, bool readable)
 
 int main(void)
 {
-    server_starter_listener fixed[64], *ls = fixed;
-    int count = server_starter_listeners(ls, 64);
-    if (count < 0) {
-        fprintf(stderr, "http: no inherited listeners: %s (run me under start_server)\n",
-                server_starter_strerror(count));
+    worker_name = "http";
+    server_starter_listener fixed[64];
+    int count;
+    server_starter_listener *ls = read_listeners(fixed, 64, &count);
+    if (ls == NULL)
         return 1;
-    }
-    if (count > 64) { /* more than the stack array holds: ask again with room for all */
-        ls = calloc((size_t)count, sizeof *ls);
-        if (ls == NULL || server_starter_listeners(ls, (size_t)count) != count) {
-            fprintf(stderr, "http: cannot read the %d inherited listeners\n", count);
-            return 1;
-        }
-    }
     int streams = 0;
     for (int i = 0; i < count; i++) {
         if (ls[i].socktype != SOCK_STREAM)
@@ -357,18 +307,10 @@ int main(void)
         streams++;
     }
 
-    if (pipe2(signal_pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
-        perror("http: pipe2");
+    if (install_signal_pipe() < 0) {
+        perror("http: signals");
         return 1;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
 
     long ready_delay = env_ms("EXAMPLE_READY_DELAY_MS", 0);
