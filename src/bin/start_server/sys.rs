@@ -311,8 +311,8 @@ pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
 /// /dev/null) owned by the caller, so that no socket created meanwhile lands there.
 pub fn occupy_fd(target: RawFd) -> io::Result<OwnedFd> {
     let null = std::fs::File::open("/dev/null")?;
-    // SAFETY: F_DUPFD_CLOEXEC-like effect via dup3 on integer descriptors; the caller
-    // has checked that `target` is not open, so nothing is replaced.
+    // SAFETY: dup3 on integer descriptors has no memory-safety preconditions; the
+    // caller has checked that `target` is not open, so nothing is replaced.
     check(unsafe { libc::dup3(null.as_raw_fd(), target, libc::O_CLOEXEC) })?;
     // SAFETY: dup3 made `target` a new descriptor that only the returned value owns.
     Ok(unsafe { OwnedFd::from_raw_fd(target) })
