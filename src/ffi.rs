@@ -4,12 +4,11 @@
 //! Every function checks its pointers for NULL, never allocates, never reads past
 //! a C string or writes past `cap` entries, and runs inside a panic boundary
 //! (release builds abort on panic anyway, and the code is written not to panic).
+//! It needs only core and libc: the C library is built without std.
 
 #![allow(non_camel_case_types)]
 
-use std::ffi::CStr;
-use std::os::raw::{c_char, c_int, c_long};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use core::ffi::{c_char, c_int, c_long, CStr};
 
 use crate::listeners::{self, Checked};
 use crate::parse::{self, Entry, ErrorKind, Source, Vars};
@@ -95,8 +94,15 @@ fn kind_of(code: c_int) -> Option<ErrorKind> {
 
 /// Runs `body`, turning a panic into `on_panic` so that no unwind crosses the C
 /// ABI (in builds that unwind; release builds abort).
+#[cfg(feature = "std")]
 fn boundary<T>(on_panic: T, body: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or(on_panic)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(on_panic)
+}
+
+/// Without std nothing unwinds: the panic handler (in `lib.rs`) aborts.
+#[cfg(not(feature = "std"))]
+fn boundary<T>(_on_panic: T, body: impl FnOnce() -> T) -> T {
+    body()
 }
 
 fn static_cstr(bytes: &'static [u8]) -> *const c_char {

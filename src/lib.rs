@@ -4,7 +4,12 @@
 //!
 //! Both APIs share one parser ([`parse`]). The `start_server` binary itself lives
 //! in `src/bin/start_server/`.
+//!
+//! The Rust API needs the `std` feature (on by default). Without it the crate is
+//! `no_std`, needing only core and libc: that is how the C library is built
+//! (`make lib`), so that it carries none of std's panic and backtrace machinery.
 
+#![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod ffi;
@@ -12,9 +17,50 @@ pub mod listeners;
 pub mod parse;
 mod sys;
 
+pub use listeners::ErrorKind;
+#[cfg(feature = "std")]
 pub use listeners::{
-    find, generation, listeners, Environment, Error, ErrorKind, Family, Listener, SocketType,
+    find, generation, listeners, Environment, Error, Family, Listener, SocketType,
 };
+
+/// Without std, a panic aborts the process. The C API is written not to panic
+/// (no indexing, unwrapping or overflowing arithmetic on its paths), so this is
+/// never reached.
+#[cfg(all(not(feature = "std"), not(test)))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    // SAFETY: abort has no preconditions and does not return.
+    unsafe { libc::abort() }
+}
+
+// Without std nothing links libc, whose functions the library calls (getenv,
+// getsockname, ...): the shared library must name it (`NEEDED libc.so.6`) to
+// be loadable wherever libc is not already there.
+#[cfg(not(feature = "std"))]
+#[link(name = "c")]
+extern "C" {}
+
+/// The precompiled `core` is built to unwind, so its code still names the
+/// personality routine that std would provide, and a shared library that leaves
+/// the name undefined fails to load (`dlopen`: undefined symbol). With
+/// `panic = "abort"` nothing ever unwinds, so the routine is never called.
+///
+/// Defined in assembly, as an alias of this function, because only there can a
+/// symbol be made hidden on stable Rust: the shared library must export nothing
+/// but `server_starter_*` (and so cannot stand in for another library's routine).
+#[cfg(all(not(feature = "std"), not(test)))]
+extern "C" fn personality_never_called() {
+    // SAFETY: abort has no preconditions and does not return.
+    unsafe { libc::abort() }
+}
+
+#[cfg(all(not(feature = "std"), not(test)))]
+core::arch::global_asm!(
+    ".globl rust_eh_personality",
+    ".hidden rust_eh_personality",
+    ".set rust_eh_personality, {f}",
+    f = sym personality_never_called,
+);
 
 /// The header build.rs generated from `src/ffi.rs` for this build; the test
 /// `header` compares it with the committed `include/server_starter.h`.

@@ -1,4 +1,5 @@
-//! The Rust API, and the query core it shares with the C API.
+//! The Rust API (with the `std` feature, the default), and the query core it
+//! shares with the C API (core only, always built).
 //!
 //! ```no_run
 //! use server_starter::listeners;
@@ -17,18 +18,26 @@
 //! }
 //! ```
 
-use std::ffi::{OsStr, OsString};
-use std::fmt;
-use std::io;
-use std::net::{TcpListener, UdpSocket};
-use std::os::fd::{OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::net::{UnixDatagram, UnixListener};
-use std::sync::Mutex;
+#[cfg(feature = "std")]
+use std::{
+    ffi::{OsStr, OsString},
+    fmt, io,
+    net::{TcpListener, UdpSocket},
+    os::fd::OwnedFd,
+    os::unix::ffi::{OsStrExt, OsStringExt},
+    os::unix::net::{UnixDatagram, UnixListener},
+    sync::Mutex,
+};
 
 pub use crate::parse::ErrorKind;
-use crate::parse::{self, Entry, ParseError, Source, Vars};
-use crate::sys::{self, SocketInfo};
+#[cfg(feature = "std")]
+use crate::parse::{self, Vars};
+use crate::parse::{Entry, ParseError, Source};
+#[cfg(feature = "std")]
+use crate::sys::RawFd;
+use crate::sys::{self, Errno, SocketInfo};
+
+// The query core, shared with the C API: core only, no allocation.
 
 /// Why an entry of a source could not be reported. Borrowed and allocation-free,
 /// for the C API; the Rust API turns it into an [`Error`].
@@ -36,8 +45,9 @@ use crate::sys::{self, SocketInfo};
 pub(crate) enum Failure<'a> {
     /// The text is wrong.
     Parse(ParseError),
-    /// The descriptor is not an open socket.
-    Socket { entry: Entry<'a>, error: io::Error },
+    /// The descriptor is not an open socket (the C API reports only the kind).
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    Socket { entry: Entry<'a>, error: Errno },
 }
 
 impl Failure<'_> {
@@ -81,7 +91,10 @@ pub(crate) fn checked<'a>(
         .map(|entry| check(entry.map_err(Failure::Parse)?)))
 }
 
+// The Rust API: std only.
+
 /// The address family of a listener, as the kernel reports it.
+#[cfg(feature = "std")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
     /// `AF_INET`
@@ -94,6 +107,7 @@ pub enum Family {
     Other(i32),
 }
 
+#[cfg(feature = "std")]
 impl Family {
     fn from_raw(family: i32) -> Self {
         match family {
@@ -106,6 +120,7 @@ impl Family {
 }
 
 /// The socket type of a listener, as the kernel reports it.
+#[cfg(feature = "std")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SocketType {
     /// `SOCK_STREAM`
@@ -116,6 +131,7 @@ pub enum SocketType {
     Other(i32),
 }
 
+#[cfg(feature = "std")]
 impl SocketType {
     fn from_raw(socktype: i32) -> Self {
         match socktype {
@@ -126,6 +142,7 @@ impl SocketType {
     }
 }
 
+#[cfg(feature = "std")]
 fn describe(family: Family, socktype: SocketType) -> String {
     match (family, socktype) {
         (Family::Inet | Family::Inet6, SocketType::Stream) => "a TCP socket".into(),
@@ -138,6 +155,7 @@ fn describe(family: Family, socktype: SocketType) -> String {
 
 /// An error of the Rust API: what went wrong and where (which variable or entry,
 /// which name, which descriptor).
+#[cfg(feature = "std")]
 #[derive(Debug)]
 pub struct Error {
     kind: ErrorKind,
@@ -145,6 +163,7 @@ pub struct Error {
     source: Option<io::Error>,
 }
 
+#[cfg(feature = "std")]
 impl Error {
     /// The kind of error, which maps onto the C API's error codes.
     pub fn kind(&self) -> ErrorKind {
@@ -188,13 +207,18 @@ impl Error {
     fn from_failure(failure: Failure<'_>) -> Self {
         match failure {
             Failure::Parse(e) => Error::parse(&e),
-            Failure::Socket { entry, error } => {
-                Error::listener(ErrorKind::BadFd, entry.name, entry.fd, "", Some(error))
-            }
+            Failure::Socket { entry, error } => Error::listener(
+                ErrorKind::BadFd,
+                entry.name,
+                entry.fd,
+                "",
+                Some(error.into()),
+            ),
         }
     }
 }
 
+#[cfg(feature = "std")]
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.context, self.kind.message())?;
@@ -205,12 +229,14 @@ impl fmt::Display for Error {
     }
 }
 
+#[cfg(feature = "std")]
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source.as_ref().map(|e| e as _)
     }
 }
 
+#[cfg(feature = "std")]
 impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
         let kind = match e.kind {
@@ -230,8 +256,10 @@ impl From<Error> for io::Error {
 /// handing one out twice would let two owners close it. The inode tells a
 /// descriptor number that was closed and reused for another socket from the one
 /// handed out (sockfs inode numbers are not reused while a socket lives).
+#[cfg(feature = "std")]
 static CLAIMED: Mutex<Vec<(RawFd, u64)>> = Mutex::new(Vec::new());
 
+#[cfg(feature = "std")]
 fn claim(fd: RawFd) -> io::Result<bool> {
     let key = (fd, sys::inode(fd)?);
     // A poisoned lock still holds a consistent list: every push is complete.
@@ -249,6 +277,7 @@ fn claim(fd: RawFd) -> io::Result<bool> {
 ///
 /// A `Listener` does not own its descriptor; the `into_*` conversions take
 /// ownership, once per descriptor in the whole process.
+#[cfg(feature = "std")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     name: OsString,
@@ -258,6 +287,7 @@ pub struct Listener {
     port: u16,
 }
 
+#[cfg(feature = "std")]
 impl Listener {
     fn from_checked(c: &Checked<'_>) -> Self {
         Listener {
@@ -306,7 +336,7 @@ impl Listener {
     ) -> Result<OwnedFd, Error> {
         let name = self.name.as_bytes();
         let info = sys::socket_info(self.fd)
-            .map_err(|e| Error::listener(ErrorKind::BadFd, name, self.fd, "", Some(e)))?;
+            .map_err(|e| Error::listener(ErrorKind::BadFd, name, self.fd, "", Some(e.into())))?;
         let (family, socktype) = (
             Family::from_raw(info.family),
             SocketType::from_raw(info.socktype),
@@ -327,7 +357,7 @@ impl Listener {
                 name,
                 self.fd,
                 ": cannot set FD_CLOEXEC",
-                Some(e),
+                Some(e.into()),
             )
         })?;
         match claim(self.fd) {
@@ -394,6 +424,7 @@ impl Listener {
 /// The variables the listeners come from. [`Environment::from_process`] reads
 /// them; building one by hand lets a program (or a test) resolve listeners
 /// without touching the process environment.
+#[cfg(feature = "std")]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Environment {
     /// `SERVER_STARTER_PORT`; when set (even empty) systemd's variables are ignored.
@@ -406,6 +437,7 @@ pub struct Environment {
     pub listen_fdnames: Option<OsString>,
 }
 
+#[cfg(feature = "std")]
 impl Environment {
     /// The variables of this process. Unlike `sd_listen_fds(1)`, never unsets them.
     pub fn from_process() -> Self {
@@ -468,17 +500,20 @@ impl Environment {
 
 /// The listeners this process inherited, from `SERVER_STARTER_PORT` or, when it
 /// is not set, from systemd socket activation.
+#[cfg(feature = "std")]
 pub fn listeners() -> Result<Vec<Listener>, Error> {
     Environment::from_process().listeners()
 }
 
 /// The inherited listener named `name` (e.g. `"127.0.0.1:8080"`).
+#[cfg(feature = "std")]
 pub fn find(name: impl AsRef<OsStr>) -> Result<Listener, Error> {
     Environment::from_process().find(name)
 }
 
 /// `SERVER_STARTER_GENERATION`: how many times start_server has (re)started
 /// workers; `None` when unset or not a decimal number.
+#[cfg(feature = "std")]
 pub fn generation() -> Option<u64> {
     let value = std::env::var_os("SERVER_STARTER_GENERATION")?.into_vec();
     parse::parse_generation(&value).and_then(|g| u64::try_from(g).ok())

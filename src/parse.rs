@@ -32,7 +32,7 @@
     )
 )]
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use core::net::{Ipv4Addr, Ipv6Addr};
 
 /// Size of the C struct's name buffer, terminating NUL included. It holds any
 /// unix socket path (`sun_path` is 108 bytes) and any DNS host name (253) with
@@ -88,7 +88,7 @@ impl ErrorKind {
     pub fn message(self) -> &'static str {
         let bytes = self.message_with_nul();
         let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
-        std::str::from_utf8(bytes).unwrap_or("libserver_starter error")
+        core::str::from_utf8(bytes).unwrap_or("libserver_starter error")
     }
 }
 
@@ -185,7 +185,7 @@ pub fn classify(name: &[u8]) -> (i32, u16) {
     let family = if let [b'[', inner @ .., b']'] = host {
         // A scope (`%eth0`) is legal in the text but not for Ipv6Addr's parser.
         let address = inner.split(|&b| b == b'%').next().unwrap_or(inner);
-        match std::str::from_utf8(address)
+        match core::str::from_utf8(address)
             .ok()
             .map(str::parse::<Ipv6Addr>)
         {
@@ -193,7 +193,7 @@ pub fn classify(name: &[u8]) -> (i32, u16) {
             _ => libc::AF_UNSPEC,
         }
     } else {
-        match std::str::from_utf8(host).ok().map(str::parse::<Ipv4Addr>) {
+        match core::str::from_utf8(host).ok().map(str::parse::<Ipv4Addr>) {
             Some(Ok(_)) => libc::AF_INET,
             _ => libc::AF_UNSPEC,
         }
@@ -412,7 +412,7 @@ pub fn resolve<'a>(vars: &Vars<'a>, pid: i32) -> Result<Source<'a>, ParseError> 
 }
 
 /// The fields of `LISTEN_FDNAMES`.
-type NameFields<'a> = std::slice::Split<'a, u8, fn(&u8) -> bool>;
+type NameFields<'a> = core::slice::Split<'a, u8, fn(&u8) -> bool>;
 
 /// Iterator over the descriptors passed by systemd.
 #[derive(Debug, Clone)]

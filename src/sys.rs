@@ -1,13 +1,59 @@
 //! Thin wrappers over the few libc calls the library makes. The rest of the crate
 //! is safe code; every `unsafe` block outside `ffi.rs` is here.
 //!
-//! None of these allocate (an `io::Error` from `last_os_error` is a plain code),
-//! so the C API can use them.
+//! None of these allocate and, but for `own_fd`, none needs std: a failure is a
+//! plain [`Errno`], so the C API can use them in a build without std. What only
+//! the Rust API uses is compiled only with the `std` feature.
 
-use std::ffi::CStr;
-use std::io;
-use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use core::ffi::{c_int, CStr};
+use core::mem::{size_of, MaybeUninit};
+#[cfg(feature = "std")]
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// A descriptor number (what `std::os::fd::RawFd` is, without needing std).
+pub type RawFd = c_int;
+
+/// A failed system call's `errno`. With std it converts into the `io::Error`
+/// that `io::Error::last_os_error()` would have given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub c_int);
+
+impl Errno {
+    /// The calling thread's current `errno`.
+    pub fn last() -> Self {
+        // SAFETY: the libc function returns a valid pointer to this thread's errno.
+        Errno(unsafe { *errno_location() })
+    }
+}
+
+// Where libc keeps the thread's errno, as std's own `errno()` finds it.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "emscripten",
+    target_os = "l4re",
+    target_os = "hurd",
+    target_os = "redox",
+    target_os = "dragonfly"
+))]
+use libc::__errno_location as errno_location;
+
+#[cfg(any(
+    target_os = "android",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "cygwin"
+))]
+use libc::__errno as errno_location;
+
+#[cfg(any(target_vendor = "apple", target_os = "freebsd"))]
+use libc::__error as errno_location;
+
+#[cfg(feature = "std")]
+impl From<Errno> for std::io::Error {
+    fn from(e: Errno) -> Self {
+        std::io::Error::from_raw_os_error(e.0)
+    }
+}
 
 /// The value of an environment variable, without the terminating NUL.
 ///
@@ -48,7 +94,7 @@ pub struct SocketInfo {
 
 /// Family, type and port of `fd` from `getsockopt(SO_TYPE)` and `getsockname`.
 /// Fails with `EBADF` when `fd` is not open and `ENOTSOCK` when it is not a socket.
-pub fn socket_info(fd: RawFd) -> io::Result<SocketInfo> {
+pub fn socket_info(fd: RawFd) -> Result<SocketInfo, Errno> {
     let mut socktype: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: the option buffer is a c_int and `len` says so.
@@ -62,7 +108,7 @@ pub fn socket_info(fd: RawFd) -> io::Result<SocketInfo> {
         )
     };
     if rc != 0 {
-        return Err(io::Error::last_os_error());
+        return Err(Errno::last());
     }
 
     let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
@@ -70,7 +116,7 @@ pub fn socket_info(fd: RawFd) -> io::Result<SocketInfo> {
     // SAFETY: `storage` is large enough for any address and `len` says how large.
     let rc = unsafe { libc::getsockname(fd, storage.as_mut_ptr().cast(), &mut len) };
     if rc != 0 {
-        return Err(io::Error::last_os_error());
+        return Err(Errno::last());
     }
     // SAFETY: zero-initialised, then (partly) written by the kernel: every bit
     // pattern is a valid sockaddr_storage.
@@ -101,24 +147,27 @@ pub fn socket_info(fd: RawFd) -> io::Result<SocketInfo> {
     })
 }
 
-/// Sets `FD_CLOEXEC` on `fd`, keeping its other descriptor flags.
-pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+/// Sets `FD_CLOEXEC` on `fd`, keeping its other descriptor flags (Rust API only).
+#[cfg(feature = "std")]
+pub fn set_cloexec(fd: RawFd) -> Result<(), Errno> {
     // SAFETY: F_GETFD/F_SETFD take and return plain integers; a bad fd is EBADF.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFD);
         if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(Errno::last());
         }
     }
     Ok(())
 }
 
-/// The inode number of the file `fd` refers to (for a socket, its sockfs inode).
-pub fn inode(fd: RawFd) -> io::Result<u64> {
+/// The inode number of the file `fd` refers to (for a socket, its sockfs inode;
+/// Rust API only).
+#[cfg(feature = "std")]
+pub fn inode(fd: RawFd) -> Result<u64, Errno> {
     let mut st = MaybeUninit::<libc::stat>::zeroed();
     // SAFETY: `st` is a writable stat buffer; a bad fd is EBADF.
     if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
+        return Err(Errno::last());
     }
     // SAFETY: zero-initialised, then filled in by fstat.
     #[allow(clippy::useless_conversion)] // st_ino is narrower than u64 on some targets
@@ -132,6 +181,7 @@ pub fn inode(fd: RawFd) -> io::Result<u64> {
 /// `fd` must be open and owned by nobody else in the process: the returned
 /// `OwnedFd` closes it when dropped. `listeners::claim` ensures the library hands
 /// each descriptor out once.
+#[cfg(feature = "std")]
 pub unsafe fn own_fd(fd: RawFd) -> OwnedFd {
     // SAFETY: ownership is transferred under the contract stated above.
     unsafe { OwnedFd::from_raw_fd(fd) }

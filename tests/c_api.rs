@@ -11,18 +11,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
-/// What rustc reports as the static library's native dependencies
-/// (`--print native-static-libs`) on Linux with glibc.
-const NATIVE_STATIC_LIBS: &[&str] = &[
-    "-lgcc_s",
-    "-lutil",
-    "-lrt",
-    "-lpthread",
-    "-lm",
-    "-ldl",
-    "-lc",
-];
-
 /// The API, exactly: the shared library must export these and nothing else.
 const EXPORTS: &[&str] = &[
     "server_starter_find",
@@ -143,10 +131,10 @@ fn c_program_linked_statically() {
     let archive = library("libserver_starter.a");
     let dir = TempDir::new("static");
     let exe = dir.0.join("listeners_test");
+    // The archive alone: built without std, it needs nothing but libc.
     run(cc()
         .arg("tests/c/listeners_test.c")
         .arg(&archive)
-        .args(NATIVE_STATIC_LIBS)
         .arg("-o")
         .arg(&exe));
     let stdout = run_test_program(&exe, None);
@@ -197,6 +185,40 @@ fn shared_library_exports_only_the_api() {
         "unexpected exports: {symbols:?}"
     );
     assert_eq!(symbols, EXPORTS, "exported symbols");
+}
+
+/// The library is built without std, so nothing of Rust's runtime may be left for
+/// the loader to find: `dlopen` (Python's ctypes) fails on any undefined symbol
+/// that libc does not define, such as the unwinder's `rust_eh_personality`.
+#[test]
+fn shared_library_needs_only_libc() {
+    let shared = library("libserver_starter.so");
+    let out = run(Command::new("nm")
+        .args(["-D", "--undefined-only"])
+        .arg(&shared));
+    let undefined: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.trim_start().starts_with("U "))
+        .filter_map(|line| line.split_whitespace().last().map(str::to_owned))
+        .collect();
+    let foreign: Vec<&String> = undefined
+        .iter()
+        .filter(|s| s.starts_with("rust_") || s.starts_with("_Unwind") || s.starts_with("__rust"))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "undefined Rust runtime symbols: {foreign:?}"
+    );
+    let out = run(Command::new("objdump").arg("-p").arg(&shared));
+    let needed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("NEEDED"))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .collect();
+    assert!(
+        !needed.is_empty() && needed.iter().all(|lib| lib.starts_with("libc.so")),
+        "libraries needed besides libc: {needed:?}"
+    );
 }
 
 #[test]

@@ -162,7 +162,11 @@ impl Server {
     pub fn stop(&mut self) {
         self.signal(libc::SIGTERM);
         let status = self.wait_exit();
-        assert!(status.success(), "start_server exited with {status}: {:?}", self.lines());
+        assert!(
+            status.success(),
+            "start_server exited with {status}: {:?}",
+            self.lines()
+        );
     }
 
     /// Waits until the status file holds exactly these generations.
