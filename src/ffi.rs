@@ -117,15 +117,13 @@ fn static_cstr(bytes: &'static [u8]) -> *const c_char {
 /// See `sys::getenv`: the environment must not change while the result is used;
 /// the header documents this for callers.
 unsafe fn process_vars<'a>() -> Vars<'a> {
-    // SAFETY: forwarded contract; the names are NUL-terminated literals.
+    // SAFETY: forwarded contract.
     unsafe {
         Vars {
-            starter_port: sys::getenv(CStr::from_bytes_with_nul_unchecked(
-                b"SERVER_STARTER_PORT\0",
-            )),
-            listen_pid: sys::getenv(CStr::from_bytes_with_nul_unchecked(b"LISTEN_PID\0")),
-            listen_fds: sys::getenv(CStr::from_bytes_with_nul_unchecked(b"LISTEN_FDS\0")),
-            listen_fdnames: sys::getenv(CStr::from_bytes_with_nul_unchecked(b"LISTEN_FDNAMES\0")),
+            starter_port: sys::getenv(c"SERVER_STARTER_PORT"),
+            listen_pid: sys::getenv(c"LISTEN_PID"),
+            listen_fds: sys::getenv(c"LISTEN_FDS"),
+            listen_fdnames: sys::getenv(c"LISTEN_FDNAMES"),
         }
     }
 }
@@ -356,13 +354,8 @@ pub unsafe extern "C" fn server_starter_find(name: *const c_char) -> c_int {
 #[no_mangle]
 pub extern "C" fn server_starter_generation() -> c_long {
     boundary(-1, || {
-        // SAFETY: the environment is read only within this call (documented); the
-        // name is a NUL-terminated literal.
-        let value = unsafe {
-            sys::getenv(CStr::from_bytes_with_nul_unchecked(
-                b"SERVER_STARTER_GENERATION\0",
-            ))
-        };
+        // SAFETY: the environment is read only within this call (documented).
+        let value = unsafe { sys::getenv(c"SERVER_STARTER_GENERATION") };
         value
             .and_then(parse::parse_generation)
             .and_then(|g| c_long::try_from(g).ok())

@@ -286,7 +286,7 @@ impl<'a> Iterator for Entries<'a> {
         let after = pieces.next();
         let text = trim(piece);
         if text.is_empty() {
-            let only_trailing = after.map_or(true, |a| a.iter().all(|&b| b == b';' || is_space(b)));
+            let only_trailing = after.is_none_or(|a| a.iter().all(|&b| b == b';' || is_space(b)));
             if only_trailing {
                 self.done = true;
                 return None;

@@ -133,7 +133,7 @@ fn reference(input: &[u8]) -> Result<Vec<Expected>, i32> {
     let mut out = Vec::new();
     for (i, piece) in pieces.iter().enumerate() {
         if piece.is_empty() {
-            if last_nonempty.map_or(true, |last| i > last) {
+            if last_nonempty.is_none_or(|last| i > last) {
                 break;
             }
             return Err(SERVER_STARTER_EMALFORMED);
