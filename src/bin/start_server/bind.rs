@@ -33,10 +33,16 @@ pub struct Listeners(Vec<Listener>);
 
 impl Listeners {
     /// Binds every socket, or none: on error, the unix socket files already created
-    /// are removed again.
-    pub fn bind(ports: &[PortSpec], paths: &[PathBuf], backlog: i32) -> Result<Listeners, String> {
+    /// are removed again. `reserved` holds the pinned descriptor numbers free of
+    /// anything else start_server opened first (pid file, log file).
+    pub fn bind(
+        ports: &[PortSpec],
+        paths: &[PathBuf],
+        backlog: i32,
+        reserved: Reserved,
+    ) -> Result<Listeners, String> {
         let mut bound = Listeners(Vec::new());
-        let result = bound.bind_all(ports, paths, backlog);
+        let result = bound.bind_all(ports, paths, backlog, reserved);
         match result {
             Ok(()) => Ok(bound),
             Err(e) => {
@@ -51,8 +57,9 @@ impl Listeners {
         ports: &[PortSpec],
         paths: &[PathBuf],
         backlog: i32,
+        reserved: Reserved,
     ) -> Result<(), String> {
-        let mut placeholders = reserve_pinned_fds(ports)?;
+        let mut placeholders = reserved.0;
         for spec in ports {
             let fd = bind_port(spec, backlog)?;
             let fd = match spec.pinned_fd {
@@ -119,10 +126,14 @@ impl Listeners {
     }
 }
 
-/// Keeps the descriptors that `=fd` pins free while the other sockets are created, so
-/// that none of them lands on a pinned number and gets replaced by dup2. Descriptors
-/// already open (stdin, say) are the user's to replace, as in the original.
-fn reserve_pinned_fds(ports: &[PortSpec]) -> Result<Vec<OwnedFd>, String> {
+/// The descriptor numbers that `=fd` pins, held open (on /dev/null) from the start
+/// until the sockets are bound, so that nothing start_server opens meanwhile (its pid
+/// file, its log, the other sockets) lands on one and is replaced by dup2.
+pub struct Reserved(Vec<OwnedFd>);
+
+/// Reserves the pinned descriptors. Those already open when start_server starts
+/// (stdin, say) are the user's to replace, as in the original.
+pub fn reserve_pinned_fds(ports: &[PortSpec]) -> Result<Reserved, String> {
     let mut seen = Vec::new();
     let mut placeholders = Vec::new();
     for spec in ports {
@@ -141,7 +152,7 @@ fn reserve_pinned_fds(ports: &[PortSpec]) -> Result<Vec<OwnedFd>, String> {
             placeholders.push(placeholder);
         }
     }
-    Ok(placeholders)
+    Ok(Reserved(placeholders))
 }
 
 fn bind_port(spec: &PortSpec, backlog: i32) -> Result<OwnedFd, String> {

@@ -83,6 +83,7 @@ fn start(config: Config) -> Result<(), String> {
         config.signal_on_term.number,
     )?;
 
+    let reserved = bind::reserve_pinned_fds(&config.ports)?;
     // Locked before binding, so that a second instance is told that it is one, rather
     // than that its ports are in use.
     let mut pid_file = config.pid_file.as_deref().map(PidFile::lock).transpose()?;
@@ -93,7 +94,8 @@ fn start(config: Config) -> Result<(), String> {
         .transpose()
         .and_then(|log_file| {
             log!("start_server (pid:{}) starting now...", std::process::id());
-            let listeners = Listeners::bind(&config.ports, &config.paths, config.backlog)?;
+            let listeners =
+                Listeners::bind(&config.ports, &config.paths, config.backlog, reserved)?;
             Ok((log_file, listeners))
         });
     let result = match bound {

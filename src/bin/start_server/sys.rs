@@ -310,7 +310,11 @@ pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
 /// Makes the free descriptor number `target` an open, close-on-exec descriptor (on
 /// /dev/null) owned by the caller, so that no socket created meanwhile lands there.
 pub fn occupy_fd(target: RawFd) -> io::Result<OwnedFd> {
-    let null = std::fs::File::open("/dev/null")?;
+    let null = OwnedFd::from(std::fs::File::open("/dev/null")?);
+    if null.as_raw_fd() == target {
+        // `target` was the lowest free descriptor: open(2) took it already.
+        return Ok(null);
+    }
     // SAFETY: dup3 on integer descriptors has no memory-safety preconditions; the
     // caller has checked that `target` is not open, so nothing is replaced.
     check(unsafe { libc::dup3(null.as_raw_fd(), target, libc::O_CLOEXEC) })?;
