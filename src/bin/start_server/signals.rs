@@ -67,8 +67,15 @@ impl Signal {
                 number,
             });
         }
-        match name.parse::<c_int>() {
-            Ok(number) if (1..=64).contains(&number) && !name.starts_with('+') => Ok(Signal {
+        let number = match name {
+            // Perl's names for the real-time signals (its sig_name on Linux), which
+            // the original takes: RTMIN, RTMAX and NUM32 to NUM63.
+            "RTMIN" => Some(34),
+            "RTMAX" => Some(64),
+            _ => decimal(name.strip_prefix("NUM").unwrap_or(name)),
+        };
+        match number {
+            Some(number) if (1..=64).contains(&number) => Ok(Signal {
                 name: name.to_string(),
                 number,
             }),
@@ -82,6 +89,14 @@ impl Signal {
             number: libc::SIGTERM,
         }
     }
+}
+
+/// Only ASCII digits (`str::parse` would also take a sign).
+fn decimal(text: &str) -> Option<c_int> {
+    if text.is_empty() || text.len() > 2 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// What woke the main loop: the signals that arrived (each at most once: standard
@@ -107,7 +122,10 @@ const HANDLED: [c_int; 4] = [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SI
 pub fn block() -> io::Result<()> {
     sys::block_signals(&SigSet::of(&HANDLED))?;
     // A write to a log pipe whose reader died must be an error, not a death.
-    sys::ignore_signal(libc::SIGPIPE)
+    sys::ignore_signal(libc::SIGPIPE)?;
+    // The original catches ALRM (its auto-restart tick) and does nothing with one
+    // sent from outside: it must not kill start_server and orphan its workers.
+    sys::ignore_signal(libc::SIGALRM)
 }
 
 impl Events {
@@ -154,7 +172,21 @@ mod tests {
         assert_eq!(Signal::parse("SIGUSR1").unwrap().number, libc::SIGUSR1);
         assert_eq!(Signal::parse("usr2").unwrap().name, "USR2");
         assert_eq!(Signal::parse("9").unwrap().number, 9);
-        for bad in ["", "TERMINATE", "0", "65", "-1", "+9", "SIG"] {
+        assert_eq!(Signal::parse("SIGRTMIN").unwrap().number, 34);
+        assert_eq!(Signal::parse("rtmax").unwrap().name, "RTMAX");
+        assert_eq!(Signal::parse("NUM40").unwrap().number, 40);
+        for bad in [
+            "",
+            "TERMINATE",
+            "0",
+            "65",
+            "-1",
+            "+9",
+            "SIG",
+            "NUM",
+            "NUM+3",
+            "NUM100",
+        ] {
             assert!(Signal::parse(bad).is_err(), "{bad}");
         }
     }
