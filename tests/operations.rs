@@ -462,6 +462,24 @@ fn auto_restart_with_a_short_interval() {
     assert!(!server.has_line("received HUP"));
 }
 
+/// With auto-restart on and no interval given, workers see the default in force, as
+/// the original's do (it exports its `||= 360`).
+#[test]
+fn auto_restart_default_interval_is_exported() {
+    let dir = TempDir::new("auto-default");
+    let seen = dir.path().join("seen");
+    let script = format!(
+        "echo \"$ENABLE_AUTO_RESTART:$AUTO_RESTART_INTERVAL:$KILL_OLD_DELAY\" >> {}; exec sleep 60",
+        seen.display()
+    );
+    let mut server = Server::start(&["--enable-auto-restart", "--", "sh", "-c", &script]);
+    let line = wait_for("the worker's report", || {
+        fs::read_to_string(&seen).ok().filter(|s| s.ends_with('\n'))
+    });
+    assert_eq!(line, "1:360:\n");
+    server.stop();
+}
+
 #[test]
 fn auto_restart_from_the_environment_and_its_default_kill_old_delay() {
     let dir = TempDir::new("auto-env");

@@ -373,6 +373,15 @@ impl Supervisor {
             Err(e) => log!("{e}; keeping the previous settings"),
         }
         env.retain(|(k, _)| k != "SERVER_STARTER_PORT" && k != "SERVER_STARTER_GENERATION");
+        // The original exports its `||= 360` default too (from the second generation
+        // on); workers see the interval in force from the first.
+        if let Some(interval) = self.tunables.auto_restart {
+            env.retain(|(k, _)| k != "AUTO_RESTART_INTERVAL");
+            env.push((
+                "AUTO_RESTART_INTERVAL".into(),
+                log::seconds(interval).into(),
+            ));
+        }
         env.push((
             "SERVER_STARTER_PORT".into(),
             self.settings.port_env.clone().into(),
