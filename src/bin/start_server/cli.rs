@@ -143,7 +143,25 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
     }
     let m = opts
         .parse(&args)
-        .map_err(|e| usage(format!("{e} (see --help)")))?;
+        .map_err(|e| usage(getopt_long_message(e)))?;
+    // Getopt::Long checks the original's integer options while it parses, before
+    // --help and --version are looked at. (Ours take fractions too.)
+    for name in [
+        "interval",
+        "backlog",
+        "auto-restart-interval",
+        "kill-old-delay",
+    ] {
+        if let Some(value) = m
+            .opt_strs(name)
+            .into_iter()
+            .find(|v| v.trim().parse::<f64>().is_err())
+        {
+            return Err(usage(format!(
+                "Value \"{value}\" invalid for option {name} (number expected)"
+            )));
+        }
+    }
     // As with Getopt::Long, a repeated option keeps its last value (but --port and
     // --path accumulate).
     let last = |name: &str| m.opt_strs(name).pop();
@@ -246,6 +264,18 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
     Ok(Mode::Start(Box::new(config)))
 }
 
+/// What Getopt::Long says for the same mistake, so that the original's users see the
+/// messages they know.
+fn getopt_long_message(fail: getopts::Fail) -> String {
+    use getopts::Fail;
+    match fail {
+        Fail::UnrecognizedOption(name) => format!("Unknown option: {name}"),
+        Fail::ArgumentMissing(name) => format!("Option {name} requires an argument"),
+        Fail::UnexpectedArgument(name) => format!("Option {name} does not take an argument"),
+        other => other.to_string(),
+    }
+}
+
 /// A non-negative number of seconds, fractions allowed (`0.25`).
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     text.trim()
@@ -285,9 +315,9 @@ fn expand_abbreviations(args: &[String]) -> Result<Vec<String>, Error> {
                 continue;
             }
             (None, many) => {
-                let names: Vec<_> = many.iter().map(|(o, _)| format!("--{o}")).collect();
+                let names: Vec<_> = many.iter().map(|(o, _)| *o).collect();
                 return Err(usage(format!(
-                    "Option {arg} is ambiguous ({}) (see --help)",
+                    "Option {name} is ambiguous ({})",
                     names.join(", ")
                 )));
             }
@@ -374,6 +404,24 @@ mod tests {
     fn errors() {
         assert_eq!(error(&["--bogus", "--", "x"]).status, 1);
         assert_eq!(error(&["--s", "--", "x"]).status, 1); // --signal-*, --status-file, --stop
+        assert_eq!(
+            error(&["--s", "--", "x"]).message,
+            "Option s is ambiguous (signal-on-hup, signal-on-term, status-file, stop)"
+        );
+        assert_eq!(
+            error(&["--bogus", "--", "x"]).message,
+            "Unknown option: bogus"
+        );
+        assert_eq!(
+            error(&["--daemonize=1", "--", "x"]).message,
+            "Option daemonize does not take an argument"
+        );
+        let e = error(&["--interval=abc", "--version"]);
+        assert_eq!(e.status, 1);
+        assert_eq!(
+            e.message,
+            "Value \"abc\" invalid for option interval (number expected)"
+        );
         assert!(error(&["--port=80"])
             .message
             .contains("server program not specified"));

@@ -63,8 +63,9 @@ pub fn parse(spec: &str) -> Result<PortSpec, String> {
         .and_then(|n| u16::try_from(n).ok())
         .ok_or_else(|| invalid(&format!("{port_text:?} is not a port number")))?;
 
+    // Named with the digits as typed (`08080` stays `08080`), as the original names it.
     let (host, name) = match host_text {
-        None => (Host::Any, port.to_string()),
+        None => (Host::Any, digits.to_string()),
         Some(host) => {
             let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
             let host = bracketed.unwrap_or(host).trim();
@@ -75,11 +76,13 @@ pub fn parse(spec: &str) -> Result<PortSpec, String> {
                 let ip = host
                     .parse::<Ipv6Addr>()
                     .map_err(|_| invalid(&format!("{host:?} is not an IPv6 address")))?;
-                (Host::V6(ip), format!("[{host}]:{port}"))
-            } else if bracketed.is_some() || host.contains(['[', ']']) {
-                return Err(invalid("brackets are for IPv6 addresses"));
+                (Host::V6(ip), format!("[{host}]:{digits}"))
+            } else if host.contains(['[', ']']) {
+                return Err(invalid("unbalanced brackets"));
             } else {
-                (Host::V4(host.to_string()), format!("{host}:{port}"))
+                // The original takes `[127.0.0.1]:80` and `[localhost]:80` too, and
+                // names them without the brackets.
+                (Host::V4(host.to_string()), format!("{host}:{digits}"))
             }
         }
     };
@@ -144,6 +147,11 @@ mod tests {
         assert_eq!(ok("[::1]:8443").name, "[::1]:8443");
         assert_eq!(ok("::1:8443").name, "[::1]:8443");
         assert_eq!(ok("[ ::1 ]:8443").name, "[::1]:8443");
+        assert_eq!(ok("[127.0.0.1]:80").name, "127.0.0.1:80");
+        assert_eq!(ok("[localhost]:u80").name, "localhost:80");
+        assert_eq!(ok("08080").name, "08080");
+        assert_eq!(ok("08080").port, 8080);
+        assert_eq!(ok("[::1]:0443=5").name, "[::1]:0443");
     }
 
     #[test]
@@ -182,7 +190,8 @@ mod tests {
             "[::1]",
             "[::1]:",
             "[zz::1]:80",
-            "[1.2.3.4]:80",
+            "[1.2.3.4:80",
+            "1.2.3.4]:80",
             "host:",
             "1:2:3",
             "80=1=2",
