@@ -647,3 +647,74 @@ fn permission_denied_is_reported_before_anything_is_spawned() {
     );
     assert!(!stderr.contains("starting new worker"), "{stderr}");
 }
+
+/// `=fd` naming the lowest free descriptor, with a pid file that start_server opens
+/// before it binds: the pinned number is held for the socket from the start, so the
+/// pid file lands elsewhere and stays locked.
+#[test]
+fn socket_pinned_at_the_lowest_free_descriptor() {
+    let dir = TempDir::new("fd3");
+    let log = dir.path().join("worker.log");
+    let pid_file = dir.path().join("pid");
+    let pid_arg = format!("--pid-file={}", pid_file.display());
+    let (mut server, port) = Server::start_retrying(
+        |port| {
+            strings(&[
+                &pid_arg,
+                &format!("--port=127.0.0.1:{port}=3"),
+                "--interval=0.1",
+                "--",
+                &perl_worker().display().to_string(),
+            ])
+        },
+        &[("WORKER_LOG", log.to_str().unwrap())],
+    );
+    server.wait_line("socket is duplicated to file descriptor 3");
+    let line = wait_for("the worker's report", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    });
+    assert!(
+        line.contains(&format!("port=127.0.0.1:{port}=3 ")),
+        "{line}"
+    );
+    assert_eq!(
+        wait_generation(addr("127.0.0.1", port), 1),
+        server.worker_pids()[0]
+    );
+    // The pid file kept its lock: a second instance on it is refused.
+    let second = std::process::Command::new(start_server_bin())
+        .args([&pid_arg, "--", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success()
+            && stderr.contains(&format!("already running (pid {})", server.pid())),
+        "{stderr}"
+    );
+    server.stop();
+}
+
+/// The original catches ALRM and carries on; so do we (it must not kill start_server
+/// and orphan the workers).
+#[test]
+fn alrm_is_ignored() {
+    let dir = TempDir::new("alrm");
+    let status = dir.path().join("status");
+    let mut server = Server::start(&[
+        "--interval=0.1",
+        &format!("--status-file={}", status.display()),
+        "--",
+        "sleep",
+        "60",
+    ]);
+    server.wait_status(&status, &[1]);
+    server.signal(libc::SIGALRM);
+    // Signals are taken in order: the HUP is acted on only if the ALRM was survived.
+    server.signal(libc::SIGHUP);
+    server.wait_status(&status, &[2]);
+    assert!(server.try_exit().is_none(), "{:?}", server.lines());
+    server.stop();
+}
