@@ -129,7 +129,7 @@ fn port_names(program: &Path, tag: &str, specs: &[String]) -> Vec<String> {
 #[test]
 fn same_port_names_as_the_original() {
     // One run after the other: both bind the same ports.
-    let ports: Vec<u16> = (0..6).map(|_| free_port("127.0.0.1")).collect();
+    let ports: Vec<u16> = (0..9).map(|_| free_port("127.0.0.1")).collect();
     let v6 = free_port("::1");
     let specs = vec![
         format!("--port={}", ports[0]),
@@ -139,6 +139,10 @@ fn same_port_names_as_the_original() {
         format!("--port=u{}", ports[3]),
         format!("--port=127.0.0.1:u{}", ports[4]),
         format!("--port= {} =9", ports[5]),
+        // Brackets around an IPv4 host or a name, and a leading zero, as typed.
+        format!("--port=[127.0.0.1]:{}", ports[6]),
+        format!("--port=[localhost]:u{}", ports[7]),
+        format!("--port=0{}", ports[8]),
     ];
     let perl = port_names(Path::new(PERL), "perl-ports", &specs);
     let ours = port_names(&start_server_bin(), "our-ports", &specs);
