@@ -96,7 +96,7 @@ pub fn parse(spec: &str) -> Result<PortSpec, String> {
 }
 
 /// Only ASCII digits: `str::parse` would also take a sign.
-fn parse_decimal(text: &str) -> Option<u64> {
+pub fn parse_decimal(text: &str) -> Option<u64> {
     if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

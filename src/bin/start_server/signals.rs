@@ -9,6 +9,7 @@ use std::os::raw::c_int;
 use std::os::unix::io::OwnedFd;
 use std::time::Instant;
 
+use crate::port_spec::parse_decimal;
 use crate::sys::{self, SigSet};
 
 /// A signal as named on the command line; `name` is how the original prints it
@@ -72,7 +73,8 @@ impl Signal {
             // the original takes: RTMIN, RTMAX and NUM32 to NUM63.
             "RTMIN" => Some(34),
             "RTMAX" => Some(64),
-            _ => decimal(name.strip_prefix("NUM").unwrap_or(name)),
+            _ => parse_decimal(name.strip_prefix("NUM").unwrap_or(name))
+                .and_then(|n| c_int::try_from(n).ok()),
         };
         match number {
             Some(number) if (1..=64).contains(&number) => Ok(Signal {
@@ -89,14 +91,6 @@ impl Signal {
             number: libc::SIGTERM,
         }
     }
-}
-
-/// Only ASCII digits (`str::parse` would also take a sign).
-fn decimal(text: &str) -> Option<c_int> {
-    if text.is_empty() || text.len() > 2 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
 }
 
 /// What woke the main loop: the signals that arrived (each at most once: standard
