@@ -343,35 +343,43 @@ fn environment_names_every_listener_as_the_original_does() {
     drop(server);
 }
 
-#[test]
-fn socket_pinned_at_fd_0() {
-    let dir = TempDir::new("fd0");
+/// Starts a Perl worker on a socket pinned at `fd` (with `extra` arguments before the
+/// `--port`), and checks that the worker found it there and serves on it.
+fn start_pinned(dir: &TempDir, fd: i32, extra: &[&str]) -> Server {
     let log = dir.path().join("worker.log");
     let (server, port) = Server::start_retrying(
         |port| {
-            strings(&[
-                &format!("--port=127.0.0.1:{port}=0"),
+            let mut args = strings(extra);
+            args.extend(strings(&[
+                &format!("--port=127.0.0.1:{port}={fd}"),
                 "--interval=0.1",
                 "--",
                 &perl_worker().display().to_string(),
-            ])
+            ]));
+            args
         },
         &[("WORKER_LOG", log.to_str().unwrap())],
     );
-    server.wait_line("socket is duplicated to file descriptor 0");
+    server.wait_line(&format!("socket is duplicated to file descriptor {fd}"));
     let line = wait_for("the worker's report", || {
         std::fs::read_to_string(&log)
             .ok()
             .filter(|s| s.ends_with('\n'))
     });
     assert!(
-        line.contains(&format!("port=127.0.0.1:{port}=0 ")),
+        line.contains(&format!("port=127.0.0.1:{port}={fd} ")),
         "{line}"
     );
     assert_eq!(
         wait_generation(addr("127.0.0.1", port), 1),
         server.worker_pids()[0]
     );
+    server
+}
+
+#[test]
+fn socket_pinned_at_fd_0() {
+    start_pinned(&TempDir::new("fd0"), 0, &[]);
 }
 
 #[test]
@@ -654,35 +662,8 @@ fn permission_denied_is_reported_before_anything_is_spawned() {
 #[test]
 fn socket_pinned_at_the_lowest_free_descriptor() {
     let dir = TempDir::new("fd3");
-    let log = dir.path().join("worker.log");
-    let pid_file = dir.path().join("pid");
-    let pid_arg = format!("--pid-file={}", pid_file.display());
-    let (mut server, port) = Server::start_retrying(
-        |port| {
-            strings(&[
-                &pid_arg,
-                &format!("--port=127.0.0.1:{port}=3"),
-                "--interval=0.1",
-                "--",
-                &perl_worker().display().to_string(),
-            ])
-        },
-        &[("WORKER_LOG", log.to_str().unwrap())],
-    );
-    server.wait_line("socket is duplicated to file descriptor 3");
-    let line = wait_for("the worker's report", || {
-        std::fs::read_to_string(&log)
-            .ok()
-            .filter(|s| s.ends_with('\n'))
-    });
-    assert!(
-        line.contains(&format!("port=127.0.0.1:{port}=3 ")),
-        "{line}"
-    );
-    assert_eq!(
-        wait_generation(addr("127.0.0.1", port), 1),
-        server.worker_pids()[0]
-    );
+    let pid_arg = format!("--pid-file={}", dir.path().join("pid").display());
+    let mut server = start_pinned(&dir, 3, &[&pid_arg]);
     // The pid file kept its lock: a second instance on it is refused.
     let second = std::process::Command::new(start_server_bin())
         .args([&pid_arg, "--", "true"])
