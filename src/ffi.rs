@@ -10,8 +10,8 @@
 
 use core::ffi::{c_char, c_int, c_long, CStr};
 
-use crate::listeners::{self, Checked};
 use crate::parse::{self, Entry, ErrorKind, Source, Vars};
+use crate::query::{self, Checked};
 use crate::sys;
 
 /// Version of the library, as numbers (also in `server_starter_version()` and
@@ -187,7 +187,7 @@ impl Sink {
 }
 
 fn collect_checked<'a>(
-    entries: impl Iterator<Item = Result<Checked<'a>, listeners::Failure<'a>>>,
+    entries: impl Iterator<Item = Result<Checked<'a>, query::Failure<'a>>>,
     mut sink: Sink,
 ) -> c_int {
     for checked in entries {
@@ -245,7 +245,7 @@ pub unsafe extern "C" fn server_starter_listeners(
             Ok(source) => source,
             Err(e) => return e,
         };
-        match listeners::checked(&source) {
+        match query::checked(&source) {
             Ok(entries) => collect_checked(entries, sink),
             Err(failure) => code(failure.kind()),
         }
@@ -340,7 +340,7 @@ pub unsafe extern "C" fn server_starter_find(name: *const c_char) -> c_int {
             Ok(found) => found,
             Err(e) => return code(e.kind),
         };
-        match found.map(listeners::check) {
+        match found.map(query::check) {
             Some(Ok(c)) => c.entry.fd,
             Some(Err(failure)) => code(failure.kind()),
             None => SERVER_STARTER_ENOTFOUND,

@@ -1,6 +1,6 @@
 //! server_starter: the listening sockets a process inherited from `start_server`
 //! (Server::Starter) or from systemd socket activation, for Rust
-//! ([`listeners`]) and, through [`ffi`], for C (`include/server_starter.h`).
+//! ([`listeners`](mod@listeners)) and, through [`ffi`], for C (`include/server_starter.h`).
 //!
 //! Both APIs share one parser ([`parse`]). The `start_server` binary itself lives
 //! in `src/bin/start_server/`.
@@ -13,15 +13,17 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod ffi;
+#[cfg(feature = "std")]
 pub mod listeners;
 pub mod parse;
+mod query;
 mod sys;
 
-pub use listeners::ErrorKind;
 #[cfg(feature = "std")]
 pub use listeners::{
     find, generation, listeners, Environment, Error, Family, Listener, SocketType,
 };
+pub use parse::ErrorKind;
 
 /// Without std, a panic aborts the process. The C API is written not to panic
 /// (no indexing, unwrapping or overflowing arithmetic on its paths), so this is

@@ -1,5 +1,5 @@
-//! The Rust API (with the `std` feature, the default), and the query core it
-//! shares with the C API (core only, always built).
+//! The Rust API (with the `std` feature, the default): listeners as std's own
+//! socket types, on top of the query core it shares with the C API (`src/query.rs`).
 //!
 //! ```no_run
 //! use server_starter::listeners;
@@ -18,83 +18,21 @@
 //! }
 //! ```
 
-#[cfg(feature = "std")]
-use std::{
-    ffi::{OsStr, OsString},
-    fmt, io,
-    net::{TcpListener, UdpSocket},
-    os::fd::OwnedFd,
-    os::unix::ffi::{OsStrExt, OsStringExt},
-    os::unix::net::{UnixDatagram, UnixListener},
-    sync::Mutex,
-};
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io;
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::sync::Mutex;
 
 pub use crate::parse::ErrorKind;
-#[cfg(feature = "std")]
-use crate::parse::{self, Vars};
-use crate::parse::{Entry, ParseError, Source};
-#[cfg(feature = "std")]
-use crate::sys::RawFd;
-use crate::sys::{self, Errno, SocketInfo};
-
-// The query core, shared with the C API: core only, no allocation.
-
-/// Why an entry of a source could not be reported. Borrowed and allocation-free,
-/// for the C API; the Rust API turns it into an [`Error`].
-#[derive(Debug)]
-pub(crate) enum Failure<'a> {
-    /// The text is wrong.
-    Parse(ParseError),
-    /// The descriptor is not an open socket (the C API reports only the kind).
-    #[cfg_attr(not(feature = "std"), allow(dead_code))]
-    Socket { entry: Entry<'a>, error: Errno },
-}
-
-impl Failure<'_> {
-    pub(crate) fn kind(&self) -> ErrorKind {
-        match self {
-            Failure::Parse(e) => e.kind,
-            Failure::Socket { .. } => ErrorKind::BadFd,
-        }
-    }
-}
-
-/// An entry whose descriptor the kernel confirmed to be a socket.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Checked<'a> {
-    pub entry: Entry<'a>,
-    pub info: SocketInfo,
-}
-
-/// Checks one entry's descriptor.
-pub(crate) fn check(entry: Entry<'_>) -> Result<Checked<'_>, Failure<'_>> {
-    match sys::socket_info(entry.fd) {
-        Ok(info) => Ok(Checked { entry, info }),
-        Err(error) => Err(Failure::Socket { entry, error }),
-    }
-}
-
-/// Every entry of `source`, each checked to be an open socket. The whole text is
-/// parsed before any descriptor is looked at, so a malformed variable is always
-/// reported as such, whatever state the descriptors are in. Callers stop at the
-/// first error.
-pub(crate) fn checked<'a>(
-    source: &Source<'a>,
-) -> Result<impl Iterator<Item = Result<Checked<'a>, Failure<'a>>>, Failure<'a>> {
-    if source.may_be_malformed() {
-        if let Some(Err(e)) = source.entries().find(Result::is_err) {
-            return Err(Failure::Parse(e));
-        }
-    }
-    Ok(source
-        .entries()
-        .map(|entry| check(entry.map_err(Failure::Parse)?)))
-}
-
-// The Rust API: std only.
+use crate::parse::{self, ParseError, Source, Vars};
+use crate::query::{check, checked, Checked, Failure};
+use crate::sys;
 
 /// The address family of a listener, as the kernel reports it.
-#[cfg(feature = "std")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
     /// `AF_INET`
@@ -107,7 +45,6 @@ pub enum Family {
     Other(i32),
 }
 
-#[cfg(feature = "std")]
 impl Family {
     fn from_raw(family: i32) -> Self {
         match family {
@@ -120,7 +57,6 @@ impl Family {
 }
 
 /// The socket type of a listener, as the kernel reports it.
-#[cfg(feature = "std")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SocketType {
     /// `SOCK_STREAM`
@@ -131,7 +67,6 @@ pub enum SocketType {
     Other(i32),
 }
 
-#[cfg(feature = "std")]
 impl SocketType {
     fn from_raw(socktype: i32) -> Self {
         match socktype {
@@ -142,7 +77,6 @@ impl SocketType {
     }
 }
 
-#[cfg(feature = "std")]
 fn describe(family: Family, socktype: SocketType) -> String {
     match (family, socktype) {
         (Family::Inet | Family::Inet6, SocketType::Stream) => "a TCP socket".into(),
@@ -155,7 +89,6 @@ fn describe(family: Family, socktype: SocketType) -> String {
 
 /// An error of the Rust API: what went wrong and where (which variable or entry,
 /// which name, which descriptor).
-#[cfg(feature = "std")]
 #[derive(Debug)]
 pub struct Error {
     kind: ErrorKind,
@@ -163,7 +96,6 @@ pub struct Error {
     source: Option<io::Error>,
 }
 
-#[cfg(feature = "std")]
 impl Error {
     /// The kind of error, which maps onto the C API's error codes.
     pub fn kind(&self) -> ErrorKind {
@@ -218,7 +150,6 @@ impl Error {
     }
 }
 
-#[cfg(feature = "std")]
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.context, self.kind.message())?;
@@ -229,14 +160,12 @@ impl fmt::Display for Error {
     }
 }
 
-#[cfg(feature = "std")]
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source.as_ref().map(|e| e as _)
     }
 }
 
-#[cfg(feature = "std")]
 impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
         let kind = match e.kind {
@@ -256,10 +185,8 @@ impl From<Error> for io::Error {
 /// handing one out twice would let two owners close it. The inode tells a
 /// descriptor number that was closed and reused for another socket from the one
 /// handed out (sockfs inode numbers are not reused while a socket lives).
-#[cfg(feature = "std")]
 static CLAIMED: Mutex<Vec<(RawFd, u64)>> = Mutex::new(Vec::new());
 
-#[cfg(feature = "std")]
 fn claim(fd: RawFd) -> io::Result<bool> {
     let key = (fd, sys::inode(fd)?);
     // A poisoned lock still holds a consistent list: every push is complete.
@@ -277,7 +204,6 @@ fn claim(fd: RawFd) -> io::Result<bool> {
 ///
 /// A `Listener` does not own its descriptor; the `into_*` conversions take
 /// ownership, once per descriptor in the whole process.
-#[cfg(feature = "std")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     name: OsString,
@@ -287,7 +213,6 @@ pub struct Listener {
     port: u16,
 }
 
-#[cfg(feature = "std")]
 impl Listener {
     fn from_checked(c: &Checked<'_>) -> Self {
         Listener {
@@ -424,7 +349,6 @@ impl Listener {
 /// The variables the listeners come from. [`Environment::from_process`] reads
 /// them; building one by hand lets a program (or a test) resolve listeners
 /// without touching the process environment.
-#[cfg(feature = "std")]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Environment {
     /// `SERVER_STARTER_PORT`; when set (even empty) systemd's variables are ignored.
@@ -437,7 +361,6 @@ pub struct Environment {
     pub listen_fdnames: Option<OsString>,
 }
 
-#[cfg(feature = "std")]
 impl Environment {
     /// The variables of this process. Unlike `sd_listen_fds(1)`, never unsets them.
     pub fn from_process() -> Self {
@@ -500,20 +423,17 @@ impl Environment {
 
 /// The listeners this process inherited, from `SERVER_STARTER_PORT` or, when it
 /// is not set, from systemd socket activation.
-#[cfg(feature = "std")]
 pub fn listeners() -> Result<Vec<Listener>, Error> {
     Environment::from_process().listeners()
 }
 
 /// The inherited listener named `name` (e.g. `"127.0.0.1:8080"`).
-#[cfg(feature = "std")]
 pub fn find(name: impl AsRef<OsStr>) -> Result<Listener, Error> {
     Environment::from_process().find(name)
 }
 
 /// `SERVER_STARTER_GENERATION`: how many times start_server has (re)started
 /// workers; `None` when unset or not a decimal number.
-#[cfg(feature = "std")]
 pub fn generation() -> Option<u64> {
     let value = std::env::var_os("SERVER_STARTER_GENERATION")?.into_vec();
     parse::parse_generation(&value).and_then(|g| u64::try_from(g).ok())

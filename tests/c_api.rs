@@ -39,7 +39,7 @@ fn library(name: &str) -> PathBuf {
         "src/lib.rs",
         "src/ffi.rs",
         "src/parse.rs",
-        "src/listeners.rs",
+        "src/query.rs",
         "src/sys.rs",
     ] {
         let source_path = Path::new(MANIFEST_DIR).join(source);
