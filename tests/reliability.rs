@@ -826,11 +826,7 @@ fn sigkilled_start_server_leaves_no_worker_and_its_sockets_can_be_reused() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut again = Server::start(&args);
     again.wait_line(&format!("removing existing socket file:{}", sock.display()));
-    assert!(
-        !again.has_line("Address already in use"),
-        "{:?}",
-        again.lines()
-    );
+    assert!(!again.has_line(ADDRESS_IN_USE), "{:?}", again.lines());
     let pid = wait_generation(addr, 1);
     assert!(pid != first && pid != second);
     let (unix_pid, generation) = wait_for("an answer on the reused unix socket", || {

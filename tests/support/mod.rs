@@ -61,6 +61,10 @@ pub fn signal(pid: i32, sig: i32) {
     unsafe { libc::kill(pid, sig) };
 }
 
+/// How start_server reports EADDRINUSE whatever its libc calls it (musl: "Address in
+/// use", glibc: "Address already in use"): by the errno it prints.
+pub const ADDRESS_IN_USE: &str = "(os error 98)";
+
 /// Our start_server, logging to a file in its own temp dir.
 pub struct Server {
     inner: StartServer,
@@ -101,7 +105,7 @@ impl Server {
                 return (server, port);
             }
             assert!(
-                server.has_line("Address already in use"),
+                server.has_line(ADDRESS_IN_USE),
                 "start_server failed: {:?}",
                 server.lines()
             );
