@@ -41,6 +41,8 @@ pub struct Config {
     pub enable_auto_restart: bool,
     pub auto_restart_interval: Option<Duration>,
     pub kill_old_delay: Option<Duration>,
+    pub kill_timeout: Option<Duration>,
+    pub backoff: Option<Duration>,
     pub backlog: i32,
     pub command: Vec<String>,
 }
@@ -64,7 +66,8 @@ fn invalid(message: String) -> Error {
     }
 }
 
-/// (name, takes a value)
+/// (name, takes a value). The original's options come first: an abbreviation that
+/// names one of them unambiguously still does, whatever options were added since.
 const OPTIONS: &[(&str, bool)] = &[
     ("port", true),
     ("path", true),
@@ -85,7 +88,13 @@ const OPTIONS: &[(&str, bool)] = &[
     ("stop", false),
     ("help", false),
     ("version", false),
+    // Ours.
+    ("kill-timeout", true),
+    ("backoff", true),
 ];
+
+/// How many of `OPTIONS` are the original's.
+const ORIGINAL_OPTIONS: usize = 19;
 
 pub const HELP: &str = "\
 Usage: start_server [options] -- server-prog server-arg1 server-arg2 ...
@@ -122,6 +131,11 @@ Options:
   --kill-old-delay=seconds
                           wait before signalling the old workers (default: 5 with
                           --enable-auto-restart, 0 otherwise)
+  --kill-timeout=seconds  SIGKILL a worker still running that long after it was
+                          sent --signal-on-hup or --signal-on-term (default:
+                          wait for it however long it takes)
+  --backoff=seconds       double the pause between failed starts, from
+                          --interval up to this, until a generation starts
   --backlog=size          listen backlog (default: SOMAXCONN)
   --restart               HUP the instance of --pid-file and wait until
                           --status-file shows only the new generation
@@ -151,6 +165,8 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         "backlog",
         "auto-restart-interval",
         "kill-old-delay",
+        "kill-timeout",
+        "backoff",
     ] {
         if let Some(value) = m
             .opt_strs(name)
@@ -255,6 +271,8 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         enable_auto_restart: m.opt_present("enable-auto-restart"),
         auto_restart_interval: seconds("auto-restart-interval")?,
         kill_old_delay: seconds("kill-old-delay")?,
+        kill_timeout: seconds("kill-timeout")?,
+        backoff: seconds("backoff")?,
         backlog,
         command: m.free.clone(),
     };
@@ -303,10 +321,16 @@ fn expand_abbreviations(args: &[String]) -> Result<Vec<String>, Error> {
             None => (body, None),
         };
         let exact = OPTIONS.iter().find(|(o, _)| *o == name);
-        let prefixed: Vec<_> = OPTIONS
-            .iter()
-            .filter(|(o, _)| o.starts_with(name))
-            .collect();
+        let prefixed_in = |options: &'static [(&'static str, bool)]| -> Vec<_> {
+            options
+                .iter()
+                .filter(|(o, _)| o.starts_with(name))
+                .collect()
+        };
+        let mut prefixed = prefixed_in(&OPTIONS[..ORIGINAL_OPTIONS]);
+        if prefixed.len() != 1 {
+            prefixed.extend(prefixed_in(&OPTIONS[ORIGINAL_OPTIONS..]));
+        }
         let option = match (exact, prefixed.as_slice()) {
             (Some(&option), _) | (None, [&option]) => option,
             (None, []) => {
@@ -375,6 +399,22 @@ mod tests {
         assert_eq!(c.paths, vec![PathBuf::from("/tmp/x.sock")]);
         assert_eq!(c.interval, Duration::from_millis(250));
         assert_eq!(c.command, vec!["prog", "--port=9"]);
+    }
+
+    #[test]
+    fn abbreviations_of_the_originals_options_outrank_new_ones() {
+        let c = start(&[
+            "--kill=2",
+            "--back=7",
+            "--kill-t=3",
+            "--backo=9",
+            "--",
+            "prog",
+        ]);
+        assert_eq!(c.kill_old_delay, Some(Duration::from_secs(2)));
+        assert_eq!(c.backlog, 7);
+        assert_eq!(c.kill_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(c.backoff, Some(Duration::from_secs(9)));
     }
 
     #[test]

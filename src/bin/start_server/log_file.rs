@@ -10,7 +10,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use crate::sys;
 
 pub enum LogFile {
-    File(File),
+    File { file: File, path: String },
     Pipe { stdin: ChildStdin, logger: Child },
 }
 
@@ -39,13 +39,16 @@ impl LogFile {
             .create(true)
             .open(spec)
             .map_err(|e| format!("failed to open log file:{spec}: {e}"))?;
-        Ok(LogFile::File(file))
+        Ok(LogFile::File {
+            file,
+            path: spec.to_string(),
+        })
     }
 
     /// Points stdout and stderr at the log.
     pub fn redirect(&self) -> Result<(), String> {
         let fd = match self {
-            LogFile::File(file) => file.as_raw_fd(),
+            LogFile::File { file, .. } => file.as_raw_fd(),
             LogFile::Pipe { stdin, .. } => stdin.as_raw_fd(),
         };
         for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
@@ -53,6 +56,30 @@ impl LogFile {
                 .map_err(|e| format!("failed to redirect output to the log: {e}"))?;
         }
         Ok(())
+    }
+
+    /// USR1, after logrotate moved the file away: start_server's own output goes to
+    /// the file at the path from now on (created if need be), and so does the next
+    /// generations'; running workers keep theirs until they are replaced. A line in
+    /// each file marks the switch.
+    pub fn reopen(&mut self) {
+        let LogFile::File { file, path } = self else {
+            crate::log!("received USR1, but the log is a pipe to a command: nothing to reopen");
+            return;
+        };
+        crate::log!("received USR1, reopening log file {path}");
+        match OpenOptions::new().append(true).create(true).open(&*path) {
+            Ok(new) => {
+                *file = new;
+                match self.redirect() {
+                    Ok(()) => crate::log!("log file reopened"),
+                    Err(e) => crate::log!("{e}"),
+                }
+            }
+            Err(e) => {
+                crate::log!("failed to reopen log file {path}: {e}; logging on to the old one")
+            }
+        }
     }
 
     /// At exit, once every worker is gone: closes start_server's ends of the pipe, then

@@ -99,14 +99,14 @@ fn start(config: Config) -> Result<(), String> {
             Ok((log_file, listeners))
         });
     let result = match bound {
-        Ok((log_file, listeners)) => {
+        Ok((mut log_file, listeners)) => {
             let result = serve(
                 config,
                 tunables,
                 command,
                 &listeners,
                 pid_file.as_mut(),
-                log_file.as_ref(),
+                log_file.as_mut(),
             );
             listeners.remove_socket_files();
             if let Some(log_file) = log_file {
@@ -129,9 +129,9 @@ fn serve(
     command: Command,
     listeners: &Listeners,
     pid_file: Option<&mut PidFile>,
-    log_file: Option<&LogFile>,
+    log_file: Option<&mut LogFile>,
 ) -> Result<(), String> {
-    if let Some(log_file) = log_file {
+    if let Some(log_file) = &log_file {
         log_file.redirect()?;
     }
     let daemon = if config.daemonize {
@@ -143,6 +143,8 @@ fn serve(
         pid_file.write_pid()?;
     }
     let events = Events::new().map_err(|e| format!("failed to create a signalfd: {e}"))?;
+    // After --daemonize's forks, in the process that supervises.
+    sys::become_subreaper().map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER) failed: {e}"))?;
     if let Some(daemon) = daemon {
         daemon.ready();
     }
@@ -151,9 +153,11 @@ fn serve(
         signal_on_hup: config.signal_on_hup,
         signal_on_term: config.signal_on_term,
         port_env: listeners.env_value(),
+        kill_timeout: config.kill_timeout,
+        backoff: config.backoff,
     };
     let status_file = config.status_file.map(StatusFile::new);
-    let mut supervisor = Supervisor::new(settings, tunables, command, status_file);
+    let mut supervisor = Supervisor::new(settings, tunables, command, status_file, log_file);
     supervisor
         .run(&events)
         .map_err(|e| format!("waiting for events failed: {e}"))

@@ -3,14 +3,15 @@
 //! start_server blocks the signals it acts on and reads them from a signalfd, so that a
 //! signal is an ordinary event of the main loop, never a handler running at an
 //! arbitrary point; while nothing happens, the loop sleeps in ppoll with no timeout.
+//! `meaning` is the one table of what each signal does.
 
 use std::io;
 use std::os::raw::c_int;
-use std::os::unix::io::OwnedFd;
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use crate::port_spec::parse_decimal;
-use crate::sys::{self, SigSet};
+use crate::sys::{self, Pid, SigSet};
 
 /// A signal as named on the command line; `name` is how the original prints it
 /// (upper case, without the `SIG` prefix).
@@ -93,33 +94,122 @@ impl Signal {
     }
 }
 
-/// What woke the main loop: the signals that arrived (each at most once: standard
-/// signals do not queue), or nothing, when a timer expired.
+/// What a signal sent to start_server means. Every catchable signal that would
+/// otherwise kill start_server (and, through the parent-death signal, its workers) has
+/// one; the reasons are in start_server(1), SIGNALS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Meaning {
+    /// HUP: start a new generation.
+    Restart,
+    /// TERM, INT, QUIT, ABRT, XCPU: signal every worker, wait for them, clean up, exit.
+    Stop,
+    /// USR1: reopen the log file.
+    Reopen,
+    /// USR2: re-execute start_server's binary (an upgrade in place).
+    Upgrade,
+    /// CHLD: a child changed state.
+    Child,
+    /// Nothing start_server acts on (ALRM, VTALRM, PROF, IO, PWR, SYS, TRAP, STKFLT and
+    /// the real-time signals): logged with its sender, then ignored.
+    Ignore,
+}
+
+/// The meaning of `sig`, or `None` for the signals left at their default action:
+/// KILL and STOP (which cannot be caught), the faults a bug raises (SEGV, BUS, ILL,
+/// FPE: a real fault must still stop the process; the workers then get the
+/// parent-death signal), the job-control stops (TSTP, TTIN, TTOU: a stopped
+/// start_server loses nothing) and those whose default is to do nothing (CONT, URG,
+/// WINCH). PIPE and XFSZ are ignored outright instead (see `block`).
+pub fn meaning(sig: c_int) -> Option<Meaning> {
+    use Meaning::*;
+    Some(match sig {
+        libc::SIGHUP => Restart,
+        libc::SIGTERM | libc::SIGINT | libc::SIGQUIT | libc::SIGABRT | libc::SIGXCPU => Stop,
+        libc::SIGUSR1 => Reopen,
+        libc::SIGUSR2 => Upgrade,
+        libc::SIGCHLD => Child,
+        libc::SIGALRM
+        | libc::SIGVTALRM
+        | libc::SIGPROF
+        | libc::SIGIO
+        | libc::SIGPWR
+        | libc::SIGSYS
+        | libc::SIGTRAP
+        | libc::SIGSTKFLT => Ignore,
+        sig if (32..=64).contains(&sig) => Ignore,
+        _ => return None,
+    })
+}
+
+/// The signals start_server reads from its signalfd: all those with a meaning.
+fn handled() -> SigSet {
+    SigSet::of((1..=64).filter(|&sig| meaning(sig).is_some()))
+}
+
+/// The name start_server logs for a signal number: `HUP`, `RTMIN`, `NUM40`.
+pub fn name(sig: c_int) -> String {
+    match NAMES.iter().find(|&&(_, n)| n == sig) {
+        Some((name, _)) => name.to_string(),
+        None if sig == 34 => "RTMIN".into(),
+        None if sig == 64 => "RTMAX".into(),
+        None => format!("NUM{sig}"),
+    }
+}
+
+/// Blocks every signal start_server acts on, first thing, so that one arriving while
+/// the sockets are still being bound waits for the main loop instead of killing
+/// start_server half-way. The mask survives execve, for an upgrade in place.
+pub fn block() -> io::Result<()> {
+    sys::block_signals(&handled())?;
+    // A write to a log pipe whose reader died must be an error (EPIPE), and a write
+    // past the file-size limit too (EFBIG), not a death: ignored in the kernel, so
+    // that the write itself reports it.
+    sys::ignore_signal(libc::SIGPIPE)?;
+    sys::ignore_signal(libc::SIGXFSZ)
+}
+
+/// One signal as read from the signalfd, with its sender (0 for the kernel).
+#[derive(Clone, Copy, Debug)]
+pub struct Received {
+    pub sig: c_int,
+    pub pid: Pid,
+}
+
+/// What woke the main loop: the signals that arrived (standard signals do not queue,
+/// so each at most a few times), and which of the watched descriptors are readable.
+/// Both empty when a timer expired.
 #[derive(Default, Debug)]
 pub struct Arrived {
-    pub hup: bool,
-    /// TERM or INT, whichever came first.
-    pub stop: Option<c_int>,
-    pub child: bool,
+    pub signals: Vec<Received>,
+    pub readable: Vec<RawFd>,
 }
 
-/// The signals start_server acts on, read from a signalfd.
+impl Arrived {
+    pub fn has(&self, meaning: Meaning) -> bool {
+        self.signals
+            .iter()
+            .any(|r| self::meaning(r.sig) == Some(meaning))
+    }
+
+    /// The first stop signal that arrived, if any.
+    pub fn stop(&self) -> Option<c_int> {
+        self.signals
+            .iter()
+            .map(|r| r.sig)
+            .find(|&sig| meaning(sig) == Some(Meaning::Stop))
+    }
+
+    pub fn ignored(&self) -> impl Iterator<Item = &Received> {
+        self.signals
+            .iter()
+            .filter(|r| meaning(r.sig) == Some(Meaning::Ignore))
+    }
+}
+
+/// The event source of the main loop: a signalfd for the handled signals, polled
+/// together with the descriptors the supervisor watches (readiness sockets).
 pub struct Events {
     fd: OwnedFd,
-}
-
-const HANDLED: [c_int; 4] = [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGCHLD];
-
-/// Blocks the signals start_server acts on, first thing, so that one arriving while
-/// the sockets are still being bound waits for the main loop instead of killing
-/// start_server half-way.
-pub fn block() -> io::Result<()> {
-    sys::block_signals(&SigSet::of(&HANDLED))?;
-    // A write to a log pipe whose reader died must be an error, not a death.
-    sys::ignore_signal(libc::SIGPIPE)?;
-    // The original catches ALRM (its auto-restart tick) and does nothing with one
-    // sent from outside: it must not kill start_server and orphan its workers.
-    sys::ignore_signal(libc::SIGALRM)
 }
 
 impl Events {
@@ -127,30 +217,31 @@ impl Events {
     /// with the original.
     pub fn new() -> io::Result<Events> {
         Ok(Events {
-            fd: sys::signalfd(&SigSet::of(&HANDLED))?,
+            fd: sys::signalfd(&handled())?,
         })
     }
 
-    /// Sleeps until a signal arrives or `deadline` passes.
-    pub fn wait(&self, deadline: Option<Instant>) -> io::Result<Arrived> {
+    /// Sleeps until a signal arrives, one of `watched` becomes readable, or `deadline`
+    /// passes (with no deadline, only the first two wake it).
+    pub fn wait(&self, deadline: Option<Instant>, watched: &[RawFd]) -> io::Result<Arrived> {
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if sys::wait_readable(&self.fd, timeout)? {
-            return self.drain();
-        }
-        Ok(Arrived::default())
-    }
-
-    fn drain(&self) -> io::Result<Arrived> {
+        let mut fds = Vec::with_capacity(watched.len() + 1);
+        fds.push(self.fd.as_raw_fd());
+        fds.extend_from_slice(watched);
+        let ready = sys::wait_readable(&fds, timeout)?;
         let mut arrived = Arrived::default();
-        while let Some(sig) = sys::read_signal(&self.fd)? {
-            match sig {
-                libc::SIGHUP => arrived.hup = true,
-                libc::SIGCHLD => arrived.child = true,
-                sig => {
-                    arrived.stop.get_or_insert(sig);
-                }
+        if ready.first() == Some(&true) {
+            while let Some((sig, pid)) = sys::read_signal(&self.fd)? {
+                arrived.signals.push(Received { sig, pid });
             }
         }
+        arrived.readable = fds
+            .iter()
+            .zip(&ready)
+            .skip(1)
+            .filter(|(_, &r)| r)
+            .map(|(&fd, _)| fd)
+            .collect();
         Ok(arrived)
     }
 }
@@ -183,5 +274,35 @@ mod tests {
         ] {
             assert!(Signal::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn every_signal_that_would_kill_has_a_meaning() {
+        // Default action "terminate" or "core", minus the uncatchable and the faults.
+        let left_at_default = [
+            libc::SIGKILL,
+            libc::SIGSTOP,
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGFPE,
+        ];
+        let fatal = [
+            "HUP", "INT", "QUIT", "TRAP", "ABRT", "USR1", "USR2", "ALRM", "TERM", "STKFLT", "XCPU",
+            "VTALRM", "PROF", "IO", "PWR", "SYS",
+        ];
+        for name in fatal {
+            let sig = Signal::parse(name).unwrap().number;
+            assert!(meaning(sig).is_some(), "{name}");
+        }
+        for sig in 32..=64 {
+            assert_eq!(meaning(sig), Some(Meaning::Ignore), "{sig}");
+        }
+        for sig in left_at_default {
+            assert_eq!(meaning(sig), None, "{sig}");
+        }
+        assert_eq!(name(libc::SIGUSR1), "USR1");
+        assert_eq!(name(34), "RTMIN");
+        assert_eq!(name(40), "NUM40");
     }
 }

@@ -25,31 +25,41 @@ fn check(ret: c_int) -> io::Result<c_int> {
 
 // ---------------------------------------------------------------- signals
 
-/// A set of signals, as `sigset_t`.
+/// A set of signals in the kernel's format (one bit per signal, 1 to 64). Not libc's
+/// `sigset_t`: libc refuses the real-time signals it reserves for threads (32 to 34),
+/// which start_server, single-threaded, handles too.
 #[derive(Clone, Copy)]
-pub struct SigSet(libc::sigset_t);
+pub struct SigSet(u64);
 
 impl SigSet {
-    pub fn of(signals: &[c_int]) -> SigSet {
-        // SAFETY: sigset_t is plain data; sigemptyset initialises it before any use.
-        let mut set: libc::sigset_t = unsafe { mem::zeroed() };
-        // SAFETY: `set` is a valid sigset_t we own; sigaddset only fails for invalid
-        // signal numbers, which callers do not pass.
-        unsafe {
-            libc::sigemptyset(&mut set);
-            for &sig in signals {
-                libc::sigaddset(&mut set, sig);
-            }
-        }
-        SigSet(set)
+    pub fn of(signals: impl IntoIterator<Item = c_int>) -> SigSet {
+        SigSet(
+            signals
+                .into_iter()
+                .filter(|sig| (1..=64).contains(sig))
+                .fold(0, |set, sig| set | 1 << (sig - 1)),
+        )
     }
 }
+
+/// The size of the kernel's sigset, which rt_sigprocmask and signalfd4 are given.
+const KERNEL_SIGSET_SIZE: usize = 8;
 
 /// Blocks `set` in this (single-threaded) process, so that those signals wait in the
 /// pending set until read from a signalfd.
 pub fn block_signals(set: &SigSet) -> io::Result<()> {
-    // SAFETY: valid pointer to an initialised sigset_t; the old mask is not wanted.
-    check(unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set.0, ptr::null_mut()) }).map(drop)
+    // SAFETY: the raw system call takes a pointer to an 8-byte kernel sigset, which
+    // `set.0` is; the old mask is not wanted (null).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            &set.0 as *const u64,
+            ptr::null_mut::<u64>(),
+            KERNEL_SIGSET_SIZE,
+        )
+    };
+    check(ret as c_int).map(drop)
 }
 
 /// Sets the disposition of `sig` to "ignore" (start_server ignores SIGPIPE, so that a
@@ -64,14 +74,25 @@ pub fn ignore_signal(sig: c_int) -> io::Result<()> {
 
 /// A signalfd for `set` (which must be blocked), non-blocking and close-on-exec.
 pub fn signalfd(set: &SigSet) -> io::Result<OwnedFd> {
-    // SAFETY: -1 asks for a new descriptor; `set` is initialised.
-    let fd = check(unsafe { libc::signalfd(-1, &set.0, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) })?;
+    // SAFETY: -1 asks for a new descriptor; the raw system call reads an 8-byte kernel
+    // sigset from the pointer, which `set.0` is.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_signalfd4,
+            -1,
+            &set.0 as *const u64,
+            KERNEL_SIGSET_SIZE,
+            libc::SFD_NONBLOCK | libc::SFD_CLOEXEC,
+        )
+    };
+    let fd = check(fd as c_int)?;
     // SAFETY: signalfd returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Reads one pending signal from a non-blocking signalfd; `None` when none is pending.
-pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<c_int>> {
+/// Reads one pending signal from a non-blocking signalfd, with the pid that sent it
+/// (0 from the kernel); `None` when none is pending.
+pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<(c_int, Pid)>> {
     // SAFETY: signalfd_siginfo is plain data.
     let mut info: libc::signalfd_siginfo = unsafe { mem::zeroed() };
     let size = mem::size_of::<libc::signalfd_siginfo>();
@@ -79,7 +100,7 @@ pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<c_int>> {
         // SAFETY: `info` is a writable buffer of exactly `size` bytes.
         let n = unsafe { libc::read(fd.as_raw_fd(), ptr::addr_of_mut!(info).cast(), size) };
         if n == size as isize {
-            return Ok(Some(info.ssi_signo as c_int));
+            return Ok(Some((info.ssi_signo as c_int, info.ssi_pid as Pid)));
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
@@ -91,14 +112,18 @@ pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<c_int>> {
     }
 }
 
-/// Waits until `fd` is readable or `timeout` passes (`None`: no time limit). Returns
-/// whether it is readable. This is where start_server sleeps.
-pub fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+/// Waits until one of `fds` is readable or `timeout` passes (`None`: no time limit).
+/// Returns, for each of `fds`, whether it is readable. This is where start_server
+/// sleeps.
+pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let ts = timeout.map(|t| libc::timespec {
         // Capped at 68 years, which fits time_t on every target.
         tv_sec: t.as_secs().min(i32::MAX as u64) as _,
@@ -107,13 +132,23 @@ pub fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool
     let ts_ptr = ts
         .as_ref()
         .map_or(ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: one valid pollfd; `ts_ptr` is null or points to a live timespec; a null
-    // sigmask keeps the current mask.
-    let n = unsafe { libc::ppoll(&mut pfd, 1, ts_ptr, ptr::null()) };
+    // SAFETY: `pfds` holds `pfds.len()` valid pollfds; `ts_ptr` is null or points to a
+    // live timespec; a null sigmask keeps the current mask.
+    let n = unsafe {
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            ts_ptr,
+            ptr::null(),
+        )
+    };
     match n {
-        -1 if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => Ok(false),
+        -1 if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {
+            Ok(vec![false; fds.len()])
+        }
         -1 => Err(io::Error::last_os_error()),
-        n => Ok(n > 0),
+        // An error or hang-up counts as readable: the reader then sees it.
+        _ => Ok(pfds.iter().map(|p| p.revents != 0).collect()),
     }
 }
 
@@ -142,6 +177,13 @@ pub fn reap_one() -> io::Result<Option<(Pid, c_int)>> {
             pid => return Ok(Some((pid, status))),
         }
     }
+}
+
+/// Marks start_server as a subreaper: processes orphaned below its workers are
+/// reparented to it (not to PID 1), so that it reaps them and no zombie is left.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers.
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) }).map(drop)
 }
 
 pub enum Fork {
