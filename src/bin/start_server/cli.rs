@@ -43,6 +43,9 @@ pub struct Config {
     pub kill_old_delay: Option<Duration>,
     pub kill_timeout: Option<Duration>,
     pub backoff: Option<Duration>,
+    pub ready_notify: bool,
+    pub ready_timeout: Duration,
+    pub watchdog: Option<Duration>,
     pub backlog: i32,
     pub command: Vec<String>,
 }
@@ -91,10 +94,16 @@ const OPTIONS: &[(&str, bool)] = &[
     // Ours.
     ("kill-timeout", true),
     ("backoff", true),
+    ("ready", true),
+    ("ready-timeout", true),
+    ("watchdog", true),
 ];
 
 /// How many of `OPTIONS` are the original's.
 const ORIGINAL_OPTIONS: usize = 19;
+
+/// `--ready-timeout`'s default, systemd's start timeout.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub const HELP: &str = "\
 Usage: start_server [options] -- server-prog server-arg1 server-arg2 ...
@@ -136,6 +145,13 @@ Options:
                           wait for it however long it takes)
   --backoff=seconds       double the pause between failed starts, from
                           --interval up to this, until a generation starts
+  --ready=notify          a new worker has started when it sends READY=1 to the
+                          NOTIFY_SOCKET it is given (sd_notify), not when it
+                          outlives --interval (--ready=interval, the default)
+  --ready-timeout=seconds how long a worker may take to send READY=1 before it is
+                          stopped and counts as a failed start (default: 90)
+  --watchdog=seconds      a started worker that sends no WATCHDOG=1 for that long
+                          is hung: killed (ABRT) and replaced (WATCHDOG_USEC)
   --backlog=size          listen backlog (default: SOMAXCONN)
   --restart               HUP the instance of --pid-file and wait until
                           --status-file shows only the new generation
@@ -167,6 +183,8 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         "kill-old-delay",
         "kill-timeout",
         "backoff",
+        "ready-timeout",
+        "watchdog",
     ] {
         if let Some(value) = m
             .opt_strs(name)
@@ -248,6 +266,15 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
             }
         },
     };
+    let ready_notify = match last("ready").as_deref().map(str::trim) {
+        None | Some("interval") => false,
+        Some("notify") => true,
+        Some(other) => {
+            return Err(invalid(format!(
+                "invalid --ready value {other:?}: expected notify or interval"
+            )))
+        }
+    };
     let dir = path("dir");
     if let Some(dir) = &dir {
         match std::fs::metadata(dir) {
@@ -273,6 +300,16 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         kill_old_delay: seconds("kill-old-delay")?,
         kill_timeout: seconds("kill-timeout")?,
         backoff: seconds("backoff")?,
+        ready_notify,
+        ready_timeout: seconds("ready-timeout")?.unwrap_or(DEFAULT_READY_TIMEOUT),
+        watchdog: match seconds("watchdog")? {
+            Some(d) if d.is_zero() => {
+                return Err(invalid(
+                    "invalid --watchdog value \"0\": expected more than 0 seconds".into(),
+                ))
+            }
+            other => other,
+        },
         backlog,
         command: m.free.clone(),
     };

@@ -1,13 +1,16 @@
 //! `--stop` and `--restart`: commands for an instance already running, found through
 //! its pid file.
 
+use std::fs::File;
+use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
+use crate::control_socket;
 use crate::pid_file;
 use crate::status_file;
-use crate::sys;
+use crate::sys::{self, Pid, SockAddr};
 
 /// How often `--restart` looks at the status file (the original: every second).
 const POLL: Duration = Duration::from_millis(50);
@@ -25,8 +28,10 @@ pub fn stop(pid_file: &Path) -> Result<(), String> {
     pid_file::wait_released(&file)
 }
 
-/// HUP the instance, then wait until the status file shows only a generation newer
-/// than any it showed before. Gives up, with an error, if the instance exits meanwhile.
+/// Asks the instance for a restart and waits for its verdict: Ok once the new
+/// generation runs alone, an error saying why once it failed to start (the old
+/// generation goes on serving). An instance without a control socket (an older
+/// start_server) is sent HUP instead, and its status file watched as the original does.
 pub fn restart(pid_file: &Path, status_file: &Path) -> Result<(), String> {
     let (pid, file) = pid_file::running_instance(pid_file)?;
     let newest = status_file::generations(status_file)?
@@ -38,6 +43,55 @@ pub fn restart(pid_file: &Path, status_file: &Path) -> Result<(), String> {
                 status_file.display()
             )
         })?;
+    let Some(socket) = ask_for_restart(pid)? else {
+        return restart_by_signal(pid, &file, status_file, newest);
+    };
+    let mut buf = [0u8; 512];
+    loop {
+        let _ = sys::wait_readable(&[socket.as_raw_fd()], Some(POLL));
+        while let Some(reply) = sys::receive(&socket, &mut buf)
+            .map_err(|e| format!("failed to read the reply of start_server (pid {pid}): {e}"))?
+        {
+            // Only the instance itself is believed.
+            if reply.credentials.map(|(sender, _)| sender) != Some(pid) {
+                continue;
+            }
+            let verdict = String::from_utf8_lossy(&buf[..reply.len]);
+            return match verdict.strip_prefix("OK ") {
+                Some(_) => Ok(()),
+                None => Err(format!(
+                    "restart failed: {}",
+                    verdict.strip_prefix("FAILED ").unwrap_or(&verdict)
+                )),
+            };
+        }
+        if !pid_file::still_locked(&file) {
+            return Err(exited(pid));
+        }
+    }
+}
+
+fn exited(pid: Pid) -> String {
+    format!("start_server (pid {pid}) exited before a new generation started")
+}
+
+/// Sends the restart request to the instance's control socket; `None` when it has none.
+fn ask_for_restart(pid: Pid) -> Result<Option<OwnedFd>, String> {
+    let fail =
+        |e: std::io::Error| format!("failed to ask start_server (pid {pid}) for a restart: {e}");
+    let (socket, _) = sys::credential_socket(None).map_err(fail)?;
+    let name = control_socket::name(pid);
+    let to = SockAddr::abstract_unix(name.as_bytes()).ok_or_else(|| format!("{name}: too long"))?;
+    match sys::send_to(&socket, &to, control_socket::RESTART) {
+        Ok(()) => Ok(Some(socket)),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(None),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// The original's way: HUP, then wait until the status file shows only a generation
+/// newer than `newest`. Gives up, with an error, if the instance exits meanwhile.
+fn restart_by_signal(pid: Pid, file: &File, status_file: &Path, newest: u64) -> Result<(), String> {
     sys::kill(pid, libc::SIGHUP)
         .map_err(|e| format!("failed to send SIGHUP to the server process {pid}: {e}"))?;
     loop {
@@ -50,10 +104,8 @@ pub fn restart(pid_file: &Path, status_file: &Path) -> Result<(), String> {
                 }
             }
         }
-        if !pid_file::still_locked(&file) {
-            return Err(format!(
-                "start_server (pid {pid}) exited before a new generation started"
-            ));
+        if !pid_file::still_locked(file) {
+            return Err(exited(pid));
         }
         thread::sleep(POLL);
     }

@@ -4,11 +4,13 @@
 mod bind;
 mod cli;
 mod control;
+mod control_socket;
 mod daemon;
 mod envdir;
 #[macro_use]
 mod log;
 mod log_file;
+mod notify;
 mod pid_file;
 mod port_spec;
 mod signals;
@@ -21,6 +23,7 @@ use std::process::ExitCode;
 
 use bind::Listeners;
 use cli::{Config, Mode};
+use control_socket::ControlSocket;
 use log_file::LogFile;
 use pid_file::PidFile;
 use signals::Events;
@@ -139,6 +142,7 @@ fn serve(
     } else {
         None
     };
+    let pid_file_given = pid_file.is_some();
     if let Some(pid_file) = pid_file {
         pid_file.write_pid()?;
     }
@@ -155,9 +159,22 @@ fn serve(
         port_env: listeners.env_value(),
         kill_timeout: config.kill_timeout,
         backoff: config.backoff,
+        ready_notify: config.ready_notify,
+        ready_timeout: config.ready_timeout,
+        watchdog: config.watchdog,
     };
     let status_file = config.status_file.map(StatusFile::new);
-    let mut supervisor = Supervisor::new(settings, tunables, command, status_file, log_file);
+    // Only an instance with a pid file can be found by `--restart`.
+    let control = match pid_file_given {
+        false => None,
+        true => ControlSocket::bind()
+            .map_err(|e| {
+                log!("no control socket for --restart (it will fall back to the status file): {e}")
+            })
+            .ok(),
+    };
+    let mut supervisor =
+        Supervisor::new(settings, tunables, command, status_file, log_file, control);
     supervisor
         .run(&events)
         .map_err(|e| format!("waiting for events failed: {e}"))

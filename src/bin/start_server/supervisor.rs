@@ -12,15 +12,18 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
 use std::os::raw::c_int;
+use std::os::unix::io::RawFd;
 use std::time::{Duration, Instant};
 
+use crate::control_socket::ControlSocket;
 use crate::envdir::{self, Tunables};
 use crate::log;
 use crate::log_file::LogFile;
+use crate::notify::{Channel, Notice, Said};
 use crate::signals::{self, Events, Meaning, Signal};
 use crate::spawn::Command;
 use crate::status_file::StatusFile;
-use crate::sys::{self, Pid};
+use crate::sys::{self, Pid, SockAddr};
 
 pub struct Settings {
     pub interval: Duration,
@@ -32,7 +35,25 @@ pub struct Settings {
     pub kill_timeout: Option<Duration>,
     /// `--backoff`: the longest pause between failed starts, which double up to it.
     pub backoff: Option<Duration>,
+    /// `--ready=notify`: a worker has started when it says `READY=1`, not when it
+    /// outlives the interval.
+    pub ready_notify: bool,
+    /// `--ready-timeout`: how long a worker may take to say `READY=1`.
+    pub ready_timeout: Duration,
+    /// `--watchdog`: how long a started worker may go without saying `WATCHDOG=1`.
+    pub watchdog: Option<Duration>,
 }
+
+/// A `--restart` client waiting for the verdict on a restart that began after it
+/// asked: the first generation above `after` to start, or to fail.
+struct Waiter {
+    to: SockAddr,
+    after: u64,
+}
+
+/// How long a worker that was told to stop without `--kill-timeout` (because it was
+/// not ready in time, or hung) has before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The shortest pause between two tries after a failed start, even at `--interval=0`
 /// (systemd's default RestartSec), so that a worker that cannot start never makes
@@ -51,8 +72,10 @@ struct Worker {
 #[derive(Clone, Copy, Debug)]
 struct Old {
     generation: u64,
-    /// When it gets SIGKILL (`--kill-timeout` after its stop signal).
-    kill_at: Option<Instant>,
+    /// Whether the status file lists it: not a worker that never became ready.
+    listed: bool,
+    /// When it gets SIGKILL, and the grace it had since its stop signal.
+    kill: Option<(Instant, Duration)>,
 }
 
 /// A generation being started.
@@ -86,6 +109,13 @@ pub struct Supervisor<'a> {
     old: BTreeMap<Pid, Old>,
     /// Failed starts in a row, for the pause before the next try.
     failures: u32,
+    /// The notification sockets of the workers (`--ready=notify`, `--watchdog`), by pid.
+    channels: BTreeMap<Pid, Channel>,
+    /// When the current worker is hung unless it says `WATCHDOG=1` first.
+    watchdog_at: Option<Instant>,
+    /// Where `--restart` clients ask (with `--pid-file`), and who is waiting.
+    control: Option<ControlSocket>,
+    waiting: Vec<Waiter>,
     /// When to signal the old workers, during `--kill-old-delay`.
     kill_old_at: Option<Instant>,
     /// A HUP arrived while a restart was under way: one more restart follows it.
@@ -103,6 +133,7 @@ impl<'a> Supervisor<'a> {
         command: Command,
         status_file: Option<StatusFile>,
         log_file: Option<&'a mut LogFile>,
+        control: Option<ControlSocket>,
     ) -> Supervisor<'a> {
         Supervisor {
             settings,
@@ -115,6 +146,10 @@ impl<'a> Supervisor<'a> {
             attempt: None,
             old: BTreeMap::new(),
             failures: 0,
+            channels: BTreeMap::new(),
+            watchdog_at: None,
+            control,
+            waiting: Vec::new(),
             kill_old_at: None,
             hup_pending: false,
             started_at: None,
@@ -126,7 +161,13 @@ impl<'a> Supervisor<'a> {
     pub fn run(&mut self, events: &Events) -> io::Result<()> {
         self.spawn(false);
         while !(self.stopping && self.old.is_empty()) {
-            let arrived = match events.wait(self.next_deadline(), &[]) {
+            let watched: Vec<RawFd> = self
+                .channels
+                .values()
+                .map(Channel::fd)
+                .chain(self.control.as_ref().map(ControlSocket::fd))
+                .collect();
+            let arrived = match events.wait(self.next_deadline(), &watched) {
                 Ok(arrived) => arrived,
                 Err(e) => {
                     // Blind from here on: at least leave no worker running.
@@ -144,6 +185,7 @@ impl<'a> Supervisor<'a> {
                     ignored.pid
                 );
             }
+            self.read_notifications(&arrived.readable);
             if let Some(sig) = arrived.stop() {
                 self.stop(sig);
             }
@@ -156,6 +198,7 @@ impl<'a> Supervisor<'a> {
             if arrived.has(Meaning::Restart) {
                 self.hup();
             }
+            self.read_requests(&arrived.readable);
             self.fire_timers(Instant::now());
         }
         log!("exiting");
@@ -168,11 +211,17 @@ impl<'a> Supervisor<'a> {
     /// The next timer, if any: with none, the loop sleeps until a signal comes.
     fn next_deadline(&self) -> Option<Instant> {
         let attempt = self.attempt.as_ref().map(|a| a.until);
-        let kill = self.old.values().filter_map(|o| o.kill_at).min();
-        [attempt, self.kill_old_at, self.auto_restart_at(), kill]
-            .into_iter()
-            .flatten()
-            .min()
+        let kill = self.old.values().filter_map(|o| o.kill.map(|k| k.0)).min();
+        [
+            attempt,
+            self.kill_old_at,
+            self.auto_restart_at(),
+            kill,
+            self.watchdog_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// With auto-restart on, when the current worker is due for replacement: once the
@@ -215,6 +264,7 @@ impl<'a> Supervisor<'a> {
     fn stop(&mut self, sig: c_int) {
         if !self.stopping {
             self.stopping = true;
+            self.verdict(u64::MAX, "FAILED start_server is stopping");
             self.hup_pending = false;
             self.kill_old_at = None;
             let starting = self.attempt.take().and_then(|a| a.worker);
@@ -236,6 +286,26 @@ impl<'a> Supervisor<'a> {
             self.old_pids()
         );
         self.signal_old(&send);
+    }
+
+    /// `--restart` clients: each is a HUP, and waits for its verdict.
+    fn read_requests(&mut self, readable: &[RawFd]) {
+        let requests = match &self.control {
+            Some(control) if readable.contains(&control.fd()) => control.requests(),
+            _ => return,
+        };
+        for request in requests {
+            log!("received a restart request from pid {}", request.pid);
+            self.waiting.push(Waiter {
+                to: request.from,
+                after: self.generation,
+            });
+            if self.stopping {
+                self.verdict(u64::MAX, "FAILED start_server is stopping");
+            } else {
+                self.hup();
+            }
+        }
     }
 
     /// USR1: the log file is opened anew (after logrotate moved it away).
@@ -262,6 +332,7 @@ impl<'a> Supervisor<'a> {
     /// A child exited. Children that are not workers (orphans of a worker, reparented
     /// to start_server as subreaper) are reaped and otherwise ignored.
     fn exited(&mut self, pid: Pid, status: c_int) {
+        self.channels.remove(&pid);
         if let Some(attempt) = &mut self.attempt {
             if attempt.worker.is_some_and(|w| w.pid == pid) {
                 log!("new worker {pid} seems to have failed to start, exit status:{status}");
@@ -273,12 +344,13 @@ impl<'a> Supervisor<'a> {
                     );
                 }
                 attempt.worker = None;
-                self.failed_start();
+                self.failed_start(&exit_text(status));
                 return;
             }
         }
         if let Some(worker) = self.current.filter(|w| w.pid == pid) {
             self.current = None;
+            self.watchdog_at = None;
             log!("worker {pid} died unexpectedly with status:{status}, restarting");
             // One that dies before a retry pause has passed is a crash loop: paced as
             // a failed start, whether or not it was declared started.
@@ -290,19 +362,20 @@ impl<'a> Supervisor<'a> {
                     until: now,
                     replacing: false,
                 });
-                self.failed_start();
+                self.failed_start(&exit_text(status));
             } else {
                 self.spawn(false);
             }
             return;
         }
-        if self.old.remove(&pid).is_some() {
-            if self.stopping {
+        if let Some(old) = self.old.remove(&pid) {
+            if self.stopping || !old.listed {
                 log!("worker {pid} died, status:{status}");
             } else {
                 log!("old worker {pid} died, status:{status}");
             }
             self.write_status();
+            self.settle();
         }
     }
 
@@ -310,6 +383,7 @@ impl<'a> Supervisor<'a> {
         if self.attempt.as_ref().is_some_and(|a| a.until <= now) {
             if let Some(attempt) = self.attempt.take() {
                 match attempt.worker {
+                    Some(worker) if self.settings.ready_notify => self.not_ready(worker, attempt),
                     Some(worker) => self.started(worker, attempt.replacing),
                     None => self.spawn(attempt.replacing),
                 }
@@ -320,6 +394,9 @@ impl<'a> Supervisor<'a> {
             self.kill_old_workers();
         }
         self.kill_lingering(now);
+        if self.watchdog_at.is_some_and(|at| at <= now) {
+            self.hung();
+        }
         if self.hup_pending && self.attempt.is_none() && self.kill_old_at.is_none() {
             self.hup_pending = false;
             log!("received HUP, spawning a new worker");
@@ -335,23 +412,70 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// `--kill-timeout`: SIGKILL for the signalled workers still running at their
-    /// deadline.
+    /// SIGKILL for the signalled workers still running at their deadline
+    /// (`--kill-timeout`, or `STOP_GRACE` for one that failed to start or hung).
     fn kill_lingering(&mut self, now: Instant) {
-        let Some(timeout) = self.settings.kill_timeout else {
-            return;
-        };
         for (&pid, old) in self.old.iter_mut() {
-            if old.kill_at.is_some_and(|at| at <= now) {
-                old.kill_at = None;
-                log!(
-                    "worker {pid} still running {} secs after it was told to stop, sending KILL",
-                    log::seconds(timeout)
-                );
-                if let Err(e) = sys::kill(pid, libc::SIGKILL) {
-                    log!("failed to send KILL to worker {pid}: {e}");
+            let Some((_, grace)) = old.kill.filter(|k| k.0 <= now) else {
+                continue;
+            };
+            old.kill = None;
+            log!(
+                "worker {pid} still running {} secs after it was told to stop, sending KILL",
+                log::seconds(grace)
+            );
+            if let Err(e) = sys::kill(pid, libc::SIGKILL) {
+                log!("failed to send KILL to worker {pid}: {e}");
+            }
+        }
+    }
+
+    /// Messages on the workers' notification sockets.
+    fn read_notifications(&mut self, readable: &[RawFd]) {
+        let notices: Vec<(Pid, Notice)> = self
+            .channels
+            .iter()
+            .filter(|(_, channel)| readable.contains(&channel.fd()))
+            .flat_map(|(&pid, channel)| channel.drain(pid).into_iter().map(move |n| (pid, n)))
+            .collect();
+        for (pid, notice) in notices {
+            for said in notice.said {
+                self.notified(pid, notice.sender, said);
+            }
+        }
+    }
+
+    /// One thing a worker (`pid`, through `sender`) said.
+    fn notified(&mut self, pid: Pid, sender: Pid, said: Said) {
+        let starting = self
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.worker.is_some_and(|w| w.pid == pid));
+        let current = self.current.is_some_and(|w| w.pid == pid);
+        match said {
+            Said::Status(status) => log!("worker {pid} status: {status}"),
+            Said::Ready if starting && self.settings.ready_notify => {
+                if let Some(attempt) = self.attempt.take() {
+                    if sender != pid {
+                        log!("worker {pid} is ready (said pid {sender})");
+                    }
+                    if let Some(worker) = attempt.worker {
+                        self.started(worker, attempt.replacing);
+                    }
                 }
             }
+            Said::ExtendTimeout(by) if starting && self.settings.ready_notify => {
+                if let Some(attempt) = &mut self.attempt {
+                    // As systemd does: never sooner than --ready-timeout allowed.
+                    attempt.until = attempt.until.max(Instant::now() + by);
+                }
+            }
+            Said::Watchdog if current => {
+                self.watchdog_at = self.settings.watchdog.map(|w| Instant::now() + w);
+            }
+            Said::WatchdogTrigger if current => self.hung(),
+            // A repeated READY=1, or one from an old worker: nothing to do.
+            _ => {}
         }
     }
 
@@ -367,9 +491,35 @@ impl<'a> Supervisor<'a> {
     fn spawn(&mut self, replacing: bool) {
         self.generation += 1;
         let now = Instant::now();
-        let env = self.worker_env();
+        let mut env = self.worker_env();
+        let channel = match self.notify_channel() {
+            Ok(channel) => channel,
+            Err(e) => {
+                log!("failed to create a notification socket: {e}");
+                self.attempt = Some(Attempt {
+                    worker: None,
+                    spawned_at: now,
+                    until: now,
+                    replacing,
+                });
+                self.failed_start(&format!("no notification socket: {e}"));
+                return;
+            }
+        };
+        if let Some(channel) = &channel {
+            env.push(("NOTIFY_SOCKET".into(), channel.address().into()));
+        }
+        if let Some(watchdog) = self.settings.watchdog {
+            env.push((
+                "WATCHDOG_USEC".into(),
+                watchdog.as_micros().to_string().into(),
+            ));
+        }
         let worker = match self.command.spawn(&env) {
             Ok(spawned) => {
+                if let Some(channel) = channel {
+                    self.channels.insert(spawned.pid, channel);
+                }
                 log!("starting new worker {}", spawned.pid);
                 if let Some(error) = spawned.exec_error {
                     log!("{error}");
@@ -388,23 +538,31 @@ impl<'a> Supervisor<'a> {
                 None
             }
         };
+        let wait = if self.settings.ready_notify {
+            self.settings.ready_timeout
+        } else {
+            self.settings.interval
+        };
         self.attempt = Some(Attempt {
             worker,
             spawned_at: now,
-            until: now + self.settings.interval,
+            until: now + wait,
             replacing,
         });
         if worker.is_none() {
-            self.failed_start();
+            self.failed_start("it could not be spawned");
         }
     }
 
-    /// The new worker outlived `--interval`: it is now the current one.
+    /// The new worker outlived `--interval`, or said `READY=1`: it is now the current
+    /// one.
     fn started(&mut self, worker: Worker, replacing: bool) {
         self.current = Some(worker);
         self.started_at = Some(Instant::now());
+        self.watchdog_at = self.settings.watchdog.map(|w| Instant::now() + w);
         self.failures = 0;
         self.write_status();
+        self.settle();
         if !replacing {
             return;
         }
@@ -429,10 +587,71 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// `--ready=notify`: the new worker did not say `READY=1` within
+    /// `--ready-timeout`. It is stopped (TERM, then KILL if it lingers) and counts as a
+    /// failed start, while the old generation goes on serving.
+    fn not_ready(&mut self, worker: Worker, attempt: Attempt) {
+        log!(
+            "new worker {} was not ready within {} secs, stopping it",
+            worker.pid,
+            log::seconds(self.settings.ready_timeout)
+        );
+        self.stop_now(worker, &Signal::term(), false);
+        // The pause before the next try counts from now, not from the spawn.
+        self.attempt = Some(Attempt {
+            worker: None,
+            spawned_at: Instant::now(),
+            ..attempt
+        });
+        self.failed_start(&format!(
+            "not ready within {} secs",
+            log::seconds(self.settings.ready_timeout)
+        ));
+    }
+
+    /// `--watchdog`: the current worker said no `WATCHDOG=1` in time (or said
+    /// `WATCHDOG=trigger`). It gets SIGABRT, as systemd sends, then SIGKILL if it
+    /// lingers, and is replaced at once, as a worker that died unexpectedly.
+    fn hung(&mut self) {
+        self.watchdog_at = None;
+        let Some(worker) = self.current.take() else {
+            return;
+        };
+        log!(
+            "worker {} sent no WATCHDOG=1 for {} secs, sending ABRT and restarting",
+            worker.pid,
+            log::seconds(self.settings.watchdog.unwrap_or_default())
+        );
+        let abrt = Signal::parse("ABRT").expect("a known signal name");
+        self.stop_now(worker, &abrt, true);
+        self.write_status();
+        self.spawn(false);
+    }
+
+    /// Signals one worker to stop now, outside a restart's order, with a KILL deadline.
+    fn stop_now(&mut self, worker: Worker, sig: &Signal, listed: bool) {
+        if let Err(e) = sys::kill(worker.pid, sig.number) {
+            log!("failed to send {} to worker {}: {e}", sig.name, worker.pid);
+        }
+        let grace = self.settings.kill_timeout.unwrap_or(STOP_GRACE);
+        self.old.insert(
+            worker.pid,
+            Old {
+                generation: worker.generation,
+                listed,
+                kill: Some((Instant::now() + grace, grace)),
+            },
+        );
+    }
+
     /// The attempt's worker died before it had started, or could not be spawned: the
     /// next try comes after the interval, never sooner than `RETRY_FLOOR`, doubling up
     /// to `--backoff` while the failures go on.
-    fn failed_start(&mut self) {
+    fn failed_start(&mut self, why: &str) {
+        self.verdict(
+            self.generation,
+            &format!("FAILED generation {}: {why}", self.generation),
+        );
         self.failures = self.failures.saturating_add(1);
         let base = self.retry_base();
         let delay = match self.settings.backoff {
@@ -454,6 +673,15 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// A worker's own notification socket, when it needs one.
+    fn notify_channel(&self) -> io::Result<Option<Channel>> {
+        if self.settings.ready_notify || self.settings.watchdog.is_some() {
+            Channel::new().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// The pause after one failed start.
     fn retry_base(&self) -> Duration {
         self.settings.interval.max(RETRY_FLOOR)
@@ -471,9 +699,37 @@ impl<'a> Supervisor<'a> {
             worker.pid,
             Old {
                 generation: worker.generation,
-                kill_at: None,
+                listed: true,
+                kill: None,
             },
         );
+    }
+
+    /// A restart succeeded once its generation runs alone: no older worker is left.
+    fn settle(&mut self) {
+        let Some(current) = self.current else {
+            return;
+        };
+        if self.old.values().all(|old| !old.listed) {
+            self.verdict(
+                current.generation,
+                &format!("OK generation {}", current.generation),
+            );
+        }
+    }
+
+    /// Answers the clients waiting for a generation up to `generation`.
+    fn verdict(&mut self, generation: u64, text: &str) {
+        let Some(control) = &self.control else {
+            return;
+        };
+        self.waiting.retain(|waiter| {
+            if waiter.after >= generation {
+                return true;
+            }
+            control.reply(&waiter.to, text);
+            false
+        });
     }
 
     // ------------------------------------------------------------ helpers
@@ -481,12 +737,12 @@ impl<'a> Supervisor<'a> {
     /// Sends `sig` to every old worker; with `--kill-timeout`, each gets SIGKILL that
     /// long after the first stop signal it was sent.
     fn signal_old(&mut self, sig: &Signal) {
-        let kill_at = self.settings.kill_timeout.map(|t| Instant::now() + t);
+        let kill = self.settings.kill_timeout.map(|t| (Instant::now() + t, t));
         for (&pid, old) in self.old.iter_mut() {
             if let Err(e) = sys::kill(pid, sig.number) {
                 log!("failed to send {} to worker {pid}: {e}", sig.name);
             }
-            old.kill_at = old.kill_at.or(kill_at);
+            old.kill = old.kill.or(kill);
         }
     }
 
@@ -502,6 +758,7 @@ impl<'a> Supervisor<'a> {
         let mut workers: Vec<(u64, Pid)> = self
             .old
             .iter()
+            .filter(|(_, old)| old.listed)
             .map(|(&pid, old)| (old.generation, pid))
             .collect();
         workers.extend(self.current.map(|w| (w.generation, w.pid)));
@@ -518,7 +775,16 @@ impl<'a> Supervisor<'a> {
             Ok(tunables) => self.tunables = tunables,
             Err(e) => log!("{e}; keeping the previous settings"),
         }
-        env.retain(|(k, _)| k != "SERVER_STARTER_PORT" && k != "SERVER_STARTER_GENERATION");
+        // The service manager's variables are start_server's, never a worker's: its own
+        // notification socket and watchdog, if any, are not the worker's to use.
+        const OURS: [&str; 5] = [
+            "SERVER_STARTER_PORT",
+            "SERVER_STARTER_GENERATION",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+        ];
+        env.retain(|(k, _)| !OURS.iter().any(|ours| k == ours));
         // The original exports its `||= 360` default too (from the second generation
         // on); workers see the interval in force from the first.
         if let Some(interval) = self.tunables.auto_restart {
@@ -537,5 +803,15 @@ impl<'a> Supervisor<'a> {
             self.generation.to_string().into(),
         ));
         env
+    }
+}
+
+/// A wait status in words, for a `--restart` verdict (the log keeps the original's raw
+/// number).
+fn exit_text(status: c_int) -> String {
+    if libc::WIFSIGNALED(status) {
+        format!("killed by SIG{}", signals::name(libc::WTERMSIG(status)))
+    } else {
+        format!("exited with status {}", libc::WEXITSTATUS(status))
     }
 }

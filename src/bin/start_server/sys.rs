@@ -462,9 +462,200 @@ impl SockAddr {
         })
     }
 
+    /// An address in the abstract namespace (`name` without the leading NUL).
+    pub fn abstract_unix(name: &[u8]) -> Option<SockAddr> {
+        let mut path = Vec::with_capacity(name.len() + 1);
+        path.push(0);
+        path.extend_from_slice(name);
+        let mut addr = SockAddr::unix_bytes(&path)?;
+        // No terminating NUL: every byte of an abstract name counts.
+        addr.len -= 1;
+        Some(addr)
+    }
+
+    /// The abstract name of a unix address, without its leading NUL: `None` for a path
+    /// or an unnamed address.
+    pub fn abstract_name(&self) -> Option<&[u8]> {
+        // SAFETY: as in `unix`; only read as a sockaddr_un when the family says so.
+        let sun: &libc::sockaddr_un = unsafe { &*ptr::addr_of!(self.storage).cast() };
+        let len = (self.len as usize).checked_sub(mem::size_of::<libc::sa_family_t>())?;
+        if sun.sun_family != libc::AF_UNIX as libc::sa_family_t || len < 2 || sun.sun_path[0] != 0 {
+            return None;
+        }
+        let path = &sun.sun_path[1..len.min(sun.sun_path.len())];
+        // SAFETY: c_char and u8 have the same size and alignment.
+        Some(unsafe { std::slice::from_raw_parts(path.as_ptr().cast(), path.len()) })
+    }
+
+    fn unix_bytes(path: &[u8]) -> Option<SockAddr> {
+        // SAFETY: as in from_std.
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_un.
+        let sun: &mut libc::sockaddr_un = unsafe { &mut *ptr::addr_of_mut!(storage).cast() };
+        if path.len() >= sun.sun_path.len() {
+            return None;
+        }
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (dst, &src) in sun.sun_path.iter_mut().zip(path) {
+            *dst = src as c_char;
+        }
+        let len = mem::size_of::<libc::sa_family_t>() + path.len() + 1;
+        Some(SockAddr {
+            storage,
+            len: len as libc::socklen_t,
+        })
+    }
+
     fn as_ptr(&self) -> *const libc::sockaddr {
         ptr::addr_of!(self.storage).cast()
     }
+}
+
+/// A unix datagram socket, non-blocking and close-on-exec, that receives its senders'
+/// credentials (SO_PASSCRED), bound to `name` in the abstract namespace, or, with
+/// `None`, to a fresh name the kernel picks (autobind: five hex digits, never taken).
+pub fn credential_socket(name: Option<&[u8]>) -> io::Result<(OwnedFd, SockAddr)> {
+    let fd = socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK)?;
+    setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
+    match name {
+        Some(name) => {
+            let addr = SockAddr::abstract_unix(name)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+            bind(&fd, &addr)?;
+        }
+        None => {
+            // SAFETY: sa_family_t alone is a valid address of its own size: autobind.
+            let family = libc::AF_UNIX as libc::sa_family_t;
+            check(unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    ptr::addr_of!(family).cast(),
+                    mem::size_of::<libc::sa_family_t>() as libc::socklen_t,
+                )
+            })?;
+        }
+    }
+    let addr = local_address(&fd)?;
+    Ok((fd, addr))
+}
+
+/// getsockname(2).
+pub fn local_address(fd: &OwnedFd) -> io::Result<SockAddr> {
+    // SAFETY: as in from_std.
+    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` is writable for `len` bytes, and `len` is updated in place.
+    check(unsafe {
+        libc::getsockname(fd.as_raw_fd(), ptr::addr_of_mut!(storage).cast(), &mut len)
+    })?;
+    Ok(SockAddr { storage, len })
+}
+
+/// One datagram read by `receive`, with what the kernel says of its sender.
+pub struct Datagram {
+    pub len: usize,
+    /// It did not fit the buffer: the rest is lost.
+    pub truncated: bool,
+    /// The sender's pid and uid (SCM_CREDENTIALS); `None` if the kernel sent none.
+    pub credentials: Option<(Pid, libc::uid_t)>,
+    pub from: SockAddr,
+}
+
+/// Reads one datagram, without blocking: `None` when none is waiting.
+pub fn receive(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: as in from_std.
+    let mut from: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = ptr::addr_of_mut!(from).cast();
+    msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = mem::size_of_val(&control) as _;
+    let n = loop {
+        // SAFETY: `msg` points to live buffers of the sizes it states.
+        let n = unsafe {
+            libc::recvmsg(
+                fd.as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if n >= 0 {
+            break n as usize;
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => return Ok(None),
+            _ => return Err(io::Error::last_os_error()),
+        }
+    };
+    let mut credentials = None;
+    // SAFETY: the CMSG_* macros walk the control buffer recvmsg filled in, within
+    // msg_controllen; SCM_CREDENTIALS carries a ucred, read unaligned to be safe.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_CREDENTIALS
+            {
+                let cred: libc::ucred = ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                credentials = Some((cred.pid, cred.uid));
+            } else if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+            {
+                // Descriptors passed along are not wanted: close them (they arrived
+                // close-on-exec, so no worker got them meanwhile).
+                let data = libc::CMSG_DATA(cmsg);
+                let count = ((*cmsg).cmsg_len as usize - (data as usize - cmsg as usize))
+                    / mem::size_of::<c_int>();
+                for i in 0..count {
+                    libc::close(ptr::read_unaligned(data.cast::<c_int>().add(i)));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(Some(Datagram {
+        len: n.min(buf.len()),
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        credentials,
+        from: SockAddr {
+            storage: from,
+            len: msg.msg_namelen,
+        },
+    }))
+}
+
+/// Sends one datagram to `to`, without blocking.
+pub fn send_to(fd: &OwnedFd, to: &SockAddr, bytes: &[u8]) -> io::Result<()> {
+    // SAFETY: `bytes` is readable for its length; `to` is an initialised address.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            to.as_ptr(),
+            to.len,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The real uid of start_server.
+pub fn getuid() -> libc::uid_t {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
 }
 
 pub fn bind(fd: &OwnedFd, addr: &SockAddr) -> io::Result<()> {

@@ -1,0 +1,80 @@
+//! The control socket, through which `start_server --restart` asks the running
+//! instance for a restart and learns how it went.
+//!
+//! A unix datagram socket in the abstract namespace, named after the instance's pid
+//! (`@server_starter/PID/control`), so that the client finds it from the pid file and
+//! there is no file to clean up. The client sends `RESTART` from a socket of its own;
+//! the instance acts as on SIGHUP and, once the restart has a verdict, answers
+//! `OK generation G` (the new generation runs alone) or `FAILED generation G: why`.
+//! Each side checks the other's credentials: the instance serves only its own uid and
+//! root, and the client believes only the instance's pid.
+
+use std::io;
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
+
+use crate::sys::{self, Pid, SockAddr};
+
+pub const RESTART: &[u8] = b"RESTART";
+
+/// The socket's name for the instance `pid`, without the leading NUL.
+pub fn name(pid: Pid) -> String {
+    format!("server_starter/{pid}/control")
+}
+
+pub struct ControlSocket {
+    fd: OwnedFd,
+}
+
+/// A client's restart request: where to send the verdict.
+pub struct Request {
+    pub from: SockAddr,
+    pub pid: Pid,
+}
+
+impl ControlSocket {
+    pub fn bind() -> io::Result<ControlSocket> {
+        let name = name(std::process::id() as Pid);
+        let (fd, _) = sys::credential_socket(Some(name.as_bytes()))?;
+        Ok(ControlSocket { fd })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The restart requests waiting; anything else is dropped with a log line.
+    pub fn requests(&self) -> Vec<Request> {
+        let mut requests = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            let datagram = match sys::receive(&self.fd, &mut buf) {
+                Ok(Some(datagram)) => datagram,
+                Ok(None) => return requests,
+                Err(e) => {
+                    crate::log!("failed to read the control socket: {e}");
+                    return requests;
+                }
+            };
+            let Some((pid, uid)) = datagram.credentials else {
+                continue;
+            };
+            if uid != sys::getuid() && uid != 0 {
+                crate::log!(
+                    "ignored a control request from pid {pid}: uid {uid} is not start_server's"
+                );
+            } else if &buf[..datagram.len] != RESTART || datagram.truncated {
+                crate::log!("ignored a control request from pid {pid}: not understood");
+            } else {
+                requests.push(Request {
+                    from: datagram.from,
+                    pid,
+                });
+            }
+        }
+    }
+
+    /// Sends a verdict; a client that has gone away meanwhile is no error.
+    pub fn reply(&self, to: &SockAddr, verdict: &str) {
+        let _ = sys::send_to(&self.fd, to, verdict.as_bytes());
+    }
+}

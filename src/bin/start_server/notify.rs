@@ -1,0 +1,197 @@
+//! `--ready=notify` and `--watchdog`: the receiving end of sd_notify's protocol.
+//!
+//! Each worker gets a socket of its own (`NOTIFY_SOCKET=@xxxxx`, a unix datagram socket
+//! in the abstract namespace, named by the kernel), so that a message is known to be
+//! about that worker whichever process below it sends it (`systemd-notify --ready`
+//! from a shell worker, say). The kernel attaches the sender's credentials to each
+//! message (SO_PASSCRED), and `accepts` decides from them whether it counts.
+
+use std::io;
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use crate::sys::{self, Pid};
+
+/// Longer messages are dropped (systemd's limit too).
+const MESSAGE_MAX: usize = 4096;
+
+/// One worker's notification socket.
+pub struct Channel {
+    fd: OwnedFd,
+    /// The value of the worker's NOTIFY_SOCKET.
+    address: String,
+}
+
+/// What a message said that start_server acts on. Other assignments (`STOPPING=1`,
+/// `RELOADING=1`, `ERRNO=`, `MAINPID=`, ...) are accepted and ignored.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Said {
+    Ready,
+    Watchdog,
+    /// `WATCHDOG=trigger`: the worker says it is hung.
+    WatchdogTrigger,
+    /// `EXTEND_TIMEOUT_USEC=N`.
+    ExtendTimeout(Duration),
+    Status(String),
+}
+
+/// A message that counts: the pid that sent it, and what it said.
+pub struct Notice {
+    pub sender: Pid,
+    pub said: Vec<Said>,
+}
+
+impl Channel {
+    pub fn new() -> io::Result<Channel> {
+        let (fd, addr) = sys::credential_socket(None)?;
+        let name = addr.abstract_name().unwrap_or_default();
+        Ok(Channel {
+            fd,
+            address: format!("@{}", String::from_utf8_lossy(name)),
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Every message waiting for `worker` that counts. The others are dropped with a
+    /// log line: they never disturb the supervisor.
+    pub fn drain(&self, worker: Pid) -> Vec<Notice> {
+        let mut notices = Vec::new();
+        let mut buf = [0u8; MESSAGE_MAX];
+        loop {
+            let datagram = match sys::receive(&self.fd, &mut buf) {
+                Ok(Some(datagram)) => datagram,
+                Ok(None) => return notices,
+                Err(e) => {
+                    log!("failed to read worker {worker}'s notification socket: {e}");
+                    return notices;
+                }
+            };
+            let Some((sender, uid)) = datagram.credentials else {
+                log!("dropped a notification for worker {worker} without credentials");
+                continue;
+            };
+            if datagram.truncated {
+                log!("dropped a notification from pid {sender} for worker {worker}: longer than {MESSAGE_MAX} bytes");
+                continue;
+            }
+            if let Err(why) = accepts(worker, sender, uid) {
+                log!("dropped a notification from pid {sender} for worker {worker}: {why}");
+                continue;
+            }
+            match parse(&buf[..datagram.len]) {
+                Ok(said) => notices.push(Notice { sender, said }),
+                Err(why) => {
+                    log!("dropped a notification from pid {sender} for worker {worker}: {why}")
+                }
+            }
+        }
+    }
+}
+
+/// Who may speak for a worker: a process of start_server's own uid that is the worker
+/// or below it. A sender that has exited by now (`systemd-notify` does not wait) cannot
+/// be placed any more; its message counts if its uid is ours, since only the worker's
+/// environment names this socket. A message from another uid never counts.
+pub fn accepts(worker: Pid, sender: Pid, uid: libc::uid_t) -> Result<(), String> {
+    if uid != sys::getuid() {
+        return Err(format!("sent by uid {uid}, not start_server's"));
+    }
+    let mut pid = sender;
+    // Bounded: a chain of parents longer than this is not worth following.
+    for _ in 0..64 {
+        if pid == worker {
+            return Ok(());
+        }
+        match parent_of(pid) {
+            Some(parent) if parent > 1 => pid = parent,
+            Some(_) => break,
+            // Gone (or gone mid-walk): the uid has to do.
+            None if pid == sender => return Ok(()),
+            None => break,
+        }
+    }
+    Err(format!("pid {sender} is neither the worker nor below it"))
+}
+
+/// The parent pid of a live process, from /proc.
+fn parent_of(pid: Pid) -> Option<Pid> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let fields = stat.rsplit_once(')')?.1;
+    fields.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Newline-separated `KEY=VALUE` assignments, as sd_notify sends them.
+pub fn parse(bytes: &[u8]) -> Result<Vec<Said>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+    let mut said = Vec::new();
+    for line in text.split('\n').filter(|l| !l.is_empty()) {
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| format!("{line:?} is not an assignment"))?;
+        match (key, value) {
+            ("READY", "1") => said.push(Said::Ready),
+            ("WATCHDOG", "1") => said.push(Said::Watchdog),
+            ("WATCHDOG", "trigger") => said.push(Said::WatchdogTrigger),
+            ("EXTEND_TIMEOUT_USEC", usec) => {
+                let usec: u64 = usec
+                    .parse()
+                    .map_err(|_| format!("EXTEND_TIMEOUT_USEC={usec:?} is not a number"))?;
+                said.push(Said::ExtendTimeout(Duration::from_micros(usec)));
+            }
+            ("STATUS", status) => said.push(Said::Status(status.to_string())),
+            _ => {}
+        }
+    }
+    if text.is_empty() {
+        return Err("empty".into());
+    }
+    Ok(said)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages() {
+        assert_eq!(parse(b"READY=1").unwrap(), vec![Said::Ready]);
+        assert_eq!(
+            parse(b"STATUS=loading data\nEXTEND_TIMEOUT_USEC=2500000\n").unwrap(),
+            vec![
+                Said::Status("loading data".into()),
+                Said::ExtendTimeout(Duration::from_millis(2500))
+            ]
+        );
+        assert_eq!(
+            parse(b"WATCHDOG=1\nWATCHDOG=trigger\nSTOPPING=1\nMAINPID=7\nERRNO=2").unwrap(),
+            vec![Said::Watchdog, Said::WatchdogTrigger]
+        );
+        assert_eq!(parse(b"READY=0").unwrap(), vec![]);
+        for bad in [&b""[..], b"READY", b"EXTEND_TIMEOUT_USEC=x", b"\xff=1"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn senders() {
+        let me = std::process::id() as Pid;
+        let uid = sys::getuid();
+        assert!(accepts(me, me, uid).is_ok());
+        // Our parent is alive and not below us.
+        let parent = parent_of(me).unwrap();
+        assert!(accepts(me, parent, uid).is_err());
+        // Another uid, even as the worker itself.
+        assert!(accepts(me, me, uid.wrapping_add(1)).is_err());
+        // A pid that does not exist: the uid decides.
+        assert!(accepts(me, i32::MAX, uid).is_ok());
+        assert!(accepts(me, i32::MAX, uid.wrapping_add(1)).is_err());
+    }
+}
