@@ -6,8 +6,7 @@ mod common;
 mod support;
 
 use std::net::UdpSocket;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,60 +15,6 @@ use support::*;
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
-}
-
-/// Requests in a loop from a few threads until stopped: (answers by generation, failures).
-struct Load {
-    stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
-    generations: Arc<Mutex<Vec<u64>>>,
-    failures: Arc<Mutex<Vec<String>>>,
-    count: Arc<AtomicUsize>,
-}
-
-impl Load {
-    fn start(addr: std::net::SocketAddr, threads: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let generations = Arc::new(Mutex::new(Vec::new()));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let count = Arc::new(AtomicUsize::new(0));
-        let threads = (0..threads)
-            .map(|_| {
-                let (stop, generations, failures, count) = (
-                    stop.clone(),
-                    generations.clone(),
-                    failures.clone(),
-                    count.clone(),
-                );
-                thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        match http_get(addr) {
-                            Ok((_, g)) => generations.lock().unwrap().push(g),
-                            Err(e) => failures.lock().unwrap().push(e.to_string()),
-                        }
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            threads,
-            generations,
-            failures,
-            count,
-        }
-    }
-
-    fn finish(self) -> (Vec<u64>, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        let generations = self.generations.lock().unwrap().clone();
-        let failures = self.failures.lock().unwrap().clone();
-        (generations, failures)
-    }
 }
 
 /// A HUP under load: the pid and generation change, and no request fails.

@@ -7,10 +7,20 @@
 #
 # FAIL_GENERATIONS=1,3,4  exit 3 at once in those generations (a failing start).
 # WORKER_LOG=FILE         append "GEN PID CWD SIG..." facts about the process there.
+#
+# With NOTIFY_SOCKET (start_server --ready=notify), sd_notify's protocol:
+# READY_DELAY=SECS        load for that long, then send READY=1 (default: at once)
+# NOT_READY_GENERATIONS=2 never send READY=1 in those generations
+# EXTEND_USEC=N           send EXTEND_TIMEOUT_USEC=N first
+# READY_FROM=grandchild   send READY=1 from a grandchild that exits at once
+# WATCHDOG_USEC=N         send WATCHDOG=1 every N/2 us (set by --watchdog) ...
+# HUNG_GENERATIONS=2      ... except in those generations
 use strict;
 use warnings;
 use IO::Select;
 use IO::Socket::INET;
+use Socket qw(AF_UNIX SOCK_DGRAM pack_sockaddr_un);
+use Time::HiRes ();
 use Server::Starter qw(server_ports);
 
 my $gen = $ENV{SERVER_STARTER_GENERATION};
@@ -41,9 +51,40 @@ for my $fd (values %{ server_ports() }) {
     $sock->fdopen($fd, 'r') or die "fdopen($fd): $!";
     push @socks, $sock if $sock->sockopt(Socket::SO_TYPE()) == Socket::SOCK_STREAM();
 }
+sub in_list { my ($var) = @_; grep { $_ eq $gen } split /,/, ($ENV{$var} || '') }
+
+sub notify {
+    my ($state) = @_;
+    my $addr = $ENV{NOTIFY_SOCKET} or return;
+    $addr =~ s/^@/\0/;
+    socket(my $s, AF_UNIX, SOCK_DGRAM, 0) or die "socket: $!";
+    send($s, $state, 0, pack_sockaddr_un($addr)) or warn "notify $state: $!\n";
+}
+
+notify("EXTEND_TIMEOUT_USEC=$ENV{EXTEND_USEC}") if $ENV{EXTEND_USEC};
+Time::HiRes::sleep($ENV{READY_DELAY}) if $ENV{READY_DELAY} && !$stop;
+if (!in_list('NOT_READY_GENERATIONS')) {
+    if (($ENV{READY_FROM} || '') eq 'grandchild') {
+        my $child = fork // die "fork: $!";
+        if (!$child) {
+            my $grandchild = fork // die "fork: $!";
+            exit 0 if $grandchild;
+            notify("READY=1\nSTATUS=ready (from pid $$)");
+            exit 0;
+        }
+        waitpid $child, 0;
+    } else {
+        notify("READY=1\nSTATUS=serving generation $gen");
+    }
+}
+my $watchdog = $ENV{WATCHDOG_USEC} && !in_list('HUNG_GENERATIONS') ? $ENV{WATCHDOG_USEC} / 2e6 : undef;
+notify("WATCHDOG=1") if $watchdog;
+
 my $select = IO::Select->new(@socks);
 while (!$stop) {
-    for my $sock ($select->can_read) {
+    my @ready = $select->can_read($watchdog);
+    notify("WATCHDOG=1") if $watchdog;
+    for my $sock (@ready) {
         $sock->blocking(0);
         my $conn = $sock->accept or next;
         $conn->blocking(1);

@@ -61,7 +61,8 @@ impl Channel {
 
     /// Every message waiting for `worker` that counts. The others are dropped with a
     /// log line: they never disturb the supervisor.
-    pub fn drain(&self, worker: Pid) -> Vec<Notice> {
+    /// `workers` are the pids of all workers, to tell an orphan from another worker.
+    pub fn drain(&self, worker: Pid, workers: &[Pid]) -> Vec<Notice> {
         let mut notices = Vec::new();
         let mut buf = [0u8; MESSAGE_MAX];
         loop {
@@ -81,7 +82,7 @@ impl Channel {
                 log!("dropped a notification from pid {sender} for worker {worker}: longer than {MESSAGE_MAX} bytes");
                 continue;
             }
-            if let Err(why) = accepts(worker, sender, uid) {
+            if let Err(why) = accepts(worker, sender, uid, workers) {
                 log!("dropped a notification from pid {sender} for worker {worker}: {why}");
                 continue;
             }
@@ -96,13 +97,16 @@ impl Channel {
 }
 
 /// Who may speak for a worker: a process of start_server's own uid that is the worker
-/// or below it. A sender that has exited by now (`systemd-notify` does not wait) cannot
-/// be placed any more; its message counts if its uid is ours, since only the worker's
-/// environment names this socket. A message from another uid never counts.
-pub fn accepts(worker: Pid, sender: Pid, uid: libc::uid_t) -> Result<(), String> {
+/// or below it. Below it includes an orphan of its tree, which the kernel has handed
+/// to start_server (a subreaper): it can only know this socket from the worker's
+/// environment. A sender that has exited by now (`systemd-notify` does not wait)
+/// cannot be placed any more; its message counts if its uid is ours, for the same
+/// reason. A message from another uid never counts.
+pub fn accepts(worker: Pid, sender: Pid, uid: libc::uid_t, workers: &[Pid]) -> Result<(), String> {
     if uid != sys::getuid() {
         return Err(format!("sent by uid {uid}, not start_server's"));
     }
+    let supervisor = std::process::id() as Pid;
     let mut pid = sender;
     // Bounded: a chain of parents longer than this is not worth following.
     for _ in 0..64 {
@@ -110,7 +114,9 @@ pub fn accepts(worker: Pid, sender: Pid, uid: libc::uid_t) -> Result<(), String>
             return Ok(());
         }
         match parent_of(pid) {
-            Some(parent) if parent > 1 => pid = parent,
+            // A child of start_server's that is not a worker: an orphan.
+            Some(parent) if parent == supervisor && !workers.contains(&pid) => return Ok(()),
+            Some(parent) if parent > 1 && parent != supervisor => pid = parent,
             Some(_) => break,
             // Gone (or gone mid-walk): the uid has to do.
             None if pid == sender => return Ok(()),
@@ -184,14 +190,14 @@ mod tests {
     fn senders() {
         let me = std::process::id() as Pid;
         let uid = sys::getuid();
-        assert!(accepts(me, me, uid).is_ok());
+        assert!(accepts(me, me, uid, &[]).is_ok());
         // Our parent is alive and not below us.
         let parent = parent_of(me).unwrap();
-        assert!(accepts(me, parent, uid).is_err());
+        assert!(accepts(me, parent, uid, &[]).is_err());
         // Another uid, even as the worker itself.
-        assert!(accepts(me, me, uid.wrapping_add(1)).is_err());
+        assert!(accepts(me, me, uid.wrapping_add(1), &[]).is_err());
         // A pid that does not exist: the uid decides.
-        assert!(accepts(me, i32::MAX, uid).is_ok());
-        assert!(accepts(me, i32::MAX, uid.wrapping_add(1)).is_err());
+        assert!(accepts(me, i32::MAX, uid, &[]).is_ok());
+        assert!(accepts(me, i32::MAX, uid.wrapping_add(1), &[]).is_err());
     }
 }

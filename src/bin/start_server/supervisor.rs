@@ -432,13 +432,21 @@ impl<'a> Supervisor<'a> {
 
     /// Messages on the workers' notification sockets.
     fn read_notifications(&mut self, readable: &[RawFd]) {
+        let workers: Vec<Pid> = self.channels.keys().copied().collect();
         let notices: Vec<(Pid, Notice)> = self
             .channels
             .iter()
             .filter(|(_, channel)| readable.contains(&channel.fd()))
-            .flat_map(|(&pid, channel)| channel.drain(pid).into_iter().map(move |n| (pid, n)))
+            .flat_map(|(&pid, channel)| {
+                let notices = channel.drain(pid, &workers);
+                notices.into_iter().map(move |n| (pid, n))
+            })
             .collect();
-        for (pid, notice) in notices {
+        for (pid, mut notice) in notices {
+            // A status first, so that the log reads in order of what happened.
+            notice
+                .said
+                .sort_by_key(|said| !matches!(said, Said::Status(_)));
             for said in notice.said {
                 self.notified(pid, notice.sender, said);
             }

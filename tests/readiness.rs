@@ -1,0 +1,419 @@
+//! `--ready=notify`, `--ready-timeout`, `--watchdog` and `--restart`'s verdicts,
+//! through the built binary, with workers that speak sd_notify's protocol
+//! (tests/workers/http.pl, `systemd-notify` from Debian's systemd, gunicorn):
+//! the old generation is signalled only once the new one said READY=1, a worker
+//! never ready is stopped while the old one serves on, and `--restart` returns a
+//! verdict instead of hanging.
+
+mod common;
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::TempDir;
+use support::*;
+
+/// start_server with the Perl test worker on a free port, `extra` options before `--`.
+fn start(extra: &[&str], env: &[(&str, &str)]) -> (Server, std::net::SocketAddr) {
+    let (server, port) = Server::start_retrying(
+        |port| {
+            let mut args = vec![format!("--port=127.0.0.1:{port}")];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args.push("--".into());
+            args.push(perl_worker().display().to_string());
+            args
+        },
+        env,
+    );
+    (server, addr("127.0.0.1", port))
+}
+
+fn arg(name: &str, path: &Path) -> String {
+    format!("--{name}={}", path.display())
+}
+
+/// A worker's environment variable, from /proc.
+fn worker_env(pid: i32, key: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|&b| b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(String::from))
+}
+
+#[test]
+fn the_old_generation_is_signalled_only_once_the_new_one_is_ready() {
+    // The worker needs 1.5 s to load; the interval alone would declare it started
+    // after 1 s, while it does not accept yet.
+    let (mut server, addr) = start(
+        &["--ready=notify", "--interval=1"],
+        &[("READY_DELAY", "1.5")],
+    );
+    let first = wait_generation(addr, 1);
+    let load = Load::start(addr, 4);
+    load.wait_more(20);
+    let hup = Instant::now();
+    server.signal(libc::SIGHUP);
+    server.wait_nth_line("starting new worker", 2);
+    let running = wait_for("the new generation to be declared running", || {
+        if server.has_line("new worker is now running") {
+            return Some(hup.elapsed());
+        }
+        // Until then the old worker is neither signalled nor gone.
+        assert!(
+            pid_alive(first),
+            "old worker {first} died before the new one was ready"
+        );
+        assert!(!server.has_line("killing old workers"));
+        None
+    });
+    assert!(
+        running >= Duration::from_millis(1400),
+        "declared running {running:?} after the HUP, before its READY=1"
+    );
+    let second = wait_generation(addr, 2);
+    server.wait_line(&format!("old worker {first} died"));
+    load.wait_more(20);
+    let (generations, failures) = load.finish();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(generations.contains(&1) && generations.contains(&2));
+    assert!(server.has_line(&format!("worker {second} status: serving generation 2")));
+    server.stop();
+}
+
+#[test]
+fn a_worker_never_ready_is_stopped_and_retried_while_the_old_one_serves() {
+    let dir = TempDir::new("notready");
+    let status = dir.path().join("status");
+    let (mut server, addr) = start(
+        &[
+            "--ready=notify",
+            "--ready-timeout=0.5",
+            "--interval=0.2",
+            &arg("status-file", &status),
+        ],
+        &[("NOT_READY_GENERATIONS", "2")],
+    );
+    let first = wait_generation(addr, 1);
+    server.signal(libc::SIGHUP);
+    let line = server.wait_line("was not ready within 0.5 secs, stopping it");
+    let stuck: i32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    // Stopped with TERM (the Perl worker exits 0 on it), and never listed.
+    server.wait_line(&format!("worker {stuck} died, status:0"));
+    assert_eq!(
+        http_get(addr).unwrap(),
+        (first, 1),
+        "the old generation serves on"
+    );
+    assert!(read_status(&status).iter().all(|&(g, _)| g != 2));
+    // The next try is generation 3, which is ready.
+    wait_generation(addr, 3);
+    assert_eq!(server.wait_status(&status, &[3]).len(), 1);
+    server.stop();
+}
+
+#[test]
+fn extend_timeout_usec_moves_the_deadline() {
+    let dir = TempDir::new("extend");
+    let status = dir.path().join("status");
+    let (mut server, addr) = start(
+        &[
+            "--ready=notify",
+            "--ready-timeout=0.5",
+            &arg("status-file", &status),
+        ],
+        &[("EXTEND_USEC", "5000000"), ("READY_DELAY", "1.2")],
+    );
+    wait_generation(addr, 1);
+    server.wait_status(&status, &[1]);
+    assert!(!server.has_line("not ready"), "{:?}", server.lines());
+    server.stop();
+}
+
+#[test]
+fn ready_from_a_grandchild_counts() {
+    let dir = TempDir::new("grandchild");
+    let status = dir.path().join("status");
+    let (mut server, addr) = start(
+        &[
+            "--ready=notify",
+            "--interval=60",
+            &arg("status-file", &status),
+        ],
+        &[("READY_FROM", "grandchild")],
+    );
+    let worker = wait_generation(addr, 1);
+    server.wait_status(&status, &[1]);
+    let line = server.wait_line(&format!("worker {worker} status: ready (from pid "));
+    assert!(!line.contains(&format!("from pid {worker})")), "{line}");
+    server.stop();
+}
+
+#[test]
+fn ready_from_outside_the_worker_does_not_count() {
+    let dir = TempDir::new("outsider");
+    let status = dir.path().join("status");
+    let (mut server, addr) = start(
+        &[
+            "--ready=notify",
+            "--ready-timeout=60",
+            &arg("status-file", &status),
+        ],
+        &[("NOT_READY_GENERATIONS", "1")],
+    );
+    let worker = wait_generation(addr, 1);
+    let socket = worker_env(worker, "NOTIFY_SOCKET").expect("the worker's NOTIFY_SOCKET");
+    let name = socket.strip_prefix('@').expect("an abstract socket");
+
+    // This test process: same uid, alive, not below the worker.
+    send_abstract(name, b"READY=1");
+    server.wait_line(&format!(
+        "dropped a notification from pid {} for worker {worker}: pid {} is neither the worker nor below it",
+        std::process::id(),
+        std::process::id()
+    ));
+    // Another uid, which has exited by the time start_server reads the message.
+    if unsafe { libc::geteuid() } == 0 {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "perl",
+                "-e",
+            ])
+            .arg(
+                "use Socket; socket(my $s, AF_UNIX, SOCK_DGRAM, 0) or die $!; \
+                 send($s, 'READY=1', 0, pack_sockaddr_un(\"\\0$ARGV[0]\")) or die $!",
+            )
+            .arg(name)
+            .output()
+            .expect("setpriv");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        server.wait_line("sent by uid 65534, not start_server's");
+    } else {
+        eprintln!("skipped the other-uid sender: not root");
+    }
+    // Malformed and oversized messages are dropped too, and disturb nothing.
+    send_abstract(name, b"\xff\xfe");
+    send_abstract(name, &[b'x'; 5000]);
+    assert!(
+        read_status(&status).is_empty(),
+        "declared started: {:?}",
+        server.lines()
+    );
+    assert_eq!(http_get(addr).unwrap().0, worker);
+    server.stop();
+}
+
+fn send_abstract(name: &str, bytes: &[u8]) {
+    use std::os::linux::net::SocketAddrExt;
+    let to = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    let socket = UnixDatagram::unbound().unwrap();
+    socket.send_to_addr(bytes, &to).unwrap();
+}
+
+#[test]
+fn watchdog_replaces_a_hung_worker() {
+    let (mut server, addr) = start(
+        &["--ready=notify", "--watchdog=0.4"],
+        &[("HUNG_GENERATIONS", "2")],
+    );
+    let first = wait_generation(addr, 1);
+    assert_eq!(
+        worker_env(first, "WATCHDOG_USEC").as_deref(),
+        Some("400000")
+    );
+    server.signal(libc::SIGHUP);
+    let hung = wait_generation(addr, 2);
+    server.wait_line(&format!(
+        "worker {hung} sent no WATCHDOG=1 for 0.4 secs, sending ABRT and restarting"
+    ));
+    // SIGABRT's raw wait status, as the original logs statuses.
+    server.wait_line(&format!("old worker {hung} died, status:{}", libc::SIGABRT));
+    let third = wait_generation(addr, 3);
+    // The pinging worker outlives several watchdog periods.
+    let since = Instant::now();
+    wait_until("three watchdog periods", || {
+        since.elapsed() > Duration::from_millis(1200)
+    });
+    assert_eq!(http_get(addr).unwrap(), (third, 3));
+    assert!(!server.has_line(&format!("worker {third} sent no WATCHDOG")));
+    assert!(!server.has_line(&format!("worker {first} sent no WATCHDOG")));
+    server.stop();
+}
+
+fn restart(pid_file: &Path, status: &Path) -> (Output, Duration) {
+    let begun = Instant::now();
+    let out = Command::new(start_server_bin())
+        .args([
+            "--restart",
+            &arg("pid-file", pid_file),
+            &arg("status-file", status),
+        ])
+        .output()
+        .expect("start_server --restart");
+    (out, begun.elapsed())
+}
+
+#[test]
+fn restart_gets_a_verdict_in_notify_mode() {
+    let dir = TempDir::new("verdict");
+    let (pid_file, status) = (dir.path().join("pid"), dir.path().join("status"));
+    let (mut server, addr) = start(
+        &[
+            "--ready=notify",
+            "--ready-timeout=1",
+            "--interval=0.2",
+            &arg("pid-file", &pid_file),
+            &arg("status-file", &status),
+        ],
+        &[("FAIL_GENERATIONS", "3"), ("NOT_READY_GENERATIONS", "5")],
+    );
+    wait_generation(addr, 1);
+    server.wait_status(&status, &[1]);
+
+    let (out, _) = restart(&pid_file, &status);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        read_status(&status).len(),
+        1,
+        "runs alone once --restart returns"
+    );
+    assert_eq!(read_status(&status)[0].0, 2);
+
+    let (out, took) = restart(&pid_file, &status);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("restart failed: generation 3: exited with status 3"),
+        "{said}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Generation 2 served throughout; the retry, generation 4, takes over.
+    server.wait_status(&status, &[4]);
+
+    let (out, took) = restart(&pid_file, &status);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("restart failed: generation 5: not ready within 1 secs"),
+        "{said}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert_eq!(http_get(addr).unwrap().1, 4, "the old generation serves on");
+    server.stop();
+}
+
+#[test]
+fn restart_gets_a_verdict_in_interval_mode() {
+    let dir = TempDir::new("verdict-interval");
+    let (pid_file, status) = (dir.path().join("pid"), dir.path().join("status"));
+    let (mut server, addr) = start(
+        &[
+            "--interval=0.5",
+            &arg("pid-file", &pid_file),
+            &arg("status-file", &status),
+        ],
+        &[("FAIL_GENERATIONS", "2")],
+    );
+    wait_generation(addr, 1);
+    server.wait_status(&status, &[1]);
+    let (out, took) = restart(&pid_file, &status);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("restart failed: generation 2: exited with status 3"),
+        "{said}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let (out, _) = restart(&pid_file, &status);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop();
+}
+
+#[test]
+fn start_servers_own_notify_socket_never_reaches_a_worker() {
+    let dir = TempDir::new("own-notify");
+    let manager = dir.path().join("manager.sock");
+    let _listening = UnixDatagram::bind(&manager).unwrap();
+    let socket = manager.display().to_string();
+    for ready in ["--ready=interval", "--ready=notify"] {
+        let (mut server, addr) = start(
+            &[ready, "--interval=0.1"],
+            &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "1000000")],
+        );
+        let worker = wait_generation(addr, 1);
+        let seen = worker_env(worker, "NOTIFY_SOCKET");
+        assert_ne!(seen.as_deref(), Some(socket.as_str()), "{ready}");
+        assert_eq!(seen.is_some(), ready == "--ready=notify");
+        assert_eq!(worker_env(worker, "WATCHDOG_USEC"), None);
+        server.stop();
+    }
+}
+
+/// Debian's gunicorn sends READY=1 itself: switched under load with an interval so
+/// long that only its notification can explain a prompt switch-over.
+#[test]
+fn gunicorn_is_switched_at_its_own_readiness_under_load() {
+    let gunicorn = PathBuf::from("/usr/bin/gunicorn");
+    if !gunicorn.exists() {
+        eprintln!("skipped: Debian's gunicorn is not installed (apt-get install gunicorn)");
+        return;
+    }
+    let dir = TempDir::new("gunicorn");
+    std::fs::write(
+        dir.path().join("app.py"),
+        "import os\n\
+         def app(environ, start_response):\n\
+         \x20   start_response('200 OK', [('Content-Type', 'text/plain')])\n\
+         \x20   return [b'hello from pid %d generation %s\\n' % (os.getpid(), os.environ['SERVER_STARTER_GENERATION'].encode())]\n",
+    )
+    .unwrap();
+    let (mut server, port) = Server::start_retrying(
+        |port| {
+            vec![
+                format!("--port=127.0.0.1:{port}"),
+                "--ready=notify".into(),
+                "--interval=60".into(),
+                "--".into(),
+                gunicorn.display().to_string(),
+                "--bind=fd://3".into(),
+                "--workers=2".into(),
+                format!("--chdir={}", dir.path().display()),
+                "app:app".into(),
+            ]
+        },
+        &[],
+    );
+    let addr = addr("127.0.0.1", port);
+    wait_generation(addr, 1);
+    let load = Load::start(addr, 4);
+    load.wait_more(50);
+    server.signal(libc::SIGHUP);
+    server.wait_line("new worker is now running");
+    wait_generation(addr, 2);
+    load.wait_more(50);
+    let (generations, failures) = load.finish();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(generations.contains(&1) && generations.contains(&2));
+    server.stop();
+}
