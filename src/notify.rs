@@ -93,13 +93,13 @@ pub fn notify(state: &str) -> std::io::Result<bool> {
         let socket = socket.unwrap_or_default().escape_ascii();
         let message = match failure {
             Failure::NotAnAddress => {
-                format!("NOTIFY_SOCKET={socket:?} is neither an absolute path nor @abstract")
+                format!("NOTIFY_SOCKET=\"{socket}\" is neither an absolute path nor @abstract")
             }
             Failure::TooLong => {
-                format!("NOTIFY_SOCKET={socket:?} is too long for a unix socket address")
+                format!("NOTIFY_SOCKET=\"{socket}\" is too long for a unix socket address")
             }
             Failure::NulInState => format!("notification {state:?} holds a NUL byte"),
-            Failure::Os(_) => format!("sending {state:?} to NOTIFY_SOCKET={socket:?}: {errno}"),
+            Failure::Os(_) => format!("sending {state:?} to NOTIFY_SOCKET=\"{socket}\": {errno}"),
         };
         std::io::Error::new(errno.kind(), message)
     })
