@@ -21,6 +21,10 @@
  * The signal handler only writes a byte to a pipe (the "self-pipe trick"):
  * poll() sees the pipe become readable, and all the work happens in the loop.
  *
+ * When NOTIFY_SOCKET is set it tells the supervisor READY=1 once it serves,
+ * STOPPING=1 when it begins to drain, and WATCHDOG=1 every WATCHDOG_USEC / 2
+ * when that is set (see worker.h).
+ *
  * Environment knobs, for tests:
  *   EXAMPLE_READY_DELAY_MS    sleep this long before serving (a slow start)
  *   EXAMPLE_DRAIN_TIMEOUT_MS  how long to drain connections after SIGTERM
@@ -148,6 +152,7 @@ int main(void)
 
     fprintf(stderr, "echo: pid %d generation %ld serving %d listener(s)\n", (int)getpid(),
             server_starter_generation(), count);
+    tell_ready(count);
 
     struct conn **conns = NULL;
     size_t nconns = 0, capconns = 0;
@@ -184,17 +189,13 @@ int main(void)
             pfds[np++] = (struct pollfd){.fd = conns[i]->fd,
                                          .events = conns[i]->len > 0 ? POLLOUT : POLLIN};
 
-        int timeout = -1;
-        if (draining) {
-            long left = drain_deadline - now_ms();
-            timeout = left > 0 ? (int)left : 0;
-        }
-        if (poll(pfds, np, timeout) < 0) {
+        if (poll(pfds, np, poll_timeout(draining ? drain_deadline : -1, now_ms())) < 0) {
             if (errno == EINTR)
                 continue;
             perror("echo: poll");
             return 1;
         }
+        watchdog_kick(now_ms());
 
         if (pfds[0].revents & POLLIN) {
             unsigned char sig;
@@ -210,6 +211,7 @@ int main(void)
                 drain_deadline = now_ms() + drain_timeout;
                 fprintf(stderr, "echo: pid %d got signal %d, draining %zu connection(s)\n",
                         (int)getpid(), sig, nconns);
+                tell_supervisor("STOPPING=1");
             }
         }
 

@@ -28,6 +28,11 @@
  *     EXAMPLE_DRAIN_TIMEOUT_MS (default 10000) the stragglers are dropped.
  * The signal handler only writes a byte to a pipe; poll() wakes up on it.
  *
+ * The supervisor hears from it through NOTIFY_SOCKET, when that is set
+ * (sd_notify messages, see worker.h): READY=1 once it serves, STOPPING=1 when
+ * it begins to drain, and WATCHDOG=1 every WATCHDOG_USEC / 2 when that is set
+ * (otherwise an idle worker never wakes up).
+ *
  * Environment knobs, for tests:
  *   EXAMPLE_READY_DELAY_MS     sleep this long before serving (a slow start)
  *   EXAMPLE_RESPONSE_DELAY_MS  hold each response this long (requests in flight
@@ -323,6 +328,7 @@ int main(void)
         sleep_ms(ready_delay);
     fprintf(stderr, "http: pid %d generation %ld serving %d stream listener(s)\n", (int)getpid(),
             server_starter_generation(), streams);
+    tell_ready(streams);
 
     struct conn **conns = NULL;
     size_t nconns = 0, capconns = 0;
@@ -379,13 +385,13 @@ int main(void)
             pfds[np++] = (struct pollfd){.fd = c->fd, .events = events};
         }
 
-        int timeout = wake_at < 0 ? -1 : wake_at > now ? (int)(wake_at - now) : 0;
-        if (poll(pfds, np, timeout) < 0) {
+        if (poll(pfds, np, poll_timeout(wake_at, now)) < 0) {
             if (errno == EINTR)
                 continue;
             perror("http: poll");
             return 1;
         }
+        watchdog_kick(now_ms());
 
         if (pfds[0].revents & POLLIN) {
             unsigned char sig;
@@ -402,6 +408,7 @@ int main(void)
                 drain_deadline = now_ms() + drain_timeout;
                 fprintf(stderr, "http: pid %d got signal %d, draining %zu connection(s)\n",
                         (int)getpid(), sig, nconns);
+                tell_supervisor("STOPPING=1");
             }
         }
 

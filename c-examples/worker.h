@@ -1,9 +1,9 @@
 /*
- * worker.h: the plumbing the C examples share, none of it about
- * libserver_starter: reading the inherited listeners into an array, the
- * self-pipe that turns SIGTERM into a poll() event, millisecond clocks, and the
- * environment knobs the tests use. Each function is static: include it from one
- * .c file per program.
+ * worker.h: the plumbing the C examples share: reading the inherited
+ * listeners into an array, telling the supervisor when they serve (READY=1,
+ * WATCHDOG=1 keep-alives, STOPPING=1), the self-pipe that turns SIGTERM into a
+ * poll() event, millisecond clocks, and the environment knobs the tests use.
+ * Each function is static: include it from one .c file per program.
  */
 #ifndef WORKER_H
 #define WORKER_H
@@ -105,6 +105,64 @@ static int set_nonblocking(int fd)
 {
     int flags = fcntl(fd, F_GETFL);
     return flags < 0 ? -1 : fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
+/* Sends `state` to the supervisor (sd_notify messages; nothing when no
+ * NOTIFY_SOCKET is set). A failure is worth a line, not an exit: the program
+ * serves all the same. */
+static void tell_supervisor(const char *state)
+{
+    int rc = server_starter_notify(state);
+    if (rc < 0) /* -errno, not a SERVER_STARTER_E* code */
+        fprintf(stderr, "%s: telling the supervisor %s: %s\n", worker_name, state, strerror(-rc));
+}
+
+/* Keep-alives: every WATCHDOG_USEC / 2 when the supervisor asks for them, at
+ * watchdog_due (ms); watchdog_every is 0 when it does not, and then the poll()
+ * loop never wakes up for them. */
+static long watchdog_every, watchdog_due;
+
+/* Tells the supervisor that the program serves, and starts the keep-alives. */
+static void tell_ready(int listeners)
+{
+    char state[64];
+    snprintf(state, sizeof state, "READY=1\nSTATUS=serving %d listener(s)", listeners);
+    tell_supervisor(state);
+
+    const char *usec = getenv("WATCHDOG_USEC"), *pid = getenv("WATCHDOG_PID");
+    if (usec == NULL || *usec == '\0')
+        return;
+    if (pid != NULL && *pid != '\0' && strtol(pid, NULL, 10) != (long)getpid())
+        return; /* meant for another process */
+    char *end;
+    unsigned long long us = strtoull(usec, &end, 10);
+    if (*end != '\0' || us == 0) {
+        fprintf(stderr, "%s: ignoring WATCHDOG_USEC=%s: not a number of microseconds\n", worker_name, usec);
+        return;
+    }
+    /* At least 1 ms, at most a day: what a poll() timeout holds. */
+    watchdog_every = us < 2000 ? 1 : us / 2000 > 86400000 ? 86400000 : (long)(us / 2000);
+    watchdog_due = now_ms() + watchdog_every;
+}
+
+/* Sends WATCHDOG=1 when it is due; call it after every poll(). */
+static void watchdog_kick(long now)
+{
+    if (watchdog_every == 0 || now < watchdog_due)
+        return;
+    tell_supervisor("WATCHDOG=1");
+    watchdog_due = now + watchdog_every;
+}
+
+/* The poll() timeout to wake up at `wake_at` (ms; -1: no need to) or for the
+ * next keep-alive, whichever comes first. */
+static int poll_timeout(long wake_at, long now)
+{
+    if (watchdog_every > 0 && (wake_at < 0 || watchdog_due < wake_at))
+        wake_at = watchdog_due;
+    if (wake_at < 0)
+        return -1;
+    return wake_at > now ? (int)(wake_at - now) : 0;
 }
 
 #endif /* WORKER_H */

@@ -1,12 +1,15 @@
 /*
  * libserver_starter: find the listening sockets a process inherited from
- * start_server (Server::Starter) or from systemd socket activation.
+ * start_server (Server::Starter) or from systemd socket activation, and
+ * tell the supervisor when the process is ready (sd_notify(3) messages).
  *
  *     server_starter_listener l[16];
  *     int n = server_starter_listeners(l, 16);
  *     if (n < 0) errx(1, "%s", server_starter_strerror(n));
  *     for (int i = 0; i < n && i < 16; i++)
  *         printf("%s fd=%d port=%d\n", l[i].name, l[i].fd, l[i].port);
+ *     // ... once serving, tell the supervisor (0: nobody listens for it):
+ *     server_starter_notify("READY=1");
  *
  * Thread safety: the functions keep no state; those that read the
  * environment use getenv() and must not run while another thread calls
@@ -207,6 +210,39 @@ int server_starter_find(const char *name);
  * it is ignored). Same environment caveats as `server_starter_listeners()`.
  */
 long server_starter_generation(void);
+
+/**
+ * Tells the supervisor how this process is doing, as `sd_notify(3)` does
+ * (without libsystemd): sends `state` as one datagram to the unix socket
+ * `NOTIFY_SOCKET` names (`/absolute/path`, or `@name` for an abstract socket),
+ * which a supervisor that listens for notifications sets (start_server, or
+ * systemd for a `Type=notify` service). `state` is one or more
+ * newline-separated assignments: `"READY=1"` once the program serves,
+ * `"READY=1\nSTATUS=serving"`, `"WATCHDOG=1"` as a keep-alive every
+ * `WATCHDOG_USEC` / 2 microseconds when that variable is set, `"STOPPING=1"`
+ * when it begins to shut down.
+ *
+ * Returns 0 when `NOTIFY_SOCKET` is unset or empty (nothing is sent, so a
+ * program may always call it), a positive number when the message was sent,
+ * and otherwise a negative errno value, as `sd_notify()` does. Unlike the
+ * other functions' results these are *not* `SERVER_STARTER_E*` codes: pass
+ * `-result` to `strerror()`, not to `server_starter_strerror()`. `-EINVAL`:
+ * `state` is NULL, or `NOTIFY_SOCKET` is neither an absolute path nor `@name`;
+ * `-ENAMETOOLONG`: it does not fit in a unix socket address; otherwise the
+ * `-errno` of `socket()` or `sendto()`, such as `-ECONNREFUSED` or `-ENOENT`
+ * when nobody listens there.
+ *
+ * Each call opens a new `SOCK_CLOEXEC` datagram socket and closes it again.
+ * It never allocates and, unlike `sd_notify()` with a non-zero
+ * `unset_environment`, never changes the environment. Like `sd_notify()`, it
+ * blocks while the receiver's queue is full. Same environment caveats as
+ * `server_starter_listeners()`.
+ *
+ * # Safety
+ *
+ * `state` must be NULL or a NUL-terminated string.
+ */
+int server_starter_notify(const char *state);
 
 /**
  * Describes an error code: a static NUL-terminated English message, never

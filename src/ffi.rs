@@ -10,6 +10,7 @@
 
 use core::ffi::{c_char, c_int, c_long, CStr};
 
+use crate::notify;
 use crate::parse::{self, Entry, ErrorKind, Source, Vars};
 use crate::query::{self, Checked};
 use crate::sys;
@@ -360,6 +361,53 @@ pub extern "C" fn server_starter_generation() -> c_long {
             .and_then(parse::parse_generation)
             .and_then(|g| c_long::try_from(g).ok())
             .unwrap_or(-1)
+    })
+}
+
+/// Tells the supervisor how this process is doing, as `sd_notify(3)` does
+/// (without libsystemd): sends `state` as one datagram to the unix socket
+/// `NOTIFY_SOCKET` names (`/absolute/path`, or `@name` for an abstract socket),
+/// which a supervisor that listens for notifications sets (start_server, or
+/// systemd for a `Type=notify` service). `state` is one or more
+/// newline-separated assignments: `"READY=1"` once the program serves,
+/// `"READY=1\nSTATUS=serving"`, `"WATCHDOG=1"` as a keep-alive every
+/// `WATCHDOG_USEC` / 2 microseconds when that variable is set, `"STOPPING=1"`
+/// when it begins to shut down.
+///
+/// Returns 0 when `NOTIFY_SOCKET` is unset or empty (nothing is sent, so a
+/// program may always call it), a positive number when the message was sent,
+/// and otherwise a negative errno value, as `sd_notify()` does. Unlike the
+/// other functions' results these are *not* `SERVER_STARTER_E*` codes: pass
+/// `-result` to `strerror()`, not to `server_starter_strerror()`. `-EINVAL`:
+/// `state` is NULL, or `NOTIFY_SOCKET` is neither an absolute path nor `@name`;
+/// `-ENAMETOOLONG`: it does not fit in a unix socket address; otherwise the
+/// `-errno` of `socket()` or `sendto()`, such as `-ECONNREFUSED` or `-ENOENT`
+/// when nobody listens there.
+///
+/// Each call opens a new `SOCK_CLOEXEC` datagram socket and closes it again.
+/// It never allocates and, unlike `sd_notify()` with a non-zero
+/// `unset_environment`, never changes the environment. Like `sd_notify()`, it
+/// blocks while the receiver's queue is full. Same environment caveats as
+/// `server_starter_listeners()`.
+///
+/// # Safety
+///
+/// `state` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn server_starter_notify(state: *const c_char) -> c_int {
+    // -EIO only if the library has a bug (see `boundary`).
+    boundary(-libc::EIO, || {
+        if state.is_null() {
+            return -libc::EINVAL;
+        }
+        // SAFETY: `state` is not NULL and the caller passes a NUL-terminated string.
+        let state = unsafe { CStr::from_ptr(state) }.to_bytes();
+        // SAFETY: the environment is read only within this call (documented).
+        let socket = unsafe { sys::getenv(c"NOTIFY_SOCKET") };
+        match notify::send(socket, state) {
+            Ok(sent) => c_int::from(sent),
+            Err(failure) => failure.errno().0.saturating_neg(),
+        }
     })
 }
 

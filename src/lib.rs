@@ -2,7 +2,9 @@
 //! (Server::Starter) or from systemd socket activation, for Rust
 //! ([`listeners`](mod@listeners)) and, through [`ffi`], for C (`include/server_starter.h`).
 //!
-//! Both APIs share one parser ([`parse`]). The `start_server` binary itself lives
+//! Both APIs share one parser ([`parse`]), and both send the supervisor
+//! `sd_notify(3)` messages such as `READY=1` ([`notify()`] in Rust,
+//! `server_starter_notify` in C). The `start_server` binary itself lives
 //! in `src/bin/start_server/`.
 //!
 //! The Rust API needs the `std` feature (on by default). Without it the crate is
@@ -15,6 +17,7 @@
 pub mod ffi;
 #[cfg(feature = "std")]
 pub mod listeners;
+mod notify;
 pub mod parse;
 mod query;
 mod sys;
@@ -23,6 +26,8 @@ mod sys;
 pub use listeners::{
     find, generation, listeners, Environment, Error, Family, Listener, SocketType,
 };
+#[cfg(feature = "std")]
+pub use notify::notify;
 pub use parse::ErrorKind;
 
 /// Without std, a panic aborts the process. The C API is written not to panic

@@ -147,6 +147,93 @@ pub fn socket_info(fd: RawFd) -> Result<SocketInfo, Errno> {
     })
 }
 
+/// A unix socket address (`sockaddr_un`) and how many of its bytes count.
+pub struct UnixAddress {
+    raw: libc::sockaddr_un,
+    len: libc::socklen_t,
+}
+
+impl UnixAddress {
+    /// A filesystem socket at `path`, NUL-terminated in `sun_path`. `None` when
+    /// it does not fit, terminating NUL included.
+    pub fn path(path: &[u8]) -> Option<Self> {
+        Self::new(path, 0, 1)
+    }
+
+    /// The abstract socket `name`: `sun_path` is a NUL then the name, and the
+    /// address is exactly that long (no terminating NUL: it would be part of
+    /// the name). `None` when it does not fit.
+    pub fn abstract_name(name: &[u8]) -> Option<Self> {
+        Self::new(name, 1, 0)
+    }
+
+    /// `bytes` at `sun_path[at..]`, followed by `trailing` NUL bytes.
+    fn new(bytes: &[u8], at: usize, trailing: usize) -> Option<Self> {
+        // SAFETY: sockaddr_un is plain integers and arrays of them: all zeros
+        // is a valid value (and the NULs the address needs).
+        let mut raw: libc::sockaddr_un = unsafe { MaybeUninit::zeroed().assume_init() };
+        raw.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let end = at.checked_add(bytes.len())?;
+        let used = end.checked_add(trailing)?;
+        if used > raw.sun_path.len() {
+            return None;
+        }
+        for (dst, &src) in raw.sun_path.get_mut(at..end)?.iter_mut().zip(bytes) {
+            *dst = src as libc::c_char;
+        }
+        let len = core::mem::offset_of!(libc::sockaddr_un, sun_path).checked_add(used)?;
+        Some(UnixAddress {
+            raw,
+            len: libc::socklen_t::try_from(len).ok()?,
+        })
+    }
+}
+
+/// Closes the descriptor it owns when dropped.
+struct Closing(RawFd);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor was opened by `send_datagram` and is closed once,
+        // here; a failed close leaves nothing to do.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Sends `data` as one datagram to `to` from a new, unbound unix datagram
+/// socket, closed again before returning. Blocks while the receiver's queue is
+/// full (as `sd_notify` does); retries when a signal interrupts it.
+pub fn send_datagram(to: &UnixAddress, data: &[u8]) -> Result<(), Errno> {
+    // SAFETY: socket takes plain integers.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    let socket = Closing(fd);
+    loop {
+        // SAFETY: `data` is readable for its length; the first `to.len` bytes of
+        // `to.raw`, a sockaddr_un, are the address.
+        let sent = unsafe {
+            libc::sendto(
+                socket.0,
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL,
+                (&to.raw as *const libc::sockaddr_un).cast(),
+                to.len,
+            )
+        };
+        if sent >= 0 {
+            // A datagram is sent whole or not at all.
+            return Ok(());
+        }
+        let error = Errno::last();
+        if error.0 != libc::EINTR {
+            return Err(error);
+        }
+    }
+}
+
 /// Sets `FD_CLOEXEC` on `fd`, keeping its other descriptor flags (Rust API only).
 #[cfg(feature = "std")]
 pub fn set_cloexec(fd: RawFd) -> Result<(), Errno> {

@@ -16,6 +16,7 @@ const EXPORTS: &[&str] = &[
     "server_starter_find",
     "server_starter_generation",
     "server_starter_listeners",
+    "server_starter_notify",
     "server_starter_parse",
     "server_starter_strerror",
     "server_starter_version",
@@ -38,6 +39,7 @@ fn library(name: &str) -> PathBuf {
     for source in [
         "src/lib.rs",
         "src/ffi.rs",
+        "src/notify.rs",
         "src/parse.rs",
         "src/query.rs",
         "src/sys.rs",
@@ -109,6 +111,7 @@ fn run_test_program(exe: &Path, library_path: Option<&Path>) -> String {
         "LISTEN_PID",
         "LISTEN_FDS",
         "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
     ] {
         cmd.env_remove(var);
     }
@@ -119,8 +122,8 @@ fn run_test_program(exe: &Path, library_path: Option<&Path>) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!stdout.contains("FAIL"), "{stdout}");
     assert!(
-        stdout.contains("starter: ") && stdout.contains("systemd: "),
-        "both stages ran:\n{stdout}"
+        stdout.contains("notify: ") && stdout.contains("starter: ") && stdout.contains("systemd: "),
+        "every stage ran:\n{stdout}"
     );
     assert!(stdout.trim_end().ends_with("ALL OK"), "{stdout}");
     stdout

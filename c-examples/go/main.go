@@ -7,9 +7,14 @@
 // On SIGTERM (start_server's "you are the old generation now") it stops
 // accepting, lets in-flight requests finish (http.Server.Shutdown closes idle
 // keep-alive connections), and exits 0.
+//
+// When NOTIFY_SOCKET is set it tells the supervisor READY=1 once it serves,
+// STOPPING=1 when it begins to drain, and WATCHDOG=1 every WATCHDOG_USEC / 2
+// when that is set (sd_notify messages, through server_starter_notify).
 package main
 
 // #cgo pkg-config: server_starter
+// #include <stdlib.h>
 // #include <server_starter.h>
 import "C"
 
@@ -22,9 +27,11 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // listeners returns what start_server (or systemd) handed us, as Go values.
@@ -40,6 +47,42 @@ func listeners() ([]C.server_starter_listener, error) {
 			return buf[:n], nil
 		}
 		buf = make([]C.server_starter_listener, n) // more than we had room for: ask again
+	}
+}
+
+// notify sends state to the supervisor (nothing when NOTIFY_SOCKET is unset).
+// A failure is logged: the worker serves all the same.
+func notify(state string) {
+	cs := C.CString(state)
+	defer C.free(unsafe.Pointer(cs))
+	if rc := C.server_starter_notify(cs); rc < 0 { // -errno, not a SERVER_STARTER_E* code
+		log.Printf("telling the supervisor %q: %v", state, syscall.Errno(-rc))
+	}
+}
+
+// watchdog sends WATCHDOG=1 every WATCHDOG_USEC / 2 until stop is closed, when
+// the supervisor asks this process for keep-alives; otherwise it returns at once.
+func watchdog(stop <-chan struct{}) {
+	usec, err := strconv.ParseUint(os.Getenv("WATCHDOG_USEC"), 10, 63)
+	if err != nil || usec == 0 {
+		return
+	}
+	if pid := os.Getenv("WATCHDOG_PID"); pid != "" && pid != strconv.Itoa(os.Getpid()) {
+		return // meant for another process
+	}
+	every := time.Duration(usec) * time.Microsecond / 2
+	if every < time.Millisecond {
+		every = time.Millisecond
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			notify("WATCHDOG=1")
+		case <-stop:
+			return
+		}
 	}
 }
 
@@ -89,9 +132,14 @@ func main() {
 		f.Close() // net.File* made their own copy of the descriptor
 	}
 	log.Printf("pid %d generation %d serving %d listener(s)", os.Getpid(), int64(C.server_starter_generation()), len(ls))
+	notify("READY=1")
+	stopWatchdog := make(chan struct{})
+	go watchdog(stopWatchdog)
 
 	sig := <-term
 	log.Printf("pid %d got %v, draining", os.Getpid(), sig)
+	notify("STOPPING=1")
+	close(stopWatchdog)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {

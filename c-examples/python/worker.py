@@ -8,6 +8,10 @@ Datagram listeners (UDP) echo each datagram back to its sender.
 On SIGTERM (start_server's "you are the old generation now") it stops
 accepting, lets the requests in flight finish, and exits 0.
 
+When NOTIFY_SOCKET is set it tells the supervisor READY=1 once it serves,
+STOPPING=1 when it begins to drain, and WATCHDOG=1 every WATCHDOG_USEC / 2
+when that is set (sd_notify messages, through server_starter_notify).
+
 The library is looked up, in order:
   1. $SERVER_STARTER_LIBRARY, a path to libserver_starter.so;
   2. pkg-config's libdir for server_starter (honouring PKG_CONFIG_PATH and
@@ -73,6 +77,8 @@ def load_library():
         lib.server_starter_generation.restype = ctypes.c_long
         lib.server_starter_strerror.argtypes = [ctypes.c_int]
         lib.server_starter_strerror.restype = ctypes.c_char_p
+        lib.server_starter_notify.argtypes = [ctypes.c_char_p]
+        lib.server_starter_notify.restype = ctypes.c_int
         return lib
     sys.exit("worker.py: cannot load libserver_starter:\n  " + "\n  ".join(tried))
 
@@ -88,6 +94,24 @@ def listeners(lib):
         if n <= cap:
             return list(buf[:n])
         cap = n  # more than we had room for: ask again
+
+
+def notify(lib, state):
+    """Sends state to the supervisor (nothing when NOTIFY_SOCKET is unset). A
+    failure is worth a line: the worker serves all the same."""
+    rc = lib.server_starter_notify(state.encode())
+    if rc < 0:  # -errno, not a SERVER_STARTER_E* code
+        print("worker.py: telling the supervisor %r: %s" % (state, os.strerror(-rc)),
+              file=sys.stderr, flush=True)
+
+
+def watchdog_interval():
+    """WATCHDOG_USEC / 2 in seconds when the supervisor asks this process for
+    keep-alives, else None."""
+    usec, pid = os.environ.get("WATCHDOG_USEC", ""), os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -153,10 +177,14 @@ def main():
         threads.append(t)
     print("worker.py: pid %d generation %d serving %d listener(s)"
           % (os.getpid(), generation, len(threads)), file=sys.stderr, flush=True)
+    notify(lib, "READY=1")
 
-    while not stop.wait(1):
-        pass
+    keep_alive = watchdog_interval()
+    while not stop.wait(keep_alive or 1):
+        if keep_alive:
+            notify(lib, "WATCHDOG=1")
     print("worker.py: pid %d draining" % os.getpid(), file=sys.stderr, flush=True)
+    notify(lib, "STOPPING=1")
     for server in servers:
         server.shutdown()      # stop accepting
         server.server_close()  # close the listener, wait for requests in flight

@@ -10,6 +10,8 @@
  *             parent waits, removes the temp dir and exits with the child's status.
  *   starter   SERVER_STARTER_PORT checks, then execs "systemd" (same pid).
  *   systemd   LISTEN_PID / LISTEN_FDS / LISTEN_FDNAMES checks.
+ * The parent also checks server_starter_notify() against datagram sockets it
+ * binds itself (an abstract one and one in the temp dir), before it forks.
  *
  * Prints "FAIL file:line: ..." for each failed check and "ALL OK" at the end
  * when there were none; exits 0 only then.
@@ -22,6 +24,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -349,6 +352,121 @@ static void stage_systemd(void) {
     printf("systemd: %d checks, %d failed\n", checks, failures);
 }
 
+/* The lowest free descriptor: unchanged by a call that closes what it opens. */
+static int lowest_free_fd(void) {
+    int fd = dup(0);
+    if (fd < 0) die("dup");
+    close(fd);
+    return fd;
+}
+
+/* A unix datagram socket bound to `addr`, with SO_PASSCRED: what a supervisor
+ * listening for notifications binds. */
+static int notify_receiver(const struct sockaddr_un *addr, socklen_t len) {
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0 ||
+        bind(fd, (const struct sockaddr *)addr, len) != 0)
+        die("notify receiver");
+    return fd;
+}
+
+/* Receives the one datagram queued on `fd` (sendto has queued it by the time it
+ * returns: nothing to wait for) into buf, NUL-terminated; returns its length,
+ * or -1 when none is there. *pid gets the sender's pid from SCM_CREDENTIALS. */
+static ssize_t receive_notification(int fd, char *buf, size_t cap, pid_t *pid) {
+    union {
+        struct cmsghdr align;
+        char bytes[CMSG_SPACE(sizeof(struct ucred))];
+    } control;
+    struct iovec iov = {.iov_base = buf, .iov_len = cap - 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes,
+                         .msg_controllen = sizeof control.bytes};
+    *pid = 0;
+    ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT);
+    if (n < 0) return -1;
+    buf[n] = '\0';
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
+            struct ucred cred;
+            memcpy(&cred, CMSG_DATA(c), sizeof cred);
+            *pid = cred.pid;
+        }
+    return n;
+}
+
+/* server_starter_notify() to an abstract socket and to one in `dir`, and every
+ * way it can fail. */
+static void check_notify(const char *dir) {
+    char buf[256], value[256];
+    pid_t pid;
+    int free_fd = lowest_free_fd();
+
+    unsetenv("NOTIFY_SOCKET");
+    CHECK_EQ(server_starter_notify("READY=1"), 0);
+    setenv("NOTIFY_SOCKET", "", 1);
+    CHECK_EQ(server_starter_notify("READY=1"), 0);
+    CHECK_EQ(server_starter_notify(NULL), -EINVAL);
+
+    /* Abstract: a NUL, then the name, and the address exactly that long. */
+    struct sockaddr_un abstract = {.sun_family = AF_UNIX};
+    int name_len = snprintf(abstract.sun_path + 1, sizeof abstract.sun_path - 1,
+                            "server_starter_test/%d/notify", (int)getpid());
+    int abstract_fd = notify_receiver(&abstract, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + name_len));
+    snprintf(value, sizeof value, "@%s", abstract.sun_path + 1);
+    setenv("NOTIFY_SOCKET", value, 1);
+    CHECK(server_starter_notify("READY=1\nSTATUS=serving") > 0);
+    CHECK_EQ(receive_notification(abstract_fd, buf, sizeof buf, &pid), 22);
+    CHECK_STR(buf, "READY=1\nSTATUS=serving");
+    CHECK_EQ(pid, getpid());
+    CHECK_EQ(receive_notification(abstract_fd, buf, sizeof buf, &pid), -1); /* one datagram only */
+    CHECK(server_starter_notify(NULL) == -EINVAL);
+    close(abstract_fd);
+    CHECK_EQ(server_starter_notify("READY=1"), -ECONNREFUSED);
+
+    /* A socket in the filesystem. */
+    struct sockaddr_un path = {.sun_family = AF_UNIX};
+    snprintf(path.sun_path, sizeof path.sun_path, "%s/notify.sock", dir);
+    int path_fd = notify_receiver(&path, sizeof path);
+    setenv("NOTIFY_SOCKET", path.sun_path, 1);
+    CHECK(server_starter_notify("WATCHDOG=1") > 0);
+    CHECK(server_starter_notify("STOPPING=1") > 0);
+    CHECK_EQ(receive_notification(path_fd, buf, sizeof buf, &pid), 10);
+    CHECK_STR(buf, "WATCHDOG=1");
+    CHECK_EQ(receive_notification(path_fd, buf, sizeof buf, &pid), 10);
+    CHECK_STR(buf, "STOPPING=1");
+    CHECK_EQ(pid, getpid());
+    close(path_fd);
+    /* The file is still there, with nobody bound to it. */
+    CHECK_EQ(server_starter_notify("READY=1"), -ECONNREFUSED);
+    unlink(path.sun_path);
+    CHECK_EQ(server_starter_notify("READY=1"), -ENOENT);
+
+    /* Not an address, or too long for one (sun_path holds 108 bytes). */
+    const char *not_addresses[] = {"notify.sock", "@", "x", "vsock:2:1"};
+    for (size_t i = 0; i < sizeof not_addresses / sizeof not_addresses[0]; i++) {
+        setenv("NOTIFY_SOCKET", not_addresses[i], 1);
+        CHECK_EQ(server_starter_notify("READY=1"), -EINVAL);
+    }
+    char longest[sizeof path.sun_path + 2];
+    memset(longest, 'x', sizeof longest);
+    longest[0] = '/';
+    longest[sizeof path.sun_path] = '\0'; /* 108 bytes: no room for the NUL */
+    setenv("NOTIFY_SOCKET", longest, 1);
+    CHECK_EQ(server_starter_notify("READY=1"), -ENAMETOOLONG);
+    longest[0] = '@';
+    longest[sizeof path.sun_path] = 'x'; /* a NUL and 108 bytes of name */
+    longest[sizeof path.sun_path + 1] = '\0';
+    setenv("NOTIFY_SOCKET", longest, 1);
+    CHECK_EQ(server_starter_notify("READY=1"), -ENAMETOOLONG);
+    longest[sizeof path.sun_path] = '\0'; /* 107 bytes of name fit: nobody there */
+    setenv("NOTIFY_SOCKET", longest, 1);
+    CHECK_EQ(server_starter_notify("READY=1"), -ECONNREFUSED);
+
+    unsetenv("NOTIFY_SOCKET");
+    CHECK_EQ(lowest_free_fd(), free_fd); /* every call closed its socket */
+    printf("notify: %d checks, %d failed\n", checks, failures);
+}
+
 static int bound(int family, int type, const struct sockaddr *addr, socklen_t len) {
     int fd = socket(family, type, 0);
     if (fd < 0) return -1;
@@ -364,6 +482,7 @@ static int stage_parent(void) {
     char dir[PATH_MAX];
     snprintf(dir, sizeof dir, "%s/server_starter_c.XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (!mkdtemp(dir)) die("mkdtemp");
+    check_notify(dir);
 
     int fds[MAX_LISTENERS], n = 0;
     struct sockaddr_in v4 = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -422,7 +541,7 @@ static int stage_parent(void) {
     if (waitpid(pid, &status, 0) != pid) die("waitpid");
     unlink(un.sun_path);
     if (rmdir(dir) != 0) die("rmdir");
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && failures == 0) {
         printf("ALL OK\n");
         return 0;
     }

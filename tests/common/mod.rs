@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod notify;
+
 /// How long anything in a test may take before it counts as hung. Generous:
 /// the tests run in parallel on a small, busy machine.
 pub const PATIENCE: Duration = Duration::from_secs(30);
