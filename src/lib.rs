@@ -27,7 +27,7 @@ pub use listeners::{
     find, generation, listeners, Environment, Error, Family, Listener, SocketType,
 };
 #[cfg(feature = "std")]
-pub use notify::notify;
+pub use notify::{notify, notify_to};
 pub use parse::ErrorKind;
 
 /// Without std, a panic aborts the process. The C API is written not to panic

@@ -84,10 +84,17 @@ pub(crate) fn send(socket: Option<&[u8]>, state: &[u8]) -> Result<bool, Failure>
 /// ```
 #[cfg(feature = "std")]
 pub fn notify(state: &str) -> std::io::Result<bool> {
+    notify_to(std::env::var_os("NOTIFY_SOCKET").as_deref(), state)
+}
+
+/// [`notify`] to the socket `socket` names (a `NOTIFY_SOCKET` value), rather than to
+/// the one in the environment: for a supervisor that took its own `NOTIFY_SOCKET`
+/// out of the environment its children inherit, as start_server does.
+#[cfg(feature = "std")]
+pub fn notify_to(socket: Option<&std::ffi::OsStr>, state: &str) -> std::io::Result<bool> {
     use std::os::unix::ffi::OsStrExt;
 
-    let socket = std::env::var_os("NOTIFY_SOCKET");
-    let socket = socket.as_deref().map(OsStrExt::as_bytes);
+    let socket = socket.map(OsStrExt::as_bytes);
     send(socket, state.as_bytes()).map_err(|failure| {
         let errno = std::io::Error::from(failure.errno());
         let socket = socket.unwrap_or_default().escape_ascii();

@@ -417,3 +417,124 @@ fn gunicorn_is_switched_at_its_own_readiness_under_load() {
     assert!(generations.contains(&1) && generations.contains(&2));
     server.stop();
 }
+
+/// Reads the next datagram a service manager's socket received, within PATIENCE.
+fn next_message(socket: &UnixDatagram) -> String {
+    socket.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a notification within the deadline");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// This test plays systemd for a `Type=notify-reload` start_server.
+#[test]
+fn start_server_reports_to_its_service_manager() {
+    let dir = TempDir::new("manager");
+    let path = dir.path().join("notify.sock");
+    let manager = UnixDatagram::bind(&path).unwrap();
+    let socket = path.display().to_string();
+    let (mut server, addr) = start(
+        &["--interval=0.3"],
+        &[("NOTIFY_SOCKET", &socket), ("FAIL_GENERATIONS", "3")],
+    );
+    let first = wait_generation(addr, 1);
+    assert_eq!(
+        next_message(&manager),
+        format!("READY=1\nSTATUS=generation 1 serving (worker {first})")
+    );
+
+    let before = monotonic_usec();
+    server.signal(libc::SIGHUP);
+    let reloading = next_message(&manager);
+    let after = monotonic_usec();
+    let lines: Vec<&str> = reloading.lines().collect();
+    assert_eq!(lines[0], "RELOADING=1", "{reloading}");
+    let usec: u64 = lines[1]
+        .strip_prefix("MONOTONIC_USEC=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(before <= usec && usec <= after, "{reloading}");
+    assert_eq!(lines[2], "STATUS=restarting: starting generation 2");
+    let second = wait_generation(addr, 2);
+    assert_eq!(
+        next_message(&manager),
+        format!("READY=1\nSTATUS=generation 2 serving (worker {second})")
+    );
+
+    // A failed restart still answers the reload, so that `systemctl reload` returns.
+    server.signal(libc::SIGHUP);
+    assert!(next_message(&manager).starts_with("RELOADING=1\n"));
+    assert_eq!(
+        next_message(&manager),
+        format!(
+            "READY=1\nSTATUS=restart failed: generation 3 exited with status 3; \
+             generation 2 serves on (worker {second})"
+        )
+    );
+    let fourth = wait_generation(addr, 4);
+    assert_eq!(
+        next_message(&manager),
+        format!("READY=1\nSTATUS=generation 4 serving (worker {fourth})")
+    );
+    server.stop();
+    assert_eq!(next_message(&manager), "STOPPING=1\nSTATUS=stopping");
+}
+
+/// The unit shipped for `Type=notify-reload`, checked by systemd's own verifier, with
+/// its program paths pointed at files that exist here.
+#[test]
+fn the_notify_reload_unit_verifies() {
+    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("skipped: systemd-analyze is not installed (apt-get install systemd)");
+        return;
+    };
+    let version = String::from_utf8_lossy(&version.stdout);
+    let major: u32 = version
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let dir = TempDir::new("unit");
+    let unit =
+        std::fs::read_to_string(common::repo_root().join("contrib/systemd/hot-deploy.service"))
+            .unwrap()
+            .replace(
+                "/usr/local/bin/start_server",
+                &start_server_bin().display().to_string(),
+            )
+            .replace(
+                "/usr/local/bin/my-server",
+                &perl_worker().display().to_string(),
+            );
+    let path = dir.path().join("hot-deploy.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    for line in said.lines().filter(|l| !l.trim().is_empty()) {
+        // systemd before 253 does not know Type=notify-reload (the unit says what to
+        // use there instead); anything else is a mistake in the unit.
+        assert!(
+            major < 253 && line.contains("Failed to parse service type, ignoring: notify-reload"),
+            "systemd {major}: {line}"
+        );
+    }
+}

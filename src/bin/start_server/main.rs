@@ -10,6 +10,7 @@ mod envdir;
 #[macro_use]
 mod log;
 mod log_file;
+mod manager;
 mod notify;
 mod pid_file;
 mod port_spec;

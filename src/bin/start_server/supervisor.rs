@@ -19,6 +19,7 @@ use crate::control_socket::ControlSocket;
 use crate::envdir::{self, Tunables};
 use crate::log;
 use crate::log_file::LogFile;
+use crate::manager::Manager;
 use crate::notify::{Channel, Notice, Said};
 use crate::signals::{self, Events, Meaning, Signal};
 use crate::spawn::Command;
@@ -116,6 +117,10 @@ pub struct Supervisor<'a> {
     /// Where `--restart` clients ask (with `--pid-file`), and who is waiting.
     control: Option<ControlSocket>,
     waiting: Vec<Waiter>,
+    /// The service manager start_server reports to, if any, and whether it was told
+    /// of a restart that has no outcome yet.
+    manager: Option<Manager>,
+    reloading: bool,
     /// When to signal the old workers, during `--kill-old-delay`.
     kill_old_at: Option<Instant>,
     /// A HUP arrived while a restart was under way: one more restart follows it.
@@ -150,6 +155,8 @@ impl<'a> Supervisor<'a> {
             watchdog_at: None,
             control,
             waiting: Vec::new(),
+            manager: Manager::from_environment(),
+            reloading: false,
             kill_old_at: None,
             hup_pending: false,
             started_at: None,
@@ -264,6 +271,9 @@ impl<'a> Supervisor<'a> {
     fn stop(&mut self, sig: c_int) {
         if !self.stopping {
             self.stopping = true;
+            if let Some(manager) = &self.manager {
+                manager.stopping();
+            }
             self.verdict(u64::MAX, "FAILED start_server is stopping");
             self.hup_pending = false;
             self.kill_old_at = None;
@@ -493,6 +503,13 @@ impl<'a> Supervisor<'a> {
         if let Some(worker) = self.current.take() {
             self.retire(worker);
         }
+        if let Some(manager) = &self.manager {
+            self.reloading = true;
+            manager.reloading(&format!(
+                "restarting: starting generation {}",
+                self.generation + 1
+            ));
+        }
         self.spawn(true);
     }
 
@@ -571,6 +588,13 @@ impl<'a> Supervisor<'a> {
         self.failures = 0;
         self.write_status();
         self.settle();
+        if let Some(manager) = &self.manager {
+            self.reloading = false;
+            manager.ready(&format!(
+                "generation {} serving (worker {})",
+                worker.generation, worker.pid
+            ));
+        }
         if !replacing {
             return;
         }
@@ -660,6 +684,19 @@ impl<'a> Supervisor<'a> {
             self.generation,
             &format!("FAILED generation {}: {why}", self.generation),
         );
+        if let (Some(manager), true) = (&self.manager, self.reloading) {
+            self.reloading = false;
+            let serving = match self.old.iter().rev().find(|(_, old)| old.listed) {
+                Some((pid, old)) => {
+                    format!("generation {} serves on (worker {pid})", old.generation)
+                }
+                None => "no generation serves".into(),
+            };
+            manager.ready(&format!(
+                "restart failed: generation {} {why}; {serving}",
+                self.generation
+            ));
+        }
         self.failures = self.failures.saturating_add(1);
         let base = self.retry_base();
         let delay = match self.settings.backoff {

@@ -652,6 +652,15 @@ pub fn send_to(fd: &OwnedFd, to: &SockAddr, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// CLOCK_MONOTONIC in microseconds, as systemd's MONOTONIC_USEC wants it.
+pub fn monotonic_usec() -> u64 {
+    // SAFETY: timespec is plain data, filled in by clock_gettime.
+    let mut ts: libc::timespec = unsafe { mem::zeroed() };
+    // SAFETY: a valid clock id and a writable timespec; it cannot fail then.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
 /// The real uid of start_server.
 pub fn getuid() -> libc::uid_t {
     // SAFETY: getuid cannot fail.

@@ -1,0 +1,45 @@
+//! start_server under a service manager: with `NOTIFY_SOCKET` in its own environment
+//! (systemd's `Type=notify` or `Type=notify-reload`), it reports its own state, as a
+//! worker reports to it: `READY=1` once generation 1 has started; on a restart
+//! `RELOADING=1`, then `READY=1` once the restart has succeeded or failed (so that
+//! `systemctl reload` never hangs); `STOPPING=1` on a stop; and `STATUS=` lines that
+//! say which generation serves.
+
+use std::ffi::OsString;
+
+use crate::sys;
+
+pub struct Manager {
+    socket: OsString,
+}
+
+impl Manager {
+    /// Takes `NOTIFY_SOCKET` out of start_server's environment, so that no worker
+    /// ever mistakes the service manager's socket for its own.
+    pub fn from_environment() -> Option<Manager> {
+        let socket = std::env::var_os("NOTIFY_SOCKET")?;
+        std::env::remove_var("NOTIFY_SOCKET");
+        Some(Manager { socket })
+    }
+
+    pub fn ready(&self, status: &str) {
+        self.tell(&format!("READY=1\nSTATUS={status}"));
+    }
+
+    pub fn reloading(&self, status: &str) {
+        let now = sys::monotonic_usec();
+        self.tell(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={now}\nSTATUS={status}"
+        ));
+    }
+
+    pub fn stopping(&self) {
+        self.tell("STOPPING=1\nSTATUS=stopping");
+    }
+
+    fn tell(&self, state: &str) {
+        if let Err(e) = server_starter::notify_to(Some(&self.socket), state) {
+            log!("failed to notify the service manager: {e}");
+        }
+    }
+}
