@@ -203,41 +203,42 @@ fn restart_without_an_instance_or_a_worker_fails_instead_of_waiting() {
 
 #[test]
 fn restart_gives_up_when_the_instance_exits() {
-    let dir = TempDir::new("restart-exit");
-    let (pid_file, status) = (dir.path().join("pid"), dir.path().join("status"));
-    // Generation 1 serves; every later one fails, so the restart can never complete.
-    let mut server = Server::start_with(
-        &[
-            &arg("pid-file", &pid_file),
-            &arg("status-file", &status),
-            "--interval=0.2",
-            "--",
-            &perl_worker().display().to_string(),
-        ],
-        &[(
-            "FAIL_GENERATIONS",
-            "2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20",
-        )],
-    );
-    server.wait_status(&status, &[1]);
-    let restart = Command::new(start_server_bin())
-        .args([
-            "--restart",
-            &arg("pid-file", &pid_file),
-            &arg("status-file", &status),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    server.wait_nth_line("seems to have failed to start", 1);
-    server.stop();
-    let out = restart.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("exited before a new generation started"),
-        "{}",
-        stderr(&out)
-    );
+    // Generation 1 serves; generation 2 is never ready, so the restart can only end
+    // with the instance: stopped (a verdict says so) or killed (the lock goes).
+    for (sig, expect) in [
+        (libc::SIGTERM, "restart failed: start_server is stopping"),
+        (libc::SIGKILL, "exited before a new generation started"),
+    ] {
+        let dir = TempDir::new("restart-exit");
+        let (pid_file, status) = (dir.path().join("pid"), dir.path().join("status"));
+        let mut server = Server::start_with(
+            &[
+                &arg("pid-file", &pid_file),
+                &arg("status-file", &status),
+                "--ready=notify",
+                "--ready-timeout=60",
+                "--",
+                &perl_worker().display().to_string(),
+            ],
+            &[("NOT_READY_GENERATIONS", "2")],
+        );
+        server.wait_status(&status, &[1]);
+        let restart = Command::new(start_server_bin())
+            .args([
+                "--restart",
+                &arg("pid-file", &pid_file),
+                &arg("status-file", &status),
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        server.wait_nth_line("starting new worker", 2);
+        server.signal(sig);
+        server.wait_exit();
+        let out = restart.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(expect), "{}", stderr(&out));
+    }
 }
 
 /// Kills a daemon (and so, through PDEATHSIG, its workers) if a test fails midway.
@@ -518,4 +519,37 @@ fn auto_restart_from_the_environment_and_its_default_kill_old_delay() {
         "{}",
         stderr(&out)
     );
+}
+
+/// An instance without a control socket (here the Perl original itself) is restarted
+/// the original's way: HUP, then the status file is watched.
+#[test]
+fn restart_of_an_instance_without_a_control_socket_watches_the_status_file() {
+    let perl = Path::new("/usr/bin/start_server");
+    assert!(perl.exists(), "apt-get install libserver-starter-perl");
+    let dir = TempDir::new("restart-perl");
+    let (pid_file, status) = (dir.path().join("pid"), dir.path().join("status"));
+    let args: Vec<String> = vec![
+        arg("pid-file", &pid_file),
+        arg("status-file", &status),
+        "--interval=1".into(),
+        "--".into(),
+        "sleep".into(),
+        "60".into(),
+    ];
+    let original = common::StartServer::spawn(perl, &args, &[], dir.path().join("log"));
+    wait_until("the original's status file", || {
+        read_status(&status).len() == 1 && fs::metadata(&pid_file).is_ok_and(|m| m.len() > 0)
+    });
+    let out = run(&[
+        "--restart",
+        &arg("pid-file", &pid_file),
+        &arg("status-file", &status),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        read_status(&status).iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![2]
+    );
+    drop(original);
 }
