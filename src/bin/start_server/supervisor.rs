@@ -242,6 +242,7 @@ impl<'a> Supervisor<'a> {
     fn stop(&mut self, sig: c_int) {
         if !self.stopping {
             self.stopping = true;
+            self.watchdog_at = None;
             if let Some(manager) = &self.manager {
                 manager.stopping();
             }
