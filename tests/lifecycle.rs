@@ -480,17 +480,22 @@ fn logrotate_with_postrotate_usr1_rotates_without_a_restart() {
         fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
     });
 
-    // The README's stanza.
+    // The README's stanza, with this test's paths.
     let conf = dir.path().join("logrotate.conf");
-    fs::write(
-        &conf,
-        format!(
-            "{} {{\n    rotate 3\n    missingok\n    notifempty\n    create 0644\n    postrotate\n        kill -USR1 \"$(cat {})\"\n    endscript\n}}\n",
-            log.display(),
-            pid_file.display()
-        ),
-    )
-    .unwrap();
+    let stanza = [
+        "weekly",
+        "rotate 8",
+        "missingok",
+        "notifempty",
+        "create 0644",
+        "delaycompress",
+        "compress",
+        "postrotate",
+        &format!("    kill -USR1 \"$(cat {})\"", pid_file.display()),
+        "endscript",
+    ];
+    let body: String = stanza.iter().map(|l| format!("    {l}\n")).collect();
+    fs::write(&conf, format!("{} {{\n{body}}}\n", log.display())).unwrap();
     let out = Command::new(logrotate)
         .arg("-f")
         .arg("-s")
