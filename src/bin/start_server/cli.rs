@@ -20,9 +20,11 @@ pub enum Mode {
         pid_file: PathBuf,
         status_file: PathBuf,
     },
-    /// `--stop`: TERM the running instance and wait for it to exit.
+    /// `--stop`: TERM the running instance and wait for it to exit; with
+    /// `--kill-timeout`, for at most that long plus `control::STOP_MARGIN`.
     Stop {
         pid_file: PathBuf,
+        kill_timeout: Option<Duration>,
     },
 }
 
@@ -156,6 +158,7 @@ Options:
   --restart               HUP the instance of --pid-file and wait until
                           --status-file shows only the new generation
   --stop                  TERM the instance of --pid-file and wait for its exit
+                          (with --kill-timeout: at most that plus 5 seconds)
   --help                  print this help
   --version               print the version number
 ";
@@ -201,6 +204,15 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
     let last = |name: &str| m.opt_strs(name).pop();
     let path = |name: &str| last(name).map(PathBuf::from);
 
+    let seconds = |name: &str| {
+        last(name)
+            .map(|s| {
+                parse_seconds(&s)
+                    .map_err(|why| invalid(format!("invalid --{name} value {s:?}: {why}")))
+            })
+            .transpose()
+    };
+
     if m.opt_present("help") {
         return Ok(Mode::Help);
     }
@@ -220,7 +232,10 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
     }
     if m.opt_present("stop") {
         return match path("pid-file") {
-            Some(pid_file) => Ok(Mode::Stop { pid_file }),
+            Some(pid_file) => Ok(Mode::Stop {
+                pid_file,
+                kill_timeout: seconds("kill-timeout")?,
+            }),
             None => Err(invalid(
                 "--stop option requires --pid-file to be set as well".into(),
             )),
@@ -244,14 +259,6 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         last(name)
             .map(|s| Signal::parse(&s).map_err(|e| invalid(format!("--{name}: {e}"))))
             .unwrap_or(Ok(Signal::term()))
-    };
-    let seconds = |name: &str| {
-        last(name)
-            .map(|s| {
-                parse_seconds(&s)
-                    .map_err(|why| invalid(format!("invalid --{name} value {s:?}: {why}")))
-            })
-            .transpose()
     };
     let backlog = match last("backlog") {
         None => libc::SOMAXCONN,
@@ -452,6 +459,24 @@ mod tests {
         assert_eq!(c.backlog, 7);
         assert_eq!(c.kill_timeout, Some(Duration::from_secs(3)));
         assert_eq!(c.backoff, Some(Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn stop_takes_the_kill_timeout_as_its_bound() {
+        let stop = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            match parse(&args) {
+                Ok(Mode::Stop { kill_timeout, .. }) => kill_timeout,
+                _ => panic!("{args:?} is not a stop"),
+            }
+        };
+        assert_eq!(stop(&["--stop", "--pid-file=p"]), None);
+        assert_eq!(
+            stop(&["--stop", "--pid-file=p", "--kill-timeout=2.5"]),
+            Some(Duration::from_millis(2500))
+        );
+        let e = error(&["--stop", "--pid-file=p", "--kill-timeout=-1"]);
+        assert!(e.message.contains("--kill-timeout"), "{}", e.message);
     }
 
     #[test]

@@ -5,19 +5,26 @@ use std::fs::File;
 use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::control_socket;
 use crate::pid_file;
 use crate::status_file;
 use crate::sys::{self, Pid, SockAddr};
 
-/// How often `--restart` looks at the status file (the original: every second).
+/// How often `--restart` looks at the status file (the original: every second), and
+/// a bounded `--stop` at the pid file's lock.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How much longer than `--kill-timeout` `--stop` waits: the instance SIGKILLs its last
+/// workers at the timeout, then reaps them, removes its files and lets a `| cmd` logger
+/// finish.
+pub const STOP_MARGIN: Duration = Duration::from_secs(5);
+
 /// TERM the instance, then wait until it has exited (its lock on the pid file is
-/// released, which happens only after its last worker is gone).
-pub fn stop(pid_file: &Path) -> Result<(), String> {
+/// released, which happens only after its last worker is gone). With `kill_timeout`
+/// (the instance's `--kill-timeout`), gives up after that plus `STOP_MARGIN`.
+pub fn stop(pid_file: &Path, kill_timeout: Option<Duration>) -> Result<(), String> {
     let (pid, file) = pid_file::running_instance(pid_file)?;
     crate::log!(
         "stop_server (pid:{}) stopping now (pid:{pid})...",
@@ -25,7 +32,24 @@ pub fn stop(pid_file: &Path) -> Result<(), String> {
     );
     sys::kill(pid, libc::SIGTERM)
         .map_err(|e| format!("failed to send SIGTERM to the server process {pid}: {e}"))?;
-    pid_file::wait_released(&file)
+    let Some(kill_timeout) = kill_timeout else {
+        return pid_file::wait_released(&file);
+    };
+    let bound = kill_timeout + STOP_MARGIN;
+    let deadline = Instant::now() + bound;
+    while pid_file::still_locked(&file) {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "start_server (pid {pid}) is still running {} secs after SIGTERM \
+                 (--kill-timeout={} plus {} secs)",
+                crate::log::seconds(bound),
+                crate::log::seconds(kill_timeout),
+                crate::log::seconds(STOP_MARGIN)
+            ));
+        }
+        thread::sleep(POLL);
+    }
+    Ok(())
 }
 
 /// Asks the instance for a restart and waits for its verdict: Ok once the new

@@ -61,7 +61,10 @@ fn main() -> ExitCode {
             pid_file,
             status_file,
         } => control::restart(&pid_file, &status_file),
-        Mode::Stop { pid_file } => control::stop(&pid_file),
+        Mode::Stop {
+            pid_file,
+            kill_timeout,
+        } => control::stop(&pid_file, kill_timeout),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
