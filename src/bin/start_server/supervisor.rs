@@ -86,6 +86,10 @@ pub struct Supervisor<'a> {
     old: BTreeMap<Pid, Old>,
     /// Failed starts in a row, for the pause before the next try.
     failures: u32,
+    /// `failures` before the current worker's start reset it: at an `--interval` below
+    /// `RETRY_FLOOR`, a worker declared started that dies within a retry pause is a
+    /// failed start after all, and the count goes on from there.
+    failures_before_start: u32,
     /// When to signal the old workers, during `--kill-old-delay`.
     kill_old_at: Option<Instant>,
     /// A HUP arrived while a restart was under way: one more restart follows it.
@@ -115,6 +119,7 @@ impl<'a> Supervisor<'a> {
             attempt: None,
             old: BTreeMap::new(),
             failures: 0,
+            failures_before_start: 0,
             kill_old_at: None,
             hup_pending: false,
             started_at: None,
@@ -284,6 +289,7 @@ impl<'a> Supervisor<'a> {
             // a failed start, whether or not it was declared started.
             let now = Instant::now();
             if now < worker.spawned_at + self.retry_base() {
+                self.failures = self.failures_before_start;
                 self.attempt = Some(Attempt {
                     worker: None,
                     spawned_at: worker.spawned_at,
@@ -403,6 +409,7 @@ impl<'a> Supervisor<'a> {
     fn started(&mut self, worker: Worker, replacing: bool) {
         self.current = Some(worker);
         self.started_at = Some(Instant::now());
+        self.failures_before_start = self.failures;
         self.failures = 0;
         self.write_status();
         if !replacing {
