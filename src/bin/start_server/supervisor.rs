@@ -270,13 +270,7 @@ impl<'a> Supervisor<'a> {
         if let Some(attempt) = &mut self.attempt {
             if attempt.worker.is_some_and(|w| w.pid == pid) {
                 log!("new worker {pid} seems to have failed to start, exit status:{status}");
-                if status == 0 {
-                    log!(
-                        "worker {pid} exited with status 0 before it had started: a server \
-                         that daemonizes itself (forks and exits) cannot be supervised; run \
-                         it in the foreground"
-                    );
-                }
+                hint_if_daemonizing(pid, status);
                 attempt.worker = None;
                 self.failed_start();
                 return;
@@ -290,6 +284,7 @@ impl<'a> Supervisor<'a> {
             let now = Instant::now();
             if now < worker.spawned_at + self.retry_base() {
                 self.failures = self.failures_before_start;
+                hint_if_daemonizing(pid, status);
                 self.attempt = Some(Attempt {
                     worker: None,
                     spawned_at: worker.spawned_at,
@@ -544,5 +539,19 @@ impl<'a> Supervisor<'a> {
             self.generation.to_string().into(),
         ));
         env
+    }
+}
+
+/// A worker that exits 0 before it has started most likely forked into the background,
+/// leaving a child that start_server reaps (as subreaper) but does not supervise. Said
+/// for a death within a retry pause at an `--interval` below the floor too, which counts
+/// as a failed start.
+fn hint_if_daemonizing(pid: Pid, status: c_int) {
+    if status == 0 {
+        log!(
+            "worker {pid} exited with status 0 before it had started: a server that \
+             daemonizes itself (forks and exits) cannot be supervised; run it in the \
+             foreground"
+        );
     }
 }
