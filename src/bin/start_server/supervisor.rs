@@ -384,7 +384,7 @@ impl<'a> Supervisor<'a> {
             Err(e) => {
                 log!(
                     "fork(2) failed: {e}; trying again in {} secs",
-                    log::seconds(self.settings.interval)
+                    log::seconds(self.pause_after(self.failures.saturating_add(1)))
                 );
                 None
             }
@@ -436,14 +436,7 @@ impl<'a> Supervisor<'a> {
     /// to `--backoff` while the failures go on.
     fn failed_start(&mut self) {
         self.failures = self.failures.saturating_add(1);
-        let base = self.retry_base();
-        let delay = match self.settings.backoff {
-            Some(max) => {
-                let doublings = (self.failures - 1).min(30);
-                base.saturating_mul(1 << doublings).min(max.max(base))
-            }
-            None => base,
-        };
+        let delay = self.pause_after(self.failures);
         if let Some(attempt) = &mut self.attempt {
             attempt.until = attempt.spawned_at + delay;
         }
@@ -453,6 +446,18 @@ impl<'a> Supervisor<'a> {
                 self.failures,
                 log::seconds(delay)
             );
+        }
+    }
+
+    /// The pause after `failures` (at least 1) failed starts in a row.
+    fn pause_after(&self, failures: u32) -> Duration {
+        let base = self.retry_base();
+        match self.settings.backoff {
+            Some(max) => {
+                let doublings = failures.saturating_sub(1).min(30);
+                base.saturating_mul(1 << doublings).min(max.max(base))
+            }
+            None => base,
         }
     }
 
