@@ -155,8 +155,17 @@ impl<'a> Supervisor<'a> {
             if arrived.has(Meaning::Reopen) {
                 self.reopen_log();
             }
-            if arrived.has(Meaning::Upgrade) {
-                log!("received USR2, ignoring it: upgrading in place is not supported yet");
+            let upgrades = arrived
+                .signals
+                .iter()
+                .filter(|r| signals::meaning(r.sig) == Some(Meaning::Upgrade));
+            for upgrade in upgrades {
+                log!(
+                    "received {} from pid {}, ignoring it: upgrading in place is not \
+                     supported yet",
+                    signals::name(upgrade.sig),
+                    upgrade.pid
+                );
             }
             if arrived.has(Meaning::Restart) {
                 self.hup();
