@@ -24,43 +24,7 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-fn worker_script(name: &str) -> String {
-    common::repo_root()
-        .join("tests/workers")
-        .join(name)
-        .display()
-        .to_string()
-}
-
 // ------------------------------------------------------------------ /proc
-
-/// Fields of /proc/PID/stat after the command name: [0] is the state, [1] the ppid.
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    Some(rest.split_whitespace().map(String::from).collect())
-}
-
-/// Every process whose parent is `pid`, with its state letter (Z for a zombie).
-fn children(pid: i32) -> Vec<(i32, char)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if let Some(fields) = stat_fields(child) {
-            if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(pid) {
-                found.push((child, fields[0].chars().next().unwrap_or('?')));
-            }
-        }
-    }
-    found.sort();
-    found
-}
 
 fn ppid(pid: i32) -> Option<i32> {
     stat_fields(pid)?.get(1)?.parse().ok()
@@ -79,16 +43,6 @@ fn vm_rss_kib(pid: i32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: i32) -> f64 {
-    let fields = stat_fields(pid).expect("/proc/PID/stat");
-    // utime and stime are fields 14 and 15 of the whole line; 3 is the state, [0] here.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 / hz
 }
 
 /// Kills, when dropped, the processes in `pids` that are still alive and still in the

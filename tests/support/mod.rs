@@ -24,6 +24,15 @@ pub fn perl_worker() -> PathBuf {
     common::repo_root().join("tests/workers/http.pl")
 }
 
+/// A script of tests/workers/, as an argument for `sh`.
+pub fn worker_script(name: &str) -> String {
+    common::repo_root()
+        .join("tests/workers")
+        .join(name)
+        .display()
+        .to_string()
+}
+
 pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     common::poll_until(what, PATIENCE, f)
 }
@@ -55,6 +64,61 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// Fields of /proc/PID/stat after the command name: [0] is the state, [1] the ppid,
+/// [2] the process group.
+pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+/// The pids of /proc whose stat field `index` (as in `stat_fields`) is `value`.
+fn processes_where(index: usize, value: i32) -> Vec<(i32, char)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Some(fields) = stat_fields(pid) {
+            if fields.get(index).and_then(|p| p.parse::<i32>().ok()) == Some(value) {
+                found.push((pid, fields[0].chars().next().unwrap_or('?')));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Every process whose parent is `pid`, with its state letter (Z for a zombie).
+pub fn children(pid: i32) -> Vec<(i32, char)> {
+    processes_where(1, pid)
+}
+
+/// Every process in the process group `pgid` (a test's start_server leads its own).
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    processes_where(2, pgid).into_iter().map(|p| p.0).collect()
+}
+
+/// The command name of `pid` (/proc/PID/comm).
+pub fn comm(pid: i32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_string())
+}
+
+/// utime + stime of `pid`, in seconds.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let fields = stat_fields(pid).expect("/proc/PID/stat");
+    // utime and stime are fields 14 and 15 of the whole line; 3 is the state, [0] here.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
 pub fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a process the test
     // started (a worker it read from start_server's log).
@@ -77,10 +141,24 @@ impl Server {
     }
 
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_wrapped(&[], args, env)
+    }
+
+    /// start_server run by `wrapper` (a command and its arguments, such as `prlimit
+    /// ...`), which must exec it, so that the pid stays start_server's.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = TempDir::new("log");
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let bin = start_server_bin();
+        let mut command: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        command.push(bin.display().to_string());
+        command.extend(args.iter().map(|s| s.to_string()));
         let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        let inner = StartServer::spawn(&start_server_bin(), &args, &env, dir.path().join("log"));
+        let inner = StartServer::spawn(
+            Path::new(&command[0]),
+            &command[1..],
+            &env,
+            dir.path().join("log"),
+        );
         Server { inner, _dir: dir }
     }
 
