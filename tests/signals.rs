@@ -186,6 +186,34 @@ fn stray_signals_leave_start_server_serving_with_the_same_worker() {
     server.stop();
 }
 
+/// XFSZ is ignored, so that a log write past RLIMIT_FSIZE fails (EFBIG) instead of
+/// killing start_server: it fills its log to the limit and lives on to stop cleanly.
+#[test]
+fn a_log_at_the_file_size_limit_does_not_kill_start_server() {
+    const LIMIT: u64 = 1024;
+    let mut server = Server::start_wrapped(
+        &["/usr/bin/prlimit", &format!("--fsize={LIMIT}"), "--"],
+        &["--interval=0.1", "--", "sleep", "600"],
+        &[],
+    );
+    server.wait_line("starting new worker");
+    let worker = server.worker_pids()[0];
+    // Real-time signals queue: each of these is one more line, far past the limit.
+    for _ in 0..100 {
+        server.signal(40);
+    }
+    let log = server.log_path();
+    wait_until("the log to reach the file size limit", || {
+        std::fs::metadata(&log).is_ok_and(|m| m.len() == LIMIT)
+    });
+    assert!(pid_alive(server.pid()), "{:?}", server.lines());
+    server.signal(libc::SIGTERM);
+    let exit = server.wait_exit();
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    assert!(!pid_alive(worker));
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), LIMIT);
+}
+
 // ------------------------------------------------------------------ retry pacing
 
 /// How many lines containing `needle` start_server logs in a 2 s window, and the CPU

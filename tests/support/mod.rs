@@ -195,6 +195,11 @@ impl Server {
         self.inner.pid()
     }
 
+    /// The file its stdout and stderr go to.
+    pub fn log_path(&self) -> PathBuf {
+        self.inner.log.clone()
+    }
+
     pub fn lines(&self) -> Vec<String> {
         self.inner.log_text().lines().map(String::from).collect()
     }
