@@ -278,8 +278,9 @@ fn backoff_doubles_the_pause_up_to_its_maximum() {
     );
     let expected = [0.1, 0.2, 0.4, 0.8, 0.8];
     for (gap, expected) in gaps.iter().zip(expected) {
-        // Never early (a timer); late by at most a busy machine's delay.
-        assert!(*gap > expected - 0.03 && *gap < expected + 0.45, "{gaps:?}");
+        // The pause is a timer, never early, but a line seen late on a busy machine
+        // shortens the gap after it; late by at most a busy machine's delay.
+        assert!(*gap > expected * 0.6 && *gap < expected + 0.45, "{gaps:?}");
     }
     assert!(
         gaps[0] < gaps[1] && gaps[1] < gaps[2] && gaps[2] < gaps[3],
