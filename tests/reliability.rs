@@ -41,16 +41,6 @@ fn vm_rss_kib(pid: i32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: i32) -> f64 {
-    let fields = stat_fields(pid).expect("/proc/PID/stat");
-    // utime and stime are fields 14 and 15 of the whole line; 3 is the state, [0] here.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 / hz
-}
-
 /// The pids of the last log line starting with `prefix` and ending in a pid list.
 fn pid_list(line: &str) -> BTreeSet<i32> {
     line.rsplit(':')

@@ -93,6 +93,17 @@ impl Server {
         Server { inner, _dir: dir }
     }
 
+    /// start_server run by `wrapper` (a command and its arguments, such as `prlimit
+    /// ...`), which must exec it, so that the pid stays start_server's.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
+        let bin = start_server_bin();
+        let bin = bin.display().to_string();
+        let mut rest: Vec<&str> = wrapper[1..].to_vec();
+        rest.push(&bin);
+        rest.extend_from_slice(args);
+        Server::start_program(Path::new(wrapper[0]), &rest, env)
+    }
+
     /// Starts start_server on a port picked by `make_args` (given a fresh free port
     /// each time), again if another process took the port first.
     pub fn start_retrying(
@@ -133,6 +144,10 @@ impl Server {
 
     pub fn pid(&self) -> i32 {
         self.inner.pid()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.inner.log.clone()
     }
 
     pub fn lines(&self) -> Vec<String> {
@@ -335,25 +350,52 @@ pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(String::from).collect())
 }
 
-/// Every process whose parent is `pid`, with its state letter (Z for a zombie).
-pub fn children(pid: i32) -> Vec<(i32, char)> {
+/// Every process whose /proc/PID/stat field `index` (after the command name) is
+/// `value`, with its state letter.
+fn processes_where(index: usize, value: i32) -> Vec<(i32, char)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = entry
+        let Some(pid) = entry
             .file_name()
             .to_str()
             .and_then(|n| n.parse::<i32>().ok())
         else {
             continue;
         };
-        if let Some(fields) = stat_fields(child) {
-            if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(pid) {
-                found.push((child, fields[0].chars().next().unwrap_or('?')));
+        if let Some(fields) = stat_fields(pid) {
+            if fields.get(index).and_then(|p| p.parse::<i32>().ok()) == Some(value) {
+                found.push((pid, fields[0].chars().next().unwrap_or('?')));
             }
         }
     }
     found.sort();
     found
+}
+
+/// Every process whose parent is `pid`, with its state letter (Z for a zombie).
+pub fn children(pid: i32) -> Vec<(i32, char)> {
+    processes_where(1, pid)
+}
+
+/// Every process in the process group `pgid` (a test's start_server leads its own).
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    processes_where(2, pgid).into_iter().map(|p| p.0).collect()
+}
+
+/// The command name of `pid` (/proc/PID/comm).
+pub fn comm(pid: i32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_string())
+}
+
+/// utime + stime of `pid`, in seconds.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let fields = stat_fields(pid).expect("/proc/PID/stat");
+    // utime and stime are fields 14 and 15 of the whole line; 3 is the state, [0] here.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
 }
 
 /// The pids of `children(pid)`.

@@ -126,7 +126,8 @@ Options:
   --path=path             unix socket to listen to (repeatable)
   --dir=path              working directory of the workers
   --interval=seconds      how long a new worker must live to count as started,
-                          and the pace of retries (default: 1; fractions allowed)
+                          and the pause before a failed one is tried again,
+                          0.1 at least (default: 1; fractions allowed)
   --signal-on-hup=SIGNAL  signal for the old workers on SIGHUP (default: TERM)
   --signal-on-term=SIGNAL signal for the workers on SIGTERM (default: TERM)
   --pid-file=filename     write start_server's pid there (locked while running)
@@ -145,8 +146,9 @@ Options:
   --kill-timeout=seconds  SIGKILL a worker still running that long after it was
                           sent --signal-on-hup or --signal-on-term (default:
                           wait for it however long it takes)
-  --backoff=seconds       double the pause between failed starts, from
-                          --interval up to this, until a generation starts
+  --backoff=seconds       double the pause between tries after each failed
+                          start in a row, up to this; back to --interval once
+                          a generation starts (default: no doubling)
   --ready=notify          a new worker has started when it sends READY=1 to the
                           NOTIFY_SOCKET it is given (sd_notify), not when it
                           outlives --interval (--ready=interval, the default)

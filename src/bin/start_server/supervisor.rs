@@ -117,6 +117,10 @@ pub struct Supervisor<'a> {
     old: BTreeMap<Pid, Old>,
     /// Failed starts in a row, for the pause before the next try.
     failures: u32,
+    /// `failures` before the current worker's start reset it: at an `--interval` below
+    /// `RETRY_FLOOR`, a worker declared started that dies within a retry pause is a
+    /// failed start after all, and the count goes on from there.
+    failures_before_start: u32,
     /// The notification sockets of the workers (`--ready=notify`, `--watchdog`), by pid.
     channels: BTreeMap<Pid, Channel>,
     /// When the current worker is hung unless it says `WATCHDOG=1` first.
@@ -158,6 +162,7 @@ impl<'a> Supervisor<'a> {
             attempt: None,
             old: BTreeMap::new(),
             failures: 0,
+            failures_before_start: 0,
             channels: BTreeMap::new(),
             watchdog_at: None,
             control,
@@ -206,8 +211,17 @@ impl<'a> Supervisor<'a> {
             if arrived.has(Meaning::Reopen) {
                 self.reopen_log();
             }
-            if arrived.has(Meaning::Upgrade) {
-                log!("received USR2, ignoring it: upgrading in place is not supported yet");
+            let upgrades = arrived
+                .signals
+                .iter()
+                .filter(|r| signals::meaning(r.sig) == Some(Meaning::Upgrade));
+            for upgrade in upgrades {
+                log!(
+                    "received {} from pid {}, ignoring it: upgrading in place is not \
+                     supported yet",
+                    signals::name(upgrade.sig),
+                    upgrade.pid
+                );
             }
             if arrived.has(Meaning::Restart) {
                 self.hup();
@@ -318,13 +332,7 @@ impl<'a> Supervisor<'a> {
         if let Some(attempt) = &mut self.attempt {
             if attempt.worker.is_some_and(|w| w.pid == pid) {
                 log!("new worker {pid} seems to have failed to start, exit status:{status}");
-                if status == 0 {
-                    log!(
-                        "worker {pid} exited with status 0 before it had started: a server \
-                         that daemonizes itself (forks and exits) cannot be supervised; run \
-                         it in the foreground"
-                    );
-                }
+                hint_if_daemonizing(pid, status);
                 attempt.worker = None;
                 self.failed_start(&exit_text(status));
                 return;
@@ -338,6 +346,8 @@ impl<'a> Supervisor<'a> {
             // a failed start, whether or not it was declared started.
             let now = Instant::now();
             if now < worker.spawned_at + self.retry_base() {
+                self.failures = self.failures_before_start;
+                hint_if_daemonizing(pid, status);
                 self.attempt = Some(Attempt {
                     worker: None,
                     spawned_at: worker.spawned_at,
@@ -426,5 +436,19 @@ fn exit_text(status: c_int) -> String {
         format!("killed by SIG{}", signals::name(libc::WTERMSIG(status)))
     } else {
         format!("exited with status {}", libc::WEXITSTATUS(status))
+    }
+}
+
+/// A worker that exits 0 before it has started most likely forked into the background,
+/// leaving a child that start_server reaps (as subreaper) but does not supervise. Said
+/// for a death within a retry pause at an `--interval` below the floor too, which counts
+/// as a failed start.
+fn hint_if_daemonizing(pid: Pid, status: c_int) {
+    if status == 0 {
+        log!(
+            "worker {pid} exited with status 0 before it had started: a server that \
+             daemonizes itself (forks and exits) cannot be supervised; run it in the \
+             foreground"
+        );
     }
 }
