@@ -77,10 +77,25 @@ impl Server {
     }
 
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_via(&[], args, env)
+    }
+
+    /// Starts start_server through `wrapper` (a command that execs the rest of its
+    /// arguments, such as `prlimit --nofile=8 --`), so that its pid is start_server's.
+    pub fn start_via(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = TempDir::new("log");
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let bin = start_server_bin();
+        let (program, mut argv) = match wrapper {
+            [] => (bin, Vec::new()),
+            [program, rest @ ..] => {
+                let mut argv: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+                argv.push(bin.display().to_string());
+                (PathBuf::from(program), argv)
+            }
+        };
+        argv.extend(args.iter().map(|s| s.to_string()));
         let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        let inner = StartServer::spawn(&start_server_bin(), &args, &env, dir.path().join("log"));
+        let inner = StartServer::spawn(&program, &argv, &env, dir.path().join("log"));
         Server { inner, _dir: dir }
     }
 

@@ -286,7 +286,7 @@ impl Supervisor {
             }
             Err(e) => {
                 log!(
-                    "fork(2) failed: {e}; trying again in {} secs",
+                    "{e}; trying again in {} secs",
                     log::seconds(self.settings.interval)
                 );
                 None
