@@ -17,6 +17,15 @@ fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A wrapper running start_server as nobody, whom RLIMIT_NPROC and file permissions
+/// bind (root ignores both).
+const AS_NOBODY: [&str; 4] = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+];
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -88,12 +97,7 @@ fn out_of_processes_the_log_names_fork_and_eagain() {
     }
     let mut wrapper = Vec::new();
     if is_root() {
-        wrapper.extend([
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-        ]);
+        wrapper.extend(AS_NOBODY);
     }
     wrapper.extend(["prlimit", "--nproc=1", "--"]);
     let mut server = Server::start_via(&wrapper, &["--interval=0.1", "--", "true"], &[]);
@@ -111,4 +115,156 @@ fn out_of_processes_the_log_names_fork_and_eagain() {
     );
     eprintln!("RLIMIT_NPROC 1: {line}");
     server.stop();
+}
+
+// ------------------------------------------------------------------ status file
+
+/// The names the temp file of `status` could be planted at: the original's
+/// (`status.PID`) and others a guesser might try, `$$` standing for start_server's pid.
+const PLANTED: &[&str] = &[
+    "status.$$",
+    ".status.$$",
+    "status.$$.tmp",
+    ".status.$$.0",
+    ".status.$$.0000000000000000",
+    ".status.$$.ffffffffffffffff",
+    ".status.tmp",
+    "status.tmp",
+    "status~",
+];
+
+/// The directory's entries, by name: each symlink's target, or the kind of the rest.
+fn listing(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let kind = match std::fs::read_link(e.path()) {
+                Ok(target) => format!("-> {}", target.display()),
+                Err(_) if e.path().is_dir() => "dir".to_string(),
+                Err(_) => "file".to_string(),
+            };
+            (e.file_name().to_string_lossy().into_owned(), kind)
+        })
+        .collect()
+}
+
+/// Symlinks planted, before start_server runs, at the status file itself and at every
+/// name its temp file could have, half to a file they must not overwrite, half to a
+/// file they must not create: both stay as they were, and the status file is right.
+#[test]
+fn status_file_writes_never_follow_a_planted_symlink() {
+    let dir = TempDir::new("st");
+    let victim = dir.path().join("victim");
+    let precious = b"precious\n\0binary\xff tail without newline";
+    std::fs::write(&victim, precious).unwrap();
+    let absent = dir.path().join("absent");
+    // Planted by the shell that execs start_server: `$$` is start_server's pid.
+    let mut script = format!("cd '{}' && ln -s victim status", dir.path().display());
+    for (i, name) in PLANTED.iter().enumerate() {
+        let target = if i % 2 == 0 { "victim" } else { "absent" };
+        script += &format!(" && ln -s {target} \"{name}\"");
+    }
+    script += " && exec \"$@\"";
+    let status = dir.path().join("status");
+    let status_arg = format!("--status-file={}", status.display());
+    let mut server = Server::start_via(
+        &["sh", "-c", &script, "sh"],
+        &["--interval=0.1", &status_arg, "--", "sleep", "600"],
+        &[],
+    );
+    let planted = |pid: i32| -> Vec<(String, String)> {
+        PLANTED
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let target = if i % 2 == 0 { "victim" } else { "absent" };
+                (name.replace("$$", &pid.to_string()), format!("-> {target}"))
+            })
+            .collect()
+    };
+    let check = |generation: u64| {
+        let entries = server.wait_status(&status, &[generation]);
+        let worker = *server.worker_pids().last().unwrap();
+        assert_eq!(entries, vec![(generation, worker)]);
+        assert!(std::fs::symlink_metadata(&status).unwrap().is_file());
+        assert_eq!(std::fs::read(&victim).unwrap(), precious);
+        assert!(!absent.exists(), "a write went through a dangling symlink");
+        let now = listing(dir.path());
+        for (name, target) in planted(server.pid()) {
+            assert_eq!(now.get(&name), Some(&target), "{name} in {now:?}");
+        }
+    };
+    check(1);
+    server.signal(libc::SIGHUP);
+    check(2);
+    server.stop();
+    // Gone at exit; nothing left but what was planted.
+    let mut expected: std::collections::BTreeMap<String, String> =
+        planted(server.pid()).into_iter().collect();
+    expected.insert("victim".into(), "file".into());
+    assert_eq!(listing(dir.path()), expected);
+    assert_eq!(std::fs::read(&victim).unwrap(), precious);
+}
+
+/// A status file that cannot be written is logged (path and errno) and does not stop
+/// start_server; the next change writes it whole. Unwritable twice over: a directory
+/// at the status file's path (the temp file is created, the rename fails, and the
+/// temp file must go), and a directory start_server may not create files in.
+#[test]
+fn status_file_failures_are_logged_cleaned_up_and_retried() {
+    let dir = TempDir::new("stf");
+    let status = dir.path().join("status");
+    std::fs::create_dir(&status).unwrap();
+    std::fs::write(status.join("keep"), "x").unwrap();
+    let status_arg = format!("--status-file={}", status.display());
+    let mut server = Server::start(&["--interval=0.1", &status_arg, "--", "sleep", "600"]);
+    let line = server.wait_line("failed to write status file");
+    assert!(
+        line.contains(&status.display().to_string()) && line.contains("(os error 21)"),
+        "{line}"
+    );
+    let stray: Vec<String> = listing(dir.path()).into_keys().collect();
+    assert_eq!(stray, vec!["status"], "the temp file was left behind");
+    std::fs::remove_dir_all(&status).unwrap();
+    server.signal(libc::SIGHUP);
+    let entries = server.wait_status(&status, &[2]);
+    assert_eq!(entries[0].1, server.worker_pids()[1]);
+    server.stop();
+    assert!(!status.exists());
+}
+
+#[test]
+fn status_file_in_a_read_only_directory_is_logged_and_retried() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("stro");
+    let status = dir.path().join("status");
+    let status_arg = format!("--status-file={}", status.display());
+    let args = ["--interval=0.1", &status_arg, "--", "sleep", "600"];
+    // Root writes anywhere: then start_server runs as nobody, to whom the directory
+    // (root's, mode 0755) is read-only.
+    let mut server = if is_root() {
+        if !have("setpriv") {
+            eprintln!("SKIP: running as root without setpriv (util-linux)");
+            return;
+        }
+        Server::start_via(&AS_NOBODY, &args, &[])
+    } else {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+        Server::start(&args)
+    };
+    let Some(line) = first_of(&mut server, &["failed to write status file"]) else {
+        eprintln!("SKIP: start_server did not start: {:?}", server.lines());
+        return;
+    };
+    assert!(
+        line.contains(&dir.path().display().to_string()) && line.contains("(os error 13)"),
+        "{line}"
+    );
+    assert!(server.has_line("starting new worker"));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_status(&status, &[2]);
+    server.stop();
+    assert!(!status.exists());
 }
