@@ -268,3 +268,118 @@ fn status_file_in_a_read_only_directory_is_logged_and_retried() {
     server.stop();
     assert!(!status.exists());
 }
+
+// ------------------------------------------------------------------ envdir
+
+/// start_server's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"))
+}
+
+/// A worker that prints the variables it was given, then waits.
+fn env_reporter(vars: &[&str]) -> Vec<String> {
+    let report: Vec<String> = vars.iter().map(|v| format!("{v}=${{{v}-unset}}")).collect();
+    let script = format!("echo \"env: {}\"; exec sleep 600", report.join(" "));
+    vec!["sh".into(), "-c".into(), script]
+}
+
+/// Two 300 MB (sparse) files in the envdir, one whose first line is short, one
+/// without a newline at all: each HUP reads at most 64 KiB of each, so start_server's
+/// peak memory stays that of an idle start_server.
+#[test]
+fn a_huge_envdir_file_costs_no_memory() {
+    let dir = TempDir::new("envbig");
+    let envdir = dir.path().join("env");
+    std::fs::create_dir(&envdir).unwrap();
+    let size = 300 << 20;
+    let no_newline = std::fs::File::create(envdir.join("NO_NEWLINE")).unwrap();
+    no_newline.set_len(size).unwrap();
+    std::fs::write(envdir.join("SHORT_LINE"), "value\n").unwrap();
+    let short_line = std::fs::OpenOptions::new()
+        .write(true)
+        .open(envdir.join("SHORT_LINE"))
+        .unwrap();
+    short_line.set_len(size).unwrap();
+    let envdir_arg = format!("--envdir={}", envdir.display());
+    let worker = env_reporter(&["SHORT_LINE", "NO_NEWLINE"]);
+    let mut args = vec!["--interval=0.1", &envdir_arg, "--"];
+    args.extend(worker.iter().map(String::as_str));
+    let mut server = Server::start(&args);
+    server.wait_line("env: SHORT_LINE=value NO_NEWLINE=unset");
+    for restart in 1..=3 {
+        server.signal(libc::SIGHUP);
+        server.wait_nth_line("killing old workers", restart);
+    }
+    assert_eq!(
+        server.count_lines("env: SHORT_LINE=value NO_NEWLINE=unset"),
+        4
+    );
+    let peak = peak_rss_kib(server.pid());
+    eprintln!("start_server VmHWM after 3 HUPs with two 300 MB envdir files: {peak} KiB");
+    assert!(peak < 4096, "VmHWM {peak} KiB");
+    let skipped = format!(
+        "envdir: skipping {}: its first line is longer than 65536 bytes",
+        envdir.join("NO_NEWLINE").display()
+    );
+    // Read at start (for start_server's own settings) and before each spawn.
+    assert!(server.count_lines(&skipped) >= 4, "{:?}", server.lines());
+    server.stop();
+}
+
+/// A FIFO (never opened for writing), a socket, a device and a directory in the
+/// envdir, directly or through symlinks: each is skipped with a log line naming it,
+/// and start_server still restarts on HUP and stops at once on TERM.
+#[test]
+fn envdir_entries_that_are_not_files_are_skipped() {
+    let dir = TempDir::new("envfifo");
+    let envdir = dir.path().join("env");
+    std::fs::create_dir(&envdir).unwrap();
+    let fifo = envdir.join("FIFO");
+    let c_path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo has no other preconditions.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    std::os::unix::fs::symlink(&fifo, envdir.join("FIFO_LINK")).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(envdir.join("SOCKET")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", envdir.join("DEVICE")).unwrap();
+    std::fs::create_dir(envdir.join("DIR")).unwrap();
+    std::fs::write(envdir.join("PLAIN"), "plain\n").unwrap();
+    let envdir_arg = format!("--envdir={}", envdir.display());
+    let worker = env_reporter(&["PLAIN", "FIFO", "FIFO_LINK", "SOCKET", "DEVICE", "DIR"]);
+    let mut args = vec!["--interval=0.1", &envdir_arg, "--"];
+    args.extend(worker.iter().map(String::as_str));
+    let mut server = Server::start(&args);
+    let report = "env: PLAIN=plain FIFO=unset FIFO_LINK=unset SOCKET=unset DEVICE=unset DIR=unset";
+    server.wait_line(report);
+    server.signal(libc::SIGHUP);
+    server.wait_line("killing old workers");
+    server.wait_nth_line(report, 2);
+    for (name, what) in [
+        ("FIFO", "a FIFO"),
+        ("FIFO_LINK", "a FIFO"),
+        ("SOCKET", "a socket"),
+        ("DEVICE", "a device"),
+        ("DIR", "a directory"),
+    ] {
+        let line = format!(
+            "envdir: skipping {}: {what}, not a regular file",
+            envdir.join(name).display()
+        );
+        assert!(
+            server.has_line(&line),
+            "no {line:?} in {:?}",
+            server.lines()
+        );
+    }
+    let asked = std::time::Instant::now();
+    server.stop();
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(5),
+        "TERM took {:?}",
+        asked.elapsed()
+    );
+}
