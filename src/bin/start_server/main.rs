@@ -10,6 +10,7 @@ mod envdir;
 mod log;
 mod log_file;
 mod pid_file;
+mod port_names;
 mod port_spec;
 mod signals;
 mod spawn;
