@@ -31,6 +31,13 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+fn mkfifo(path: &std::path::Path) {
+    let c_path = std::ffi::CString::new(path.display().to_string()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo has no other preconditions.
+    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+}
+
 /// Waits until start_server has either given up at start (`None`) or logged one of
 /// `needles` (the first line holding one).
 fn first_of(server: &mut Server, needles: &[&str]) -> Option<String> {
@@ -340,9 +347,7 @@ fn envdir_entries_that_are_not_files_are_skipped() {
     let envdir = dir.path().join("env");
     std::fs::create_dir(&envdir).unwrap();
     let fifo = envdir.join("FIFO");
-    let c_path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
-    // SAFETY: a NUL-terminated path; mkfifo has no other preconditions.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    mkfifo(&fifo);
     std::os::unix::fs::symlink(&fifo, envdir.join("FIFO_LINK")).unwrap();
     let _socket = std::os::unix::net::UnixListener::bind(envdir.join("SOCKET")).unwrap();
     std::os::unix::fs::symlink("/dev/zero", envdir.join("DEVICE")).unwrap();
@@ -382,4 +387,122 @@ fn envdir_entries_that_are_not_files_are_skipped() {
         "TERM took {:?}",
         asked.elapsed()
     );
+}
+
+// ------------------------------------------------------------------ pid file
+
+/// Instances started together on one pid file, over and over: one runs, and every
+/// other says which pid runs, or that it is still starting; never `(pid )`. The
+/// running one binds 100 unix sockets between taking the lock and writing its pid,
+/// which is the window a second instance must wait through.
+#[test]
+fn a_second_instance_names_the_running_one() {
+    let (mut named, mut starting) = (0, 0);
+    for round in 0..3 {
+        let dir = TempDir::new("race");
+        let pid_file = format!("--pid-file={}", dir.path().join("pid").display());
+        let paths: Vec<String> = (0..100)
+            .map(|i| format!("--path={}", dir.path().join(format!("{i}.sock")).display()))
+            .collect();
+        let mut args = vec![pid_file.as_str()];
+        args.extend(paths.iter().map(String::as_str));
+        args.extend(["--", "sleep", "600"]);
+        let mut instances: Vec<Server> = (0..25).map(|_| Server::start(&args)).collect();
+        let mut outcomes = Vec::new();
+        for server in &mut instances {
+            let line = first_of(server, &["starting new worker"]);
+            outcomes.push(line.is_some());
+        }
+        let running: Vec<usize> = (0..instances.len()).filter(|&i| outcomes[i]).collect();
+        assert_eq!(running.len(), 1, "round {round}: not one instance running");
+        let winner = instances[running[0]].pid();
+        for (i, server) in instances.iter_mut().enumerate() {
+            if i == running[0] {
+                continue;
+            }
+            let status = server.wait_exit();
+            let lines = server.lines();
+            assert!(!status.success() && lines.len() == 1, "{lines:?}");
+            if lines[0].contains(&format!("already running (pid {winner}): pid file")) {
+                named += 1;
+            } else if lines[0]
+                .contains("already running (still starting, pid not written yet): pid file")
+            {
+                starting += 1;
+            } else {
+                panic!("round {round}: instance {i} said {lines:?}; pid {winner} runs");
+            }
+        }
+        instances[running[0]].stop();
+    }
+    eprintln!("second instances: {named} named the running pid, {starting} said still starting");
+}
+
+/// Whether some process holds a flock(2) on the file at `path` (from /proc/locks).
+fn flocked(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ino) = std::fs::metadata(path).map(|m| m.ino()) else {
+        return false;
+    };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap();
+    locks.lines().any(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK")
+            && fields
+                .get(5)
+                .is_some_and(|f| f.ends_with(&format!(":{ino}")))
+    })
+}
+
+/// Whether process `pid` has `path` open and is asleep in a timed wait (when the
+/// kernel says where it sleeps).
+fn waiting_on(pid: i32, path: &std::path::Path) -> bool {
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == path))
+        })
+        .unwrap_or(false);
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    open && (wchan.contains("sleep") || wchan.is_empty() || wchan == "0")
+}
+
+/// The running instance holds the pid file's lock but cannot go on (its --log-file is
+/// a FIFO no one reads): a second instance waits a bounded time for its pid, then
+/// says it is still starting. A third, waiting when the first is killed, takes the
+/// lock over and starts.
+#[test]
+fn a_second_instance_waits_a_bounded_time_for_a_starting_one() {
+    let dir = TempDir::new("starting");
+    let pid_path = dir.path().join("pid");
+    let fifo = dir.path().join("log.fifo");
+    mkfifo(&fifo);
+    let pid_arg = format!("--pid-file={}", pid_path.display());
+    let log_arg = format!("--log-file={}", fifo.display());
+    let mut first = Server::start(&[&pid_arg, &log_arg, "--", "sleep", "600"]);
+    wait_until("the first instance to lock its pid file", || {
+        flocked(&pid_path)
+    });
+
+    let asked = std::time::Instant::now();
+    let mut second = Server::start(&[&pid_arg, "--", "sleep", "600"]);
+    assert!(!second.wait_exit().success());
+    let took = asked.elapsed();
+    let expected = format!(
+        "start_server: already running (still starting, pid not written yet): pid file {} is locked",
+        pid_path.display()
+    );
+    assert_eq!(second.lines(), vec![expected]);
+    assert!(took >= std::time::Duration::from_millis(900), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+
+    let third = Server::start(&[&pid_arg, "--", "sleep", "600"]);
+    wait_until("the third instance to wait for a pid", || {
+        waiting_on(third.pid(), &pid_path)
+    });
+    first.signal(libc::SIGKILL);
+    first.wait_exit();
+    third.wait_line("starting new worker");
+    let text = std::fs::read_to_string(&pid_path).unwrap();
+    assert_eq!(text, format!("{}\n", third.pid()));
 }
