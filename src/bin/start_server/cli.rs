@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use getopts::{Options, ParsingStyle};
 
+use crate::port_names;
 use crate::port_spec::{self, PortSpec};
 use crate::signals::Signal;
 
@@ -251,12 +252,24 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
             "--log-file option must be specified together with --daemonize".into(),
         ));
     }
+    // Every name must be one SERVER_STARTER_PORT can carry.
+    let carried = |option: &str, value: &str, name: &str| {
+        port_names::check(name)
+            .map_err(|why| invalid(format!("invalid --{option} value {value:?}: {why}")))
+    };
     let ports = m
         .opt_strs("port")
         .iter()
-        .map(|p| port_spec::parse(p))
-        .collect::<Result<_, _>>()
-        .map_err(invalid)?;
+        .map(|p| {
+            let spec = port_spec::parse(p).map_err(invalid)?;
+            carried("port", p, &spec.name)?;
+            Ok(spec)
+        })
+        .collect::<Result<_, _>>()?;
+    let paths = m.opt_strs("path");
+    for path in &paths {
+        carried("path", path, path)?;
+    }
     let signal = |name: &str| {
         last(name)
             .map(|s| Signal::parse(&s).map_err(|e| invalid(format!("--{name}: {e}"))))
@@ -294,7 +307,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
     }
     let config = Config {
         ports,
-        paths: m.opt_strs("path").into_iter().map(PathBuf::from).collect(),
+        paths: paths.into_iter().map(PathBuf::from).collect(),
         dir,
         interval: seconds("interval")?.unwrap_or(Duration::from_secs(1)),
         signal_on_hup: signal("signal-on-hup")?,

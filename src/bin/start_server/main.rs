@@ -13,6 +13,7 @@ mod log_file;
 mod manager;
 mod notify;
 mod pid_file;
+mod port_names;
 mod port_spec;
 mod signals;
 mod spawn;

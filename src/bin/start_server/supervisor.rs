@@ -341,6 +341,8 @@ impl<'a> Supervisor<'a> {
         if let Some(worker) = self.current.filter(|w| w.pid == pid) {
             self.current = None;
             self.watchdog_at = None;
+            // The file never lists a dead worker for the interval a respawn takes.
+            self.write_status();
             log!("worker {pid} died unexpectedly with status:{status}, restarting");
             // One that dies before a retry pause has passed is a crash loop: paced as
             // a failed start, whether or not it was declared started.

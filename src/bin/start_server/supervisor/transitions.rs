@@ -63,7 +63,7 @@ impl Supervisor<'_> {
             }
             Err(e) => {
                 log!(
-                    "fork(2) failed: {e}; trying again in {} secs",
+                    "{e}; trying again in {} secs",
                     log::seconds(self.pause_after(self.failures.saturating_add(1)))
                 );
                 None
