@@ -16,7 +16,7 @@ pub enum Mode {
     Help,
     Version,
     Start(Box<Config>),
-    /// `--restart`: HUP the running instance and wait for its new generation.
+    /// `--restart`: ask the running instance for a restart and wait for the verdict.
     Restart {
         pid_file: PathBuf,
         status_file: PathBuf,
@@ -158,8 +158,10 @@ Options:
   --watchdog=seconds      a started worker that sends no WATCHDOG=1 for that long
                           is hung: killed (ABRT) and replaced (WATCHDOG_USEC)
   --backlog=size          listen backlog (default: SOMAXCONN)
-  --restart               HUP the instance of --pid-file and wait until
-                          --status-file shows only the new generation
+  --restart               ask the instance of --pid-file for a restart and wait
+                          for the verdict: 0 once the new generation runs
+                          alone, non-zero once it failed to start (an instance
+                          without a control socket: HUP, then --status-file)
   --stop                  TERM the instance of --pid-file and wait for its exit
                           (with --kill-timeout: at most that plus 5 seconds)
   --help                  print this help
