@@ -70,6 +70,8 @@ pub fn restart(pid_file: &Path, status_file: &Path) -> Result<(), String> {
     let Some(socket) = ask_for_restart(pid)? else {
         return restart_by_signal(pid, &file, status_file, newest);
     };
+    let asked = Instant::now();
+    let mut accepted = false;
     let mut buf = [0u8; 512];
     loop {
         let _ = sys::wait_readable(&[socket.as_raw_fd()], Some(POLL));
@@ -81,6 +83,10 @@ pub fn restart(pid_file: &Path, status_file: &Path) -> Result<(), String> {
                 continue;
             }
             let verdict = String::from_utf8_lossy(&buf[..reply.len]);
+            if verdict == control_socket::ACCEPTED {
+                accepted = true;
+                continue;
+            }
             return match verdict.strip_prefix("OK ") {
                 Some(_) => Ok(()),
                 None => Err(format!(
@@ -92,8 +98,18 @@ pub fn restart(pid_file: &Path, status_file: &Path) -> Result<(), String> {
         if !pid_file::still_locked(&file) {
             return Err(exited(pid));
         }
+        // Someone else's socket under the instance's name: the instance has none.
+        if !accepted && asked.elapsed() > ACCEPT_PATIENCE {
+            crate::log!(
+                "start_server (pid {pid}) did not answer on its control socket; sending SIGHUP instead"
+            );
+            return restart_by_signal(pid, &file, status_file, newest);
+        }
     }
 }
+
+/// How long `--restart` waits for the instance to acknowledge its request.
+const ACCEPT_PATIENCE: Duration = Duration::from_secs(10);
 
 fn exited(pid: Pid) -> String {
     format!("start_server (pid {pid}) exited before a new generation started")

@@ -4,8 +4,9 @@
 //! A unix datagram socket in the abstract namespace, named after the instance's pid
 //! (`@server_starter/PID/control`), so that the client finds it from the pid file and
 //! there is no file to clean up. The client sends `RESTART` from a socket of its own;
-//! the instance acts as on SIGHUP and, once the restart has a verdict, answers
-//! `OK generation G` (the new generation runs alone) or `FAILED generation G: why`.
+//! the instance answers `ACCEPTED` at once, acts as on SIGHUP and, once the restart has
+//! a verdict, answers `OK generation G` (the new generation runs alone) or
+//! `FAILED generation G: why`.
 //! Each side checks the other's credentials: the instance serves only its own uid and
 //! root, and the client believes only the instance's pid.
 
@@ -15,6 +16,9 @@ use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use crate::sys::{self, Pid, SockAddr};
 
 pub const RESTART: &[u8] = b"RESTART";
+/// The instance's first answer, at once: the client then knows it reached the instance
+/// itself, not a socket another process took that name for, and waits for the verdict.
+pub const ACCEPTED: &str = "ACCEPTED";
 
 /// The socket's name for the instance `pid`, without the leading NUL.
 pub fn name(pid: Pid) -> String {

@@ -19,7 +19,7 @@ use std::os::raw::c_int;
 use std::os::unix::io::RawFd;
 use std::time::{Duration, Instant};
 
-use crate::control_socket::ControlSocket;
+use crate::control_socket::{self, ControlSocket};
 use crate::envdir::{self, Tunables};
 use crate::log;
 use crate::log_file::LogFile;
@@ -292,6 +292,9 @@ impl<'a> Supervisor<'a> {
         };
         for request in requests {
             log!("received a restart request from pid {}", request.pid);
+            if let Some(control) = &self.control {
+                control.reply(&request.from, control_socket::ACCEPTED);
+            }
             self.waiting.push(Waiter {
                 to: request.from,
                 after: self.generation,
@@ -416,9 +419,11 @@ impl<'a> Supervisor<'a> {
                 }
             }
             Said::ExtendTimeout(by) if starting && self.settings.ready_notify => {
+                let ready_timeout = self.settings.ready_timeout;
                 if let Some(attempt) = &mut self.attempt {
-                    // As systemd does: never sooner than --ready-timeout allowed.
-                    attempt.until = attempt.until.max(Instant::now() + by);
+                    // As systemd does: the last extension counts, and the deadline is
+                    // never sooner than --ready-timeout allowed.
+                    attempt.until = (attempt.spawned_at + ready_timeout).max(Instant::now() + by);
                 }
             }
             Said::Watchdog if current => {
