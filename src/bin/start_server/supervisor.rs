@@ -169,9 +169,11 @@ impl<'a> Supervisor<'a> {
     fn next_deadline(&self) -> Option<Instant> {
         let attempt = self.attempt.as_ref().map(|a| a.until);
         let kill = self.old.values().filter_map(|o| o.kill_at).min();
+        let logger = self.log_file.as_deref().and_then(LogFile::restart_at);
         [attempt, self.kill_old_at, self.auto_restart_at(), kill]
             .into_iter()
             .flatten()
+            .chain(logger)
             .min()
     }
 
@@ -259,9 +261,15 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// A child exited. Children that are not workers (orphans of a worker, reparented
-    /// to start_server as subreaper) are reaped and otherwise ignored.
+    /// A child exited. The logger of `--log-file="| cmd"` is restarted; children that
+    /// are neither it nor workers (orphans of a worker, reparented to start_server as
+    /// subreaper) are reaped and otherwise ignored.
     fn exited(&mut self, pid: Pid, status: c_int) {
+        if let Some(log_file) = self.log_file.as_deref_mut() {
+            if log_file.child_exited(pid, status) {
+                return;
+            }
+        }
         if let Some(attempt) = &mut self.attempt {
             if attempt.worker.is_some_and(|w| w.pid == pid) {
                 log!("new worker {pid} seems to have failed to start, exit status:{status}");
@@ -320,6 +328,9 @@ impl<'a> Supervisor<'a> {
             self.kill_old_workers();
         }
         self.kill_lingering(now);
+        if let Some(log_file) = self.log_file.as_deref_mut() {
+            log_file.fire_timers(now);
+        }
         if self.hup_pending && self.attempt.is_none() && self.kill_old_at.is_none() {
             self.hup_pending = false;
             log!("received HUP, spawning a new worker");
