@@ -42,6 +42,8 @@ pub struct Config {
     pub auto_restart_interval: Option<Duration>,
     pub kill_old_delay: Option<Duration>,
     pub backlog: i32,
+    /// Also hand the sockets to the workers as systemd does (LISTEN_FDS).
+    pub listen_fds: bool,
     pub command: Vec<String>,
 }
 
@@ -85,7 +87,12 @@ const OPTIONS: &[(&str, bool)] = &[
     ("stop", false),
     ("help", false),
     ("version", false),
+    ("listen-fds", false),
 ];
+
+/// Options the original does not have: only their full names are taken, so that
+/// every abbreviation means what it means to the original (`-l` is `--log-file`).
+const NOT_ABBREVIATED: &[&str] = &["listen-fds"];
 
 pub const HELP: &str = "\
 Usage: start_server [options] -- server-prog server-arg1 server-arg2 ...
@@ -123,6 +130,9 @@ Options:
                           wait before signalling the old workers (default: 5 with
                           --enable-auto-restart, 0 otherwise)
   --backlog=size          listen backlog (default: SOMAXCONN)
+  --listen-fds            also hand the sockets to the workers as systemd socket
+                          activation does (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES),
+                          at descriptors 3, 4, ... in SERVER_STARTER_PORT order
   --restart               HUP the instance of --pid-file and wait until
                           --status-file shows only the new generation
   --stop                  TERM the instance of --pid-file and wait for its exit
@@ -256,6 +266,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         auto_restart_interval: seconds("auto-restart-interval")?,
         kill_old_delay: seconds("kill-old-delay")?,
         backlog,
+        listen_fds: m.opt_present("listen-fds"),
         command: m.free.clone(),
     };
     if config.command.is_empty() {
@@ -305,7 +316,7 @@ fn expand_abbreviations(args: &[String]) -> Result<Vec<String>, Error> {
         let exact = OPTIONS.iter().find(|(o, _)| *o == name);
         let prefixed: Vec<_> = OPTIONS
             .iter()
-            .filter(|(o, _)| o.starts_with(name))
+            .filter(|(o, _)| o.starts_with(name) && !NOT_ABBREVIATED.contains(o))
             .collect();
         let option = match (exact, prefixed.as_slice()) {
             (Some(&option), _) | (None, [&option]) => option,
@@ -375,6 +386,18 @@ mod tests {
         assert_eq!(c.paths, vec![PathBuf::from("/tmp/x.sock")]);
         assert_eq!(c.interval, Duration::from_millis(250));
         assert_eq!(c.command, vec!["prog", "--port=9"]);
+    }
+
+    #[test]
+    fn new_options_are_not_abbreviated() {
+        let c = start(&["-l", "/tmp/log", "--listen-fds", "--", "prog"]);
+        assert_eq!(c.log_file.as_deref(), Some("/tmp/log"));
+        assert!(c.listen_fds);
+        assert!(!start(&["--", "prog"]).listen_fds);
+        assert_eq!(
+            error(&["--listen", "--", "prog"]).message,
+            "Unknown option: listen"
+        );
     }
 
     #[test]

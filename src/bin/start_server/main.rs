@@ -6,10 +6,13 @@ mod cli;
 mod control;
 mod daemon;
 mod envdir;
+mod inherited;
+mod listen_fds;
 #[macro_use]
 mod log;
 mod log_file;
 mod pid_file;
+mod plan;
 mod port_spec;
 mod signals;
 mod spawn;
@@ -21,8 +24,10 @@ use std::process::ExitCode;
 
 use bind::Listeners;
 use cli::{Config, Mode};
+use listen_fds::WorkerVars;
 use log_file::LogFile;
 use pid_file::PidFile;
+use plan::Plan;
 use signals::Events;
 use spawn::Command;
 use status_file::StatusFile;
@@ -83,7 +88,9 @@ fn start(config: Config) -> Result<(), String> {
         config.signal_on_term.number,
     )?;
 
-    let reserved = bind::reserve_pinned_fds(&config.ports)?;
+    let inherited = inherited::take()?;
+    let mut plan = Plan::new(&config.ports, &config.paths, inherited, config.listen_fds)?;
+    let reserved = plan.reserve()?;
     // Locked before binding, so that a second instance is told that it is one, rather
     // than that its ports are in use.
     let mut pid_file = config.pid_file.as_deref().map(PidFile::lock).transpose()?;
@@ -94,8 +101,7 @@ fn start(config: Config) -> Result<(), String> {
         .transpose()
         .and_then(|log_file| {
             log!("start_server (pid:{}) starting now...", std::process::id());
-            let listeners =
-                Listeners::bind(&config.ports, &config.paths, config.backlog, reserved)?;
+            let listeners = Listeners::bind(plan, config.backlog, reserved)?;
             Ok((log_file, listeners))
         });
     let result = match bound {
@@ -126,7 +132,7 @@ fn start(config: Config) -> Result<(), String> {
 fn serve(
     config: Config,
     tunables: envdir::Tunables,
-    command: Command,
+    mut command: Command,
     listeners: &Listeners,
     pid_file: Option<&mut PidFile>,
     log_file: Option<&LogFile>,
@@ -146,11 +152,14 @@ fn serve(
     if let Some(daemon) = daemon {
         daemon.ready();
     }
+    let listen_vars = WorkerVars::new(listeners, config.listen_fds);
+    command.export_listen_pid(listen_vars.exports());
     let settings = Settings {
         interval: config.interval,
         signal_on_hup: config.signal_on_hup,
         signal_on_term: config.signal_on_term,
         port_env: listeners.env_value(),
+        listen_vars,
     };
     let status_file = config.status_file.map(StatusFile::new);
     let mut supervisor = Supervisor::new(settings, tunables, command, status_file);

@@ -22,6 +22,8 @@ pub struct Command {
     dir: Option<CString>,
     /// Sent to the worker by the kernel if start_server dies without stopping it.
     parent_death_signal: c_int,
+    /// Whether the worker gets `LISTEN_PID`, its own pid (`--listen-fds`).
+    listen_pid: bool,
 }
 
 /// How a spawn went: the child exists either way and will be reaped; `exec_error` says
@@ -65,7 +67,13 @@ impl Command {
             argv,
             dir,
             parent_death_signal,
+            listen_pid: false,
         })
+    }
+
+    /// Gives every worker `LISTEN_PID` (replacing any in its environment).
+    pub fn export_listen_pid(&mut self, on: bool) {
+        self.listen_pid = on;
     }
 
     fn program(&self) -> &CString {
@@ -96,14 +104,25 @@ impl Command {
     /// Forks and execs the command with `env` (later entries override earlier ones).
     pub fn spawn(&self, env: &[(OsString, OsString)]) -> io::Result<Spawned> {
         let candidates = self.candidates(env);
-        let envp_strings = envp(env);
+        let envp_strings = envp(env, self.listen_pid);
         let argv = pointers(&self.argv);
-        let envp = pointers(&envp_strings);
+        let mut envp = pointers(&envp_strings);
+        // LISTEN_PID's entry gets a slot before the terminating NULL, filled in by
+        // the child, which alone knows its pid.
+        let mut listen_pid = self.listen_pid.then(|| {
+            envp.insert(envp.len() - 1, ptr::null());
+            (ListenPid::new(), envp.len() - 2)
+        });
         let (report_read, report_write) = sys::pipe_cloexec()?;
         let parent = std::process::id() as Pid;
 
         match sys::fork()? {
             Fork::Child => {
+                if let Some((entry, slot)) = &mut listen_pid {
+                    if let Some(pointer) = envp.get_mut(*slot) {
+                        *pointer = entry.fill(sys::child_getpid());
+                    }
+                }
                 self.exec_child(parent, &candidates, &argv, &envp, report_write.as_raw_fd())
             }
             Fork::Parent(pid) => {
@@ -179,11 +198,45 @@ fn child_fail(fd: RawFd, stage: u8, errno: c_int) -> ! {
     sys::child_exit(255)
 }
 
-/// `KEY=VALUE` strings; an entry with a NUL byte cannot be passed and is left out.
-fn envp(env: &[(OsString, OsString)]) -> Vec<CString> {
+/// `KEY=VALUE` strings; an entry with a NUL byte cannot be passed and is left out, and
+/// so is `LISTEN_PID` when the child writes its own.
+fn envp(env: &[(OsString, OsString)], own_listen_pid: bool) -> Vec<CString> {
     env.iter()
+        .filter(|(k, _)| !(own_listen_pid && k == "LISTEN_PID"))
         .filter_map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok())
         .collect()
+}
+
+/// The `LISTEN_PID=<pid>` entry, in a buffer made before fork and filled in the child
+/// without allocating.
+struct ListenPid([u8; ListenPid::SIZE]);
+
+impl ListenPid {
+    const PREFIX: &'static [u8] = b"LISTEN_PID=";
+    /// The prefix, the ten digits of the largest pid_t, and the NUL.
+    const SIZE: usize = Self::PREFIX.len() + 10 + 1;
+
+    fn new() -> ListenPid {
+        let mut entry = [0; Self::SIZE];
+        for (dst, &src) in entry.iter_mut().zip(Self::PREFIX) {
+            *dst = src;
+        }
+        ListenPid(entry)
+    }
+
+    /// Writes `pid` after the prefix, NUL-terminated; returns the entry for envp.
+    /// Async-signal-safe: no allocation, no panic.
+    fn fill(&mut self, pid: Pid) -> *const c_char {
+        let pid = pid.unsigned_abs();
+        let width = pid.checked_ilog10().unwrap_or(0) + 1;
+        for (i, dst) in (0u32..).zip(self.0.iter_mut().skip(Self::PREFIX.len())) {
+            *dst = match width.checked_sub(i + 1) {
+                Some(power) => b'0' + (pid / 10u32.pow(power) % 10) as u8,
+                None => 0,
+            };
+        }
+        self.0.as_ptr().cast()
+    }
 }
 
 /// The NULL-terminated pointer array execve wants; `strings` must outlive it.
@@ -193,4 +246,25 @@ fn pointers(strings: &[CString]) -> Vec<*const c_char> {
         .map(|s| s.as_ptr())
         .chain(Some(ptr::null()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_pid_entry() {
+        let mut entry = ListenPid::new();
+        for (pid, text) in [
+            (1, "LISTEN_PID=1"),
+            (4_194_304, "LISTEN_PID=4194304"),
+            (Pid::MAX, "LISTEN_PID=2147483647"),
+            (10, "LISTEN_PID=10"),
+        ] {
+            assert_eq!(entry.fill(pid), entry.0.as_ptr().cast());
+            let (written, rest) = entry.0.split_at(text.len());
+            assert_eq!(written, text.as_bytes());
+            assert!(rest.iter().all(|&b| b == 0), "{text}: {rest:?}");
+        }
+    }
 }

@@ -15,6 +15,7 @@ use std::os::raw::c_int;
 use std::time::{Duration, Instant};
 
 use crate::envdir::{self, Tunables};
+use crate::listen_fds::WorkerVars;
 use crate::log;
 use crate::signals::{Events, Signal};
 use crate::spawn::Command;
@@ -27,6 +28,8 @@ pub struct Settings {
     pub signal_on_term: Signal,
     /// The value of SERVER_STARTER_PORT.
     pub port_env: String,
+    /// systemd's variables for the workers (`--listen-fds`).
+    pub listen_vars: WorkerVars,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -373,6 +376,7 @@ impl Supervisor {
             Err(e) => log!("{e}; keeping the previous settings"),
         }
         env.retain(|(k, _)| k != "SERVER_STARTER_PORT" && k != "SERVER_STARTER_GENERATION");
+        self.settings.listen_vars.apply(&mut env);
         // The original exports its `||= 360` default too (from the second generation
         // on); workers see the interval in force from the first.
         if let Some(interval) = self.tunables.auto_restart {
