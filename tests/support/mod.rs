@@ -8,6 +8,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::Duration;
 
 use crate::common::{self, StartServer, TempDir, PATIENCE};
@@ -77,10 +80,15 @@ impl Server {
     }
 
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = std::process::Command::new(start_server_bin());
+        cmd.args(args).envs(env.iter().copied());
+        Server::spawn(cmd)
+    }
+
+    /// Runs `cmd`: start_server, or a program that execs it (`systemd-socket-activate`).
+    pub fn spawn(cmd: std::process::Command) -> Server {
         let dir = TempDir::new("log");
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        let inner = StartServer::spawn(&start_server_bin(), &args, &env, dir.path().join("log"));
+        let inner = StartServer::spawn_command(cmd, dir.path().join("log"));
         Server { inner, _dir: dir }
     }
 
@@ -235,4 +243,81 @@ pub fn wait_generation(addr: SocketAddr, generation: u64) -> i32 {
 
 pub fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// Requests in a loop from a few threads until stopped: (answers by generation, failures).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+    generations: Arc<Mutex<Vec<u64>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    /// Requests made so far, answered or not.
+    pub count: Arc<AtomicUsize>,
+}
+
+impl Load {
+    pub fn start(addr: std::net::SocketAddr, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let generations = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let count = Arc::new(AtomicUsize::new(0));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, generations, failures, count) = (
+                    stop.clone(),
+                    generations.clone(),
+                    failures.clone(),
+                    count.clone(),
+                );
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match http_get(addr) {
+                            Ok((_, g)) => generations.lock().unwrap().push(g),
+                            Err(e) => failures.lock().unwrap().push(e.to_string()),
+                        }
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            generations,
+            failures,
+            count,
+        }
+    }
+
+    /// Waits until `n` more requests have been made.
+    pub fn wait_more(&self, n: usize) {
+        let before = self.count.load(Ordering::Relaxed);
+        wait_until(&format!("{n} more requests"), || {
+            self.count.load(Ordering::Relaxed) >= before + n
+        });
+    }
+
+    /// Stops the clients, failing the test if any request failed; returns the
+    /// generations that answered, in order.
+    pub fn finish_without_failures(self) -> Vec<u64> {
+        let (generations, failures) = self.finish();
+        assert!(
+            failures.is_empty(),
+            "{} of {} requests failed: {:?}",
+            failures.len(),
+            generations.len() + failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        generations
+    }
+
+    pub fn finish(self) -> (Vec<u64>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let generations = self.generations.lock().unwrap().clone();
+        let failures = self.failures.lock().unwrap().clone();
+        (generations, failures)
+    }
 }
