@@ -122,13 +122,18 @@ impl StartServer {
         envs: &[(&str, String)],
         log: PathBuf,
     ) -> StartServer {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
+        StartServer::spawn_command(cmd, log)
+    }
+
+    /// Spawns `cmd` (start_server, or a program that execs it), logging to `log`.
+    pub fn spawn_command(mut cmd: Command, log: PathBuf) -> StartServer {
         let out =
             fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
         let err = out.try_clone().expect("dup of the log file");
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             // A group of its own: the guard can then reach the workers too, even
@@ -136,7 +141,7 @@ impl StartServer {
             .process_group(0);
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning {} {args:?}: {e}", program.display()));
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         StartServer {
             child,
             log,

@@ -130,6 +130,13 @@ impl Server {
         Server::start_program(&start_server_bin(), args, env)
     }
 
+    /// Runs `cmd`: start_server, or a program that execs it (`systemd-socket-activate`).
+    pub fn spawn(cmd: std::process::Command) -> Server {
+        let dir = TempDir::new("log");
+        let inner = StartServer::spawn_command(cmd, dir.path().join("log"));
+        Server { inner, _dir: dir }
+    }
+
     /// Runs `program` with `args` instead of start_server: a wrapper (`unshare ...`)
     /// that ends by running it. `pid` is then the wrapper's.
     pub fn start_program(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
@@ -368,6 +375,20 @@ impl Load {
         let generations = self.generations.lock().unwrap().clone();
         let failures = self.failures.lock().unwrap().clone();
         (generations, failures)
+    }
+
+    /// Stops the clients, failing the test if any request failed; returns the
+    /// generations that answered, in order.
+    pub fn finish_without_failures(self) -> Vec<u64> {
+        let (generations, failures) = self.finish();
+        assert!(
+            failures.is_empty(),
+            "{} of {} requests failed: {:?}",
+            failures.len(),
+            generations.len() + failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        generations
     }
 
     /// Waits until `n` more requests have been answered or failed.
