@@ -612,24 +612,11 @@ impl SockAddr {
 
     /// A unix-domain address; `None` when the path does not fit in sun_path.
     pub fn unix(path: &[u8]) -> Option<SockAddr> {
-        // SAFETY: as in from_std.
-        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-        // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_un; the
-        // zeroed storage is a valid sockaddr_un.
-        let sun: &mut libc::sockaddr_un = unsafe { &mut *ptr::addr_of_mut!(storage).cast() };
         // The path needs a terminating NUL inside sun_path.
-        if path.is_empty() || path.len() >= sun.sun_path.len() || path.contains(&0) {
+        if path.is_empty() || path.contains(&0) {
             return None;
         }
-        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (dst, &src) in sun.sun_path.iter_mut().zip(path) {
-            *dst = src as c_char;
-        }
-        let len = mem::size_of::<libc::sa_family_t>() + path.len() + 1;
-        Some(SockAddr {
-            storage,
-            len: len as libc::socklen_t,
-        })
+        SockAddr::unix_bytes(path)
     }
 
     /// An address in the abstract namespace (`name` without the leading NUL).
@@ -643,20 +630,7 @@ impl SockAddr {
         Some(addr)
     }
 
-    /// The abstract name of a unix address, without its leading NUL: `None` for a path
-    /// or an unnamed address.
-    pub fn abstract_name(&self) -> Option<&[u8]> {
-        // SAFETY: as in `unix`; only read as a sockaddr_un when the family says so.
-        let sun: &libc::sockaddr_un = unsafe { &*ptr::addr_of!(self.storage).cast() };
-        let len = (self.len as usize).checked_sub(mem::size_of::<libc::sa_family_t>())?;
-        if sun.sun_family != libc::AF_UNIX as libc::sa_family_t || len < 2 || sun.sun_path[0] != 0 {
-            return None;
-        }
-        let path = &sun.sun_path[1..len.min(sun.sun_path.len())];
-        // SAFETY: c_char and u8 have the same size and alignment.
-        Some(unsafe { std::slice::from_raw_parts(path.as_ptr().cast(), path.len()) })
-    }
-
+    /// `path` as sun_path's bytes, NUL-terminated (an abstract name starts with NUL).
     fn unix_bytes(path: &[u8]) -> Option<SockAddr> {
         // SAFETY: as in from_std.
         let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
