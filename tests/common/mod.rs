@@ -177,14 +177,33 @@ impl StartServer {
         );
     }
 
-    /// Waits for start_server to exit, failing the test (with its log) at `timeout`.
+    /// Waits for start_server to exit, failing the test (with its log, and what is
+    /// left of its process group) at `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let log = self.log.clone();
-        poll_until(
-            &format!("start_server to exit (log {})", log.display()),
-            timeout,
-            || self.try_status(),
-        )
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let ps = Command::new("ps")
+                    .args(["-e", "-o", "pgid=,pid=,ppid=,stat=,wchan:20=,args="])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let group = self.pid().to_string();
+                let ps: Vec<&str> = ps
+                    .lines()
+                    .filter(|l| l.split_whitespace().next() == Some(group.as_str()))
+                    .collect();
+                let ps = ps.join("\n");
+                panic!(
+                    "start_server did not exit within {timeout:?}; its log:\n{}\nits group:\n{ps}",
+                    self.log_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Pids of the workers it said it started ("starting new worker N"), in order.
