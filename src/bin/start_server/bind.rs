@@ -244,3 +244,36 @@ fn inheritable(fd: OwnedFd) -> io::Result<RawFd> {
     sys::set_cloexec(fd.as_raw_fd(), false)?;
     Ok(fd.into_raw_fd())
 }
+
+// ---------------------------------------------------------------- upgrade in place
+
+/// One socket as the upgrade state carries it: its name, its descriptor, and the unix
+/// socket file this instance created there, as (path, device, inode).
+pub type Handover = (String, RawFd, Option<(PathBuf, u64, u64)>);
+
+impl Listeners {
+    pub fn handover(&self) -> Vec<Handover> {
+        self.0
+            .iter()
+            .map(|l| {
+                let file = l.unix_file.as_ref();
+                let file = file.map(|f| (f.path.clone(), f.dev, f.ino));
+                (l.name.clone(), l.fd, file)
+            })
+            .collect()
+    }
+
+    /// The sockets of the previous image, still open at the same descriptors.
+    pub fn taken_over(sockets: Vec<Handover>) -> Listeners {
+        Listeners(
+            sockets
+                .into_iter()
+                .map(|(name, fd, file)| Listener {
+                    name,
+                    fd,
+                    unix_file: file.map(|(path, dev, ino)| UnixFile { path, dev, ino }),
+                })
+                .collect(),
+        )
+    }
+}

@@ -24,6 +24,11 @@ pub enum Mode {
     Stop {
         pid_file: PathBuf,
     },
+    /// `--upgrade`: have the running instance re-execute its binary in place, and say
+    /// whether it now runs the new one.
+    Upgrade {
+        pid_file: PathBuf,
+    },
 }
 
 pub struct Config {
@@ -97,6 +102,7 @@ const OPTIONS: &[(&str, bool)] = &[
     ("ready", true),
     ("ready-timeout", true),
     ("watchdog", true),
+    ("upgrade", false),
 ];
 
 /// How many of `OPTIONS` are the original's.
@@ -156,6 +162,9 @@ Options:
   --restart               HUP the instance of --pid-file and wait until
                           --status-file shows only the new generation
   --stop                  TERM the instance of --pid-file and wait for its exit
+  --upgrade               have the instance of --pid-file re-execute its binary
+                          in place (SIGUSR2), keeping its sockets and workers,
+                          and say whether it now runs the new one
   --help                  print this help
   --version               print the version number
 ";
@@ -215,6 +224,14 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
             }),
             _ => Err(invalid(
                 "--restart option requires --pid-file and --status-file to be set as well".into(),
+            )),
+        };
+    }
+    if m.opt_present("upgrade") {
+        return match path("pid-file") {
+            Some(pid_file) => Ok(Mode::Upgrade { pid_file }),
+            None => Err(invalid(
+                "--upgrade option requires --pid-file to be set as well".into(),
             )),
         };
     }
@@ -517,6 +534,7 @@ mod tests {
             .message
             .contains("--status-file"));
         assert!(error(&["--stop"]).message.contains("--pid-file"));
+        assert!(error(&["--upgrade"]).message.contains("--pid-file"));
         assert!(error(&["--dir=/nonexistent/dir", "--", "x"])
             .message
             .contains("/nonexistent/dir"));

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::control_socket;
 use crate::pid_file;
@@ -13,7 +13,7 @@ use crate::status_file;
 use crate::sys::{self, Pid, SockAddr};
 
 /// How often `--restart` looks at the status file (the original: every second).
-const POLL: Duration = Duration::from_millis(50);
+pub const POLL: Duration = Duration::from_millis(50);
 
 /// TERM the instance, then wait until it has exited (its lock on the pid file is
 /// released, which happens only after its last worker is gone).
@@ -43,31 +43,13 @@ pub fn restart(pid_file: &Path, status_file: &Path) -> Result<(), String> {
                 status_file.display()
             )
         })?;
-    let Some(socket) = ask_for_restart(pid)? else {
+    let Some(socket) = ask(pid, control_socket::RESTART, "a restart")? else {
         return restart_by_signal(pid, &file, status_file, newest);
     };
-    let mut buf = [0u8; 512];
-    loop {
-        let _ = sys::wait_readable(&[socket.as_raw_fd()], Some(POLL));
-        while let Some(reply) = sys::receive(&socket, &mut buf)
-            .map_err(|e| format!("failed to read the reply of start_server (pid {pid}): {e}"))?
-        {
-            // Only the instance itself is believed.
-            if reply.credentials.map(|(sender, _)| sender) != Some(pid) {
-                continue;
-            }
-            let verdict = String::from_utf8_lossy(&buf[..reply.len]);
-            return match verdict.strip_prefix("OK ") {
-                Some(_) => Ok(()),
-                None => Err(format!(
-                    "restart failed: {}",
-                    verdict.strip_prefix("FAILED ").unwrap_or(&verdict)
-                )),
-            };
-        }
-        if !pid_file::still_locked(&file) {
-            return Err(exited(pid));
-        }
+    match answer(pid, &socket, &file, None)? {
+        Answer::Ok(_) => Ok(()),
+        Answer::Failed(why) => Err(format!("restart failed: {why}")),
+        Answer::Exited | Answer::Silent => Err(exited(pid)),
     }
 }
 
@@ -75,17 +57,62 @@ fn exited(pid: Pid) -> String {
     format!("start_server (pid {pid}) exited before a new generation started")
 }
 
-/// Sends the restart request to the instance's control socket; `None` when it has none.
-fn ask_for_restart(pid: Pid) -> Result<Option<OwnedFd>, String> {
+/// Sends `request` to the instance's control socket, from a socket of the client's own
+/// where the answer will come; `None` when the instance has no control socket.
+pub fn ask(pid: Pid, request: &[u8], what: &str) -> Result<Option<OwnedFd>, String> {
     let fail =
-        |e: std::io::Error| format!("failed to ask start_server (pid {pid}) for a restart: {e}");
+        |e: std::io::Error| format!("failed to ask start_server (pid {pid}) for {what}: {e}");
     let (socket, _) = sys::credential_socket(None).map_err(fail)?;
     let name = control_socket::name(pid);
     let to = SockAddr::abstract_unix(name.as_bytes()).ok_or_else(|| format!("{name}: too long"))?;
-    match sys::send_to(&socket, &to, control_socket::RESTART) {
+    match sys::send_to(&socket, &to, request) {
         Ok(()) => Ok(Some(socket)),
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(None),
         Err(e) => Err(fail(e)),
+    }
+}
+
+/// What the instance answered on the control socket.
+pub enum Answer {
+    /// `OK text`.
+    Ok(String),
+    /// `FAILED why`.
+    Failed(String),
+    /// It exited (its pid file's lock is released) before it answered.
+    Exited,
+    /// Nothing before the deadline.
+    Silent,
+}
+
+/// Waits for the instance's answer on `socket`, until `deadline` if any. Only the
+/// instance itself is believed (its pid, from SCM_CREDENTIALS).
+pub fn answer(
+    pid: Pid,
+    socket: &OwnedFd,
+    file: &File,
+    deadline: Option<Instant>,
+) -> Result<Answer, String> {
+    let mut buf = [0u8; 512];
+    loop {
+        let _ = sys::wait_readable(&[socket.as_raw_fd()], Some(POLL));
+        while let Some(reply) = sys::receive(socket, &mut buf)
+            .map_err(|e| format!("failed to read the reply of start_server (pid {pid}): {e}"))?
+        {
+            if reply.credentials.map(|(sender, _)| sender) != Some(pid) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&buf[..reply.len]);
+            return Ok(match text.strip_prefix("OK ") {
+                Some(text) => Answer::Ok(text.to_string()),
+                None => Answer::Failed(text.strip_prefix("FAILED ").unwrap_or(&text).to_string()),
+            });
+        }
+        if !pid_file::still_locked(file) {
+            return Ok(Answer::Exited);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Answer::Silent);
+        }
     }
 }
 

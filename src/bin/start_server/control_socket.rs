@@ -15,6 +15,16 @@ use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use crate::sys::{self, Pid, SockAddr};
 
 pub const RESTART: &[u8] = b"RESTART";
+/// `start_server --upgrade`: answered `OK upgraded from ...` by the new image once it
+/// has taken over, or `FAILED why` (see `supervisor::upgrade`).
+pub const UPGRADE: &[u8] = b"UPGRADE";
+
+/// What a client asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    Restart,
+    Upgrade,
+}
 
 /// The socket's name for the instance `pid`, without the leading NUL.
 pub fn name(pid: Pid) -> String {
@@ -25,10 +35,11 @@ pub struct ControlSocket {
     fd: OwnedFd,
 }
 
-/// A client's restart request: where to send the verdict.
+/// A client's request: where to send the verdict.
 pub struct Request {
     pub from: SockAddr,
     pub pid: Pid,
+    pub ask: Ask,
 }
 
 impl ControlSocket {
@@ -42,7 +53,7 @@ impl ControlSocket {
         self.fd.as_raw_fd()
     }
 
-    /// The restart requests waiting; anything else is dropped with a log line.
+    /// The requests waiting; anything else is dropped with a log line.
     pub fn requests(&self) -> Vec<Request> {
         let mut requests = Vec::new();
         let mut buf = [0u8; 64];
@@ -62,15 +73,28 @@ impl ControlSocket {
                 crate::log!(
                     "ignored a control request from pid {pid}: uid {uid} is not start_server's"
                 );
-            } else if &buf[..datagram.len] != RESTART || datagram.truncated {
-                crate::log!("ignored a control request from pid {pid}: not understood");
             } else {
-                requests.push(Request {
-                    from: datagram.from,
-                    pid,
-                });
+                let ask = match &buf[..datagram.len] {
+                    _ if datagram.truncated => None,
+                    RESTART => Some(Ask::Restart),
+                    UPGRADE => Some(Ask::Upgrade),
+                    _ => None,
+                };
+                match ask {
+                    Some(ask) => requests.push(Request {
+                        from: datagram.from,
+                        pid,
+                        ask,
+                    }),
+                    None => crate::log!("ignored a control request from pid {pid}: not understood"),
+                }
             }
         }
+    }
+
+    /// The socket of the previous image, after an upgrade in place.
+    pub fn taken_over(fd: OwnedFd) -> ControlSocket {
+        ControlSocket { fd }
     }
 
     /// Sends a verdict; a client that has gone away meanwhile is no error.

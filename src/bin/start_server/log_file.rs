@@ -3,15 +3,22 @@
 //! start_server's stdout and stderr point there, and so do its workers'.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 
-use crate::sys;
+use crate::sys::{self, Pid};
 
 pub enum LogFile {
-    File { file: File, path: String },
-    Pipe { stdin: ChildStdin, logger: Child },
+    File {
+        file: File,
+        path: String,
+    },
+    /// The write end of the logger's stdin, and the logger.
+    Pipe {
+        stdin: File,
+        logger: Pid,
+    },
 }
 
 impl LogFile {
@@ -32,7 +39,10 @@ impl LogFile {
                 .stdin
                 .take()
                 .ok_or_else(|| format!("failed to open pipe:{spec}"))?;
-            return Ok(LogFile::Pipe { stdin, logger });
+            return Ok(LogFile::Pipe {
+                stdin: File::from(OwnedFd::from(stdin)),
+                logger: logger.id() as Pid,
+            });
         }
         let file = OpenOptions::new()
             .append(true)
@@ -47,10 +57,7 @@ impl LogFile {
 
     /// Points stdout and stderr at the log.
     pub fn redirect(&self) -> Result<(), String> {
-        let fd = match self {
-            LogFile::File { file, .. } => file.as_raw_fd(),
-            LogFile::Pipe { stdin, .. } => stdin.as_raw_fd(),
-        };
+        let fd = self.fd();
         for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
             sys::dup2(fd, target)
                 .map_err(|e| format!("failed to redirect output to the log: {e}"))?;
@@ -85,12 +92,22 @@ impl LogFile {
     /// At exit, once every worker is gone: closes start_server's ends of the pipe, then
     /// waits for the logger to write out what it has read, so that no line is lost.
     pub fn finish(self) {
-        if let LogFile::Pipe { stdin, mut logger } = self {
+        if let LogFile::Pipe { stdin, logger } = self {
             let _ = sys::redirect_to_dev_null(&[libc::STDOUT_FILENO, libc::STDERR_FILENO]);
             drop(stdin);
             // After --daemonize the logger is the launcher's child, not ours: nothing
             // to wait for then (ECHILD).
-            let _ = logger.wait();
+            sys::wait_child(logger);
+        }
+    }
+
+    // ------------------------------------------------------------ upgrade in place
+
+    /// The descriptor an upgrade in place keeps open for the next image.
+    pub fn fd(&self) -> RawFd {
+        match self {
+            LogFile::File { file, .. } => file.as_raw_fd(),
+            LogFile::Pipe { stdin, .. } => stdin.as_raw_fd(),
         }
     }
 }

@@ -68,6 +68,12 @@ impl Command {
         })
     }
 
+    /// For an upgrade in place: the command line and the directory, as `new` took them.
+    pub fn handover(&self) -> (Vec<&[u8]>, Option<&[u8]>) {
+        let argv = self.argv.iter().map(|a| a.as_bytes()).collect();
+        (argv, self.dir.as_ref().map(|d| d.as_bytes()))
+    }
+
     fn program(&self) -> &CString {
         &self.argv[0]
     }
@@ -180,14 +186,14 @@ fn child_fail(fd: RawFd, stage: u8, errno: c_int) -> ! {
 }
 
 /// `KEY=VALUE` strings; an entry with a NUL byte cannot be passed and is left out.
-fn envp(env: &[(OsString, OsString)]) -> Vec<CString> {
+pub fn envp(env: &[(OsString, OsString)]) -> Vec<CString> {
     env.iter()
         .filter_map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok())
         .collect()
 }
 
 /// The NULL-terminated pointer array execve wants; `strings` must outlive it.
-fn pointers(strings: &[CString]) -> Vec<*const c_char> {
+pub fn pointers(strings: &[CString]) -> Vec<*const c_char> {
     strings
         .iter()
         .map(|s| s.as_ptr())

@@ -19,6 +19,7 @@ impl Supervisor<'_> {
             self.auto_restart_at(),
             kill,
             self.watchdog_at,
+            self.check_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -60,6 +61,7 @@ impl Supervisor<'_> {
             self.kill_old_workers();
         }
         self.kill_lingering(now);
+        self.check_overdue(now);
         if self.watchdog_at.is_some_and(|at| at <= now) {
             self.hung();
         }
