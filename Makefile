@@ -4,6 +4,8 @@
 #   make test            every test (what CI runs)
 #   make examples        the C, Go and Python examples, built against an installed
 #                        copy of the library staged in build/stage (see below)
+#   make scratch         start_server and build/examples/http-scratch, a worker with
+#                        libc linked in: what contrib/docker/Dockerfile ships
 #   make install PREFIX=/usr/local DESTDIR=
 #   make uninstall PREFIX=/usr/local DESTDIR=    removes exactly what install put there
 
@@ -34,7 +36,7 @@ MAN3    := man/server_starter.3
 SONAME  := libserver_starter.so.$(MAJOR)
 SOFILE  := libserver_starter.so.$(VERSION)
 
-.PHONY: all bin lib header test examples stage install uninstall clean bench
+.PHONY: all bin lib header test examples scratch stage install uninstall clean bench
 
 all: bin lib
 
@@ -119,7 +121,7 @@ EXAMPLE_LDFLAGS ?= -Wl,--gc-sections -s
 
 C_EXAMPLES := echo http
 EXAMPLE_OUTPUTS := $(foreach e,$(C_EXAMPLES),build/examples/$(e)-static build/examples/$(e)-shared) \
-                   build/examples/go-worker build/examples/python/worker.py
+                   build/examples/http-scratch build/examples/go-worker build/examples/python/worker.py
 
 examples: stage
 	$(MAKE) --no-print-directory $(EXAMPLE_OUTPUTS)
@@ -127,13 +129,27 @@ examples: stage
 stage:
 	$(MAKE) --no-print-directory install DESTDIR='$(STAGE)' PREFIX=$(STAGE_PREFIX)
 
-# Static: libserver_starter.a is linked in (picked by its file name, since the
-# .so beside it would otherwise win), libc and the rest stay shared.
+# libserver_starter.a, picked by its file name, since the .so beside it would
+# otherwise win.
+STATIC_LIBS = $$($(PKG_ENV) $(PKG_CONFIG) --static --libs server_starter | sed 's/-lserver_starter\b/-l:libserver_starter.a/')
+
+# Static: libserver_starter.a is linked in, libc and the rest stay shared.
 build/examples/%-static: c-examples/%.c c-examples/worker.h $(STAGE_LIBDIR)/libserver_starter.a
 	@mkdir -p $(@D)
 	$(CC) $(EXAMPLE_CFLAGS) $$($(PKG_ENV) $(PKG_CONFIG) --cflags server_starter) -o $@ $< \
-	  $$($(PKG_ENV) $(PKG_CONFIG) --static --libs server_starter | sed 's/-lserver_starter\b/-l:libserver_starter.a/') \
-	  $(EXAMPLE_LDFLAGS)
+	  $(STATIC_LIBS) $(EXAMPLE_LDFLAGS)
+
+# Scratch: everything linked in, libc too, so that it runs in an empty root (a
+# FROM scratch image, see contrib/docker/Dockerfile) beside the static start_server.
+build/examples/%-scratch: c-examples/%.c c-examples/worker.h $(STAGE_LIBDIR)/libserver_starter.a
+	@mkdir -p $(@D)
+	$(CC) $(EXAMPLE_CFLAGS) $$($(PKG_ENV) $(PKG_CONFIG) --cflags server_starter) -o $@ $< \
+	  $(STATIC_LIBS) -static $(EXAMPLE_LDFLAGS)
+
+# What contrib/docker/Dockerfile copies into its image: start_server and a worker
+# that need nothing else (no Go or Python, unlike `make examples`).
+scratch: stage
+	$(MAKE) --no-print-directory build/examples/http-scratch
 
 # Shared: found at run time through the rpath, so no LD_LIBRARY_PATH is needed.
 build/examples/%-shared: c-examples/%.c c-examples/worker.h $(STAGE_LIBDIR)/$(SOFILE)

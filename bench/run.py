@@ -47,6 +47,9 @@ PERL_GUARD = "/usr/share/perl5/Server/Starter/Guard.pm"
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "30"))
 REPS = int(os.environ.get("BENCH_REPS", "7"))
 LOAD_SECONDS = int(os.environ.get("BENCH_LOAD_SECONDS", "15"))
+# A load run around one restart of a worker that needs 1.5 s to get ready: long
+# enough for the HUP (1 s in) and the old worker's signal (2 s later at most).
+RESTART_LOAD_SECONDS = 6
 MANY_PORTS = 1000
 
 IMPLS = ("ours", "perl")
@@ -119,7 +122,8 @@ class Server:
         exe = [OURS] if impl == "ours" else ["/usr/bin/perl", PERL_SCRIPT]
         full_env = dict(os.environ, BENCH_STAMP_FILE=self.stamp_file, **(env or {}))
         # Neither implementation must see these from the caller's environment.
-        for k in ("ENABLE_AUTO_RESTART", "AUTO_RESTART_INTERVAL", "KILL_OLD_DELAY", "ENVDIR"):
+        for k in ("ENABLE_AUTO_RESTART", "AUTO_RESTART_INTERVAL", "KILL_OLD_DELAY", "ENVDIR",
+                  "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             if k not in (env or {}):
                 full_env.pop(k, None)
         self.log = open(self.log_file, "wb")
@@ -273,6 +277,21 @@ def idle(reg):
     return result
 
 
+def hup_rounds(s, timeout):
+    """REPS restarts of the running stamp-worker server `s`, one after the other: for
+    each, the moment SIGHUP was sent and the old worker's SIGTERM stamp."""
+    out = []
+    for gen in range(1, REPS + 1):
+        sent = now()
+        os.kill(s.pid, signal.SIGHUP)
+        term = s.wait_stamp("term", gen, timeout=timeout)
+        out.append((gen, sent, term[3]))
+        # The new generation is current once the old one is told to go; a short
+        # pause lets start_server get back to waiting before the next HUP.
+        time.sleep(0.1)
+    return out
+
+
 def restart_latency(reg, impl, interval):
     """Seconds from sending SIGHUP to the old worker taking SIGTERM, REPS times."""
     s = reg.start(impl, [f"--interval={interval}"], STAMP_WORKER, tag=f"-hup{interval}")
@@ -280,16 +299,26 @@ def restart_latency(reg, impl, interval):
         s.wait_stamp("start", 1)
         # Let the first worker count as started, so the first HUP is a plain restart.
         time.sleep(float(interval) + 0.3)
-        out = []
-        for gen in range(1, REPS + 1):
-            sent = now()
-            os.kill(s.pid, signal.SIGHUP)
-            term = s.wait_stamp("term", gen, timeout=float(interval) + 10)
-            out.append(term[3] - sent)
-            # The new generation is current once the old one is told to go; a short
-            # pause lets start_server get back to waiting before the next HUP.
-            time.sleep(0.1)
-        return out
+        return [term - sent for _, sent, term in hup_rounds(s, float(interval) + 10)]
+    finally:
+        reg.stop(s)
+
+
+def switch_over(reg, impl, args, ready_delay):
+    """Restarts of a stamp worker that needs `ready_delay` seconds to get ready (and
+    then says READY=1 where NOTIFY_SOCKET is set), REPS times: seconds from SIGHUP to
+    the old worker's SIGTERM, seconds from the new worker's readiness to that SIGTERM
+    (negative: the old one was signalled before the new one was ready)."""
+    s = reg.start(impl, args, STAMP_WORKER, env={"BENCH_READY_DELAY": str(ready_delay)},
+                  tag="-switch")
+    try:
+        s.wait_stamp("ready", 1, timeout=ready_delay + 15)
+        # Past the original's --interval too (2 at most here), so that the first HUP
+        # is a plain restart.
+        time.sleep(2.3)
+        rounds = hup_rounds(s, ready_delay + 15)
+        return ([term - sent for _, sent, term in rounds],
+                [term - s.wait_stamp("ready", gen + 1)[3] for gen, _, term in rounds])
     finally:
         reg.stop(s)
 
@@ -339,6 +368,47 @@ def many_ports(reg, impl, ports):
         reg.stop(s)
 
 
+def wrk_seconds(text):
+    """A duration as wrk prints it: 512.00us, 1.23ms, 2.00s, 1.00m."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise RuntimeError(f"wrk duration not understood: {text}")
+    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(2)]
+
+
+def wrk_result(out, err):
+    """Requests served, failed (by kind), and the latency's max and 99th percentile
+    (when wrk ran with --latency), from wrk's output."""
+    m = re.search(r"(\d+) requests in", out)
+    if not m:
+        raise RuntimeError(f"wrk output not understood:\n{out}\n{err}")
+    served = int(m.group(1))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errs = dict(zip(("connect", "read", "write", "timeout"),
+                    map(int, errors.groups()))) if errors else {}
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs["non-2xx"] = int(non2xx.group(1)) if non2xx else 0
+    latency = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    return {"served": served, "failed": sum(errs.values()),
+            "errors": {k: v for k, v in errs.items() if v},
+            "max": wrk_seconds(latency.group(1)) if latency else None,
+            "p99": wrk_seconds(p99.group(1)) if p99 else None}
+
+
+def wait_serving(s, port, timeout=15):
+    deadline = now() + timeout
+    while True:
+        try:
+            if http_get(port).startswith(b"HTTP/1.1 200"):
+                return
+        except OSError:
+            pass
+        if now() > deadline:
+            raise RuntimeError(f"{s.impl}: http-static never answered: {s.log_text()}")
+        time.sleep(0.01)
+
+
 def load(reg, impl, keep_alive):
     """wrk -c 64 against http-static for LOAD_SECONDS with a SIGHUP every second.
 
@@ -351,16 +421,7 @@ def load(reg, impl, keep_alive):
     port = free_ports(1)[0]
     s = reg.start(impl, [f"--port=127.0.0.1:{port}", "--interval=1"], HTTP_WORKER, tag="-load")
     try:
-        deadline = now() + 15
-        while True:
-            try:
-                if http_get(port).startswith(b"HTTP/1.1 200"):
-                    break
-            except OSError:
-                pass
-            if now() > deadline:
-                raise RuntimeError(f"{impl}: http-static never answered: {s.log_text()}")
-            time.sleep(0.01)
+        wait_serving(s, port)
         time.sleep(1.2)
         stop = threading.Event()
         hups = [0]
@@ -381,21 +442,39 @@ def load(reg, impl, keep_alive):
         finally:
             stop.set()
             t.join()
-        out = wrk.stdout
-        m = re.search(r"(\d+) requests in", out)
-        if not m:
-            raise RuntimeError(f"wrk output not understood:\n{out}\n{wrk.stderr}")
-        served = int(m.group(1))
-        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-        errs = dict(zip(("connect", "read", "write", "timeout"),
-                        map(int, errors.groups()))) if errors else {}
-        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        errs["non-2xx"] = int(non2xx.group(1)) if non2xx else 0
+        return dict(wrk_result(wrk.stdout, wrk.stderr), hups=hups[0],
+                    restarts=len(re.findall(r"new worker is now running", s.log_text())))
+    finally:
+        reg.stop(s)
+
+
+def restart_under_load(reg, impl, args):
+    """wrk -c64 (Connection: close) against http-static that needs 1.5 s to get ready
+    (EXAMPLE_READY_DELAY_MS), with one SIGHUP a second into the run: the slowest
+    request answered, and the failed ones. Until the new worker accepts, the old one
+    must: a request meets a stall only if the old one is told to stop too early."""
+    port = free_ports(1)[0]
+    s = reg.start(impl, [f"--port=127.0.0.1:{port}"] + args, HTTP_WORKER,
+                  env={"EXAMPLE_READY_DELAY_MS": "1500"}, tag="-slowstart")
+    try:
+        wait_serving(s, port)
+        # Past the original's --interval (2 at most here) since the spawn.
+        time.sleep(1.0)
+        wrk = subprocess.Popen(
+            ["wrk", "-t2", "-c64", f"-d{RESTART_LOAD_SECONDS}s", "--timeout", "5s", "--latency",
+             "-H", "Connection: close", f"http://127.0.0.1:{port}/"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.0)
+            os.kill(s.pid, signal.SIGHUP)
+            out, err = wrk.communicate(timeout=RESTART_LOAD_SECONDS + 60)
+        except BaseException:
+            wrk.kill()
+            wrk.wait()
+            raise
         log = s.log_text()
-        return {"served": served, "failed": sum(errs.values()),
-                "errors": {k: v for k, v in errs.items() if v},
-                "hups": hups[0],
-                "restarts": len(re.findall(r"new worker is now running", log))}
+        return dict(wrk_result(out, err),
+                    restarted=bool(re.search(r"old worker \d+ died", log)))
     finally:
         reg.stop(s)
 
@@ -415,6 +494,13 @@ def fmt_bytes(n):
 
 def fmt_kib(k):
     return fmt_bytes(k * 1024)
+
+
+def fmt_latency(ld):
+    if ld["max"] is None:
+        return "n/a"
+    p99 = f" (p99 {ld['p99'] * 1000:.2f} ms)" if ld["p99"] is not None else ""
+    return f"{ld['max'] * 1000:.2f} ms{p99}"
 
 
 def fmt_ms(xs):
@@ -517,6 +603,21 @@ def main():
         rows.append(("restart latency, --interval=0.05", fmt_ms(o),
                      "n/a (integer seconds only)", "—"))
 
+        note("switch-over at the worker's own readiness")
+        for delay, interval in ((0.05, "1"), (1.5, "2")):
+            ready = f"{delay * 1000:g} ms" if delay < 1 else f"{delay:g} s"
+            (oh, oready), (ph, pready) = (
+                switch_over(reg, "ours", ["--ready=notify"], delay),
+                switch_over(reg, "perl", [f"--interval={interval}"], delay))
+            rows.append((f"switch-over, worker ready {ready} after exec: SIGHUP → old worker's "
+                         f"SIGTERM (ours --ready=notify; original --interval={interval}, the "
+                         "smallest safe for it)", fmt_ms(oh), fmt_ms(ph), ratio(med(oh), med(ph))))
+            rows.append(("the same restarts: new worker ready → old worker's SIGTERM",
+                         fmt_ms(oready), fmt_ms(pready), ratio(med(oready), med(pready))))
+            rows.append(("the same restarts: old worker signalled before the new one was ready",
+                         f"{sum(x < 0 for x in oready)} of {len(oready)}",
+                         f"{sum(x < 0 for x in pready)} of {len(pready)}", "—"))
+
         note("exec → first response")
         first = {impl: [first_response(reg, impl) for _ in range(REPS)] for impl in IMPLS}
         rows.append(("exec → first HTTP response (http-static)", fmt_ms(first["ours"]),
@@ -548,6 +649,26 @@ def main():
                          f"{ld['ours']['restarts']} of {ld['ours']['hups']} HUPs",
                          f"{ld['perl']['restarts']} of {ld['perl']['hups']} HUPs",
                          ratio(ld["ours"]["restarts"], ld["perl"]["restarts"])))
+        note(f"restart under load, worker ready 1.5 s after exec, {RESTART_LOAD_SECONDS} s each")
+        slow = {"ours": restart_under_load(reg, "ours", ["--ready=notify"]),
+                "perl": restart_under_load(reg, "perl", ["--interval=2"])}
+        early = restart_under_load(reg, "perl", ["--interval=1"])
+        label = (f"wrk -t2 -c64 Connection: close, {RESTART_LOAD_SECONDS} s, one SIGHUP, "
+                 "http-static ready 1.5 s after exec; ours --ready=notify, original --interval=2")
+        rows.append((f"slowest request answered during a restart ({label})",
+                     fmt_latency(slow["ours"]), fmt_latency(slow["perl"]),
+                     ratio(slow["ours"]["max"], slow["perl"]["max"])))
+        rows.append(("requests failed (same run)", failed(slow["ours"]), failed(slow["perl"]),
+                     ratio(slow["ours"]["failed"], slow["perl"]["failed"])))
+        notes.append("The original at --interval=1, shorter than that worker's 1.5 s start, "
+                     "tells the old worker to stop half a second before the new one accepts: "
+                     f"in the same load its slowest request took {fmt_latency(early)}, "
+                     f"{failed(early)} failed.")
+        for impl, ld in (("ours", slow["ours"]), ("perl", slow["perl"]),
+                         ("perl --interval=1", early)):
+            if not ld["restarted"]:
+                notes.append(f"{impl}: the restart under load had not completed when wrk "
+                             "stopped.")
         notes.append("Load runs: with Connection: close every request is a new connection "
                      "accepted from the listener start_server holds across restarts, so a "
                      "failure there is start_server's. With keep-alive, a failure is a read "

@@ -2,9 +2,11 @@
  * stampworker: the worker the benchmarks run under both start_servers. It writes
  *
  *   start GENERATION PID SECONDS
+ *   ready GENERATION PID SECONDS    (only with BENCH_READY_DELAY)
  *   term  GENERATION PID SECONDS
  *
- * to $BENCH_STAMP_FILE (if set) when it starts and when SIGTERM reaches it, with
+ * to $BENCH_STAMP_FILE (if set) when it starts, when it is ready and when SIGTERM
+ * reaches it, with
  * SECONDS read from CLOCK_MONOTONIC: the clock Python's time.monotonic() reads, so
  * the bench can subtract the moment it sent SIGHUP (or spawned start_server) from
  * these. Each line is one write() to an O_APPEND file, so generations that overlap
@@ -12,13 +14,21 @@
  *
  * SIGTERM is taken with sigwaitinfo() rather than a handler: the stamp is taken the
  * moment the process is scheduled with the signal pending, with nothing in between.
+ *
+ * With BENCH_READY_DELAY=SECONDS (fractions allowed) it plays a server that needs
+ * that long to get ready: it sleeps, stamps "ready", then says READY=1 to
+ * $NOTIFY_SOCKET when that is set, as sd_notify(3) does (one datagram on a unix
+ * socket; "@name" is an abstract name), with a plain sendto() and no library.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,6 +51,52 @@ static void stamp(const char *what)
     close(fd);
 }
 
+/* READY=1 to $NOTIFY_SOCKET, if set: what the benchmark's supervisor waits for. */
+static void notify_ready(void)
+{
+    const char *socket_name = getenv("NOTIFY_SOCKET");
+    if (socket_name == NULL || (socket_name[0] != '@' && socket_name[0] != '/'))
+        return;
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    size_t len = strlen(socket_name);
+    if (len >= sizeof addr.sun_path) {
+        fprintf(stderr, "stampworker: NOTIFY_SOCKET too long\n");
+        return;
+    }
+    memcpy(addr.sun_path, socket_name, len);
+    socklen_t addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+    if (socket_name[0] == '@')
+        addr.sun_path[0] = '\0'; /* abstract: the name is the bytes after the NUL */
+    else
+        addr_len++; /* a path: count its terminating NUL */
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        perror("stampworker: socket");
+        return;
+    }
+    static const char ready[] = "READY=1";
+    if (sendto(fd, ready, sizeof ready - 1, 0, (struct sockaddr *)&addr, addr_len) < 0)
+        perror("stampworker: sendto NOTIFY_SOCKET");
+    close(fd);
+}
+
+/* BENCH_READY_DELAY: sleep that long, as a server loading its data would. */
+static void get_ready(void)
+{
+    const char *delay = getenv("BENCH_READY_DELAY");
+    if (delay == NULL || *delay == '\0')
+        return;
+    double seconds = strtod(delay, NULL);
+    if (seconds > 0) {
+        struct timespec ts = {.tv_sec = (time_t)seconds,
+                              .tv_nsec = (long)((seconds - (double)(time_t)seconds) * 1e9)};
+        while (nanosleep(&ts, &ts) != 0)
+            ; /* EINTR: sleep the rest */
+    }
+    stamp("ready");
+    notify_ready();
+}
+
 int main(void)
 {
     sigset_t set;
@@ -53,6 +109,7 @@ int main(void)
     signal(SIGINT, SIG_DFL);
     sigprocmask(SIG_BLOCK, &set, NULL);
     stamp("start");
+    get_ready();
     for (;;) {
         int sig = sigwaitinfo(&set, NULL);
         if (sig == SIGTERM || sig == SIGINT) {

@@ -240,6 +240,41 @@ fn table() -> Vec<(&'static str, Build)> {
             let long = p(&d.join(format!("{}.sock", "s".repeat(110))));
             row(&[&format!("--path={long}")], &[&long]).worker(d)
         }),
+        // Names SERVER_STARTER_PORT cannot carry: refused before anything is created.
+        ("--path with ';'", |d| {
+            let path = p(&d.join("a;b.sock"));
+            row(&[&format!("--path={path}")], &[&path]).worker(d)
+        }),
+        ("--path with '='", |d| {
+            let path = p(&d.join("a=b.sock"));
+            row(&[&format!("--path={path}")], &[&path]).worker(d)
+        }),
+        ("--path with a newline", |d| {
+            let path = p(&d.join("a\nb.sock"));
+            row(&[&format!("--path={path}")], &["a\\nb.sock"]).worker(d)
+        }),
+        ("--path with a tab", |d| {
+            let path = p(&d.join("a\tb.sock"));
+            row(&[&format!("--path={path}")], &["a\\tb.sock"]).worker(d)
+        }),
+        ("--path with an escape character", |d| {
+            let path = p(&d.join("a\u{1b}b.sock"));
+            row(&[&format!("--path={path}")], &["a\\u{1b}b.sock"]).worker(d)
+        }),
+        ("--path with a trailing space", |d| {
+            let path = p(&d.join("a.sock "));
+            row(&[&format!("--path={path}")], &[&format!("{path:?}")]).worker(d)
+        }),
+        ("--path empty", |d| {
+            row(&["--path="], &["--path value \"\""]).worker(d)
+        }),
+        ("--port host with ';'", |d| {
+            row(&["--port=a;b:8089"], &["a;b:8089"]).worker(d)
+        }),
+        ("--port name longer than the workers take", |d| {
+            let spec = format!("{}:8089", "h".repeat(300));
+            row(&[&format!("--port={spec}")], &[&spec]).worker(d)
+        }),
         ("--pid-file in a missing directory", |d| {
             let file = p(&d.join("missing/run.pid"));
             row(&[&format!("--pid-file={file}")], &[&file]).worker(d)

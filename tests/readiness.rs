@@ -538,3 +538,57 @@ fn the_notify_reload_unit_verifies() {
         );
     }
 }
+
+/// Another process holds the control socket's name before start_server can bind it:
+/// start_server says so and runs without, and `--restart`, unanswered by the instance,
+/// falls back to SIGHUP and the status file.
+#[test]
+fn restart_falls_back_when_another_process_took_the_control_socket() {
+    let dir = TempDir::new("squatter");
+    let (pid_file, status) = (dir.path().join("pid"), dir.path().join("status"));
+    // A child binds the name for its parent's pid; the parent then execs start_server.
+    let squat = "import os, socket, sys, time\n\
+                 r, w = os.pipe()\n\
+                 if os.fork() == 0:\n\
+                 \x20   s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+                 \x20   s.bind('\\0server_starter/%d/control' % os.getppid())\n\
+                 \x20   os.write(w, b'1')\n\
+                 \x20   time.sleep(60)\n\
+                 \x20   sys.exit(0)\n\
+                 os.read(r, 1)\n\
+                 os.execv(sys.argv[1], sys.argv[1:])\n";
+    let worker = perl_worker().display().to_string();
+    let mut server = Server::start_wrapped(
+        &["python3", "-c", squat],
+        &[
+            &arg("pid-file", &pid_file),
+            &arg("status-file", &status),
+            "--interval=0.2",
+            "--",
+            &worker,
+        ],
+        &[],
+    );
+    server.wait_line("no control socket for --restart");
+    server.wait_status(&status, &[1]);
+    let (out, took) = restart(&pid_file, &status);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sending SIGHUP instead"));
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(
+        read_status(&status).iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![2]
+    );
+    // The squatter is start_server's child, not a worker: ours to kill, by pid.
+    let squatters: Vec<i32> = child_pids(server.pid())
+        .into_iter()
+        .filter(|&pid| comm(pid).as_deref() == Some("python3"))
+        .collect();
+    assert_eq!(squatters.len(), 1);
+    server.stop();
+    signal(squatters[0], libc::SIGKILL);
+}

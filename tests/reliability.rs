@@ -24,47 +24,7 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-fn worker_script(name: &str) -> String {
-    common::repo_root()
-        .join("tests/workers")
-        .join(name)
-        .display()
-        .to_string()
-}
-
 // ------------------------------------------------------------------ /proc
-
-/// Fields of /proc/PID/stat after the command name: [0] is the state, [1] the ppid.
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    Some(rest.split_whitespace().map(String::from).collect())
-}
-
-/// Every process whose parent is `pid`, with its state letter (Z for a zombie).
-fn children(pid: i32) -> Vec<(i32, char)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if let Some(fields) = stat_fields(child) {
-            if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(pid) {
-                found.push((child, fields[0].chars().next().unwrap_or('?')));
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
-fn ppid(pid: i32) -> Option<i32> {
-    stat_fields(pid)?.get(1)?.parse().ok()
-}
 
 fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -79,48 +39,6 @@ fn vm_rss_kib(pid: i32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: i32) -> f64 {
-    let fields = stat_fields(pid).expect("/proc/PID/stat");
-    // utime and stime are fields 14 and 15 of the whole line; 3 is the state, [0] here.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 / hz
-}
-
-/// Kills, when dropped, the processes in `pids` that are still alive and still in the
-/// process group `pgid` (start_server's): a failed test leaves nothing running, and a
-/// reused pid is never hit.
-struct Leftovers {
-    pgid: i32,
-    pids: Mutex<Vec<i32>>,
-}
-
-impl Leftovers {
-    fn new(pgid: i32) -> Leftovers {
-        Leftovers {
-            pgid,
-            pids: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn watch(&self, pid: i32) {
-        self.pids.lock().unwrap().push(pid);
-    }
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        for &pid in self.pids.lock().unwrap().iter() {
-            // SAFETY: getpgid and kill have no memory-safety preconditions.
-            if pid_alive(pid) && unsafe { libc::getpgid(pid) } == self.pgid {
-                signal(pid, libc::SIGKILL);
-            }
-        }
-    }
 }
 
 /// The pids of the last log line starting with `prefix` and ending in a pid list.
@@ -713,29 +631,13 @@ fn worker_exiting_during_the_kill_old_delay_is_not_signalled() {
 #[test]
 fn worker_forking_children_is_stopped_and_its_child_left_alone() {
     let dir = TempDir::new("fork");
-    let status = dir.path().join("status");
-    let grandchild_file = dir.path().join("grandchild.pid");
-    let mut server = Server::start_with(
-        &[
-            "--interval=0.1",
-            &format!("--status-file={}", status.display()),
-            "--",
-            "sh",
-            &worker_script("fork_child.sh"),
-        ],
-        &[("GRANDCHILD_PID_FILE", grandchild_file.to_str().unwrap())],
-    );
-    let leftovers = Leftovers::new(server.pid());
-    let worker = server.wait_status(&status, &[1])[0].1;
-    leftovers.watch(worker);
-    let grandchild: i32 = wait_for("the worker's child pid", || {
-        std::fs::read_to_string(&grandchild_file)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    });
-    leftovers.watch(grandchild);
+    let ForkChild {
+        mut server,
+        leftovers: _leftovers,
+        worker,
+        grandchild,
+        ..
+    } = ForkChild::start(&dir);
     assert_eq!(ppid(grandchild), Some(worker));
     assert_eq!(
         children(server.pid())

@@ -80,16 +80,42 @@ impl Server {
     }
 
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_program(&start_server_bin(), args, env)
+    }
+
+    /// Runs `program` with `args` instead of start_server: a wrapper (`unshare ...`)
+    /// that ends by running it. `pid` is then the wrapper's.
+    pub fn start_program(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = TempDir::new("log");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        let inner = StartServer::spawn(&start_server_bin(), &args, &env, dir.path().join("log"));
+        let inner = StartServer::spawn(program, &args, &env, dir.path().join("log"));
         Server { inner, _dir: dir }
+    }
+
+    /// start_server run by `wrapper` (a command and its arguments, such as `prlimit
+    /// ...`), which must exec it, so that the pid stays start_server's.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
+        let bin = start_server_bin();
+        let bin = bin.display().to_string();
+        let mut rest: Vec<&str> = wrapper[1..].to_vec();
+        rest.push(&bin);
+        rest.extend_from_slice(args);
+        Server::start_program(Path::new(wrapper[0]), &rest, env)
     }
 
     /// Starts start_server on a port picked by `make_args` (given a fresh free port
     /// each time), again if another process took the port first.
     pub fn start_retrying(
+        make_args: impl FnMut(u16) -> Vec<String>,
+        env: &[(&str, &str)],
+    ) -> (Server, u16) {
+        Server::start_program_retrying(&start_server_bin(), make_args, env)
+    }
+
+    /// `start_retrying` through a wrapper, as `start_program` runs one.
+    pub fn start_program_retrying(
+        program: &Path,
         mut make_args: impl FnMut(u16) -> Vec<String>,
         env: &[(&str, &str)],
     ) -> (Server, u16) {
@@ -97,7 +123,7 @@ impl Server {
             let port = free_port("127.0.0.1");
             let args = make_args(port);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let mut server = Server::start_with(&args, env);
+            let mut server = Server::start_program(program, &args, env);
             let started = wait_for("start_server to start a worker or fail", || {
                 if server.has_line("starting new worker") {
                     return Some(true);
@@ -118,6 +144,10 @@ impl Server {
 
     pub fn pid(&self) -> i32 {
         self.inner.pid()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.inner.log.clone()
     }
 
     pub fn lines(&self) -> Vec<String> {
@@ -299,5 +329,173 @@ impl Load {
         wait_until(&format!("{n} more requests"), || {
             self.count.load(Ordering::Relaxed) >= before + n
         });
+    }
+}
+
+/// A script of tests/workers/.
+pub fn worker_script(name: &str) -> String {
+    common::repo_root()
+        .join("tests/workers")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+// ------------------------------------------------------------------ /proc
+
+/// Fields of /proc/PID/stat after the command name: [0] is the state, [1] the ppid.
+pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+/// Every process whose /proc/PID/stat field `index` (after the command name) is
+/// `value`, with its state letter.
+fn processes_where(index: usize, value: i32) -> Vec<(i32, char)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Some(fields) = stat_fields(pid) {
+            if fields.get(index).and_then(|p| p.parse::<i32>().ok()) == Some(value) {
+                found.push((pid, fields[0].chars().next().unwrap_or('?')));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Every process whose parent is `pid`, with its state letter (Z for a zombie).
+pub fn children(pid: i32) -> Vec<(i32, char)> {
+    processes_where(1, pid)
+}
+
+/// Every process in the process group `pgid` (a test's start_server leads its own).
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    processes_where(2, pgid).into_iter().map(|p| p.0).collect()
+}
+
+/// The command name of `pid` (/proc/PID/comm).
+pub fn comm(pid: i32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_string())
+}
+
+/// utime + stime of `pid`, in seconds.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let fields = stat_fields(pid).expect("/proc/PID/stat");
+    // utime and stime are fields 14 and 15 of the whole line; 3 is the state, [0] here.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
+/// The pids of `children(pid)`.
+pub fn child_pids(pid: i32) -> Vec<i32> {
+    children(pid).into_iter().map(|c| c.0).collect()
+}
+
+pub fn ppid(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// Voluntary plus involuntary context switches of `pid` so far: how often it woke up.
+pub fn context_switches(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// Kills, when dropped, the processes in `pids` that are still alive and still in the
+/// process group `pgid` (start_server's): a failed test leaves nothing running, and a
+/// reused pid is never hit.
+pub struct Leftovers {
+    pgid: i32,
+    pids: Mutex<Vec<i32>>,
+}
+
+impl Leftovers {
+    pub fn new(pgid: i32) -> Leftovers {
+        Leftovers {
+            pgid,
+            pids: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn watch(&self, pid: i32) {
+        self.pids.lock().unwrap().push(pid);
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for &pid in self.pids.lock().unwrap().iter() {
+            // SAFETY: getpgid and kill have no memory-safety preconditions.
+            if pid_alive(pid) && unsafe { libc::getpgid(pid) } == self.pgid {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A pid that a worker script wrote to `path` (by rename, so never half-written).
+pub fn wait_pid_file(path: &Path) -> i32 {
+    wait_for(&format!("a pid in {}", path.display()), || {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    })
+}
+
+/// start_server (`--interval=0.1`, a status file) running tests/workers/fork_child.sh:
+/// its worker forks a child of its own, start_server's grandchild.
+pub struct ForkChild {
+    pub server: Server,
+    /// Both pids below are watched.
+    pub leftovers: Leftovers,
+    pub status: PathBuf,
+    /// Where each worker writes its child's pid.
+    pub grandchild_file: PathBuf,
+    pub worker: i32,
+    pub grandchild: i32,
+}
+
+impl ForkChild {
+    pub fn start(dir: &TempDir) -> ForkChild {
+        let status = dir.path().join("status");
+        let grandchild_file = dir.path().join("grandchild.pid");
+        let server = Server::start_with(
+            &[
+                "--interval=0.1",
+                &format!("--status-file={}", status.display()),
+                "--",
+                "sh",
+                &worker_script("fork_child.sh"),
+            ],
+            &[("GRANDCHILD_PID_FILE", grandchild_file.to_str().unwrap())],
+        );
+        let leftovers = Leftovers::new(server.pid());
+        let worker = server.wait_status(&status, &[1])[0].1;
+        leftovers.watch(worker);
+        let grandchild = wait_pid_file(&grandchild_file);
+        leftovers.watch(grandchild);
+        ForkChild {
+            server,
+            leftovers,
+            status,
+            grandchild_file,
+            worker,
+            grandchild,
+        }
     }
 }

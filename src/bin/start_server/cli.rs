@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use getopts::{Options, ParsingStyle};
 
+use crate::port_names;
 use crate::port_spec::{self, PortSpec};
 use crate::signals::Signal;
 
@@ -15,14 +16,16 @@ pub enum Mode {
     Help,
     Version,
     Start(Box<Config>),
-    /// `--restart`: HUP the running instance and wait for its new generation.
+    /// `--restart`: ask the running instance for a restart and wait for the verdict.
     Restart {
         pid_file: PathBuf,
         status_file: PathBuf,
     },
-    /// `--stop`: TERM the running instance and wait for it to exit.
+    /// `--stop`: TERM the running instance and wait for it to exit; with
+    /// `--kill-timeout`, for at most that long plus `control::STOP_MARGIN`.
     Stop {
         pid_file: PathBuf,
+        kill_timeout: Option<Duration>,
     },
     /// `--upgrade`: have the running instance re-execute its binary in place, and say
     /// whether it now runs the new one.
@@ -130,7 +133,8 @@ Options:
   --path=path             unix socket to listen to (repeatable)
   --dir=path              working directory of the workers
   --interval=seconds      how long a new worker must live to count as started,
-                          and the pace of retries (default: 1; fractions allowed)
+                          and the pause before a failed one is tried again,
+                          0.1 at least (default: 1; fractions allowed)
   --signal-on-hup=SIGNAL  signal for the old workers on SIGHUP (default: TERM)
   --signal-on-term=SIGNAL signal for the workers on SIGTERM (default: TERM)
   --pid-file=filename     write start_server's pid there (locked while running)
@@ -149,8 +153,9 @@ Options:
   --kill-timeout=seconds  SIGKILL a worker still running that long after it was
                           sent --signal-on-hup or --signal-on-term (default:
                           wait for it however long it takes)
-  --backoff=seconds       double the pause between failed starts, from
-                          --interval up to this, until a generation starts
+  --backoff=seconds       double the pause between tries after each failed
+                          start in a row, up to this; back to --interval once
+                          a generation starts (default: no doubling)
   --ready=notify          a new worker has started when it sends READY=1 to the
                           NOTIFY_SOCKET it is given (sd_notify), not when it
                           outlives --interval (--ready=interval, the default)
@@ -159,9 +164,12 @@ Options:
   --watchdog=seconds      a started worker that sends no WATCHDOG=1 for that long
                           is hung: killed (ABRT) and replaced (WATCHDOG_USEC)
   --backlog=size          listen backlog (default: SOMAXCONN)
-  --restart               HUP the instance of --pid-file and wait until
-                          --status-file shows only the new generation
+  --restart               ask the instance of --pid-file for a restart and wait
+                          for the verdict: 0 once the new generation runs
+                          alone, non-zero once it failed to start (an instance
+                          without a control socket: HUP, then --status-file)
   --stop                  TERM the instance of --pid-file and wait for its exit
+                          (with --kill-timeout: at most that plus 5 seconds)
   --upgrade               have the instance of --pid-file re-execute its binary
                           in place (SIGUSR2), keeping its sockets and workers,
                           and say whether it now runs the new one
@@ -210,6 +218,15 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
     let last = |name: &str| m.opt_strs(name).pop();
     let path = |name: &str| last(name).map(PathBuf::from);
 
+    let seconds = |name: &str| {
+        last(name)
+            .map(|s| {
+                parse_seconds(&s)
+                    .map_err(|why| invalid(format!("invalid --{name} value {s:?}: {why}")))
+            })
+            .transpose()
+    };
+
     if m.opt_present("help") {
         return Ok(Mode::Help);
     }
@@ -237,7 +254,10 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
     }
     if m.opt_present("stop") {
         return match path("pid-file") {
-            Some(pid_file) => Ok(Mode::Stop { pid_file }),
+            Some(pid_file) => Ok(Mode::Stop {
+                pid_file,
+                kill_timeout: seconds("kill-timeout")?,
+            }),
             None => Err(invalid(
                 "--stop option requires --pid-file to be set as well".into(),
             )),
@@ -251,24 +271,28 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
             "--log-file option must be specified together with --daemonize".into(),
         ));
     }
+    // Every name must be one SERVER_STARTER_PORT can carry.
+    let carried = |option: &str, value: &str, name: &str| {
+        port_names::check(name)
+            .map_err(|why| invalid(format!("invalid --{option} value {value:?}: {why}")))
+    };
     let ports = m
         .opt_strs("port")
         .iter()
-        .map(|p| port_spec::parse(p))
-        .collect::<Result<_, _>>()
-        .map_err(invalid)?;
+        .map(|p| {
+            let spec = port_spec::parse(p).map_err(invalid)?;
+            carried("port", p, &spec.name)?;
+            Ok(spec)
+        })
+        .collect::<Result<_, _>>()?;
+    let paths = m.opt_strs("path");
+    for path in &paths {
+        carried("path", path, path)?;
+    }
     let signal = |name: &str| {
         last(name)
             .map(|s| Signal::parse(&s).map_err(|e| invalid(format!("--{name}: {e}"))))
             .unwrap_or(Ok(Signal::term()))
-    };
-    let seconds = |name: &str| {
-        last(name)
-            .map(|s| {
-                parse_seconds(&s)
-                    .map_err(|why| invalid(format!("invalid --{name} value {s:?}: {why}")))
-            })
-            .transpose()
     };
     let backlog = match last("backlog") {
         None => libc::SOMAXCONN,
@@ -302,7 +326,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
     }
     let config = Config {
         ports,
-        paths: m.opt_strs("path").into_iter().map(PathBuf::from).collect(),
+        paths: paths.into_iter().map(PathBuf::from).collect(),
         dir,
         interval: seconds("interval")?.unwrap_or(Duration::from_secs(1)),
         signal_on_hup: signal("signal-on-hup")?,
@@ -469,6 +493,24 @@ mod tests {
         assert_eq!(c.backlog, 7);
         assert_eq!(c.kill_timeout, Some(Duration::from_secs(3)));
         assert_eq!(c.backoff, Some(Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn stop_takes_the_kill_timeout_as_its_bound() {
+        let stop = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            match parse(&args) {
+                Ok(Mode::Stop { kill_timeout, .. }) => kill_timeout,
+                _ => panic!("{args:?} is not a stop"),
+            }
+        };
+        assert_eq!(stop(&["--stop", "--pid-file=p"]), None);
+        assert_eq!(
+            stop(&["--stop", "--pid-file=p", "--kill-timeout=2.5"]),
+            Some(Duration::from_millis(2500))
+        );
+        let e = error(&["--stop", "--pid-file=p", "--kill-timeout=-1"]);
+        assert!(e.message.contains("--kill-timeout"), "{}", e.message);
     }
 
     #[test]

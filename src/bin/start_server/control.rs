@@ -12,12 +12,19 @@ use crate::pid_file;
 use crate::status_file;
 use crate::sys::{self, Pid, SockAddr};
 
-/// How often `--restart` looks at the status file (the original: every second).
+/// How often `--restart` looks at the status file (the original: every second), and
+/// a bounded `--stop` at the pid file's lock.
 pub const POLL: Duration = Duration::from_millis(50);
 
+/// How much longer than `--kill-timeout` `--stop` waits: the instance SIGKILLs its last
+/// workers at the timeout, then reaps them, removes its files and lets a `| cmd` logger
+/// finish.
+pub const STOP_MARGIN: Duration = Duration::from_secs(5);
+
 /// TERM the instance, then wait until it has exited (its lock on the pid file is
-/// released, which happens only after its last worker is gone).
-pub fn stop(pid_file: &Path) -> Result<(), String> {
+/// released, which happens only after its last worker is gone). With `kill_timeout`
+/// (the instance's `--kill-timeout`), gives up after that plus `STOP_MARGIN`.
+pub fn stop(pid_file: &Path, kill_timeout: Option<Duration>) -> Result<(), String> {
     let (pid, file) = pid_file::running_instance(pid_file)?;
     crate::log!(
         "stop_server (pid:{}) stopping now (pid:{pid})...",
@@ -25,7 +32,24 @@ pub fn stop(pid_file: &Path) -> Result<(), String> {
     );
     sys::kill(pid, libc::SIGTERM)
         .map_err(|e| format!("failed to send SIGTERM to the server process {pid}: {e}"))?;
-    pid_file::wait_released(&file)
+    let Some(kill_timeout) = kill_timeout else {
+        return pid_file::wait_released(&file);
+    };
+    let bound = kill_timeout + STOP_MARGIN;
+    let deadline = Instant::now() + bound;
+    while pid_file::still_locked(&file) {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "start_server (pid {pid}) is still running {} secs after SIGTERM \
+                 (--kill-timeout={} plus {} secs)",
+                crate::log::seconds(bound),
+                crate::log::seconds(kill_timeout),
+                crate::log::seconds(STOP_MARGIN)
+            ));
+        }
+        thread::sleep(POLL);
+    }
+    Ok(())
 }
 
 /// Asks the instance for a restart and waits for its verdict: Ok once the new
@@ -50,8 +74,18 @@ pub fn restart(pid_file: &Path, status_file: &Path) -> Result<(), String> {
         Answer::Ok(_) => Ok(()),
         Answer::Failed(why) => Err(format!("restart failed: {why}")),
         Answer::Exited | Answer::Silent => Err(exited(pid)),
+        Answer::Unacknowledged => {
+            crate::log!(
+                "start_server (pid {pid}) did not answer on its control socket; sending SIGHUP instead"
+            );
+            restart_by_signal(pid, &file, status_file, newest)
+        }
     }
 }
+
+/// How long `--restart` and `--upgrade` wait for the instance to acknowledge their
+/// request.
+const ACCEPT_PATIENCE: Duration = Duration::from_secs(10);
 
 fn exited(pid: Pid) -> String {
     format!("start_server (pid {pid}) exited before a new generation started")
@@ -82,6 +116,9 @@ pub enum Answer {
     Exited,
     /// Nothing before the deadline.
     Silent,
+    /// Not even `ACCEPTED` within `ACCEPT_PATIENCE`: the socket under the instance's
+    /// name is someone else's, and the instance has none.
+    Unacknowledged,
 }
 
 /// Waits for the instance's answer on `socket`, until `deadline` if any. Only the
@@ -92,6 +129,8 @@ pub fn answer(
     file: &File,
     deadline: Option<Instant>,
 ) -> Result<Answer, String> {
+    let asked = Instant::now();
+    let mut accepted = false;
     let mut buf = [0u8; 512];
     loop {
         let _ = sys::wait_readable(&[socket.as_raw_fd()], Some(POLL));
@@ -102,6 +141,10 @@ pub fn answer(
                 continue;
             }
             let text = String::from_utf8_lossy(&buf[..reply.len]);
+            if text == control_socket::ACCEPTED {
+                accepted = true;
+                continue;
+            }
             return Ok(match text.strip_prefix("OK ") {
                 Some(text) => Answer::Ok(text.to_string()),
                 None => Answer::Failed(text.strip_prefix("FAILED ").unwrap_or(&text).to_string()),
@@ -109,6 +152,9 @@ pub fn answer(
         }
         if !pid_file::still_locked(file) {
             return Ok(Answer::Exited);
+        }
+        if !accepted && asked.elapsed() > ACCEPT_PATIENCE {
+            return Ok(Answer::Unacknowledged);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(Answer::Silent);

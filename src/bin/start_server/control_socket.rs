@@ -1,11 +1,13 @@
 //! The control socket, through which `start_server --restart` asks the running
-//! instance for a restart and learns how it went.
+//! instance for a restart, and `start_server --upgrade` for an upgrade in place, and
+//! learns how it went.
 //!
 //! A unix datagram socket in the abstract namespace, named after the instance's pid
 //! (`@server_starter/PID/control`), so that the client finds it from the pid file and
 //! there is no file to clean up. The client sends `RESTART` from a socket of its own;
-//! the instance acts as on SIGHUP and, once the restart has a verdict, answers
-//! `OK generation G` (the new generation runs alone) or `FAILED generation G: why`.
+//! the instance answers `ACCEPTED` at once, acts as on SIGHUP and, once the restart has
+//! a verdict, answers `OK generation G` (the new generation runs alone) or
+//! `FAILED generation G: why`. `UPGRADE` is answered the same way, by the new image.
 //! Each side checks the other's credentials: the instance serves only its own uid and
 //! root, and the client believes only the instance's pid.
 
@@ -15,8 +17,13 @@ use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use crate::sys::{self, Pid, SockAddr};
 
 pub const RESTART: &[u8] = b"RESTART";
-/// `start_server --upgrade`: answered `OK upgraded from ...` by the new image once it
-/// has taken over, or `FAILED why` (see `supervisor::upgrade`).
+/// The instance's first answer, at once: the client then knows it reached the instance
+/// itself, not a socket another process took that name for, and waits for the verdict.
+pub const ACCEPTED: &str = "ACCEPTED";
+
+/// `start_server --upgrade`: acknowledged with `ACCEPTED`, then answered
+/// `OK upgraded from ...` by the new image once it has taken over, or `FAILED why`
+/// (see `supervisor::upgrade`).
 pub const UPGRADE: &[u8] = b"UPGRADE";
 
 /// What a client asks for.

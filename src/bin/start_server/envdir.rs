@@ -5,14 +5,26 @@
 //!
 //! As in the original, `ENABLE_AUTO_RESTART`, `AUTO_RESTART_INTERVAL` and
 //! `KILL_OLD_DELAY` are read from that environment too.
+//!
+//! The envdir is read by the supervisor itself, so nothing in it may block or bloat
+//! start_server: only regular files are read (a FIFO would block it for good, a
+//! device might do anything on open), and of each only its first line, up to
+//! `MAX_VALUE` bytes (the original reads the whole of a file without a newline).
 
 use std::ffi::OsString;
-use std::fs;
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
 pub type Env = Vec<(OsString, OsString)>;
+
+/// The longest value an envdir file may give, in bytes. A longer first line is
+/// skipped, with a log line, rather than cut: a cut value is a wrong one, passed on
+/// in silence. (Linux's execve refuses a variable over 128 KiB anyway.)
+pub const MAX_VALUE: usize = 64 * 1024;
 
 /// Checked once at start: `--envdir` (or `ENVDIR`) must name a directory. (The
 /// original silently ignores anything else, which hides a typo until a deploy.)
@@ -39,8 +51,9 @@ pub fn current() -> Env {
     env
 }
 
-/// The variables of an envdir. Names starting with `.`, unreadable entries and empty
-/// files are skipped, as the original skips them.
+/// The variables of an envdir. Names starting with `.`, files gone meanwhile and empty
+/// files are skipped, as the original skips them; so is anything else that gives no
+/// value, with a log line saying why.
 fn load(dir: &Path) -> Env {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
@@ -48,14 +61,73 @@ fn load(dir: &Path) -> Env {
     let mut vars: Env = entries
         .flatten()
         .filter(|e| !e.file_name().as_bytes().starts_with(b"."))
-        .filter_map(|e| {
-            let bytes = fs::read(e.path()).ok().filter(|b| !b.is_empty())?;
-            let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
-            Some((e.file_name(), OsString::from_vec(line.to_vec())))
+        .filter_map(|e| match first_line(&e.path()) {
+            Ok(line) => Some((e.file_name(), OsString::from_vec(line?))),
+            Err(why) => {
+                crate::log!("envdir: skipping {}: {why}", e.path().display());
+                None
+            }
         })
         .collect();
     vars.sort();
     vars
+}
+
+/// The first line of the file at `path`, without its newline; `None` for an empty
+/// file or one removed meanwhile; an error for anything that is not a regular file (a
+/// symlink to one is fine, as for daemontools' envdir) or whose first line is longer
+/// than `MAX_VALUE`.
+fn first_line(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    // Checked before opening, so that no device is ever opened, and again on the
+    // descriptor, in case the file was swapped in between.
+    match fs::metadata(path) {
+        Ok(meta) => regular(meta.file_type())?,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let file = match OpenOptions::new()
+        .read(true)
+        // Opening a FIFO with no writer would block; O_NOCTTY: a terminal swapped in
+        // must not become start_server's.
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    regular(file.metadata().map_err(|e| e.to_string())?.file_type())?;
+    let mut line = Vec::new();
+    BufReader::new(file.take(MAX_VALUE as u64 + 1))
+        .read_until(b'\n', &mut line)
+        .map_err(|e| e.to_string())?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.is_empty() {
+        return Ok(None);
+    } else if line.len() > MAX_VALUE {
+        return Err(format!("its first line is longer than {MAX_VALUE} bytes"));
+    }
+    Ok(Some(line))
+}
+
+fn regular(kind: fs::FileType) -> Result<(), String> {
+    if kind.is_file() {
+        return Ok(());
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    Err(format!("{what}, not a regular file"))
 }
 
 pub fn get<'a>(env: &'a Env, key: &str) -> Option<&'a str> {
@@ -159,5 +231,25 @@ mod tests {
         let vars = load(&dir);
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(vars, env(&[("A", "one"), ("B", "no newline")]));
+    }
+
+    #[test]
+    fn envdir_value_limits() {
+        let dir = std::env::temp_dir().join(format!("envdir-cap-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let longest = "x".repeat(MAX_VALUE);
+        fs::write(dir.join("NEWLINE_ONLY"), "\n").unwrap();
+        fs::write(dir.join("LONGEST"), format!("{longest}\nrest")).unwrap();
+        fs::write(dir.join("LONGEST_AT_EOF"), &longest).unwrap();
+        fs::write(dir.join("TOO_LONG"), format!("{longest}y\n")).unwrap();
+        fs::write(dir.join("TOO_LONG_AT_EOF"), format!("{longest}y")).unwrap();
+        std::os::unix::fs::symlink("LONGEST", dir.join("LINK")).unwrap();
+        std::os::unix::fs::symlink("nowhere", dir.join("DANGLING")).unwrap();
+        let vars = load(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+        let names: Vec<_> = vars.iter().map(|(k, _)| k.to_str().unwrap()).collect();
+        assert_eq!(names, ["LINK", "LONGEST", "LONGEST_AT_EOF", "NEWLINE_ONLY"]);
+        assert!(vars[..3].iter().all(|(_, v)| *v == *longest));
+        assert_eq!(vars[3].1, "");
     }
 }

@@ -13,6 +13,7 @@ mod log_file;
 mod manager;
 mod notify;
 mod pid_file;
+mod port_names;
 mod port_spec;
 mod signals;
 mod spawn;
@@ -73,7 +74,10 @@ fn main() -> ExitCode {
             pid_file,
             status_file,
         } => control::restart(&pid_file, &status_file),
-        Mode::Stop { pid_file } => control::stop(&pid_file),
+        Mode::Stop {
+            pid_file,
+            kill_timeout,
+        } => control::stop(&pid_file, kill_timeout),
         Mode::Upgrade { pid_file } => upgrade::client::upgrade(&pid_file),
     };
     match result {

@@ -91,12 +91,13 @@ impl Channel {
                 log!("dropped a notification from pid {sender} for worker {worker}: {why}");
                 continue;
             }
-            match parse(&buf[..datagram.len]) {
-                Ok(said) => notices.push(Notice { sender, said }),
-                Err(why) => {
-                    log!("dropped a notification from pid {sender} for worker {worker}: {why}")
-                }
+            let (said, bad) = parse(&buf[..datagram.len]);
+            for why in bad {
+                log!(
+                    "ignored a line of a notification from pid {sender} for worker {worker}: {why}"
+                );
             }
+            notices.push(Notice { sender, said });
         }
     }
 }
@@ -139,32 +140,36 @@ fn parent_of(pid: Pid) -> Option<Pid> {
     fields.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Newline-separated `KEY=VALUE` assignments, as sd_notify sends them.
-pub fn parse(bytes: &[u8]) -> Result<Vec<Said>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+/// Newline-separated `KEY=VALUE` assignments, as sd_notify sends them: what was said,
+/// and the lines that could not be understood. As systemd does, a bad line is
+/// skipped, not the whole message.
+pub fn parse(bytes: &[u8]) -> (Vec<Said>, Vec<String>) {
     let mut said = Vec::new();
-    for line in text.split('\n').filter(|l| !l.is_empty()) {
-        let (key, value) = line
-            .split_once('=')
-            .ok_or_else(|| format!("{line:?} is not an assignment"))?;
+    let mut bad = Vec::new();
+    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let Some((key, value)) = std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| l.split_once('='))
+        else {
+            bad.push(format!(
+                "{:?} is not an assignment",
+                String::from_utf8_lossy(line)
+            ));
+            continue;
+        };
         match (key, value) {
             ("READY", "1") => said.push(Said::Ready),
             ("WATCHDOG", "1") => said.push(Said::Watchdog),
             ("WATCHDOG", "trigger") => said.push(Said::WatchdogTrigger),
-            ("EXTEND_TIMEOUT_USEC", usec) => {
-                let usec: u64 = usec
-                    .parse()
-                    .map_err(|_| format!("EXTEND_TIMEOUT_USEC={usec:?} is not a number"))?;
-                said.push(Said::ExtendTimeout(Duration::from_micros(usec)));
-            }
+            ("EXTEND_TIMEOUT_USEC", usec) => match usec.parse() {
+                Ok(usec) => said.push(Said::ExtendTimeout(Duration::from_micros(usec))),
+                Err(_) => bad.push(format!("EXTEND_TIMEOUT_USEC={usec:?} is not a number")),
+            },
             ("STATUS", status) => said.push(Said::Status(status.to_string())),
             _ => {}
         }
     }
-    if text.is_empty() {
-        return Err("empty".into());
-    }
-    Ok(said)
+    (said, bad)
 }
 
 #[cfg(test)]
@@ -173,21 +178,27 @@ mod tests {
 
     #[test]
     fn messages() {
-        assert_eq!(parse(b"READY=1").unwrap(), vec![Said::Ready]);
+        let said = |bytes: &[u8]| parse(bytes).0;
+        assert_eq!(said(b"READY=1"), vec![Said::Ready]);
         assert_eq!(
-            parse(b"STATUS=loading data\nEXTEND_TIMEOUT_USEC=2500000\n").unwrap(),
+            said(b"STATUS=loading data\nEXTEND_TIMEOUT_USEC=2500000\n"),
             vec![
                 Said::Status("loading data".into()),
                 Said::ExtendTimeout(Duration::from_millis(2500))
             ]
         );
         assert_eq!(
-            parse(b"WATCHDOG=1\nWATCHDOG=trigger\nSTOPPING=1\nMAINPID=7\nERRNO=2").unwrap(),
+            said(b"WATCHDOG=1\nWATCHDOG=trigger\nSTOPPING=1\nMAINPID=7\nERRNO=2"),
             vec![Said::Watchdog, Said::WatchdogTrigger]
         );
-        assert_eq!(parse(b"READY=0").unwrap(), vec![]);
-        for bad in [&b""[..], b"READY", b"EXTEND_TIMEOUT_USEC=x", b"\xff=1"] {
-            assert!(parse(bad).is_err(), "{bad:?}");
+        assert_eq!(said(b"READY=0"), vec![]);
+        assert_eq!(parse(b"").1.len(), 0);
+        // A bad line is skipped, and the rest of the message still counts.
+        for bad in [&b"READY"[..], b"EXTEND_TIMEOUT_USEC=x", b"\xff=1"] {
+            let message = [bad, b"\nREADY=1"].concat();
+            let (said, problems) = parse(&message);
+            assert_eq!(said, vec![Said::Ready], "{bad:?}");
+            assert_eq!(problems.len(), 1, "{bad:?}");
         }
     }
 

@@ -2,14 +2,25 @@
 //! its whole life. The lock is what tells a running instance from a stale file, for a
 //! second start_server as for `--stop` and `--restart`; the original takes it too, but
 //! truncates the file before trying, and so wipes the pid of a running instance.
+//!
+//! A running instance writes its pid only once its sockets are bound: a second one
+//! that finds the file locked but empty waits a little for the pid, so that it can say
+//! which instance runs.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::sys::{self, Pid};
+
+/// How long a second instance waits for the running one's pid before saying that it
+/// is still starting.
+const PID_WAIT: Duration = Duration::from_secs(1);
+const PID_POLL: Duration = Duration::from_millis(10);
 
 pub struct PidFile {
     file: File,
@@ -25,32 +36,39 @@ impl PidFile {
     /// error that touches nothing.
     pub fn lock(path: &Path) -> Result<PidFile, String> {
         let fail = |e: io::Error| format!("failed to open pid file {}: {e}", path.display());
-        let ours = !path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            // Never truncated here: the file may be a running instance's.
-            .truncate(false)
-            .mode(0o644)
-            .open(path)
-            .map_err(fail)?;
-        match sys::lock_exclusive(&file, false) {
-            Ok(true) => Ok(PidFile {
-                file,
-                path: path.to_path_buf(),
-                ours,
-            }),
-            Ok(false) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                Err(format!(
-                    "already running (pid {}): pid file {} is locked",
-                    text.trim(),
-                    path.display()
-                ))
-            }
-            Err(e) => Err(format!("flock failed on pid file {}: {e}", path.display())),
+        let deadline = Instant::now() + PID_WAIT;
+        loop {
+            let ours = !path.exists();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                // Never truncated here: the file may be a running instance's.
+                .truncate(false)
+                .mode(0o644)
+                .open(path)
+                .map_err(fail)?;
+            let holder = match sys::lock_exclusive(&file, false) {
+                Ok(true) => {
+                    return Ok(PidFile {
+                        file,
+                        path: path.to_path_buf(),
+                        ours,
+                    })
+                }
+                Ok(false) => wait_for_holder(&file, deadline),
+                Err(e) => return Err(format!("flock failed on pid file {}: {e}", path.display())),
+            };
+            let running = match holder {
+                Holder::Pid(pid) => format!("pid {pid}"),
+                Holder::Starting => "still starting, pid not written yet".to_string(),
+                // It gave up before writing its pid: try again, as if it had never been.
+                Holder::Gone => continue,
+            };
+            return Err(format!(
+                "already running ({running}): pid file {} is locked",
+                path.display()
+            ));
         }
     }
 
@@ -92,6 +110,53 @@ impl PidFile {
             }
         }
     }
+}
+
+/// What a second instance learns of the one holding the lock.
+enum Holder {
+    Pid(Pid),
+    /// It has not written its pid by the deadline.
+    Starting,
+    /// It let go of the lock without writing its pid (it failed to start).
+    Gone,
+}
+
+/// Waits, until `deadline`, for the instance holding the lock on `file` to write its
+/// pid there.
+fn wait_for_holder(file: &File, deadline: Instant) -> Holder {
+    loop {
+        if let Some(pid) = written_pid(file) {
+            return Holder::Pid(pid);
+        }
+        if Instant::now() >= deadline {
+            return Holder::Starting;
+        }
+        // Taking the lock here tells that the holder is gone; it is let go of again
+        // when `lock` drops this descriptor and starts over.
+        if matches!(sys::lock_exclusive(file, false), Ok(true)) {
+            return Holder::Gone;
+        }
+        thread::sleep(PID_POLL);
+    }
+}
+
+/// The pid in `file`, once written whole (`write_pid` writes it with its newline in
+/// one write) and naming a live process: a stale file taken over still holds the pid
+/// of an instance that is gone until the new one writes its own.
+fn written_pid(file: &File) -> Option<Pid> {
+    let mut buf = [0u8; 16];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    let digits = buf.get(..n)?.strip_suffix(b"\n")?;
+    let pid: Pid = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    if pid <= 0 {
+        return None;
+    }
+    // Signal 0 only asks whether the process exists (EPERM: it does, someone else's).
+    let exists = match sys::kill(pid, 0) {
+        Ok(()) => true,
+        Err(e) => e.raw_os_error() == Some(libc::EPERM),
+    };
+    exists.then_some(pid)
 }
 
 /// For `--stop` and `--restart`: the pid of the instance holding `path`, checked to be

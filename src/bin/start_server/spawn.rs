@@ -31,6 +31,25 @@ pub struct Spawned {
     pub exec_error: Option<String>,
 }
 
+/// A spawn that failed in start_server itself (the child, if any, reports through
+/// `Spawned::exec_error`): which call failed, and why.
+#[derive(Debug)]
+pub struct SpawnError {
+    pub call: &'static str,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}", self.call, self.error)
+    }
+}
+
+/// Tags an error with the call that returned it.
+fn failed(call: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
+    move |error| SpawnError { call, error }
+}
+
 /// errno values after which execvp goes on to the next PATH entry.
 const TRY_NEXT: [c_int; 5] = [
     libc::ENOENT,
@@ -100,15 +119,15 @@ impl Command {
     }
 
     /// Forks and execs the command with `env` (later entries override earlier ones).
-    pub fn spawn(&self, env: &[(OsString, OsString)]) -> io::Result<Spawned> {
+    pub fn spawn(&self, env: &[(OsString, OsString)]) -> Result<Spawned, SpawnError> {
         let candidates = self.candidates(env);
         let envp_strings = envp(env);
         let argv = pointers(&self.argv);
         let envp = pointers(&envp_strings);
-        let (report_read, report_write) = sys::pipe_cloexec()?;
+        let (report_read, report_write) = sys::pipe_cloexec().map_err(failed("pipe2(2)"))?;
         let parent = std::process::id() as Pid;
 
-        match sys::fork()? {
+        match sys::fork().map_err(failed("fork(2)"))? {
             Fork::Child => {
                 self.exec_child(parent, &candidates, &argv, &envp, report_write.as_raw_fd())
             }
@@ -116,7 +135,7 @@ impl Command {
                 drop(report_write);
                 let mut buf = [0u8; 5];
                 // EOF (0 bytes) means exec succeeded and closed the pipe.
-                let n = sys::read_full(&report_read, &mut buf)?;
+                let n = sys::read_full(&report_read, &mut buf).map_err(failed("read(2)"))?;
                 let exec_error = (n == buf.len()).then(|| {
                     let err = io::Error::from_raw_os_error(c_int::from_ne_bytes([
                         buf[1], buf[2], buf[3], buf[4],

@@ -20,7 +20,7 @@ use std::os::raw::c_int;
 use std::os::unix::io::RawFd;
 use std::time::{Duration, Instant};
 
-use crate::control_socket::{Ask, ControlSocket};
+use crate::control_socket::{self, Ask, ControlSocket};
 use crate::envdir::{self, Tunables};
 use crate::log;
 use crate::log_file::LogFile;
@@ -122,6 +122,10 @@ pub struct Supervisor<'a> {
     old: BTreeMap<Pid, Old>,
     /// Failed starts in a row, for the pause before the next try.
     failures: u32,
+    /// `failures` before the current worker's start reset it: at an `--interval` below
+    /// `RETRY_FLOOR`, a worker declared started that dies within a retry pause is a
+    /// failed start after all, and the count goes on from there.
+    failures_before_start: u32,
     /// The notification sockets of the workers (`--ready=notify`, `--watchdog`), by pid.
     channels: BTreeMap<Pid, Channel>,
     /// When the current worker is hung unless it says `WATCHDOG=1` first.
@@ -168,6 +172,7 @@ impl<'a> Supervisor<'a> {
             attempt: None,
             old: BTreeMap::new(),
             failures: 0,
+            failures_before_start: 0,
             channels: BTreeMap::new(),
             watchdog_at: None,
             control,
@@ -222,8 +227,13 @@ impl<'a> Supervisor<'a> {
             if arrived.has(Meaning::Reopen) {
                 self.reopen_log();
             }
-            if arrived.has(Meaning::Upgrade) {
-                self.upgrade(None);
+            let upgrades = arrived
+                .signals
+                .iter()
+                .filter(|r| signals::meaning(r.sig) == Some(Meaning::Upgrade));
+            // Standard signals do not queue: one upgrade for those read together.
+            if let Some(first) = upgrades.map(|r| r.pid).next() {
+                self.upgrade(first, None);
             }
             if arrived.has(Meaning::Restart) {
                 self.hup();
@@ -262,6 +272,7 @@ impl<'a> Supervisor<'a> {
     fn stop(&mut self, sig: c_int) {
         if !self.stopping {
             self.stopping = true;
+            self.watchdog_at = None;
             if let Some(manager) = &self.manager {
                 manager.stopping();
             }
@@ -298,8 +309,11 @@ impl<'a> Supervisor<'a> {
             _ => return,
         };
         for request in requests {
+            if let Some(control) = &self.control {
+                control.reply(&request.from, control_socket::ACCEPTED);
+            }
             if request.ask == Ask::Upgrade {
-                self.upgrade(Some((request.from, request.pid)));
+                self.upgrade(request.pid, Some(request.from));
                 continue;
             }
             log!("received a restart request from pid {}", request.pid);
@@ -346,13 +360,7 @@ impl<'a> Supervisor<'a> {
         if let Some(attempt) = &mut self.attempt {
             if attempt.worker.is_some_and(|w| w.pid == pid) {
                 log!("new worker {pid} seems to have failed to start, exit status:{status}");
-                if status == 0 {
-                    log!(
-                        "worker {pid} exited with status 0 before it had started: a server \
-                         that daemonizes itself (forks and exits) cannot be supervised; run \
-                         it in the foreground"
-                    );
-                }
+                hint_if_daemonizing(pid, status);
                 attempt.worker = None;
                 self.failed_start(&exit_text(status));
                 return;
@@ -361,11 +369,15 @@ impl<'a> Supervisor<'a> {
         if let Some(worker) = self.current.filter(|w| w.pid == pid) {
             self.current = None;
             self.watchdog_at = None;
+            // The file never lists a dead worker for the interval a respawn takes.
+            self.write_status();
             log!("worker {pid} died unexpectedly with status:{status}, restarting");
             // One that dies before a retry pause has passed is a crash loop: paced as
             // a failed start, whether or not it was declared started.
             let now = Instant::now();
             if now < worker.spawned_at + self.retry_base() {
+                self.failures = self.failures_before_start;
+                hint_if_daemonizing(pid, status);
                 self.attempt = Some(Attempt {
                     worker: None,
                     spawned_at: worker.spawned_at,
@@ -432,9 +444,11 @@ impl<'a> Supervisor<'a> {
                 }
             }
             Said::ExtendTimeout(by) if starting && self.settings.ready_notify => {
+                let ready_timeout = self.settings.ready_timeout;
                 if let Some(attempt) = &mut self.attempt {
-                    // As systemd does: never sooner than --ready-timeout allowed.
-                    attempt.until = attempt.until.max(Instant::now() + by);
+                    // As systemd does: the last extension counts, and the deadline is
+                    // never sooner than --ready-timeout allowed.
+                    attempt.until = (attempt.spawned_at + ready_timeout).max(Instant::now() + by);
                 }
             }
             Said::Watchdog if current => {
@@ -454,5 +468,19 @@ fn exit_text(status: c_int) -> String {
         format!("killed by SIG{}", signals::name(libc::WTERMSIG(status)))
     } else {
         format!("exited with status {}", libc::WEXITSTATUS(status))
+    }
+}
+
+/// A worker that exits 0 before it has started most likely forked into the background,
+/// leaving a child that start_server reaps (as subreaper) but does not supervise. Said
+/// for a death within a retry pause at an `--interval` below the floor too, which counts
+/// as a failed start.
+fn hint_if_daemonizing(pid: Pid, status: c_int) {
+    if status == 0 {
+        log!(
+            "worker {pid} exited with status 0 before it had started: a server that \
+             daemonizes itself (forks and exits) cannot be supervised; run it in the \
+             foreground"
+        );
     }
 }

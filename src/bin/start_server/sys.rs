@@ -384,6 +384,15 @@ pub fn occupy_fd(target: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(target) })
 }
 
+/// Eight random bytes from getrandom(2), without waiting for the kernel's pool at
+/// early boot (GRND_NONBLOCK): `None` then, or on a kernel without the call.
+pub fn random_u64() -> Option<u64> {
+    let mut bytes = [0u8; 8];
+    // SAFETY: `bytes` is a writable buffer of exactly the length passed.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), libc::GRND_NONBLOCK) };
+    (n == bytes.len() as isize).then(|| u64::from_ne_bytes(bytes))
+}
+
 /// Sets the umask, returning the previous one.
 pub fn umask(mask: libc::mode_t) -> libc::mode_t {
     // SAFETY: umask cannot fail.

@@ -63,8 +63,8 @@ impl Supervisor<'_> {
             }
             Err(e) => {
                 log!(
-                    "fork(2) failed: {e}; trying again in {} secs",
-                    log::seconds(self.settings.interval)
+                    "{e}; trying again in {} secs",
+                    log::seconds(self.pause_after(self.failures.saturating_add(1)))
                 );
                 None
             }
@@ -90,6 +90,7 @@ impl Supervisor<'_> {
     pub(super) fn started(&mut self, worker: Worker, replacing: bool) {
         self.current = Some(worker);
         self.started_at = Some(Instant::now());
+        self.failures_before_start = self.failures;
         self.watchdog_at = self.settings.watchdog.map(|w| Instant::now() + w);
         self.failures = 0;
         self.write_status();
@@ -204,14 +205,7 @@ impl Supervisor<'_> {
             ));
         }
         self.failures = self.failures.saturating_add(1);
-        let base = self.retry_base();
-        let delay = match self.settings.backoff {
-            Some(max) => {
-                let doublings = (self.failures - 1).min(30);
-                base.saturating_mul(1 << doublings).min(max.max(base))
-            }
-            None => base,
-        };
+        let delay = self.pause_after(self.failures);
         if let Some(attempt) = &mut self.attempt {
             attempt.until = attempt.spawned_at + delay;
         }
@@ -230,6 +224,18 @@ impl Supervisor<'_> {
             Channel::new().map(Some)
         } else {
             Ok(None)
+        }
+    }
+
+    /// The pause after `failures` (at least 1) failed starts in a row.
+    pub(super) fn pause_after(&self, failures: u32) -> Duration {
+        let base = self.retry_base();
+        match self.settings.backoff {
+            Some(max) => {
+                let doublings = failures.saturating_sub(1).min(30);
+                base.saturating_mul(1 << doublings).min(max.max(base))
+            }
+            None => base,
         }
     }
 

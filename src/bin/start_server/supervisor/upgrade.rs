@@ -26,13 +26,12 @@ pub(super) struct Upgrade {
 }
 
 impl Supervisor<'_> {
-    /// USR2 (`by` None), or an `--upgrade` client.
-    pub(super) fn upgrade(&mut self, by: Option<(SockAddr, Pid)>) {
-        let who = match &by {
-            None => "received USR2".to_string(),
-            Some((_, pid)) => format!("received an upgrade request from pid {pid}"),
+    /// USR2 from `pid`, or an `--upgrade` client's request (`client`, from `pid`).
+    pub(super) fn upgrade(&mut self, pid: Pid, client: Option<SockAddr>) {
+        let who = match client {
+            None => format!("received USR2 from pid {pid}"),
+            Some(_) => format!("received an upgrade request from pid {pid}"),
         };
-        let client = by.map(|(addr, _)| addr);
         if self.stopping {
             log!("{who}, but start_server is stopping");
             self.answer(client.as_slice(), "FAILED start_server is stopping");
@@ -205,7 +204,13 @@ impl Supervisor<'_> {
             ],
         );
         w.put("generation", &[Field::num(self.generation)]);
-        w.put("failures", &[Field::num(self.failures)]);
+        w.put(
+            "failures",
+            &[
+                Field::num(self.failures),
+                Field::num(self.failures_before_start),
+            ],
+        );
         let worker = |w: &Writer, worker: Option<Worker>| match worker {
             Some(x) => [
                 Field::num(x.pid),
@@ -279,6 +284,7 @@ pub struct Saved {
     manager: Option<OsString>,
     generation: u64,
     failures: u32,
+    failures_before_start: u32,
     current: Option<Worker>,
     attempt: Option<Attempt>,
     old: BTreeMap<Pid, Old>,
@@ -414,6 +420,7 @@ impl Saved {
             })
             .collect::<Result<_, String>>()?;
         let timers = r.one("timers")?.expect(3)?;
+        let failures = r.one("failures")?.expect(2)?;
         let flags = r.one("flags")?.expect(2)?;
         Ok(Saved {
             settings,
@@ -424,7 +431,8 @@ impl Saved {
             channels,
             manager,
             generation: r.one("generation")?.expect(1)?.num(0)?,
-            failures: r.one("failures")?.expect(1)?.num(0)?,
+            failures: failures.num(0)?,
+            failures_before_start: failures.num(1)?,
             current,
             attempt,
             old,
@@ -482,6 +490,7 @@ impl<'a> Supervisor<'a> {
             attempt: saved.attempt,
             old: saved.old,
             failures: saved.failures,
+            failures_before_start: saved.failures_before_start,
             channels,
             watchdog_at: saved.watchdog_at,
             control,

@@ -43,6 +43,12 @@ pub fn upgrade(pid_file: &Path) -> Result<(), String> {
         }
         Answer::Failed(why) => Err(format!("upgrade failed: {why}")),
         Answer::Exited => Err(format!("start_server (pid {pid}) exited")),
+        Answer::Unacknowledged => {
+            crate::log!(
+                "start_server (pid {pid}) did not answer on its control socket; sending SIGUSR2 instead"
+            );
+            by_signal(pid, &file)
+        }
         Answer::Silent => Err(format!(
             "start_server (pid {pid}) did not answer within {} secs (see its log)",
             crate::log::seconds(WAIT)

@@ -1,0 +1,508 @@
+//! start_server against a hostile or exhausted system, through the built binary: no
+//! descriptors or processes left to spawn with, symlinks planted where the status file
+//! is written, an envdir holding a huge file or a FIFO, a second instance racing the
+//! first. (Bad command lines are in hostile_input.rs.)
+
+mod common;
+mod support;
+
+use common::TempDir;
+use support::*;
+
+/// Whether `program` is on PATH.
+fn have(program: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A wrapper running start_server as nobody, whom RLIMIT_NPROC and file permissions
+/// bind (root ignores both).
+const AS_NOBODY: [&str; 4] = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+];
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let c_path = std::ffi::CString::new(path.display().to_string()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo has no other preconditions.
+    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+}
+
+/// Waits until start_server has either given up at start (`None`) or logged one of
+/// `needles` (the first line holding one).
+fn first_of(server: &mut Server, needles: &[&str]) -> Option<String> {
+    wait_for(
+        &format!("start_server to exit or log one of {needles:?}"),
+        || {
+            if let Some(line) = server
+                .lines()
+                .into_iter()
+                .find(|l| needles.iter().any(|n| l.contains(n)))
+            {
+                return Some(Some(line));
+            }
+            server.try_exit().map(|_| None)
+        },
+    )
+}
+
+// ------------------------------------------------------------------ spawn errors
+
+/// With every descriptor taken by the listeners, the spawn fails in pipe2, and the log
+/// says so (it used to say fork). The limit is found by raising it one descriptor at a
+/// time from where start_server cannot even bind: the first limit it starts with
+/// leaves it fewer than the two descriptors a pipe needs.
+#[test]
+fn out_of_descriptors_the_log_names_pipe2_and_emfile() {
+    if !have("prlimit") {
+        eprintln!("SKIP: prlimit (util-linux) is not installed");
+        return;
+    }
+    let dir = TempDir::new("nofile");
+    let paths: Vec<String> = (0..4)
+        .map(|i| format!("--path={}", dir.path().join(format!("{i}.sock")).display()))
+        .collect();
+    for limit in 4..=32 {
+        let nofile = format!("--nofile={limit}");
+        let mut args = vec!["--interval=0.1"];
+        args.extend(paths.iter().map(String::as_str));
+        args.extend(["--", "true"]);
+        let mut server = Server::start_wrapped(&["prlimit", &nofile, "--"], &args, &[]);
+        let Some(line) = first_of(&mut server, &["trying again in", "starting new worker"]) else {
+            // Too few even to bind: one more.
+            continue;
+        };
+        assert!(
+            line.starts_with("pipe2(2) failed: ") && line.contains("(os error 24)"),
+            "limit {limit}: {:?}",
+            server.lines()
+        );
+        eprintln!("RLIMIT_NOFILE {limit}: {line}");
+        server.stop();
+        return;
+    }
+    panic!("no descriptor limit made the spawn fail");
+}
+
+/// Out of processes (RLIMIT_NPROC, which root ignores: run as nobody then), the
+/// spawn fails in fork, with EAGAIN.
+#[test]
+fn out_of_processes_the_log_names_fork_and_eagain() {
+    if !have("prlimit") || (is_root() && !have("setpriv")) {
+        eprintln!("SKIP: needs prlimit and, as root, setpriv (util-linux)");
+        return;
+    }
+    let mut wrapper = Vec::new();
+    if is_root() {
+        wrapper.extend(AS_NOBODY);
+    }
+    wrapper.extend(["prlimit", "--nproc=1", "--"]);
+    let mut server = Server::start_wrapped(&wrapper, &["--interval=0.1", "--", "true"], &[]);
+    let Some(line) = first_of(&mut server, &["trying again in", "starting new worker"]) else {
+        eprintln!(
+            "SKIP: start_server did not start as an unprivileged user: {:?}",
+            server.lines()
+        );
+        return;
+    };
+    assert!(
+        line.starts_with("fork(2) failed: ") && line.contains("(os error 11)"),
+        "{:?}",
+        server.lines()
+    );
+    eprintln!("RLIMIT_NPROC 1: {line}");
+    server.stop();
+}
+
+// ------------------------------------------------------------------ status file
+
+/// The names the temp file of `status` could be planted at: the original's
+/// (`status.PID`) and others a guesser might try, `$$` standing for start_server's pid.
+const PLANTED: &[&str] = &[
+    "status.$$",
+    ".status.$$",
+    "status.$$.tmp",
+    ".status.$$.0",
+    ".status.$$.0000000000000000",
+    ".status.$$.ffffffffffffffff",
+    ".status.tmp",
+    "status.tmp",
+    "status~",
+];
+
+/// The directory's entries, by name: each symlink's target, or the kind of the rest.
+fn listing(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let kind = match std::fs::read_link(e.path()) {
+                Ok(target) => format!("-> {}", target.display()),
+                Err(_) if e.path().is_dir() => "dir".to_string(),
+                Err(_) => "file".to_string(),
+            };
+            (e.file_name().to_string_lossy().into_owned(), kind)
+        })
+        .collect()
+}
+
+/// Symlinks planted, before start_server runs, at the status file itself and at every
+/// name its temp file could have, half to a file they must not overwrite, half to a
+/// file they must not create: both stay as they were, and the status file is right.
+#[test]
+fn status_file_writes_never_follow_a_planted_symlink() {
+    let dir = TempDir::new("st");
+    let victim = dir.path().join("victim");
+    let precious = b"precious\n\0binary\xff tail without newline";
+    std::fs::write(&victim, precious).unwrap();
+    let absent = dir.path().join("absent");
+    // Planted by the shell that execs start_server: `$$` is start_server's pid.
+    let mut script = format!("cd '{}' && ln -s victim status", dir.path().display());
+    for (i, name) in PLANTED.iter().enumerate() {
+        let target = if i % 2 == 0 { "victim" } else { "absent" };
+        script += &format!(" && ln -s {target} \"{name}\"");
+    }
+    script += " && exec \"$@\"";
+    let status = dir.path().join("status");
+    let status_arg = format!("--status-file={}", status.display());
+    let mut server = Server::start_wrapped(
+        &["sh", "-c", &script, "sh"],
+        &["--interval=0.1", &status_arg, "--", "sleep", "600"],
+        &[],
+    );
+    let planted = |pid: i32| -> Vec<(String, String)> {
+        PLANTED
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let target = if i % 2 == 0 { "victim" } else { "absent" };
+                (name.replace("$$", &pid.to_string()), format!("-> {target}"))
+            })
+            .collect()
+    };
+    let check = |generation: u64| {
+        let entries = server.wait_status(&status, &[generation]);
+        let worker = *server.worker_pids().last().unwrap();
+        assert_eq!(entries, vec![(generation, worker)]);
+        assert!(std::fs::symlink_metadata(&status).unwrap().is_file());
+        assert_eq!(std::fs::read(&victim).unwrap(), precious);
+        assert!(!absent.exists(), "a write went through a dangling symlink");
+        let now = listing(dir.path());
+        for (name, target) in planted(server.pid()) {
+            assert_eq!(now.get(&name), Some(&target), "{name} in {now:?}");
+        }
+    };
+    check(1);
+    server.signal(libc::SIGHUP);
+    check(2);
+    server.stop();
+    // Gone at exit; nothing left but what was planted.
+    let mut expected: std::collections::BTreeMap<String, String> =
+        planted(server.pid()).into_iter().collect();
+    expected.insert("victim".into(), "file".into());
+    assert_eq!(listing(dir.path()), expected);
+    assert_eq!(std::fs::read(&victim).unwrap(), precious);
+}
+
+/// A status file that cannot be written is logged (path and errno) and does not stop
+/// start_server; the next change writes it whole. Unwritable twice over: a directory
+/// at the status file's path (the temp file is created, the rename fails, and the
+/// temp file must go), and a directory start_server may not create files in.
+#[test]
+fn status_file_failures_are_logged_cleaned_up_and_retried() {
+    let dir = TempDir::new("stf");
+    let status = dir.path().join("status");
+    std::fs::create_dir(&status).unwrap();
+    std::fs::write(status.join("keep"), "x").unwrap();
+    let status_arg = format!("--status-file={}", status.display());
+    let mut server = Server::start(&["--interval=0.1", &status_arg, "--", "sleep", "600"]);
+    let line = server.wait_line("failed to write status file");
+    assert!(
+        line.contains(&status.display().to_string()) && line.contains("(os error 21)"),
+        "{line}"
+    );
+    let stray: Vec<String> = listing(dir.path()).into_keys().collect();
+    assert_eq!(stray, vec!["status"], "the temp file was left behind");
+    std::fs::remove_dir_all(&status).unwrap();
+    server.signal(libc::SIGHUP);
+    let entries = server.wait_status(&status, &[2]);
+    assert_eq!(entries[0].1, server.worker_pids()[1]);
+    server.stop();
+    assert!(!status.exists());
+}
+
+#[test]
+fn status_file_in_a_read_only_directory_is_logged_and_retried() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("stro");
+    let status = dir.path().join("status");
+    let status_arg = format!("--status-file={}", status.display());
+    let args = ["--interval=0.1", &status_arg, "--", "sleep", "600"];
+    // Root writes anywhere: then start_server runs as nobody, to whom the directory
+    // (root's, mode 0755) is read-only.
+    let mut server = if is_root() {
+        if !have("setpriv") {
+            eprintln!("SKIP: running as root without setpriv (util-linux)");
+            return;
+        }
+        Server::start_wrapped(&AS_NOBODY, &args, &[])
+    } else {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+        Server::start(&args)
+    };
+    let Some(line) = first_of(&mut server, &["failed to write status file"]) else {
+        eprintln!("SKIP: start_server did not start: {:?}", server.lines());
+        return;
+    };
+    assert!(
+        line.contains(&dir.path().display().to_string()) && line.contains("(os error 13)"),
+        "{line}"
+    );
+    assert!(server.has_line("starting new worker"));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_status(&status, &[2]);
+    server.stop();
+    assert!(!status.exists());
+}
+
+// ------------------------------------------------------------------ envdir
+
+/// start_server's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"))
+}
+
+/// A worker that prints the variables it was given, then waits.
+fn env_reporter(vars: &[&str]) -> Vec<String> {
+    let report: Vec<String> = vars.iter().map(|v| format!("{v}=${{{v}-unset}}")).collect();
+    let script = format!("echo \"env: {}\"; exec sleep 600", report.join(" "));
+    vec!["sh".into(), "-c".into(), script]
+}
+
+/// Two 300 MB (sparse) files in the envdir, one whose first line is short, one
+/// without a newline at all: each HUP reads at most 64 KiB of each, so start_server's
+/// peak memory stays that of an idle start_server.
+#[test]
+fn a_huge_envdir_file_costs_no_memory() {
+    let dir = TempDir::new("envbig");
+    let envdir = dir.path().join("env");
+    std::fs::create_dir(&envdir).unwrap();
+    let size = 300 << 20;
+    let no_newline = std::fs::File::create(envdir.join("NO_NEWLINE")).unwrap();
+    no_newline.set_len(size).unwrap();
+    std::fs::write(envdir.join("SHORT_LINE"), "value\n").unwrap();
+    let short_line = std::fs::OpenOptions::new()
+        .write(true)
+        .open(envdir.join("SHORT_LINE"))
+        .unwrap();
+    short_line.set_len(size).unwrap();
+    let envdir_arg = format!("--envdir={}", envdir.display());
+    let worker = env_reporter(&["SHORT_LINE", "NO_NEWLINE"]);
+    let mut args = vec!["--interval=0.1", &envdir_arg, "--"];
+    args.extend(worker.iter().map(String::as_str));
+    let mut server = Server::start(&args);
+    server.wait_line("env: SHORT_LINE=value NO_NEWLINE=unset");
+    for restart in 1..=3 {
+        server.signal(libc::SIGHUP);
+        server.wait_nth_line("killing old workers", restart);
+    }
+    assert_eq!(
+        server.count_lines("env: SHORT_LINE=value NO_NEWLINE=unset"),
+        4
+    );
+    let peak = peak_rss_kib(server.pid());
+    eprintln!("start_server VmHWM after 3 HUPs with two 300 MB envdir files: {peak} KiB");
+    assert!(peak < 4096, "VmHWM {peak} KiB");
+    let skipped = format!(
+        "envdir: skipping {}: its first line is longer than 65536 bytes",
+        envdir.join("NO_NEWLINE").display()
+    );
+    // Read at start (for start_server's own settings) and before each spawn.
+    assert!(server.count_lines(&skipped) >= 4, "{:?}", server.lines());
+    server.stop();
+}
+
+/// A FIFO (never opened for writing), a socket, a device and a directory in the
+/// envdir, directly or through symlinks: each is skipped with a log line naming it,
+/// and start_server still restarts on HUP and stops at once on TERM.
+#[test]
+fn envdir_entries_that_are_not_files_are_skipped() {
+    let dir = TempDir::new("envfifo");
+    let envdir = dir.path().join("env");
+    std::fs::create_dir(&envdir).unwrap();
+    let fifo = envdir.join("FIFO");
+    mkfifo(&fifo);
+    std::os::unix::fs::symlink(&fifo, envdir.join("FIFO_LINK")).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(envdir.join("SOCKET")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", envdir.join("DEVICE")).unwrap();
+    std::fs::create_dir(envdir.join("DIR")).unwrap();
+    std::fs::write(envdir.join("PLAIN"), "plain\n").unwrap();
+    let envdir_arg = format!("--envdir={}", envdir.display());
+    let worker = env_reporter(&["PLAIN", "FIFO", "FIFO_LINK", "SOCKET", "DEVICE", "DIR"]);
+    let mut args = vec!["--interval=0.1", &envdir_arg, "--"];
+    args.extend(worker.iter().map(String::as_str));
+    let mut server = Server::start(&args);
+    let report = "env: PLAIN=plain FIFO=unset FIFO_LINK=unset SOCKET=unset DEVICE=unset DIR=unset";
+    server.wait_line(report);
+    server.signal(libc::SIGHUP);
+    server.wait_line("killing old workers");
+    server.wait_nth_line(report, 2);
+    for (name, what) in [
+        ("FIFO", "a FIFO"),
+        ("FIFO_LINK", "a FIFO"),
+        ("SOCKET", "a socket"),
+        ("DEVICE", "a device"),
+        ("DIR", "a directory"),
+    ] {
+        let line = format!(
+            "envdir: skipping {}: {what}, not a regular file",
+            envdir.join(name).display()
+        );
+        assert!(
+            server.has_line(&line),
+            "no {line:?} in {:?}",
+            server.lines()
+        );
+    }
+    let asked = std::time::Instant::now();
+    server.stop();
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(5),
+        "TERM took {:?}",
+        asked.elapsed()
+    );
+}
+
+// ------------------------------------------------------------------ pid file
+
+/// Instances started together on one pid file, over and over: one runs, and every
+/// other says which pid runs, or that it is still starting; never `(pid )`. The
+/// running one binds 100 unix sockets between taking the lock and writing its pid,
+/// which is the window a second instance must wait through.
+#[test]
+fn a_second_instance_names_the_running_one() {
+    let (mut named, mut starting) = (0, 0);
+    for round in 0..3 {
+        let dir = TempDir::new("race");
+        let pid_file = format!("--pid-file={}", dir.path().join("pid").display());
+        let paths: Vec<String> = (0..100)
+            .map(|i| format!("--path={}", dir.path().join(format!("{i}.sock")).display()))
+            .collect();
+        let mut args = vec![pid_file.as_str()];
+        args.extend(paths.iter().map(String::as_str));
+        args.extend(["--", "sleep", "600"]);
+        let mut instances: Vec<Server> = (0..25).map(|_| Server::start(&args)).collect();
+        let mut outcomes = Vec::new();
+        for server in &mut instances {
+            let line = first_of(server, &["starting new worker"]);
+            outcomes.push(line.is_some());
+        }
+        let running: Vec<usize> = (0..instances.len()).filter(|&i| outcomes[i]).collect();
+        assert_eq!(running.len(), 1, "round {round}: not one instance running");
+        let winner = instances[running[0]].pid();
+        for (i, server) in instances.iter_mut().enumerate() {
+            if i == running[0] {
+                continue;
+            }
+            let status = server.wait_exit();
+            let lines = server.lines();
+            assert!(!status.success() && lines.len() == 1, "{lines:?}");
+            if lines[0].contains(&format!("already running (pid {winner}): pid file")) {
+                named += 1;
+            } else if lines[0]
+                .contains("already running (still starting, pid not written yet): pid file")
+            {
+                starting += 1;
+            } else {
+                panic!("round {round}: instance {i} said {lines:?}; pid {winner} runs");
+            }
+        }
+        instances[running[0]].stop();
+    }
+    eprintln!("second instances: {named} named the running pid, {starting} said still starting");
+}
+
+/// Whether some process holds a flock(2) on the file at `path` (from /proc/locks).
+fn flocked(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ino) = std::fs::metadata(path).map(|m| m.ino()) else {
+        return false;
+    };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap();
+    locks.lines().any(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK")
+            && fields
+                .get(5)
+                .is_some_and(|f| f.ends_with(&format!(":{ino}")))
+    })
+}
+
+/// Whether process `pid` has `path` open and is asleep in a timed wait (when the
+/// kernel says where it sleeps).
+fn waiting_on(pid: i32, path: &std::path::Path) -> bool {
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == path))
+        })
+        .unwrap_or(false);
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    open && (wchan.contains("sleep") || wchan.is_empty() || wchan == "0")
+}
+
+/// The running instance holds the pid file's lock but cannot go on (its --log-file is
+/// a FIFO no one reads): a second instance waits a bounded time for its pid, then
+/// says it is still starting. A third, waiting when the first is killed, takes the
+/// lock over and starts.
+#[test]
+fn a_second_instance_waits_a_bounded_time_for_a_starting_one() {
+    let dir = TempDir::new("starting");
+    let pid_path = dir.path().join("pid");
+    let fifo = dir.path().join("log.fifo");
+    mkfifo(&fifo);
+    let pid_arg = format!("--pid-file={}", pid_path.display());
+    let log_arg = format!("--log-file={}", fifo.display());
+    let mut first = Server::start(&[&pid_arg, &log_arg, "--", "sleep", "600"]);
+    wait_until("the first instance to lock its pid file", || {
+        flocked(&pid_path)
+    });
+
+    let asked = std::time::Instant::now();
+    let mut second = Server::start(&[&pid_arg, "--", "sleep", "600"]);
+    assert!(!second.wait_exit().success());
+    let took = asked.elapsed();
+    let expected = format!(
+        "start_server: already running (still starting, pid not written yet): pid file {} is locked",
+        pid_path.display()
+    );
+    assert_eq!(second.lines(), vec![expected]);
+    assert!(took >= std::time::Duration::from_millis(900), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+
+    let third = Server::start(&[&pid_arg, "--", "sleep", "600"]);
+    wait_until("the third instance to wait for a pid", || {
+        waiting_on(third.pid(), &pid_path)
+    });
+    first.signal(libc::SIGKILL);
+    first.wait_exit();
+    third.wait_line("starting new worker");
+    let text = std::fs::read_to_string(&pid_path).unwrap();
+    assert_eq!(text, format!("{}\n", third.pid()));
+}
