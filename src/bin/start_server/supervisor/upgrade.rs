@@ -72,7 +72,10 @@ impl Supervisor<'_> {
         let Some(check) = upgrade.check.take_if(|c| c.pid == pid) else {
             return false;
         };
-        match check.verdict(status) {
+        let verdict = check.verdict(status);
+        // Closed before anyone is told: nothing of the check outlives it.
+        drop(check);
+        match verdict {
             // The exec comes at the end of this turn of the loop.
             Ok(answer) => upgrade.version = answer.version,
             Err(why) => {
