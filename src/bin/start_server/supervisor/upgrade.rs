@@ -10,7 +10,7 @@ use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::upgrade::check::Check;
+use crate::upgrade::check::{self, Check};
 use crate::upgrade::state::{self, Field, Reader, Writer};
 use crate::upgrade::{self as up, VERSION};
 
@@ -20,9 +20,11 @@ pub(super) struct Upgrade {
     began: Instant,
     /// The `--upgrade` clients waiting for the outcome.
     clients: Vec<SockAddr>,
-    /// The check of the new binary, until it has passed; then the version it said.
+    /// The check of the new binary, until it has passed; then the version it said,
+    /// and the file it was.
     check: Option<Check>,
     version: String,
+    file: Option<(u64, u64)>,
 }
 
 impl Supervisor<'_> {
@@ -61,6 +63,7 @@ impl Supervisor<'_> {
             clients: client.into_iter().collect(),
             check: Some(check),
             version: String::new(),
+            file: None,
         });
     }
 
@@ -73,11 +76,15 @@ impl Supervisor<'_> {
             return false;
         };
         let verdict = check.verdict(status);
+        let file = check.file;
         // Closed before anyone is told: nothing of the check outlives it.
         drop(check);
         match verdict {
             // The exec comes at the end of this turn of the loop.
-            Ok(answer) => upgrade.version = answer.version,
+            Ok(answer) => {
+                upgrade.version = answer.version;
+                upgrade.file = file;
+            }
             Err(why) => {
                 let clients = std::mem::take(&mut upgrade.clients);
                 self.upgrade = None;
@@ -132,6 +139,11 @@ impl Supervisor<'_> {
             return;
         };
         let exe = self.context.exe.clone().unwrap_or_default();
+        if upgrade.file.is_none() || check::identity(&exe) != upgrade.file {
+            let why = "it was replaced during its check (ask again)";
+            self.refuse(&exe, upgrade.clients, why);
+            return;
+        }
         log!(
             "upgrading from {VERSION} to {} ({})",
             upgrade.version,

@@ -11,6 +11,7 @@ use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::raw::c_int;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -52,6 +53,9 @@ pub struct Check {
     /// When it gets SIGKILL.
     pub deadline: Instant,
     pub killed: bool,
+    /// The file checked, as (device, inode): the one to execute, not another put at
+    /// the path since.
+    pub file: Option<(u64, u64)>,
 }
 
 /// What the new binary said of itself.
@@ -70,6 +74,7 @@ impl Check {
         let env: Vec<_> = std::env::vars_os().collect();
         let envp_strings = spawn::envp(&env);
         let envp = spawn::pointers(&envp_strings);
+        let file = identity(exe);
         let null = OwnedFd::from(std::fs::File::open("/dev/null")?);
         let (output, input) = sys::pipe_cloexec()?;
         let parent = std::process::id() as Pid;
@@ -94,6 +99,7 @@ impl Check {
                 output,
                 deadline: Instant::now() + TIMEOUT,
                 killed: false,
+                file,
             }),
         }
     }
@@ -132,6 +138,11 @@ impl Check {
         }
         parse(&output)
     }
+}
+
+/// The file at `path`, as (device, inode).
+pub fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The answer line: `server_starter upgrade-check version=V formats=1,2`.
