@@ -103,7 +103,8 @@ impl LogFile {
 
     // ------------------------------------------------------------ upgrade in place
 
-    /// The descriptor an upgrade in place keeps open for the next image.
+    /// The descriptor the log is written to, which an upgrade in place keeps open for
+    /// the next image.
     pub fn fd(&self) -> RawFd {
         match self {
             LogFile::File { file, .. } => file.as_raw_fd(),
