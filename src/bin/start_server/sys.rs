@@ -788,25 +788,28 @@ pub fn memfd(name: &CStr) -> io::Result<OwnedFd> {
 /// Reads a whole file from offset 0, whatever the descriptor's offset, without taking
 /// the descriptor over; at most `max` bytes (more is an error).
 pub fn read_whole(fd: RawFd, max: usize) -> io::Result<Vec<u8>> {
-    let mut data = vec![0u8; max + 1];
-    let mut got = 0;
-    while got < data.len() {
-        let rest = &mut data[got..];
-        // SAFETY: `rest` is a writable buffer of `rest.len()` bytes.
-        let n =
-            unsafe { libc::pread(fd, rest.as_mut_ptr().cast(), rest.len(), got as libc::off_t) };
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        // SAFETY: `chunk` is a writable buffer of `chunk.len()` bytes.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                chunk.as_mut_ptr().cast(),
+                chunk.len(),
+                data.len() as libc::off_t,
+            )
+        };
         match n {
-            0 => break,
+            0 => return Ok(data),
             -1 if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => continue,
             -1 => return Err(io::Error::last_os_error()),
-            n => got += n as usize,
+            n => data.extend_from_slice(&chunk[..n as usize]),
+        }
+        if data.len() > max {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
         }
     }
-    if got > max {
-        return Err(io::Error::from_raw_os_error(libc::EFBIG));
-    }
-    data.truncate(got);
-    Ok(data)
 }
 
 /// execve(2), in start_server itself (not a forked child): replaces the image, keeping

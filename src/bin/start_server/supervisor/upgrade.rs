@@ -54,7 +54,7 @@ impl Supervisor<'_> {
         let check = match Check::spawn(&exe) {
             Ok(check) => check,
             Err(e) => {
-                self.refuse(&exe, client.into_iter().collect(), &format!("fork: {e}"));
+                self.refuse(client.as_slice(), &format!("fork: {e}"));
                 return;
             }
         };
@@ -88,8 +88,7 @@ impl Supervisor<'_> {
             Err(why) => {
                 let clients = std::mem::take(&mut upgrade.clients);
                 self.upgrade = None;
-                let exe = self.context.exe.clone().unwrap_or_default();
-                self.refuse(&exe, clients, &why);
+                self.refuse(&clients, &why);
             }
         }
         true
@@ -114,14 +113,14 @@ impl Supervisor<'_> {
             if let Some(check) = &mut upgrade.check {
                 check.kill();
             }
-            let exe = self.context.exe.clone().unwrap_or_default();
-            self.refuse(&exe, upgrade.clients, why);
+            self.refuse(&upgrade.clients, why);
         }
     }
 
-    fn refuse(&mut self, exe: &Path, clients: Vec<SockAddr>, why: &str) {
+    fn refuse(&self, clients: &[SockAddr], why: &str) {
+        let exe = self.context.exe.as_deref().unwrap_or(Path::new("?"));
         log!("not upgrading to {}: {why}", exe.display());
-        self.answer(&clients, &format!("FAILED {why}"));
+        self.answer(clients, &format!("FAILED {why}"));
     }
 
     fn answer(&self, clients: &[SockAddr], text: &str) {
@@ -141,7 +140,7 @@ impl Supervisor<'_> {
         let exe = self.context.exe.clone().unwrap_or_default();
         if upgrade.file.is_none() || check::identity(&exe) != upgrade.file {
             let why = "it was replaced during its check (ask again)";
-            self.refuse(&exe, upgrade.clients, why);
+            self.refuse(&upgrade.clients, why);
             return;
         }
         log!(
@@ -151,7 +150,7 @@ impl Supervisor<'_> {
         );
         let state = self.save(&upgrade);
         let why = up::exec::exec(&exe, &state, &self.kept_fds());
-        self.refuse(&exe, upgrade.clients, &why);
+        self.refuse(&upgrade.clients, &why);
     }
 
     /// The descriptors of the supervisor's own that the next image needs.
