@@ -241,27 +241,11 @@ fn restart_gives_up_when_the_instance_exits() {
     }
 }
 
-/// Kills a daemon (and so, through PDEATHSIG, its workers) if a test fails midway.
-struct DaemonGuard<'a>(&'a Path);
-
-impl Drop for DaemonGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(pid) = fs::read_to_string(self.0)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            if pid_alive(pid) {
-                signal(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
 #[test]
 fn daemonized_instance_is_stopped_with_stop() {
     let dir = TempDir::new("daemon");
     let (pid_file, log) = (dir.path().join("pid"), dir.path().join("log"));
-    let _guard = DaemonGuard(&pid_file);
+    let _guard = KillOnDrop(&pid_file);
     // Again on a fresh port if another process took this one first.
     let (port, out) = (0..5)
         .map(|_| {
@@ -292,13 +276,7 @@ fn daemonized_instance_is_stopped_with_stop() {
     });
     assert_eq!(generation, 1);
     // Detached: a session of its own.
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
+    let fields = stat_fields(pid).unwrap_or_default();
     assert_ne!(
         fields[3],
         pid.to_string(),

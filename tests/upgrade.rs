@@ -539,10 +539,37 @@ fn the_log_pipe_and_the_envdir_are_kept() {
         report.display()
     );
     let mut d = Deployed::start(&["--interval=0.1", &log, &env], &["sh", "-c", &script], &[]);
-    d.server.wait_status(&d.status, &[1]);
-    let logger = child_pids(d.pid());
+    let worker = d.server.wait_status(&d.status, &[1])[0].1;
+    let loggers = |d: &Deployed| -> Vec<i32> {
+        let workers: Vec<i32> = read_status(&d.status).iter().map(|e| e.1).collect();
+        let children = child_pids(d.pid());
+        children
+            .into_iter()
+            .filter(|p| !workers.contains(p))
+            .collect()
+    };
+    let logger = wait_for("the logger", || match loggers(&d)[..] {
+        [one] => Some(one),
+        _ => None,
+    });
     d.deploy();
     d.upgrade_ok();
+    assert_eq!(child_pids(d.pid()), {
+        let mut both = vec![worker, logger];
+        both.sort();
+        both
+    });
+    // The new image supervises the logger it was handed: one that dies is restarted
+    // (after a pause, having run for less than 10 secs), and the line saying so reaches
+    // the file through the new one. The logger leads a process group of its own.
+    signal(-logger, libc::SIGTERM);
+    wait_until("the logger's restart noted in the file", || {
+        fs::read_to_string(&piped).is_ok_and(|t| t.contains("log command exited"))
+    });
+    let restarted = wait_for("a new logger", || match loggers(&d)[..] {
+        [one] if one != logger => Some(one),
+        _ => None,
+    });
     // The envdir is read again, by the new image, for the next generation.
     fs::write(envdir.join("GREETING"), "two\n").unwrap();
     d.server.signal(libc::SIGHUP);
@@ -556,7 +583,7 @@ fn the_log_pipe_and_the_envdir_are_kept() {
     for line in ["upgraded from", "starting new worker", "exiting"] {
         assert!(text.contains(line), "{line:?} not in {text}");
     }
-    assert!(logger.iter().all(|&pid| !pid_alive(pid)));
+    assert!(!pid_alive(restarted));
 }
 
 #[test]

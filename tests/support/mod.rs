@@ -7,11 +7,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::{self, StartServer, TempDir, PATIENCE};
 
@@ -47,21 +47,68 @@ pub fn free_port(ip: &str) -> u16 {
 
 pub fn pid_alive(pid: i32) -> bool {
     // A zombie still answers kill(0): look at its state too.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
+    stat_fields(pid)
+        .unwrap_or_default()
+        .first()
+        .is_some_and(|state| state != "Z")
 }
 
 pub fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a process the test
     // started (a worker it read from start_server's log).
     unsafe { libc::kill(pid, sig) };
+}
+
+/// Kills, when dropped, the process whose pid a file holds (a daemon, through whose
+/// parent-death signal its workers go too; a logger; a worker's orphan) if it is still
+/// alive: what a test started indirectly and would leave behind if it failed midway.
+pub struct KillOnDrop<'a>(pub &'a Path);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(self.0)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            if pid_alive(pid) {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Runs start_server with `args` (a control command such as `--stop`, or a
+/// `--daemonize` launcher), failing the test if it has not returned within `timeout`.
+/// Its output goes through files, not pipes, so that a process it leaves behind with
+/// them open (a daemon, a logger) cannot make the test wait.
+pub fn run_within(args: &[&str], timeout: Duration) -> Output {
+    let dir = TempDir::new("run");
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let file = |path: &Path| std::fs::File::create(path).expect("an output file");
+    let mut child = Command::new(start_server_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file(&out))
+        .stderr(file(&err))
+        .spawn()
+        .expect("run start_server");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waitpid on start_server") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("start_server {args:?} still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out).unwrap_or_default(),
+        stderr: std::fs::read(&err).unwrap_or_default(),
+    }
 }
 
 /// How start_server reports EADDRINUSE whatever its libc calls it (musl: "Address in

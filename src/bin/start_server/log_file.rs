@@ -1,47 +1,28 @@
 //! `--log-file`: a file to append to, or, with a leading `|`, a command (run by
-//! `/bin/sh -c`) whose standard input receives the log. Once set-up is done,
-//! start_server's stdout and stderr point there, and so do its workers'.
+//! `/bin/sh -c`) whose standard input receives the log (see log_pipe.rs). Once set-up
+//! is done, start_server's stdout and stderr point there, and so do its workers'.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::unix::io::AsRawFd;
+use std::time::Instant;
 
+use crate::log_pipe::LogPipe;
 use crate::sys::{self, Pid};
 
 pub enum LogFile {
-    File {
-        file: File,
-        path: String,
-    },
-    /// The write end of the logger's stdin, and the logger.
-    Pipe {
-        stdin: File,
-        logger: Pid,
-    },
+    File { file: File, path: String },
+    Pipe { pipe: LogPipe, spec: String },
 }
 
 impl LogFile {
-    /// Opens the log before any socket is bound, so that the logger inherits none.
+    /// Opens the file or makes the pipe, early, so that an error reaches the terminal.
     pub fn open(spec: &str) -> Result<LogFile, String> {
         if let Some(command) = spec.trim_start().strip_prefix('|') {
-            let command = command.trim_start();
-            let mut logger = Command::new("/bin/sh")
-                .arg("-c")
-                .arg(command)
-                .stdin(Stdio::piped())
-                // Its own process group: a Ctrl-C meant for start_server and its
-                // workers must not kill the logger before it has read their last lines.
-                .process_group(0)
-                .spawn()
+            let pipe = LogPipe::open(command.trim_start())
                 .map_err(|e| format!("failed to open pipe:{spec}: {e}"))?;
-            let stdin = logger
-                .stdin
-                .take()
-                .ok_or_else(|| format!("failed to open pipe:{spec}"))?;
             return Ok(LogFile::Pipe {
-                stdin: File::from(OwnedFd::from(stdin)),
-                logger: logger.id() as Pid,
+                pipe,
+                spec: spec.to_string(),
             });
         }
         let file = OpenOptions::new()
@@ -55,14 +36,26 @@ impl LogFile {
         })
     }
 
-    /// Points stdout and stderr at the log.
-    pub fn redirect(&self) -> Result<(), String> {
-        let fd = self.fd();
-        for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-            sys::dup2(fd, target)
-                .map_err(|e| format!("failed to redirect output to the log: {e}"))?;
+    /// Starts the logger of a pipe, in the process that supervises (the daemon, once
+    /// `daemonized`), so that it is that process's child.
+    pub fn start(&mut self, daemonized: bool) -> Result<(), String> {
+        match self {
+            LogFile::File { .. } => Ok(()),
+            LogFile::Pipe { pipe, spec } => pipe
+                .start(daemonized)
+                .map_err(|e| format!("failed to open pipe:{spec}: {e}")),
         }
-        Ok(())
+    }
+
+    /// Points stdout and stderr at the log.
+    pub fn redirect(&mut self) -> Result<(), String> {
+        let result = match self {
+            LogFile::File { file, .. } => [libc::STDOUT_FILENO, libc::STDERR_FILENO]
+                .into_iter()
+                .try_for_each(|target| sys::dup2(file.as_raw_fd(), target)),
+            LogFile::Pipe { pipe, .. } => pipe.redirect(),
+        };
+        result.map_err(|e| format!("failed to redirect output to the log: {e}"))
     }
 
     /// USR1, after logrotate moved the file away: start_server's own output goes to
@@ -89,26 +82,34 @@ impl LogFile {
         }
     }
 
-    /// At exit, once every worker is gone: closes start_server's ends of the pipe, then
-    /// waits for the logger to write out what it has read, so that no line is lost.
-    pub fn finish(self) {
-        if let LogFile::Pipe { stdin, logger } = self {
-            let _ = sys::redirect_to_dev_null(&[libc::STDOUT_FILENO, libc::STDERR_FILENO]);
-            drop(stdin);
-            // After --daemonize the logger is the launcher's child, not ours: nothing
-            // to wait for then (ECHILD).
-            sys::wait_child(logger);
+    /// A child exited: true if it was the logger, which is then restarted (see
+    /// log_pipe.rs).
+    pub fn child_exited(&mut self, pid: Pid, status: i32) -> bool {
+        match self {
+            LogFile::Pipe { pipe, .. } => pipe.child_exited(pid, status),
+            LogFile::File { .. } => false,
         }
     }
 
-    // ------------------------------------------------------------ upgrade in place
-
-    /// The descriptor the log is written to, which an upgrade in place keeps open for
-    /// the next image.
-    pub fn fd(&self) -> RawFd {
+    /// When a logger is due to be restarted, if one is.
+    pub fn restart_at(&self) -> Option<Instant> {
         match self {
-            LogFile::File { file, .. } => file.as_raw_fd(),
-            LogFile::Pipe { stdin, .. } => stdin.as_raw_fd(),
+            LogFile::Pipe { pipe, .. } => pipe.restart_at(),
+            LogFile::File { .. } => None,
+        }
+    }
+
+    pub fn fire_timers(&mut self, now: Instant) {
+        if let LogFile::Pipe { pipe, .. } = self {
+            pipe.fire_timers(now);
+        }
+    }
+
+    /// At exit, once every worker is gone: lets the logger write out what it has read,
+    /// within bounds, so that no line is lost and nothing keeps start_server waiting.
+    pub fn finish(self) {
+        if let LogFile::Pipe { pipe, .. } = self {
+            pipe.finish();
         }
     }
 }

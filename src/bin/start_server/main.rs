@@ -10,6 +10,7 @@ mod envdir;
 #[macro_use]
 mod log;
 mod log_file;
+mod log_pipe;
 mod manager;
 mod notify;
 mod pid_file;
@@ -150,11 +151,8 @@ fn serve(
     command: Command,
     listeners: &Listeners,
     pid_file: Option<&mut PidFile>,
-    log_file: Option<&mut LogFile>,
+    mut log_file: Option<&mut LogFile>,
 ) -> Result<(), String> {
-    if let Some(log_file) = &log_file {
-        log_file.redirect()?;
-    }
     let daemon = if config.daemonize {
         Some(daemon::daemonize(listeners.has_fd(0))?)
     } else {
@@ -170,6 +168,12 @@ fn serve(
     let events = Events::new().map_err(|e| format!("failed to create a signalfd: {e}"))?;
     // After --daemonize's forks, in the process that supervises.
     sys::become_subreaper().map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER) failed: {e}"))?;
+    // The logger too: it must be the supervising process's child, to be reaped and
+    // restarted. Errors up to here still reach the terminal.
+    if let Some(log_file) = log_file.as_deref_mut() {
+        log_file.start(daemon.is_some())?;
+        log_file.redirect()?;
+    }
     if let Some(daemon) = daemon {
         daemon.ready();
     }

@@ -350,11 +350,17 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// A child exited. Children that are not workers (orphans of a worker, reparented
-    /// to start_server as subreaper) are reaped and otherwise ignored.
+    /// A child exited. The logger of `--log-file="| cmd"` is restarted; children that
+    /// are neither it nor workers (orphans of a worker, reparented to start_server as
+    /// subreaper) are reaped and otherwise ignored.
     fn exited(&mut self, pid: Pid, status: c_int) {
         if self.checked(pid, status) {
             return;
+        }
+        if let Some(log_file) = self.log_file.as_deref_mut() {
+            if log_file.child_exited(pid, status) {
+                return;
+            }
         }
         self.channels.remove(&pid);
         if let Some(attempt) = &mut self.attempt {

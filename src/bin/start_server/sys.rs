@@ -10,6 +10,7 @@ use std::io;
 use std::mem;
 use std::os::raw::{c_char, c_int};
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::ptr;
 use std::time::Duration;
 
@@ -124,11 +125,7 @@ pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec
             revents: 0,
         })
         .collect();
-    let ts = timeout.map(|t| libc::timespec {
-        // Capped at 68 years, which fits time_t on every target.
-        tv_sec: t.as_secs().min(i32::MAX as u64) as _,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
-    });
+    let ts = timeout.map(timespec);
     let ts_ptr = ts
         .as_ref()
         .map_or(ptr::null(), |t| t as *const libc::timespec);
@@ -152,6 +149,37 @@ pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec
     }
 }
 
+fn timespec(t: Duration) -> libc::timespec {
+    libc::timespec {
+        // Capped at 68 years, which fits time_t on every target.
+        tv_sec: t.as_secs().min(i32::MAX as u64) as _,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    }
+}
+
+/// Sleeps until a SIGCHLD is pending (start_server keeps it blocked) or `timeout`
+/// passes, and takes it off the pending set: how start_server waits for its logger at
+/// exit, once the main loop's signalfd is gone.
+pub fn wait_child_signal(timeout: Duration) -> io::Result<()> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { mem::zeroed() };
+    let ts = timespec(timeout);
+    // SAFETY: `set` is a valid sigset and `ts` a live timespec; no siginfo is wanted
+    // (null).
+    let ret = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigtimedwait(&set, ptr::null_mut(), &ts)
+    };
+    match ret {
+        -1 => match errno() {
+            libc::EAGAIN | libc::EINTR => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        },
+        _ => Ok(()),
+    }
+}
+
 /// Sends `sig` to `pid`.
 pub fn kill(pid: Pid, sig: c_int) -> io::Result<()> {
     // SAFETY: kill has no memory-safety preconditions.
@@ -163,17 +191,26 @@ pub fn kill(pid: Pid, sig: c_int) -> io::Result<()> {
 /// Reaps one exited child without blocking: `Some((pid, raw wait status))`, or `None`
 /// when no child has exited (or there are no children).
 pub fn reap_one() -> io::Result<Option<(Pid, c_int)>> {
+    match waitpid_nohang(-1) {
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(None),
+        result => result,
+    }
+}
+
+/// Reaps the child `pid` if it has exited, without blocking: its raw wait status, or
+/// `None` while it runs. ECHILD (already reaped, or not a child) is an error.
+pub fn reap_child(pid: Pid) -> io::Result<Option<c_int>> {
+    Ok(waitpid_nohang(pid)?.map(|(_, status)| status))
+}
+
+fn waitpid_nohang(pid: Pid) -> io::Result<Option<(Pid, c_int)>> {
     let mut status: c_int = 0;
     loop {
         // SAFETY: `status` is a valid out-pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        match pid {
+        match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
             0 => return Ok(None),
-            -1 => match io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::ECHILD) => return Ok(None),
-                _ => return Err(io::Error::last_os_error()),
-            },
+            -1 if errno() == libc::EINTR => continue,
+            -1 => return Err(io::Error::last_os_error()),
             pid => return Ok(Some((pid, status))),
         }
     }
@@ -208,6 +245,34 @@ pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     // SAFETY: pipe2 returned two new descriptors that nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Asks for a pipe buffer of `size` bytes (F_SETPIPE_SZ; unprivileged processes get
+/// at most /proc/sys/fs/pipe-max-size).
+pub fn set_pipe_size(fd: &OwnedFd, size: c_int) -> io::Result<()> {
+    // SAFETY: fcntl(F_SETPIPE_SZ) takes an integer; no memory is involved.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size) }).map(drop)
+}
+
+/// How many bytes wait to be read in the pipe whose read end is `fd` (FIONREAD).
+pub fn pipe_queued(fd: &OwnedFd) -> io::Result<usize> {
+    let mut n: c_int = 0;
+    // SAFETY: FIONREAD writes one int to the valid out-pointer.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) })?;
+    Ok(n.max(0) as usize)
+}
+
+/// One write(2): how many bytes were written.
+pub fn write(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `bytes` is a readable buffer of `bytes.len()` bytes.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        match n {
+            -1 if errno() == libc::EINTR => continue,
+            -1 => return Err(io::Error::last_os_error()),
+            n => return Ok(n as usize),
+        }
+    }
 }
 
 /// Reads into `buf` until EOF or `buf` is full; returns the byte count.
@@ -269,6 +334,56 @@ pub fn child_reset_signals() {
                 ptr::null_mut::<KernelSigaction>(),
                 8,
             );
+        }
+    }
+}
+
+/// Has the child of `command` start clean, as a worker does: between fork and exec
+/// it resets its signals (`child_reset_signals`) and marks every descriptor above
+/// stderr close-on-exec, so that the program inherits its stdin, stdout and stderr
+/// from start_server and nothing else (no listening socket).
+pub fn exec_clean(command: &mut std::process::Command) {
+    let limit = descriptor_limit();
+    // SAFETY: std runs the closure in the child, between fork and exec. It only makes
+    // the raw system calls of the two functions below, which are async-signal-safe,
+    // and allocates nothing (it captures one integer).
+    unsafe {
+        command.pre_exec(move || {
+            child_reset_signals();
+            child_cloexec_above_stdio(limit);
+            Ok(())
+        });
+    }
+}
+
+/// The soft limit on open descriptors, capped at 65536: how far
+/// `child_cloexec_above_stdio` goes on a kernel without close_range(2).
+fn descriptor_limit() -> c_int {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_cur.min(65536) as c_int
+}
+
+/// In the child: marks every descriptor above 2 close-on-exec, with one
+/// close_range(2) (Linux 5.11), or on older kernels one fcntl per descriptor number
+/// below `limit`.
+fn child_cloexec_above_stdio(limit: c_int) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC and fcntl(F_SETFD) change only
+    // descriptor flags; both are plain, async-signal-safe system calls.
+    unsafe {
+        let first: libc::c_uint = 3;
+        let all = libc::c_uint::MAX;
+        if libc::syscall(libc::SYS_close_range, first, all, libc::CLOSE_RANGE_CLOEXEC) == 0 {
+            return;
+        }
+        for fd in 3..limit {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
         }
     }
 }
@@ -755,14 +870,13 @@ pub fn redirect_to_dev_null(fds: &[RawFd]) -> io::Result<()> {
 // ---------------------------------------------------------------- upgrading in place
 
 /// Takes ownership of a descriptor the previous image handed over across execve (its
-/// number written in the upgrade state); an error if no such descriptor is open.
+/// number written in the upgrade state), close-on-exec again as it was there; an error
+/// if no such descriptor is open.
 pub fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
-    if fd < 0 || !fd_is_open(fd) {
-        return Err(io::Error::from_raw_os_error(libc::EBADF));
-    }
-    // SAFETY: the descriptor is open, and nothing in this image has claimed it: the
-    // upgrade state that names it is read once, and each descriptor it names is
-    // adopted once (`upgrade::resume` checks that no number appears twice).
+    set_cloexec(fd, true)?;
+    // SAFETY: the descriptor is open (F_SETFD succeeded), and nothing in this image has
+    // claimed it: the upgrade state that names it is read once, and each descriptor it
+    // names is adopted once (`upgrade::Plan::read` checks that no number appears twice).
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -840,15 +954,6 @@ pub fn execve_fd(fd: RawFd, argv: &[*const c_char], envp: &[*const c_char]) -> i
         )
     };
     io::Error::last_os_error()
-}
-
-/// Waits for the child `pid` to exit (blocking); a child already reaped is no error.
-pub fn wait_child(pid: Pid) {
-    let mut status: c_int = 0;
-    // SAFETY: `status` is a valid out-pointer; EINTR is retried, ECHILD ends it.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } == -1
-        && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-    {}
 }
 
 impl SockAddr {

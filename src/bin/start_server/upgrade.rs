@@ -32,10 +32,11 @@ use std::path::PathBuf;
 
 use crate::bind::{self, Listeners};
 use crate::log_file::LogFile;
+use crate::log_pipe::{self, LogPipe};
 use crate::pid_file::PidFile;
 use crate::signals::{self, Events};
 use crate::supervisor::{Saved, Supervisor};
-use crate::sys::{self, Pid};
+use crate::sys;
 use state::{Field, Reader, Writer};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -107,21 +108,39 @@ pub fn save(w: &mut Writer, context: &Context, log_file: Option<&LogFile>) {
     match log_file {
         Some(LogFile::File { file, path }) => w.put(
             "log-file",
-            &[
-                Field::text("file"),
-                Field::num(file.as_raw_fd()),
-                Field::text(path),
-            ],
+            &[Field::num(file.as_raw_fd()), Field::text(path)],
         ),
-        Some(LogFile::Pipe { stdin, logger }) => w.put(
-            "log-file",
-            &[
-                Field::text("pipe"),
-                Field::num(stdin.as_raw_fd()),
-                Field::num(*logger),
-            ],
-        ),
+        Some(LogFile::Pipe { pipe, spec }) => {
+            w.put("log-pipe", &[Field::text(spec)]);
+            let h = pipe.handover();
+            let (out, err) = h.output.unzip();
+            let (logger, started) = h.logger.unzip();
+            w.put(
+                "logger",
+                &[
+                    Field::text(&h.command),
+                    Field::num(h.read),
+                    Field::num(h.write),
+                    h.own.map_or_else(Field::none, Field::num),
+                    out.map_or_else(Field::none, Field::num),
+                    err.map_or_else(Field::none, Field::num),
+                    logger.map_or_else(Field::none, Field::num),
+                    w.opt_instant(started),
+                    w.opt_instant(h.restart_at),
+                    Field::duration(h.pause),
+                    Field::flag(h.redirected),
+                ],
+            );
+        }
         None => {}
+    }
+}
+
+/// The descriptors of the log, which the next image needs.
+pub fn log_fds(log_file: &LogFile) -> Vec<RawFd> {
+    match log_file {
+        LogFile::File { file, .. } => vec![file.as_raw_fd()],
+        LogFile::Pipe { pipe, .. } => pipe.handover().fds(),
     }
 }
 
@@ -188,14 +207,14 @@ struct Plan {
     exe: Option<PathBuf>,
     listeners: Vec<bind::Handover>,
     pid_file: Option<(RawFd, PathBuf, bool)>,
-    log_file: Option<(RawFd, Log)>,
+    log_file: Option<Log>,
     saved: Saved,
     events: Events,
 }
 
 enum Log {
-    File(String),
-    Pipe(Pid),
+    File(RawFd, String),
+    Pipe(String, log_pipe::Handover),
 }
 
 impl Plan {
@@ -229,17 +248,34 @@ impl Plan {
             }
             None => None,
         };
-        let log_file = match r.maybe("log-file")? {
-            Some(f) => {
-                let f = f.expect(3)?;
-                let log = match f.text(0)?.as_str() {
-                    "file" => Log::File(f.text(2)?),
-                    "pipe" => Log::Pipe(f.num(2)?),
-                    other => return Err(format!("unknown kind of log {other:?} in the state")),
-                };
-                Some((f.num(1)?, log))
+        let log_file = match (
+            r.maybe("log-file")?,
+            r.maybe("log-pipe")?,
+            r.maybe("logger")?,
+        ) {
+            (Some(f), None, None) => {
+                let f = f.expect(2)?;
+                Some(Log::File(f.num(0)?, f.text(1)?))
             }
-            None => None,
+            (None, Some(spec), Some(f)) => {
+                let f = f.expect(11)?;
+                Some(Log::Pipe(
+                    spec.expect(1)?.text(0)?,
+                    log_pipe::Handover {
+                        command: f.text(0)?,
+                        read: f.num(1)?,
+                        write: f.num(2)?,
+                        own: f.opt_num(3)?,
+                        output: f.opt_num(4)?.zip(f.opt_num(5)?),
+                        logger: f.opt_num(6)?.zip(f.opt_instant(7)?),
+                        restart_at: f.opt_instant(8)?,
+                        pause: f.duration(9)?,
+                        redirected: f.flag(10)?,
+                    },
+                ))
+            }
+            (None, None, None) => None,
+            _ => return Err("the log records of the state do not go together".into()),
         };
         let saved = Saved::read(&mut r)?;
         r.finish()?;
@@ -259,7 +295,12 @@ impl Plan {
                 .iter()
                 .map(|p| (p.0, "the pid file", Some(libc::S_IFREG))),
         );
-        fds.extend(log_file.iter().map(|l| (l.0, "the log", None)));
+        let log_fds = match &log_file {
+            Some(Log::File(fd, _)) => vec![*fd],
+            Some(Log::Pipe(_, h)) => h.fds(),
+            None => Vec::new(),
+        };
+        fds.extend(log_fds.into_iter().map(|fd| (fd, "the log", None)));
         fds.extend(
             saved
                 .descriptors()
@@ -295,28 +336,23 @@ impl Plan {
         // Read: no longer needed, nor the way back.
         drop(sys::adopt_fd(state_fd));
         drop(sys::adopt_fd(image_fd));
-        let keep = |fd: RawFd| {
-            let fd = sys::adopt_fd(fd)?;
-            sys::set_cloexec(fd.as_raw_fd(), true)?;
-            Ok(fd)
-        };
         let listeners = Listeners::taken_over(self.listeners);
         let pid_file = match self.pid_file {
-            Some((fd, path, ours)) => {
-                Some(PidFile::taken_over(keep(fd).map_err(fail)?, path, ours))
-            }
+            Some((fd, path, ours)) => Some(PidFile::taken_over(
+                sys::adopt_fd(fd).map_err(fail)?,
+                path,
+                ours,
+            )),
             None => None,
         };
         let mut log_file = match self.log_file {
-            Some((fd, log)) => {
-                let file = std::fs::File::from(keep(fd).map_err(fail)?);
-                Some(match log {
-                    Log::File(path) => LogFile::File { file, path },
-                    Log::Pipe(logger) => LogFile::Pipe {
-                        stdin: file,
-                        logger,
-                    },
-                })
+            Some(Log::File(fd, path)) => {
+                let file = std::fs::File::from(sys::adopt_fd(fd).map_err(fail)?);
+                Some(LogFile::File { file, path })
+            }
+            Some(Log::Pipe(spec, handover)) => {
+                let pipe = LogPipe::taken_over(handover).map_err(fail)?;
+                Some(LogFile::Pipe { pipe, spec })
             }
             None => None,
         };

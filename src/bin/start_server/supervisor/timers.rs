@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::Supervisor;
 use crate::log;
+use crate::log_file::LogFile;
 use crate::sys;
 
 impl Supervisor<'_> {
@@ -13,6 +14,7 @@ impl Supervisor<'_> {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let attempt = self.attempt.as_ref().map(|a| a.until);
         let kill = self.old.values().filter_map(|o| o.kill.map(|k| k.0)).min();
+        let logger = self.log_file.as_deref().and_then(LogFile::restart_at);
         [
             attempt,
             self.kill_old_at,
@@ -20,6 +22,7 @@ impl Supervisor<'_> {
             kill,
             self.watchdog_at,
             self.check_deadline(),
+            logger,
         ]
         .into_iter()
         .flatten()
@@ -62,6 +65,9 @@ impl Supervisor<'_> {
         }
         self.kill_lingering(now);
         self.check_overdue(now);
+        if let Some(log_file) = self.log_file.as_deref_mut() {
+            log_file.fire_timers(now);
+        }
         if self.watchdog_at.is_some_and(|at| at <= now) {
             self.hung();
         }

@@ -6,7 +6,6 @@
 //! workers, timers and clients (`Supervisor::resume`).
 
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::*;
@@ -156,7 +155,11 @@ impl Supervisor<'_> {
     /// The descriptors of the supervisor's own that the next image needs.
     fn kept_fds(&self) -> Vec<RawFd> {
         let pid_file = self.context.pid_file.map(|p| p.handover().0);
-        let log_file = self.log_file.as_ref().map(|l| l.fd());
+        let log_file = self
+            .log_file
+            .as_deref()
+            .map(up::log_fds)
+            .unwrap_or_default();
         let control = self.control.as_ref().map(ControlSocket::fd);
         let channels = self.channels.values().map(Channel::fd);
         pid_file
@@ -480,18 +483,13 @@ impl<'a> Supervisor<'a> {
         log_file: Option<&'a mut LogFile>,
         context: Context<'a>,
     ) -> io::Result<(Supervisor<'a>, Vec<SockAddr>)> {
-        let keep = |fd: RawFd| -> io::Result<OwnedFd> {
-            let fd = sys::adopt_fd(fd)?;
-            sys::set_cloexec(fd.as_raw_fd(), true)?;
-            Ok(fd)
-        };
         let control = match saved.control {
-            Some(fd) => Some(ControlSocket::taken_over(keep(fd)?)),
+            Some(fd) => Some(ControlSocket::taken_over(sys::adopt_fd(fd)?)),
             None => None,
         };
         let mut channels = BTreeMap::new();
         for (pid, fd, address) in saved.channels {
-            channels.insert(pid, Channel::taken_over(keep(fd)?, address));
+            channels.insert(pid, Channel::taken_over(sys::adopt_fd(fd)?, address));
         }
         let supervisor = Supervisor {
             settings: saved.settings,
