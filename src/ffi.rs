@@ -309,7 +309,11 @@ pub unsafe extern "C" fn server_starter_parse(
 
 /// Returns the descriptor of the inherited listener whose name is exactly
 /// `name` (e.g. `"127.0.0.1:8080"`, or a `LISTEN_FDNAMES` name), checked to be an
-/// open socket; the first one when several have that name.
+/// open socket; the first one when several have that name. Under systemd's
+/// variables a `SERVER_STARTER_PORT` name also finds the `LISTEN_FDNAMES` name
+/// `start_server --listen-fds` makes of it (`"127.0.0.1:8080"` finds
+/// `127.0.0.1_8080`: each `:`, control or non-ASCII byte is `_`), so a worker
+/// asking by address gets the same socket from either variable.
 ///
 /// The whole variable is parsed, so a malformed entry anywhere is an error, as
 /// for `server_starter_listeners()`. Errors: `SERVER_STARTER_ENULL`,

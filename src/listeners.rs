@@ -399,6 +399,9 @@ impl Environment {
 
     /// The first listener named `name`. The whole variable is parsed, so a
     /// malformed entry anywhere is an error, as in [`Environment::listeners`].
+    /// Under systemd's variables a `SERVER_STARTER_PORT` name also finds the
+    /// `LISTEN_FDNAMES` name `start_server --listen-fds` makes of it
+    /// (`127.0.0.1:8080` finds `127.0.0.1_8080`).
     pub fn find(&self, name: impl AsRef<OsStr>) -> Result<Listener, Error> {
         let wanted = name.as_ref().as_bytes();
         if wanted.len() >= parse::NAME_MAX {

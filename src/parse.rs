@@ -45,6 +45,28 @@ pub const SD_LISTEN_FDS_START: i32 = 3;
 /// The name systemd gives descriptors it has no name for.
 pub const SD_UNKNOWN_NAME: &[u8] = b"unknown";
 
+/// The longest name systemd accepts in `LISTEN_FDNAMES` (its `FDNAME_MAX`).
+pub const FDNAME_MAX: usize = 255;
+
+/// The byte standing for `b` when a `SERVER_STARTER_PORT` name becomes a
+/// `LISTEN_FDNAMES` name (as `start_server --listen-fds` makes them): systemd
+/// allows printable ASCII but `:`, its field separator; anything else is `_`.
+pub fn fdname_byte(b: u8) -> u8 {
+    if b == b':' || !(0x20..0x7f).contains(&b) {
+        b'_'
+    } else {
+        b
+    }
+}
+
+/// Whether `fdname` is what `name` becomes as a `LISTEN_FDNAMES` name: each
+/// byte through [`fdname_byte`], the whole cut at [`FDNAME_MAX`] bytes
+/// (`127.0.0.1:8080` is `127.0.0.1_8080`, `[::1]:8443` is `[__1]_8443`).
+pub fn is_fdname_of(fdname: &[u8], name: &[u8]) -> bool {
+    let name = name.get(..FDNAME_MAX).unwrap_or(name);
+    fdname.len() == name.len() && fdname.iter().zip(name).all(|(&f, &n)| f == fdname_byte(n))
+}
+
 /// What went wrong, mapped one to one onto the C error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
@@ -520,6 +542,10 @@ impl<'a> Iterator for SourceEntries<'a> {
 
 /// The first entry of `source` named `wanted`, after checking that the whole
 /// source parses (a malformed entry anywhere is an error, wherever the match is).
+///
+/// A systemd name is also found by the `SERVER_STARTER_PORT` name it was made
+/// from ([`is_fdname_of`]): a worker of `start_server --listen-fds` asking for
+/// `127.0.0.1:8080` gets the same socket whichever variable it reads.
 pub fn find<'a>(source: &Source<'a>, wanted: &[u8]) -> Result<Option<Entry<'a>>, ParseError> {
     if let Source::Systemd(Systemd { count, names: None }) = *source {
         // Every descriptor is "unknown": answer without walking up to INT_MAX - 3
@@ -531,10 +557,12 @@ pub fn find<'a>(source: &Source<'a>, wanted: &[u8]) -> Result<Option<Entry<'a>>,
             port: 0,
         }));
     }
+    let systemd = matches!(source, Source::Systemd(_));
     let mut found = None;
     for entry in source.entries() {
         let entry = entry?;
-        if found.is_none() && entry.name == wanted {
+        let named = entry.name == wanted || (systemd && is_fdname_of(entry.name, wanted));
+        if found.is_none() && named {
             found = Some(entry);
         }
     }
@@ -758,6 +786,43 @@ mod tests {
             ..vars("42", "2", None)
         };
         assert_eq!(systemd(&both, 42), Ok(vec![]));
+    }
+
+    #[test]
+    fn fdnames_made_from_starter_names_find_the_same_socket() {
+        let fdname = |name: &str| -> String {
+            let cut = &name.as_bytes()[..name.len().min(FDNAME_MAX)];
+            cut.iter().map(|&b| char::from(fdname_byte(b))).collect()
+        };
+        assert_eq!(fdname("8080"), "8080");
+        assert_eq!(fdname("/run/app.sock"), "/run/app.sock");
+        assert_eq!(fdname("127.0.0.1:8080"), "127.0.0.1_8080");
+        assert_eq!(fdname("[::1]:8443"), "[__1]_8443");
+        assert_eq!(fdname("/tmp/caf\u{e9}\t.sock"), "/tmp/caf___.sock");
+        let long = format!("{}:80", "h".repeat(300));
+        assert_eq!(fdname(&long).len(), FDNAME_MAX);
+        assert!(is_fdname_of(fdname(&long).as_bytes(), long.as_bytes()));
+        assert!(!is_fdname_of(b"127.0.0.1_808", b"127.0.0.1:8080"));
+        assert!(!is_fdname_of(b"127.0.0.1_80800", b"127.0.0.1:8080"));
+
+        let v = vars("42", "3", Some("8080:127.0.0.1_8081:[__1]_8443"));
+        let source = resolve(&v, 42).unwrap();
+        let fd = |wanted: &str| find(&source, wanted.as_bytes()).unwrap().map(|e| e.fd);
+        assert_eq!(fd("8080"), Some(3));
+        assert_eq!(fd("127.0.0.1:8081"), Some(4));
+        assert_eq!(fd("127.0.0.1_8081"), Some(4));
+        assert_eq!(fd("[::1]:8443"), Some(5));
+        assert_eq!(fd("127.0.0.1:8443"), None);
+        // SERVER_STARTER_PORT names are matched exactly.
+        let starter = resolve(
+            &Vars {
+                starter_port: Some(b"127.0.0.1:8081=3"),
+                ..v
+            },
+            42,
+        )
+        .unwrap();
+        assert_eq!(find(&starter, b"127.0.0.1_8081").unwrap(), None);
     }
 
     #[test]

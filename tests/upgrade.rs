@@ -715,3 +715,60 @@ fn the_perl_original_is_never_sent_usr2() {
     perl.signal(libc::SIGTERM);
     perl.wait_exit(common::PATIENCE);
 }
+
+/// A socket adopted from systemd (held by the test, as a socket unit holds it), with
+/// `--listen-fds` and `--watchdog`: after the upgrade, the next generation still gets
+/// the socket-activation variables and its own LISTEN_PID and WATCHDOG_PID.
+#[test]
+fn adopted_sockets_and_systemd_variables_are_kept() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let dir = TempDir::new("upgrade-sd");
+    let exe = dir.path().join("start_server");
+    install(&start_server_bin(), &exe);
+    let pid_file = dir.path().join("pid");
+    let status = dir.path().join("status");
+    let mut cmd = socket_activated_command(&exe, holder.as_raw_fd());
+    cmd.args([
+        "--port",
+        &addr.to_string(),
+        "--listen-fds",
+        "--watchdog=10",
+        "--interval=0.1",
+        &format!("--pid-file={}", pid_file.display()),
+        &format!("--status-file={}", status.display()),
+        "--",
+    ])
+    .arg(perl_worker());
+    let mut d = Deployed {
+        server: Server::spawn(cmd),
+        dir,
+        exe,
+        pid_file,
+        status,
+        addr,
+    };
+    let first = wait_generation(d.addr, 1);
+    d.deploy();
+    d.upgrade_ok();
+    d.server.signal(libc::SIGHUP);
+    let second = wait_generation(d.addr, 2);
+    let env = environ(second);
+    for expected in [
+        format!("LISTEN_PID={second}"),
+        format!("WATCHDOG_PID={second}"),
+        "LISTEN_FDS=1".into(),
+        format!("SERVER_STARTER_PORT={addr}=3"),
+    ] {
+        assert!(
+            env.lines().any(|l| l == expected),
+            "{expected} not in {env}"
+        );
+    }
+    assert!(!env.contains("SERVER_STARTER_UPGRADE"));
+    assert!(!d
+        .server
+        .has_line(&format!("worker {first} sent no WATCHDOG")));
+    d.server.stop();
+    assert!(d.dir.path().exists());
+}

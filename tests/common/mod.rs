@@ -122,13 +122,18 @@ impl StartServer {
         envs: &[(&str, String)],
         log: PathBuf,
     ) -> StartServer {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
+        StartServer::spawn_command(cmd, log)
+    }
+
+    /// Spawns `cmd` (start_server, or a program that execs it), logging to `log`.
+    pub fn spawn_command(mut cmd: Command, log: PathBuf) -> StartServer {
         let out =
             fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
         let err = out.try_clone().expect("dup of the log file");
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             // A group of its own: the guard can then reach the workers too, even
@@ -142,7 +147,7 @@ impl StartServer {
             || match cmd.spawn() {
                 Ok(child) => Some(child),
                 Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => None,
-                Err(e) => panic!("spawning {} {args:?}: {e}", program.display()),
+                Err(e) => panic!("spawning {cmd:?}: {e}"),
             },
         );
         StartServer {

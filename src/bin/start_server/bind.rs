@@ -1,6 +1,6 @@
-//! Binding the listening sockets, once, before the first worker is spawned. They stay
-//! open in start_server for its whole life, which is why a restart refuses no
-//! connection.
+//! Binding the listening sockets (or adopting those systemd passed), once, before the
+//! first worker is spawned, each at the descriptor the plan says. They stay open in
+//! start_server for its whole life, which is why a restart refuses no connection.
 
 use std::fs;
 use std::io;
@@ -9,16 +9,23 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::io::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use crate::inherited::Address;
 use crate::log;
+use crate::plan::{Plan, Reserved, Source};
 use crate::port_spec::{PortSpec, Protocol};
 use crate::sys::{self, SockAddr};
 
-/// One bound socket, as a worker will find it.
+/// One bound (or adopted) socket, as a worker will find it.
 pub struct Listener {
     /// Its name in SERVER_STARTER_PORT.
     pub name: String,
     pub fd: RawFd,
+    /// Taken from systemd socket activation rather than bound.
+    pub adopted: bool,
+    /// For an adopted socket, its name in the manager's LISTEN_FDNAMES, if given.
+    pub fdname: Option<String>,
     /// For unix sockets: the file we created, to remove at exit if it is still ours.
+    /// (An adopted socket's file is the manager's, and stays.)
     unix_file: Option<UnixFile>,
 }
 
@@ -28,21 +35,17 @@ struct UnixFile {
     ino: u64,
 }
 
-/// All the sockets, in the original's order: `--port`s first, then `--path`s.
+/// All the sockets, in the plan's order (SERVER_STARTER_PORT's).
 pub struct Listeners(Vec<Listener>);
 
 impl Listeners {
-    /// Binds every socket, or none: on error, the unix socket files already created
-    /// are removed again. `reserved` holds the pinned descriptor numbers free of
-    /// anything else start_server opened first (pid file, log file).
-    pub fn bind(
-        ports: &[PortSpec],
-        paths: &[PathBuf],
-        backlog: i32,
-        reserved: Reserved,
-    ) -> Result<Listeners, String> {
+    /// Binds or adopts every socket of the plan, or none: on error, the unix socket
+    /// files already created are removed again. `reserved` holds the target
+    /// descriptor numbers free of anything else start_server opened first (pid file,
+    /// log file).
+    pub fn bind(plan: Plan, backlog: i32, reserved: Reserved) -> Result<Listeners, String> {
         let mut bound = Listeners(Vec::new());
-        let result = bound.bind_all(ports, paths, backlog, reserved);
+        let result = bound.bind_all(plan, backlog, reserved);
         match result {
             Ok(()) => Ok(bound),
             Err(e) => {
@@ -52,43 +55,39 @@ impl Listeners {
         }
     }
 
-    fn bind_all(
-        &mut self,
-        ports: &[PortSpec],
-        paths: &[PathBuf],
-        backlog: i32,
-        reserved: Reserved,
-    ) -> Result<(), String> {
-        let mut placeholders = reserved.0;
-        for spec in ports {
-            let fd = bind_port(spec, backlog)?;
-            let fd = match spec.pinned_fd {
-                Some(target) => {
-                    // dup2 replaces the placeholder, so it must not be closed later.
-                    if let Some(pos) = placeholders.iter().position(|p| p.as_raw_fd() == target) {
-                        let _ = placeholders.swap_remove(pos).into_raw_fd();
-                    }
-                    sys::dup2(fd.as_raw_fd(), target).map_err(|e| {
-                        format!(
-                            "dup2(2) failed for {} to descriptor {target}: {e}",
-                            spec.name
-                        )
-                    })?;
-                    log!("socket is duplicated to file descriptor {target}");
-                    target
+    fn bind_all(&mut self, plan: Plan, backlog: i32, mut reserved: Reserved) -> Result<(), String> {
+        let adopted: Vec<Address> = plan
+            .0
+            .iter()
+            .filter_map(|p| match &p.source {
+                Source::Adopted(socket) => Some(socket.address.clone()),
+                _ => None,
+            })
+            .collect();
+        for planned in plan.0 {
+            let is_adopted = matches!(planned.source, Source::Adopted(_));
+            let (fd, unix_file, fdname) = match planned.source {
+                Source::Port(spec) => (bind_port(&spec, backlog, &adopted)?, None, None),
+                Source::Path(path) => {
+                    let (fd, file) = bind_path(&path, backlog)?;
+                    (fd, Some(file), None)
                 }
-                None => inheritable(fd)
-                    .map_err(|e| format!("fcntl(F_SETFD) failed for {}: {e}", spec.name))?,
+                Source::Adopted(socket) => (socket.fd, None, socket.fdname),
             };
-            self.0.push(Listener {
-                name: spec.name.clone(),
+            let fd = place(
                 fd,
-                unix_file: None,
+                &planned.name,
+                planned.target,
+                planned.pinned,
+                &mut reserved,
+            )?;
+            self.0.push(Listener {
+                name: planned.name,
+                fd,
+                adopted: is_adopted,
+                fdname,
+                unix_file,
             });
-        }
-        for path in paths {
-            let listener = bind_path(path, backlog)?;
-            self.0.push(listener);
         }
         Ok(())
     }
@@ -101,6 +100,10 @@ impl Listeners {
             .map(|l| format!("{}={}", l.name, l.fd))
             .collect();
         entries.join(";")
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Listener> {
+        self.0.iter()
     }
 
     /// Whether a socket sits at descriptor 0 (then a daemon keeps it as stdin).
@@ -126,36 +129,30 @@ impl Listeners {
     }
 }
 
-/// The descriptor numbers that `=fd` pins, held open (on /dev/null) from the start
-/// until the sockets are bound, so that nothing start_server opens meanwhile (its pid
-/// file, its log, the other sockets) lands on one and is replaced by dup2.
-pub struct Reserved(Vec<OwnedFd>);
-
-/// Reserves the pinned descriptors. Those already open when start_server starts
-/// (stdin, say) are the user's to replace, as in the original.
-pub fn reserve_pinned_fds(ports: &[PortSpec]) -> Result<Reserved, String> {
-    let mut seen = Vec::new();
-    let mut placeholders = Vec::new();
-    for spec in ports {
-        let Some(target) = spec.pinned_fd else {
-            continue;
-        };
-        if seen.contains(&target) {
-            return Err(format!(
-                "invalid port value: descriptor {target} is pinned by two --port options"
-            ));
-        }
-        seen.push(target);
-        if !sys::fd_is_open(target) {
-            let placeholder = sys::occupy_fd(target)
-                .map_err(|e| format!("failed to reserve descriptor {target}: {e}"))?;
-            placeholders.push(placeholder);
-        }
+/// Puts the socket at its target descriptor, if it has one, and leaves it open and
+/// inheritable for start_server's whole life.
+fn place(
+    fd: OwnedFd,
+    name: &str,
+    target: Option<RawFd>,
+    pinned: bool,
+    reserved: &mut Reserved,
+) -> Result<RawFd, String> {
+    let Some(target) = target.filter(|&t| t != fd.as_raw_fd()) else {
+        return inheritable(fd).map_err(|e| format!("fcntl(F_SETFD) failed for {name}: {e}"));
+    };
+    reserved.release(target);
+    sys::dup2(fd.as_raw_fd(), target)
+        .map_err(|e| format!("dup2(2) failed for {name} to descriptor {target}: {e}"))?;
+    if pinned {
+        log!("socket is duplicated to file descriptor {target}");
     }
-    Ok(Reserved(placeholders))
+    Ok(target)
 }
 
-fn bind_port(spec: &PortSpec, backlog: i32) -> Result<OwnedFd, String> {
+/// Binds `--port=spec`. When an adopted socket holds the port, the error names it:
+/// an inherited socket should have been used (another option adopted it).
+fn bind_port(spec: &PortSpec, backlog: i32, adopted: &[Address]) -> Result<OwnedFd, String> {
     let addr = spec.resolve()?;
     let domain = if addr.is_ipv4() {
         libc::AF_INET
@@ -174,14 +171,23 @@ fn bind_port(spec: &PortSpec, backlog: i32) -> Result<OwnedFd, String> {
         sys::setsockopt_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)
             .map_err(|e| fail("setsockopt(IPV6_V6ONLY) failed for", e))?;
     }
-    sys::bind(&fd, &SockAddr::from_std(&addr)).map_err(|e| fail("failed to bind to", e))?;
+    sys::bind(&fd, &SockAddr::from_std(&addr)).map_err(|e| {
+        let held = adopted.iter().find(|a| a.holds_port_of(spec, addr));
+        match held {
+            Some(a) => format!(
+                "failed to bind to {}: {e}: the inherited {a} (from LISTEN_FDS) holds that port",
+                spec.name
+            ),
+            None => fail("failed to bind to", e),
+        }
+    })?;
     if spec.protocol == Protocol::Tcp {
         sys::listen(&fd, backlog).map_err(|e| fail("listen(2) failed for", e))?;
     }
     Ok(fd)
 }
 
-fn bind_path(path: &Path, backlog: i32) -> Result<Listener, String> {
+fn bind_path(path: &Path, backlog: i32) -> Result<(OwnedFd, UnixFile), String> {
     let fail = |why: String| format!("failed to listen to file {}: {why}", path.display());
     let addr = SockAddr::unix(path.as_os_str().as_bytes())
         .ok_or_else(|| fail("the path is empty or longer than 107 bytes".into()))?;
@@ -200,17 +206,11 @@ fn bind_path(path: &Path, backlog: i32) -> Result<Listener, String> {
         dev: meta.dev(),
         ino: meta.ino(),
     };
-    let listener = |fd| Listener {
-        name: path.display().to_string(),
-        fd,
-        unix_file: Some(unix_file),
-    };
     if let Err(e) = sys::listen(&fd, backlog) {
         let _ = fs::remove_file(path);
         return Err(fail(e.to_string()));
     }
-    let fd = inheritable(fd).map_err(|e| fail(e.to_string()))?;
-    Ok(listener(fd))
+    Ok((fd, unix_file))
 }
 
 /// A socket file left by a server that is gone is removed, with a warning. Anything
@@ -247,33 +247,36 @@ fn inheritable(fd: OwnedFd) -> io::Result<RawFd> {
 
 // ---------------------------------------------------------------- upgrade in place
 
-/// One socket as the upgrade state carries it: its name, its descriptor, and the unix
-/// socket file this instance created there, as (path, device, inode).
-pub type Handover = (String, RawFd, Option<(PathBuf, u64, u64)>);
+/// The unix socket file a listener created, as (path, device, inode), as the upgrade
+/// state carries it.
+pub type UnixFileId = (PathBuf, u64, u64);
 
-impl Listeners {
-    pub fn handover(&self) -> Vec<Handover> {
-        self.0
-            .iter()
-            .map(|l| {
-                let file = l.unix_file.as_ref();
-                let file = file.map(|f| (f.path.clone(), f.dev, f.ino));
-                (l.name.clone(), l.fd, file)
-            })
-            .collect()
+impl Listener {
+    pub fn unix_file(&self) -> Option<UnixFileId> {
+        let file = self.unix_file.as_ref()?;
+        Some((file.path.clone(), file.dev, file.ino))
     }
 
-    /// The sockets of the previous image, still open at the same descriptors.
-    pub fn taken_over(sockets: Vec<Handover>) -> Listeners {
-        Listeners(
-            sockets
-                .into_iter()
-                .map(|(name, fd, file)| Listener {
-                    name,
-                    fd,
-                    unix_file: file.map(|(path, dev, ino)| UnixFile { path, dev, ino }),
-                })
-                .collect(),
-        )
+    /// A socket of the previous image, still open at the same descriptor.
+    pub fn taken_over(
+        name: String,
+        fd: RawFd,
+        adopted: bool,
+        fdname: Option<String>,
+        unix_file: Option<UnixFileId>,
+    ) -> Listener {
+        Listener {
+            name,
+            fd,
+            adopted,
+            fdname,
+            unix_file: unix_file.map(|(path, dev, ino)| UnixFile { path, dev, ino }),
+        }
+    }
+}
+
+impl Listeners {
+    pub fn taken_over(sockets: Vec<Listener>) -> Listeners {
+        Listeners(sockets)
     }
 }

@@ -55,6 +55,8 @@ pub struct Config {
     pub ready_timeout: Duration,
     pub watchdog: Option<Duration>,
     pub backlog: i32,
+    /// Also hand the sockets to the workers as systemd does (LISTEN_FDS).
+    pub listen_fds: bool,
     pub command: Vec<String>,
 }
 
@@ -105,6 +107,7 @@ const OPTIONS: &[(&str, bool)] = &[
     ("ready", true),
     ("ready-timeout", true),
     ("watchdog", true),
+    ("listen-fds", false),
     ("upgrade", false),
 ];
 
@@ -113,6 +116,10 @@ const ORIGINAL_OPTIONS: usize = 19;
 
 /// `--ready-timeout`'s default, systemd's start timeout.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// New options taken only in full, so that every abbreviation still means what it
+/// means to the original (`-l` is `--log-file`).
+const NOT_ABBREVIATED: &[&str] = &["listen-fds"];
 
 pub const HELP: &str = "\
 Usage: start_server [options] -- server-prog server-arg1 server-arg2 ...
@@ -164,6 +171,9 @@ Options:
   --watchdog=seconds      a started worker that sends no WATCHDOG=1 for that long
                           is hung: killed (ABRT) and replaced (WATCHDOG_USEC)
   --backlog=size          listen backlog (default: SOMAXCONN)
+  --listen-fds            also hand the sockets to the workers as systemd socket
+                          activation does (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES),
+                          at descriptors 3, 4, ... in SERVER_STARTER_PORT order
   --restart               ask the instance of --pid-file for a restart and wait
                           for the verdict: 0 once the new generation runs
                           alone, non-zero once it failed to start (an instance
@@ -352,6 +362,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
             other => other,
         },
         backlog,
+        listen_fds: m.opt_present("listen-fds"),
         command: m.free.clone(),
     };
     if config.command.is_empty() {
@@ -402,7 +413,7 @@ fn expand_abbreviations(args: &[String]) -> Result<Vec<String>, Error> {
         let prefixed_in = |options: &'static [(&'static str, bool)]| -> Vec<_> {
             options
                 .iter()
-                .filter(|(o, _)| o.starts_with(name))
+                .filter(|(o, _)| o.starts_with(name) && !NOT_ABBREVIATED.contains(o))
                 .collect()
         };
         let mut prefixed = prefixed_in(&OPTIONS[..ORIGINAL_OPTIONS]);
@@ -511,6 +522,18 @@ mod tests {
         );
         let e = error(&["--stop", "--pid-file=p", "--kill-timeout=-1"]);
         assert!(e.message.contains("--kill-timeout"), "{}", e.message);
+    }
+
+    #[test]
+    fn new_options_are_not_abbreviated() {
+        let c = start(&["-l", "/tmp/log", "--listen-fds", "--", "prog"]);
+        assert_eq!(c.log_file.as_deref(), Some("/tmp/log"));
+        assert!(c.listen_fds);
+        assert!(!start(&["--", "prog"]).listen_fds);
+        assert_eq!(
+            error(&["--listen", "--", "prog"]).message,
+            "Unknown option: listen"
+        );
     }
 
     #[test]

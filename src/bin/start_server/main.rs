@@ -7,6 +7,8 @@ mod control;
 mod control_socket;
 mod daemon;
 mod envdir;
+mod inherited;
+mod listen_fds;
 #[macro_use]
 mod log;
 mod log_file;
@@ -14,6 +16,7 @@ mod log_pipe;
 mod manager;
 mod notify;
 mod pid_file;
+mod plan;
 mod port_names;
 mod port_spec;
 mod signals;
@@ -28,8 +31,10 @@ use std::process::ExitCode;
 use bind::Listeners;
 use cli::{Config, Mode};
 use control_socket::ControlSocket;
+use listen_fds::WorkerVars;
 use log_file::LogFile;
 use pid_file::PidFile;
+use plan::Plan;
 use signals::Events;
 use spawn::Command;
 use status_file::StatusFile;
@@ -105,7 +110,9 @@ fn start(config: Config) -> Result<(), String> {
         config.signal_on_term.number,
     )?;
 
-    let reserved = bind::reserve_pinned_fds(&config.ports)?;
+    let inherited = inherited::take()?;
+    let mut plan = Plan::new(&config.ports, &config.paths, inherited, config.listen_fds)?;
+    let reserved = plan.reserve()?;
     // Locked before binding, so that a second instance is told that it is one, rather
     // than that its ports are in use.
     let mut pid_file = config.pid_file.as_deref().map(PidFile::lock).transpose()?;
@@ -116,8 +123,7 @@ fn start(config: Config) -> Result<(), String> {
         .transpose()
         .and_then(|log_file| {
             log!("start_server (pid:{}) starting now...", std::process::id());
-            let listeners =
-                Listeners::bind(&config.ports, &config.paths, config.backlog, reserved)?;
+            let listeners = Listeners::bind(plan, config.backlog, reserved)?;
             Ok((log_file, listeners))
         });
     let result = match bound {
@@ -148,7 +154,7 @@ fn start(config: Config) -> Result<(), String> {
 fn serve(
     config: Config,
     tunables: envdir::Tunables,
-    command: Command,
+    mut command: Command,
     listeners: &Listeners,
     pid_file: Option<&mut PidFile>,
     mut log_file: Option<&mut LogFile>,
@@ -177,6 +183,13 @@ fn serve(
     if let Some(daemon) = daemon {
         daemon.ready();
     }
+    let listen_vars = WorkerVars::new(listeners, config.listen_fds);
+    if listen_vars.exports() {
+        command.export_own_pid("LISTEN_PID");
+    }
+    if config.watchdog.is_some() {
+        command.export_own_pid("WATCHDOG_PID");
+    }
     let settings = Settings {
         interval: config.interval,
         signal_on_hup: config.signal_on_hup,
@@ -187,6 +200,7 @@ fn serve(
         ready_notify: config.ready_notify,
         ready_timeout: config.ready_timeout,
         watchdog: config.watchdog,
+        listen_vars,
     };
     let status_file = config.status_file.map(StatusFile::new);
     // Only an instance with a pid file can be found by `--restart`.

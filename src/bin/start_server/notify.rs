@@ -44,7 +44,9 @@ pub struct Notice {
 impl Channel {
     pub fn new() -> io::Result<Channel> {
         let (fd, addr) = sys::credential_socket(None)?;
-        let name = addr.abstract_name().unwrap_or_default();
+        // Autobind names are five hex digits after the leading NUL.
+        let path = addr.unix_path_bytes().unwrap_or_default();
+        let name = path.strip_prefix(&[0]).unwrap_or_default();
         Ok(Channel {
             fd,
             address: format!("@{}", String::from_utf8_lossy(name)),

@@ -22,6 +22,9 @@ pub struct Command {
     dir: Option<CString>,
     /// Sent to the worker by the kernel if start_server dies without stopping it.
     parent_death_signal: c_int,
+    /// The variables naming the worker's own pid (`LISTEN_PID` with `--listen-fds`,
+    /// `WATCHDOG_PID` with `--watchdog`), which only the child can fill in.
+    own_pid_vars: Vec<&'static str>,
 }
 
 /// How a spawn went: the child exists either way and will be reaped; `exec_error` says
@@ -84,13 +87,22 @@ impl Command {
             argv,
             dir,
             parent_death_signal,
+            own_pid_vars: Vec::new(),
         })
     }
 
-    /// For an upgrade in place: the command line and the directory, as `new` took them.
-    pub fn handover(&self) -> (Vec<&[u8]>, Option<&[u8]>) {
+    /// Gives every worker the variable `name` set to its own pid (replacing any in its
+    /// environment).
+    pub fn export_own_pid(&mut self, name: &'static str) {
+        self.own_pid_vars.push(name);
+    }
+
+    /// For an upgrade in place: the command line and the directory, as `new` took
+    /// them, and the variables given to `export_own_pid`.
+    pub fn handover(&self) -> (Vec<&[u8]>, Option<&[u8]>, &[&'static str]) {
         let argv = self.argv.iter().map(|a| a.as_bytes()).collect();
-        (argv, self.dir.as_ref().map(|d| d.as_bytes()))
+        let dir = self.dir.as_ref().map(|d| d.as_bytes());
+        (argv, dir, &self.own_pid_vars)
     }
 
     fn program(&self) -> &CString {
@@ -121,14 +133,30 @@ impl Command {
     /// Forks and execs the command with `env` (later entries override earlier ones).
     pub fn spawn(&self, env: &[(OsString, OsString)]) -> Result<Spawned, SpawnError> {
         let candidates = self.candidates(env);
-        let envp_strings = envp(env);
+        let envp_strings = envp(env, &self.own_pid_vars);
         let argv = pointers(&self.argv);
-        let envp = pointers(&envp_strings);
+        let mut envp = pointers(&envp_strings);
+        // Each pid variable gets a slot before the terminating NULL, filled in by the
+        // child, which alone knows its pid.
+        let mut own_pids: Vec<(PidEntry, usize)> = self
+            .own_pid_vars
+            .iter()
+            .map(|name| {
+                envp.insert(envp.len() - 1, ptr::null());
+                (PidEntry::new(name), envp.len() - 2)
+            })
+            .collect();
         let (report_read, report_write) = sys::pipe_cloexec().map_err(failed("pipe2(2)"))?;
         let parent = std::process::id() as Pid;
 
         match sys::fork().map_err(failed("fork(2)"))? {
             Fork::Child => {
+                let pid = sys::child_getpid();
+                for (entry, slot) in own_pids.iter_mut() {
+                    if let Some(pointer) = envp.get_mut(*slot) {
+                        *pointer = entry.fill(pid);
+                    }
+                }
                 self.exec_child(parent, &candidates, &argv, &envp, report_write.as_raw_fd())
             }
             Fork::Parent(pid) => {
@@ -204,11 +232,50 @@ fn child_fail(fd: RawFd, stage: u8, errno: c_int) -> ! {
     sys::child_exit(255)
 }
 
-/// `KEY=VALUE` strings; an entry with a NUL byte cannot be passed and is left out.
-pub fn envp(env: &[(OsString, OsString)]) -> Vec<CString> {
+/// `KEY=VALUE` strings; an entry with a NUL byte cannot be passed and is left out, and
+/// so are the pid variables the child writes itself.
+pub fn envp(env: &[(OsString, OsString)], own_pid_vars: &[&str]) -> Vec<CString> {
     env.iter()
+        .filter(|(k, _)| !own_pid_vars.iter().any(|name| k == name))
         .filter_map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok())
         .collect()
+}
+
+/// A `NAME=<pid>` entry (`LISTEN_PID=`, `WATCHDOG_PID=`), in a buffer made before fork
+/// and filled in the child without allocating.
+struct PidEntry {
+    bytes: [u8; PidEntry::SIZE],
+    prefix: usize,
+}
+
+impl PidEntry {
+    /// Room for the longest name, `=`, the ten digits of the largest pid_t, and the NUL.
+    const SIZE: usize = 32;
+
+    fn new(name: &str) -> PidEntry {
+        let mut bytes = [0; Self::SIZE];
+        let prefix = [name.as_bytes(), b"="].concat();
+        assert!(prefix.len() + 11 <= Self::SIZE, "{name} is too long");
+        bytes[..prefix.len()].copy_from_slice(&prefix);
+        PidEntry {
+            bytes,
+            prefix: prefix.len(),
+        }
+    }
+
+    /// Writes `pid` after the prefix, NUL-terminated; returns the entry for envp.
+    /// Async-signal-safe: no allocation, no panic.
+    fn fill(&mut self, pid: Pid) -> *const c_char {
+        let pid = pid.unsigned_abs();
+        let width = pid.checked_ilog10().unwrap_or(0) + 1;
+        for (i, dst) in (0u32..).zip(self.bytes.iter_mut().skip(self.prefix)) {
+            *dst = match width.checked_sub(i + 1) {
+                Some(power) => b'0' + (pid / 10u32.pow(power) % 10) as u8,
+                None => 0,
+            };
+        }
+        self.bytes.as_ptr().cast()
+    }
 }
 
 /// The NULL-terminated pointer array execve wants; `strings` must outlive it.
@@ -218,4 +285,33 @@ pub fn pointers(strings: &[CString]) -> Vec<*const c_char> {
         .map(|s| s.as_ptr())
         .chain(Some(ptr::null()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_entries() {
+        let mut entry = PidEntry::new("LISTEN_PID");
+        for (pid, text) in [
+            (1, "LISTEN_PID=1"),
+            (4_194_304, "LISTEN_PID=4194304"),
+            (Pid::MAX, "LISTEN_PID=2147483647"),
+            (10, "LISTEN_PID=10"),
+        ] {
+            assert_eq!(entry.fill(pid), entry.bytes.as_ptr().cast());
+            let (written, rest) = entry.bytes.split_at(text.len());
+            assert_eq!(written, text.as_bytes());
+            assert!(rest.iter().all(|&b| b == 0), "{text}: {rest:?}");
+        }
+    }
+
+    #[test]
+    fn watchdog_pid_entry() {
+        let mut entry = PidEntry::new("WATCHDOG_PID");
+        entry.fill(Pid::MAX);
+        assert_eq!(&entry.bytes[..23], b"WATCHDOG_PID=2147483647");
+        assert_eq!(entry.bytes[23], 0);
+    }
 }

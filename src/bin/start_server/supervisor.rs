@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::control_socket::{self, Ask, ControlSocket};
 use crate::envdir::{self, Tunables};
+use crate::listen_fds::WorkerVars;
 use crate::log;
 use crate::log_file::LogFile;
 use crate::manager::Manager;
@@ -44,6 +45,8 @@ pub struct Settings {
     pub signal_on_term: Signal,
     /// The value of SERVER_STARTER_PORT.
     pub port_env: String,
+    /// systemd's variables for the workers (`--listen-fds`).
+    pub listen_vars: WorkerVars,
     /// `--kill-timeout`: how long a signalled worker may take to exit before SIGKILL.
     pub kill_timeout: Option<Duration>,
     /// `--backoff`: the longest pause between failed starts, which double up to it.

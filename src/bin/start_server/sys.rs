@@ -451,6 +451,13 @@ pub fn child_exit(code: c_int) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// In the child: its own pid (for `LISTEN_PID`), from getpid(2), which is
+/// async-signal-safe.
+pub fn child_getpid() -> Pid {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    unsafe { libc::getpid() }
+}
+
 fn errno() -> c_int {
     // SAFETY: __errno_location returns this thread's errno slot, always valid.
     unsafe { *libc::__errno_location() }
@@ -482,6 +489,28 @@ pub fn fd_is_open(fd: RawFd) -> bool {
 pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
     // SAFETY: dup2 on integer descriptors; the caller owns `to` (it may replace it).
     check(unsafe { libc::dup2(from, to) }).map(drop)
+}
+
+/// A close-on-exec duplicate of `fd` at the lowest free number from `min` on
+/// (F_DUPFD_CLOEXEC): how a socket is moved out of the way of another's number.
+pub fn dup_at_least(fd: &impl AsRawFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an open descriptor has no memory-safety
+    // preconditions.
+    let new = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })?;
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Takes ownership of descriptor `fd`, which systemd socket activation passed to
+/// this process (`LISTEN_FDS`), checked open. Returns `None` when it is not open.
+/// Called once per number (`inherited::take`), so no two owners close it.
+pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    if !fd_is_open(fd) {
+        return None;
+    }
+    // SAFETY: the descriptor is open, was handed to this process by its launcher
+    // for it to use, and nothing else in start_server refers to it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Makes the free descriptor number `target` an open, close-on-exec descriptor (on
@@ -538,6 +567,23 @@ pub fn setsockopt_int(fd: &OwnedFd, level: c_int, name: c_int, value: c_int) -> 
     .map(drop)
 }
 
+/// getsockopt(2) for an int-valued option (SO_TYPE, SO_ACCEPTCONN, ...).
+pub fn getsockopt_int(fd: &impl AsRawFd, level: c_int, name: c_int) -> io::Result<c_int> {
+    let mut value: c_int = 0;
+    let mut len = mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: `value` is a writable c_int and `len` says so.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            ptr::addr_of_mut!(value).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
 /// A socket address in the kernel's format, with its length.
 pub struct SockAddr {
     storage: libc::sockaddr_storage,
@@ -586,24 +632,11 @@ impl SockAddr {
 
     /// A unix-domain address; `None` when the path does not fit in sun_path.
     pub fn unix(path: &[u8]) -> Option<SockAddr> {
-        // SAFETY: as in from_std.
-        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-        // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_un; the
-        // zeroed storage is a valid sockaddr_un.
-        let sun: &mut libc::sockaddr_un = unsafe { &mut *ptr::addr_of_mut!(storage).cast() };
         // The path needs a terminating NUL inside sun_path.
-        if path.is_empty() || path.len() >= sun.sun_path.len() || path.contains(&0) {
+        if path.is_empty() || path.contains(&0) {
             return None;
         }
-        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (dst, &src) in sun.sun_path.iter_mut().zip(path) {
-            *dst = src as c_char;
-        }
-        let len = mem::size_of::<libc::sa_family_t>() + path.len() + 1;
-        Some(SockAddr {
-            storage,
-            len: len as libc::socklen_t,
-        })
+        SockAddr::unix_bytes(path)
     }
 
     /// An address in the abstract namespace (`name` without the leading NUL).
@@ -617,20 +650,7 @@ impl SockAddr {
         Some(addr)
     }
 
-    /// The abstract name of a unix address, without its leading NUL: `None` for a path
-    /// or an unnamed address.
-    pub fn abstract_name(&self) -> Option<&[u8]> {
-        // SAFETY: as in `unix`; only read as a sockaddr_un when the family says so.
-        let sun: &libc::sockaddr_un = unsafe { &*ptr::addr_of!(self.storage).cast() };
-        let len = (self.len as usize).checked_sub(mem::size_of::<libc::sa_family_t>())?;
-        if sun.sun_family != libc::AF_UNIX as libc::sa_family_t || len < 2 || sun.sun_path[0] != 0 {
-            return None;
-        }
-        let path = &sun.sun_path[1..len.min(sun.sun_path.len())];
-        // SAFETY: c_char and u8 have the same size and alignment.
-        Some(unsafe { std::slice::from_raw_parts(path.as_ptr().cast(), path.len()) })
-    }
-
+    /// `path` as sun_path's bytes, NUL-terminated (an abstract name starts with NUL).
     fn unix_bytes(path: &[u8]) -> Option<SockAddr> {
         // SAFETY: as in from_std.
         let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
@@ -648,6 +668,61 @@ impl SockAddr {
             storage,
             len: len as libc::socklen_t,
         })
+    }
+
+    /// The address socket `fd` is bound to (getsockname(2)).
+    pub fn local(fd: &impl AsRawFd) -> io::Result<SockAddr> {
+        // SAFETY: as in from_std; getsockname fills it in.
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `storage` is writable for `len` bytes, which getsockname updates.
+        check(unsafe {
+            libc::getsockname(fd.as_raw_fd(), ptr::addr_of_mut!(storage).cast(), &mut len)
+        })?;
+        Ok(SockAddr { storage, len })
+    }
+
+    pub fn family(&self) -> c_int {
+        c_int::from(self.storage.ss_family)
+    }
+
+    /// An AF_INET or AF_INET6 address as std's; `None` for other families.
+    pub fn to_std(&self) -> Option<std::net::SocketAddr> {
+        match self.family() {
+            libc::AF_INET => {
+                // SAFETY: the kernel wrote a sockaddr_in here (ss_family says so);
+                // sockaddr_storage is larger than and aligned for it.
+                let sin: &libc::sockaddr_in = unsafe { &*ptr::addr_of!(self.storage).cast() };
+                let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+                Some((ip, u16::from_be(sin.sin_port)).into())
+            }
+            libc::AF_INET6 => {
+                // SAFETY: as above, for sockaddr_in6.
+                let sin6: &libc::sockaddr_in6 = unsafe { &*ptr::addr_of!(self.storage).cast() };
+                let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                Some(std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+                    ip,
+                    u16::from_be(sin6.sin6_port),
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+
+    /// An AF_UNIX address's `sun_path` bytes, as long as the address is: empty for an
+    /// unnamed socket, starting with NUL for an abstract one, else a file's path
+    /// (with its terminating NUL, if the kernel kept it). `None` for other families.
+    pub fn unix_path_bytes(&self) -> Option<Vec<u8>> {
+        if self.family() != libc::AF_UNIX {
+            return None;
+        }
+        // SAFETY: the kernel wrote a sockaddr_un here (ss_family says so);
+        // sockaddr_storage is larger than and aligned for it.
+        let sun: &libc::sockaddr_un = unsafe { &*ptr::addr_of!(self.storage).cast() };
+        let n = (self.len as usize).saturating_sub(mem::size_of::<libc::sa_family_t>());
+        Some(sun.sun_path.iter().take(n).map(|&c| c as u8).collect())
     }
 
     fn as_ptr(&self) -> *const libc::sockaddr {
@@ -679,20 +754,8 @@ pub fn credential_socket(name: Option<&[u8]>) -> io::Result<(OwnedFd, SockAddr)>
             })?;
         }
     }
-    let addr = local_address(&fd)?;
+    let addr = SockAddr::local(&fd)?;
     Ok((fd, addr))
-}
-
-/// getsockname(2).
-pub fn local_address(fd: &OwnedFd) -> io::Result<SockAddr> {
-    // SAFETY: as in from_std.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `storage` is writable for `len` bytes, and `len` is updated in place.
-    check(unsafe {
-        libc::getsockname(fd.as_raw_fd(), ptr::addr_of_mut!(storage).cast(), &mut len)
-    })?;
-    Ok(SockAddr { storage, len })
 }
 
 /// One datagram read by `receive`, with what the kernel says of its sender.

@@ -30,7 +30,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
-use crate::bind::{self, Listeners};
+use crate::bind::{Listener, Listeners};
 use crate::log_file::LogFile;
 use crate::log_pipe::{self, LogPipe};
 use crate::pid_file::PidFile;
@@ -88,9 +88,17 @@ pub fn save(w: &mut Writer, context: &Context, log_file: Option<&LogFile>) {
     if let Some(exe) = &context.exe {
         w.put("exe", &[Field::bytes(exe.as_os_str().as_bytes())]);
     }
-    for (name, fd, file) in context.listeners.handover() {
-        let mut fields = vec![Field::text(&name), Field::num(fd)];
-        match file {
+    for listener in context.listeners.iter() {
+        let mut fields = vec![
+            Field::text(&listener.name),
+            Field::num(listener.fd),
+            Field::flag(listener.adopted),
+            listener
+                .fdname
+                .as_deref()
+                .map_or_else(Field::none, Field::text),
+        ];
+        match listener.unix_file() {
             Some((path, dev, ino)) => fields.extend([
                 Field::bytes(path.as_os_str().as_bytes()),
                 Field::num(dev),
@@ -205,7 +213,7 @@ fn go_back(image: RawFd, handed: &str, why: &str, refused: Option<String>) -> Re
 struct Plan {
     from: String,
     exe: Option<PathBuf>,
-    listeners: Vec<bind::Handover>,
+    listeners: Vec<Listener>,
     pid_file: Option<(RawFd, PathBuf, bool)>,
     log_file: Option<Log>,
     saved: Saved,
@@ -229,16 +237,21 @@ impl Plan {
         };
         let mut listeners = Vec::new();
         for f in r.all("listener") {
-            let f = f.expect(5)?;
-            let file = match f.is_none(2) {
+            let f = f.expect(7)?;
+            let fdname = match f.is_none(3) {
+                true => None,
+                false => Some(f.text(3)?),
+            };
+            let file = match f.is_none(4) {
                 true => None,
                 false => Some((
-                    PathBuf::from(OsString::from_vec(f.bytes(2)?)),
-                    f.num(3)?,
-                    f.num(4)?,
+                    PathBuf::from(OsString::from_vec(f.bytes(4)?)),
+                    f.num(5)?,
+                    f.num(6)?,
                 )),
             };
-            listeners.push((f.text(0)?, f.num(1)?, file));
+            let (name, fd, adopted) = (f.text(0)?, f.num(1)?, f.flag(2)?);
+            listeners.push(Listener::taken_over(name, fd, adopted, fdname, file));
         }
         let pid_file = match r.maybe("pid-file")? {
             Some(f) => {
@@ -288,7 +301,7 @@ impl Plan {
         fds.extend(
             listeners
                 .iter()
-                .map(|l| (l.1, "a listening socket", socket)),
+                .map(|l| (l.fd, "a listening socket", socket)),
         );
         fds.extend(
             pid_file

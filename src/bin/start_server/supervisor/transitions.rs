@@ -342,6 +342,7 @@ impl Supervisor<'_> {
             "WATCHDOG_PID",
         ];
         env.retain(|(k, _)| !OURS.iter().any(|ours| k == ours));
+        self.settings.listen_vars.apply(&mut env);
         // The original exports its `||= 360` default too (from the second generation
         // on); workers see the interval in force from the first.
         if let Some(interval) = self.tunables.auto_restart {

@@ -9,9 +9,13 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::listen_fds::WorkerVars;
 use crate::upgrade::check::{self, Check};
 use crate::upgrade::state::{self, Field, Reader, Writer};
 use crate::upgrade::{self as up, VERSION};
+
+/// The variables `Command::export_own_pid` is given, which the state names.
+const OWN_PID_VARS: [&str; 2] = ["LISTEN_PID", "WATCHDOG_PID"];
 
 /// An upgrade under way.
 pub(super) struct Upgrade {
@@ -197,10 +201,18 @@ impl Supervisor<'_> {
             ],
         );
         w.put("watchdog", &[Field::opt_duration(s.watchdog)]);
-        let (argv, dir) = self.command.handover();
+        let (argv, dir, own_pid_vars) = self.command.handover();
         let mut command = vec![dir.map_or_else(Field::none, Field::bytes)];
         command.extend(argv.into_iter().map(Field::bytes));
         w.put("command", &command);
+        let own_pid_vars: Vec<Field> = own_pid_vars.iter().map(|v| Field::text(v)).collect();
+        w.put("own-pid-vars", &own_pid_vars);
+        let (strip, set) = s.listen_vars.handover();
+        w.put("listen-vars", &[Field::flag(strip)]);
+        for (key, value) in set {
+            let fields = [Field::bytes(key.as_bytes()), Field::bytes(value.as_bytes())];
+            w.put("listen-var", &fields);
+        }
         if let Some(status_file) = &self.status_file {
             let (path, created) = status_file.handover();
             let path = Field::bytes(path.as_os_str().as_bytes());
@@ -335,6 +347,16 @@ impl Saved {
             })
         };
         let ready = r.one("ready")?.expect(2)?;
+        let listen_vars = r
+            .all("listen-var")
+            .into_iter()
+            .map(|f| {
+                let f = f.expect(2)?;
+                let bytes = |i| f.bytes(i).map(OsString::from_vec);
+                Ok((bytes(0)?, bytes(1)?))
+            })
+            .collect::<Result<_, String>>()?;
+        let strip = r.one("listen-vars")?.expect(1)?.flag(0)?;
         let settings = Settings {
             interval: r.one("interval")?.expect(1)?.duration(0)?,
             signal_on_hup: signal(r.one("signal-on-hup")?)?,
@@ -345,6 +367,7 @@ impl Saved {
             ready_notify: ready.flag(0)?,
             ready_timeout: ready.duration(1)?,
             watchdog: r.one("watchdog")?.expect(1)?.opt_duration(0)?,
+            listen_vars: WorkerVars::taken_over(strip, listen_vars),
         };
         let command = r.one("command")?;
         let dir = match command.is_none(0) {
@@ -354,7 +377,14 @@ impl Saved {
         let args = (1..command.count())
             .map(|i| command.text(i))
             .collect::<Result<Vec<_>, _>>()?;
-        let command = Command::new(&args, dir.as_deref(), settings.signal_on_term.number)?;
+        let mut command = Command::new(&args, dir.as_deref(), settings.signal_on_term.number)?;
+        let own_pid_vars = r.one("own-pid-vars")?;
+        for i in 0..own_pid_vars.count() {
+            let name = own_pid_vars.text(i)?;
+            let known = OWN_PID_VARS.iter().find(|&&known| known == name);
+            let name = known.ok_or_else(|| format!("own pid variable {name:?} is not known"))?;
+            command.export_own_pid(name);
+        }
         let status_file = match r.maybe("status-file")? {
             Some(f) => {
                 let f = f.expect(2)?;

@@ -72,7 +72,7 @@ impl Check {
         let argv_strings = [path.clone(), CString::new(MODE).expect("no NUL")];
         let argv = spawn::pointers(&argv_strings);
         let env: Vec<_> = std::env::vars_os().collect();
-        let envp_strings = spawn::envp(&env);
+        let envp_strings = spawn::envp(&env, &[]);
         let envp = spawn::pointers(&envp_strings);
         let file = identity(exe);
         let null = OwnedFd::from(std::fs::File::open("/dev/null")?);

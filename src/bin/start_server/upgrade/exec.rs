@@ -79,7 +79,7 @@ fn exec_with(
         .filter(|(k, _)| !extra.iter().any(|(key, _)| k.as_bytes() == key.as_bytes()))
         .collect();
     env.extend(extra.iter().map(|(k, v)| (k.into(), v.into())));
-    let envp = spawn::envp(&env);
+    let envp = spawn::envp(&env, &[]);
     exec(&spawn::pointers(&argv), &spawn::pointers(&envp))
 }
 
