@@ -772,3 +772,32 @@ fn adopted_sockets_and_systemd_variables_are_kept() {
     d.server.stop();
     assert!(d.dir.path().exists());
 }
+
+/// The handover variable set by mistake at a normal start: one line naming it, exit
+/// 255, nothing bound or spawned.
+#[test]
+fn a_stray_handover_variable_is_refused_in_one_line() {
+    let dir = TempDir::new("upgrade-stray");
+    let port = free_port("127.0.0.1");
+    for (value, said) in [
+        (
+            "x",
+            "SERVER_STARTER_UPGRADE_STATE=\"x\": not STATE_FD,IMAGE_FD",
+        ),
+        (
+            "50,51",
+            "SERVER_STARTER_UPGRADE_STATE=\"50,51\": descriptor 50: Bad file descriptor",
+        ),
+    ] {
+        let out = Command::new(start_server_bin())
+            .args([&format!("--port=127.0.0.1:{port}"), "--", "sleep", "60"])
+            .env("SERVER_STARTER_UPGRADE_STATE", value)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{stderr}");
+        assert!(stderr.contains(said), "{value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}

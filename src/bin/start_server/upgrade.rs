@@ -178,6 +178,12 @@ pub fn resume(handed: OsString) -> Result<(), String> {
     let Some((state_fd, image_fd)) = fds else {
         return Err(format!("{STATE_VAR}={handed:?}: not STATE_FD,IMAGE_FD"));
     };
+    // Not an upgrade's (the variable set by mistake): nothing to go back to.
+    for fd in [state_fd, image_fd] {
+        if let Err(e) = sys::file_type(fd) {
+            return Err(format!("{STATE_VAR}={handed:?}: descriptor {fd}: {e}"));
+        }
+    }
     let plan = match test_refuse {
         true => Err(format!("{TEST_REFUSE_VAR} is set (a test hook)")),
         false => Plan::read(state_fd, image_fd),
