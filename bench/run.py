@@ -12,6 +12,8 @@ Environment:
   BENCH_REPS            repetitions of each latency measurement (default 7)
   BENCH_LOAD_SECONDS    length of each load run (default 15)
 
+The upgrade-in-place rows are ours only: the original dies of SIGUSR2.
+
 Every process is started here and stopped here, by its PID, with bounded waits; every
 server listens on 127.0.0.1 only, on ports the kernel handed out as free.
 """
@@ -50,6 +52,8 @@ LOAD_SECONDS = int(os.environ.get("BENCH_LOAD_SECONDS", "15"))
 # A load run around one restart of a worker that needs 1.5 s to get ready: long
 # enough for the HUP (1 s in) and the old worker's signal (2 s later at most).
 RESTART_LOAD_SECONDS = 6
+UPGRADES = 20
+UPGRADE_PACE = 0.4  # seconds between two upgrades under load
 MANY_PORTS = 1000
 
 IMPLS = ("ours", "perl")
@@ -113,13 +117,13 @@ class Server:
 
     serial = itertools.count(1)  # a fresh stamp file per server, never a stale one
 
-    def __init__(self, impl, args, worker, tmp, env=None, tag=""):
+    def __init__(self, impl, args, worker, tmp, env=None, tag="", exe=None):
         self.impl = impl
         self.tmp = tmp
         name = f"{impl}{tag}-{next(Server.serial)}"
         self.stamp_file = os.path.join(tmp, name + ".stamps")
         self.log_file = os.path.join(tmp, name + ".log")
-        exe = [OURS] if impl == "ours" else ["/usr/bin/perl", PERL_SCRIPT]
+        exe = [exe or OURS] if impl == "ours" else ["/usr/bin/perl", PERL_SCRIPT]
         full_env = dict(os.environ, BENCH_STAMP_FILE=self.stamp_file, **(env or {}))
         # Neither implementation must see these from the caller's environment.
         for k in ("ENABLE_AUTO_RESTART", "AUTO_RESTART_INTERVAL", "KILL_OLD_DELAY", "ENVDIR",
@@ -160,6 +164,19 @@ class Server:
     def log_text(self):
         with open(self.log_file, "rb") as f:
             return f.read().decode(errors="replace")
+
+    def wait_line(self, needle, n, timeout=15.0):
+        """The n-th (1-based) log line containing needle."""
+        deadline = now() + timeout
+        while now() < deadline:
+            found = [l for l in self.log_text().splitlines() if needle in l]
+            if len(found) >= n:
+                return found[n - 1]
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.impl} start_server exited: {self.log_text()}")
+            time.sleep(0.0002)
+        raise RuntimeError(f"{self.impl}: no line {needle!r} #{n} within {timeout}s; "
+                           f"log:\n{self.log_text()}")
 
     def worker_pids(self):
         return [int(p) for p in re.findall(r"starting new worker (\d+)", self.log_text())]
@@ -479,6 +496,77 @@ def restart_under_load(reg, impl, args):
         reg.stop(s)
 
 
+def installed_copy(tmp):
+    """Our binary copied to a directory of its own, as installed: the path a deploy
+    replaces and an upgrade in place executes."""
+    path = os.path.join(tempfile.mkdtemp(dir=tmp), "start_server")
+    shutil.copy2(OURS, path)
+    return path
+
+
+def deploy(path):
+    """A new build at path, as a deploy puts it there: a copy, renamed over it."""
+    shutil.copy2(OURS, path + ".new")
+    os.rename(path + ".new", path)
+
+
+def upgrade_latency(reg):
+    """SIGUSR2 → the new image back in its event loop (it logs `upgraded from` as it
+    goes back to it), REPS times, each to a freshly deployed copy; also the time
+    start_server logs itself (SIGUSR2 read → supervising again), and how many workers
+    were started (1: none restarted)."""
+    exe = installed_copy(reg.tmp)
+    s = reg.start("ours", ["--interval=0"], STAMP_WORKER, exe=exe, tag="-usr2")
+    try:
+        s.wait_stamp("start", 1)
+        outside, inside = [], []
+        for n in range(1, REPS + 1):
+            deploy(exe)
+            sent = now()
+            os.kill(s.pid, signal.SIGUSR2)
+            line = s.wait_line("upgraded from", n)
+            outside.append(now() - sent)
+            inside.append(float(re.search(r" in ([\d.]+) ms", line).group(1)) / 1000)
+        return outside, inside, len(s.worker_pids())
+    finally:
+        reg.stop(s)
+
+
+def upgrades_under_load(reg):
+    """wrk -c64 (Connection: close) against http-static while start_server is upgraded
+    in place UPGRADES times, every UPGRADE_PACE s, each time to a freshly deployed
+    copy: every request is accepted from the listeners the upgrades carry over."""
+    exe = installed_copy(reg.tmp)
+    port = free_ports(1)[0]
+    s = reg.start("ours", [f"--port=127.0.0.1:{port}", "--interval=1"], HTTP_WORKER, exe=exe,
+                  tag="-upgrades")
+    try:
+        wait_serving(s, port)
+        time.sleep(1.2)
+        seconds = round(UPGRADES * UPGRADE_PACE + 2)
+        wrk = subprocess.Popen(
+            ["wrk", "-t2", "-c64", f"-d{seconds}s", "--timeout", "5s",
+             "-H", "Connection: close", f"http://127.0.0.1:{port}/"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.0)
+            for n in range(1, UPGRADES + 1):
+                deploy(exe)
+                os.kill(s.pid, signal.SIGUSR2)
+                s.wait_line("upgraded from", n)
+                time.sleep(UPGRADE_PACE)
+            out, err = wrk.communicate(timeout=seconds + 60)
+        except BaseException:
+            wrk.kill()
+            wrk.wait()
+            raise
+        log = s.log_text()
+        return dict(wrk_result(out, err), upgrades=log.count("upgraded from"),
+                    restarted=len(s.worker_pids()) - 1)
+    finally:
+        reg.stop(s)
+
+
 # ---------------------------------------------------------------- table
 
 def failed(ld):
@@ -669,6 +757,21 @@ def main():
             if not ld["restarted"]:
                 notes.append(f"{impl}: the restart under load had not completed when wrk "
                              "stopped.")
+        note(f"upgrade in place: SIGUSR2 to a new build, {REPS} times, then {UPGRADES} under load")
+        outside, inside, workers = upgrade_latency(reg)
+        rows.append(("upgrade in place, SIGUSR2 → the new image back in its event loop "
+                     "(a new build at the path each time; ours only)", fmt_ms(outside),
+                     "n/a (USR2 kills it)", "—"))
+        rows.append(("the same upgrades as start_server logs them (USR2 read → supervising "
+                     "again, the check of the new binary included)", fmt_ms(inside), "n/a", "—"))
+        up = upgrades_under_load(reg)
+        rows.append((f"requests failed across {UPGRADES} upgrades in place (wrk -t2 -c64 "
+                     f"Connection: close, one every {UPGRADE_PACE:g} s)",
+                     f"{failed(up)} of {up['served']}", "n/a", "—"))
+        rows.append(("the same run: upgrades completed, workers restarted",
+                     f"{up['upgrades']} of {UPGRADES}, {up['restarted']}", "n/a", "—"))
+        if workers != 1:
+            notes.append(f"The {REPS} timed upgrades restarted {workers - 1} worker(s).")
         notes.append("Load runs: with Connection: close every request is a new connection "
                      "accepted from the listener start_server holds across restarts, so a "
                      "failure there is start_server's. With keep-alive, a failure is a read "

@@ -158,8 +158,11 @@ fn stray_signals_leave_start_server_serving_with_the_same_worker() {
         server.wait_line(&format!("received {name} from pid {me}, ignoring it"));
         serving(name);
     }
+    // USR2 upgrades start_server in place, here to the same binary: the same worker
+    // serves on, and the signals below are read by the new image.
     server.signal(libc::SIGUSR2);
-    server.wait_line(&format!("received USR2 from pid {me}, ignoring it"));
+    server.wait_line(&format!("received USR2 from pid {me}, checking"));
+    server.wait_line("upgraded from");
     serving("USR2");
     // Without --log-file, USR1 has nothing to reopen.
     server.signal(libc::SIGUSR1);

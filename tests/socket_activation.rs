@@ -11,10 +11,8 @@ mod common;
 mod support;
 
 use std::fs;
-use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::io::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -499,29 +497,9 @@ fn start_server_restarted_while_the_socket_is_held_elsewhere_fails_no_request() 
     let start = || {
         // The socket at descriptor 3 and LISTEN_PID the pid that execs start_server,
         // as systemd passes them.
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh"])
-            .arg(start_server_bin())
-            .args(["--port", &addr.to_string(), "--interval=0.1", "--"])
-            .arg(perl_worker())
-            .env("LISTEN_FDS", "1");
-        let fd = holder.as_raw_fd();
-        // SAFETY: between fork and exec only dup2(2) and fcntl(2), which are
-        // async-signal-safe; `fd` stays open in this process until spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                let ok = if fd == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0) != -1
-                } else {
-                    libc::dup2(fd, 3) != -1
-                };
-                if ok {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            });
-        }
+        let mut cmd = socket_activated_command(&start_server_bin(), holder.as_raw_fd());
+        cmd.args(["--port", &addr.to_string(), "--interval=0.1", "--"])
+            .arg(perl_worker());
         Server::spawn(cmd)
     };
     let mut first = start();

@@ -139,9 +139,17 @@ impl StartServer {
             // A group of its own: the guard can then reach the workers too, even
             // when start_server itself died before it could stop them.
             .process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        // A program the test has just written can be busy for an instant (ETXTBSY): a
+        // fork in another test thread holds it open for writing until its exec.
+        let child = poll_until(
+            "a program just written to be executable",
+            PATIENCE,
+            || match cmd.spawn() {
+                Ok(child) => Some(child),
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => None,
+                Err(e) => panic!("spawning {cmd:?}: {e}"),
+            },
+        );
         StartServer {
             child,
             log,

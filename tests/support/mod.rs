@@ -6,6 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -566,4 +567,31 @@ impl ForkChild {
             grandchild,
         }
     }
+}
+
+/// A command that runs `program` as systemd passes it a socket: `fd` at descriptor 3,
+/// `LISTEN_FDS=1`, and `LISTEN_PID` the pid that execs it (through `sh`). Arguments
+/// added to the command go to `program`.
+pub fn socket_activated_command(program: &Path, fd: std::os::unix::io::RawFd) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh"])
+        .arg(program)
+        .env("LISTEN_FDS", "1");
+    // SAFETY: between fork and exec only dup2(2) and fcntl(2), which are
+    // async-signal-safe; `fd` stays open in the caller until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ok = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0) != -1
+            } else {
+                libc::dup2(fd, 3) != -1
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd
 }

@@ -244,3 +244,39 @@ fn inheritable(fd: OwnedFd) -> io::Result<RawFd> {
     sys::set_cloexec(fd.as_raw_fd(), false)?;
     Ok(fd.into_raw_fd())
 }
+
+// ---------------------------------------------------------------- upgrade in place
+
+/// The unix socket file a listener created, as (path, device, inode), as the upgrade
+/// state carries it.
+pub type UnixFileId = (PathBuf, u64, u64);
+
+impl Listener {
+    pub fn unix_file(&self) -> Option<UnixFileId> {
+        let file = self.unix_file.as_ref()?;
+        Some((file.path.clone(), file.dev, file.ino))
+    }
+
+    /// A socket of the previous image, still open at the same descriptor.
+    pub fn taken_over(
+        name: String,
+        fd: RawFd,
+        adopted: bool,
+        fdname: Option<String>,
+        unix_file: Option<UnixFileId>,
+    ) -> Listener {
+        Listener {
+            name,
+            fd,
+            adopted,
+            fdname,
+            unix_file: unix_file.map(|(path, dev, ino)| UnixFile { path, dev, ino }),
+        }
+    }
+}
+
+impl Listeners {
+    pub fn taken_over(sockets: Vec<Listener>) -> Listeners {
+        Listeners(sockets)
+    }
+}

@@ -27,6 +27,11 @@ pub enum Mode {
         pid_file: PathBuf,
         kill_timeout: Option<Duration>,
     },
+    /// `--upgrade`: have the running instance re-execute its binary in place, and say
+    /// whether it now runs the new one.
+    Upgrade {
+        pid_file: PathBuf,
+    },
 }
 
 pub struct Config {
@@ -103,6 +108,7 @@ const OPTIONS: &[(&str, bool)] = &[
     ("ready-timeout", true),
     ("watchdog", true),
     ("listen-fds", false),
+    ("upgrade", false),
 ];
 
 /// How many of `OPTIONS` are the original's.
@@ -174,6 +180,9 @@ Options:
                           without a control socket: HUP, then --status-file)
   --stop                  TERM the instance of --pid-file and wait for its exit
                           (with --kill-timeout: at most that plus 5 seconds)
+  --upgrade               have the instance of --pid-file re-execute its binary
+                          in place (SIGUSR2), keeping its sockets and workers,
+                          and say whether it now runs the new one
   --help                  print this help
   --version               print the version number
 ";
@@ -242,6 +251,14 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
             }),
             _ => Err(invalid(
                 "--restart option requires --pid-file and --status-file to be set as well".into(),
+            )),
+        };
+    }
+    if m.opt_present("upgrade") {
+        return match path("pid-file") {
+            Some(pid_file) => Ok(Mode::Upgrade { pid_file }),
+            None => Err(invalid(
+                "--upgrade option requires --pid-file to be set as well".into(),
             )),
         };
     }
@@ -582,6 +599,7 @@ mod tests {
             .message
             .contains("--status-file"));
         assert!(error(&["--stop"]).message.contains("--pid-file"));
+        assert!(error(&["--upgrade"]).message.contains("--pid-file"));
         assert!(error(&["--dir=/nonexistent/dir", "--", "x"])
             .message
             .contains("/nonexistent/dir"));

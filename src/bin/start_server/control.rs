@@ -14,7 +14,7 @@ use crate::sys::{self, Pid, SockAddr};
 
 /// How often `--restart` looks at the status file (the original: every second), and
 /// a bounded `--stop` at the pid file's lock.
-const POLL: Duration = Duration::from_millis(50);
+pub const POLL: Duration = Duration::from_millis(50);
 
 /// How much longer than `--kill-timeout` `--stop` waits: the instance SIGKILLs its last
 /// workers at the timeout, then reaps them, removes its files and lets a `| cmd` logger
@@ -67,65 +67,98 @@ pub fn restart(pid_file: &Path, status_file: &Path) -> Result<(), String> {
                 status_file.display()
             )
         })?;
-    let Some(socket) = ask_for_restart(pid)? else {
+    let Some(socket) = ask(pid, control_socket::RESTART, "a restart")? else {
         return restart_by_signal(pid, &file, status_file, newest);
     };
-    let asked = Instant::now();
-    let mut accepted = false;
-    let mut buf = [0u8; 512];
-    loop {
-        let _ = sys::wait_readable(&[socket.as_raw_fd()], Some(POLL));
-        while let Some(reply) = sys::receive(&socket, &mut buf)
-            .map_err(|e| format!("failed to read the reply of start_server (pid {pid}): {e}"))?
-        {
-            // Only the instance itself is believed.
-            if reply.credentials.map(|(sender, _)| sender) != Some(pid) {
-                continue;
-            }
-            let verdict = String::from_utf8_lossy(&buf[..reply.len]);
-            if verdict == control_socket::ACCEPTED {
-                accepted = true;
-                continue;
-            }
-            return match verdict.strip_prefix("OK ") {
-                Some(_) => Ok(()),
-                None => Err(format!(
-                    "restart failed: {}",
-                    verdict.strip_prefix("FAILED ").unwrap_or(&verdict)
-                )),
-            };
-        }
-        if !pid_file::still_locked(&file) {
-            return Err(exited(pid));
-        }
-        // Someone else's socket under the instance's name: the instance has none.
-        if !accepted && asked.elapsed() > ACCEPT_PATIENCE {
+    match answer(pid, &socket, &file, None)? {
+        Answer::Ok(_) => Ok(()),
+        Answer::Failed(why) => Err(format!("restart failed: {why}")),
+        Answer::Exited | Answer::Silent => Err(exited(pid)),
+        Answer::Unacknowledged => {
             crate::log!(
                 "start_server (pid {pid}) did not answer on its control socket; sending SIGHUP instead"
             );
-            return restart_by_signal(pid, &file, status_file, newest);
+            restart_by_signal(pid, &file, status_file, newest)
         }
     }
 }
 
-/// How long `--restart` waits for the instance to acknowledge its request.
+/// How long `--restart` and `--upgrade` wait for the instance to acknowledge their
+/// request.
 const ACCEPT_PATIENCE: Duration = Duration::from_secs(10);
 
 fn exited(pid: Pid) -> String {
     format!("start_server (pid {pid}) exited before a new generation started")
 }
 
-/// Sends the restart request to the instance's control socket; `None` when it has none.
-fn ask_for_restart(pid: Pid) -> Result<Option<OwnedFd>, String> {
+/// Sends `request` to the instance's control socket, from a socket of the client's own
+/// where the answer will come; `None` when the instance has no control socket.
+pub fn ask(pid: Pid, request: &[u8], what: &str) -> Result<Option<OwnedFd>, String> {
     let fail =
-        |e: std::io::Error| format!("failed to ask start_server (pid {pid}) for a restart: {e}");
+        |e: std::io::Error| format!("failed to ask start_server (pid {pid}) for {what}: {e}");
     let (socket, _) = sys::credential_socket(None).map_err(fail)?;
     let name = control_socket::name(pid);
     let to = SockAddr::abstract_unix(name.as_bytes()).ok_or_else(|| format!("{name}: too long"))?;
-    match sys::send_to(&socket, &to, control_socket::RESTART) {
+    match sys::send_to(&socket, &to, request) {
         Ok(()) => Ok(Some(socket)),
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(None),
         Err(e) => Err(fail(e)),
+    }
+}
+
+/// What the instance answered on the control socket.
+pub enum Answer {
+    /// `OK text`.
+    Ok(String),
+    /// `FAILED why`.
+    Failed(String),
+    /// It exited (its pid file's lock is released) before it answered.
+    Exited,
+    /// Nothing before the deadline.
+    Silent,
+    /// Not even `ACCEPTED` within `ACCEPT_PATIENCE`: the socket under the instance's
+    /// name is someone else's, and the instance has none.
+    Unacknowledged,
+}
+
+/// Waits for the instance's answer on `socket`, until `deadline` if any. Only the
+/// instance itself is believed (its pid, from SCM_CREDENTIALS).
+pub fn answer(
+    pid: Pid,
+    socket: &OwnedFd,
+    file: &File,
+    deadline: Option<Instant>,
+) -> Result<Answer, String> {
+    let asked = Instant::now();
+    let mut accepted = false;
+    let mut buf = [0u8; 512];
+    loop {
+        let _ = sys::wait_readable(&[socket.as_raw_fd()], Some(POLL));
+        while let Some(reply) = sys::receive(socket, &mut buf)
+            .map_err(|e| format!("failed to read the reply of start_server (pid {pid}): {e}"))?
+        {
+            if reply.credentials.map(|(sender, _)| sender) != Some(pid) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&buf[..reply.len]);
+            if text == control_socket::ACCEPTED {
+                accepted = true;
+                continue;
+            }
+            return Ok(match text.strip_prefix("OK ") {
+                Some(text) => Answer::Ok(text.to_string()),
+                None => Answer::Failed(text.strip_prefix("FAILED ").unwrap_or(&text).to_string()),
+            });
+        }
+        if !pid_file::still_locked(file) {
+            return Ok(Answer::Exited);
+        }
+        if !accepted && asked.elapsed() > ACCEPT_PATIENCE {
+            return Ok(Answer::Unacknowledged);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Answer::Silent);
+        }
     }
 }
 

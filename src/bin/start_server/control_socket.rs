@@ -1,12 +1,13 @@
 //! The control socket, through which `start_server --restart` asks the running
-//! instance for a restart and learns how it went.
+//! instance for a restart, and `start_server --upgrade` for an upgrade in place, and
+//! learns how it went.
 //!
 //! A unix datagram socket in the abstract namespace, named after the instance's pid
 //! (`@server_starter/PID/control`), so that the client finds it from the pid file and
 //! there is no file to clean up. The client sends `RESTART` from a socket of its own;
 //! the instance answers `ACCEPTED` at once, acts as on SIGHUP and, once the restart has
 //! a verdict, answers `OK generation G` (the new generation runs alone) or
-//! `FAILED generation G: why`.
+//! `FAILED generation G: why`. `UPGRADE` is answered the same way, by the new image.
 //! Each side checks the other's credentials: the instance serves only its own uid and
 //! root, and the client believes only the instance's pid.
 
@@ -20,6 +21,18 @@ pub const RESTART: &[u8] = b"RESTART";
 /// itself, not a socket another process took that name for, and waits for the verdict.
 pub const ACCEPTED: &str = "ACCEPTED";
 
+/// `start_server --upgrade`: acknowledged with `ACCEPTED`, then answered
+/// `OK upgraded from ...` by the new image once it has taken over, or `FAILED why`
+/// (see `supervisor::upgrade`).
+pub const UPGRADE: &[u8] = b"UPGRADE";
+
+/// What a client asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    Restart,
+    Upgrade,
+}
+
 /// The socket's name for the instance `pid`, without the leading NUL.
 pub fn name(pid: Pid) -> String {
     format!("server_starter/{pid}/control")
@@ -29,10 +42,11 @@ pub struct ControlSocket {
     fd: OwnedFd,
 }
 
-/// A client's restart request: where to send the verdict.
+/// A client's request: where to send the verdict.
 pub struct Request {
     pub from: SockAddr,
     pub pid: Pid,
+    pub ask: Ask,
 }
 
 impl ControlSocket {
@@ -46,7 +60,7 @@ impl ControlSocket {
         self.fd.as_raw_fd()
     }
 
-    /// The restart requests waiting; anything else is dropped with a log line.
+    /// The requests waiting; anything else is dropped with a log line.
     pub fn requests(&self) -> Vec<Request> {
         let mut requests = Vec::new();
         let mut buf = [0u8; 64];
@@ -66,15 +80,28 @@ impl ControlSocket {
                 crate::log!(
                     "ignored a control request from pid {pid}: uid {uid} is not start_server's"
                 );
-            } else if &buf[..datagram.len] != RESTART || datagram.truncated {
-                crate::log!("ignored a control request from pid {pid}: not understood");
             } else {
-                requests.push(Request {
-                    from: datagram.from,
-                    pid,
-                });
+                let ask = match &buf[..datagram.len] {
+                    _ if datagram.truncated => None,
+                    RESTART => Some(Ask::Restart),
+                    UPGRADE => Some(Ask::Upgrade),
+                    _ => None,
+                };
+                match ask {
+                    Some(ask) => requests.push(Request {
+                        from: datagram.from,
+                        pid,
+                        ask,
+                    }),
+                    None => crate::log!("ignored a control request from pid {pid}: not understood"),
+                }
             }
         }
+    }
+
+    /// The socket of the previous image, after an upgrade in place.
+    pub fn taken_over(fd: OwnedFd) -> ControlSocket {
+        ControlSocket { fd }
     }
 
     /// Sends a verdict; a client that has gone away meanwhile is no error.

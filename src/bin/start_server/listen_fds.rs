@@ -62,6 +62,20 @@ impl WorkerVars {
     }
 }
 
+// ---------------------------------------------------------------- upgrade in place
+
+impl WorkerVars {
+    /// What an upgrade in place carries: whether systemd's variables are stripped, and
+    /// those set instead.
+    pub fn handover(&self) -> (bool, &[(OsString, OsString)]) {
+        (self.strip, &self.set)
+    }
+
+    pub fn taken_over(strip: bool, set: Vec<(OsString, OsString)>) -> WorkerVars {
+        WorkerVars { strip, set }
+    }
+}
+
 /// The `LISTEN_FDNAMES` name of a socket named `name` in SERVER_STARTER_PORT: each
 /// byte systemd does not allow in a name (`:`, control and non-ASCII bytes) becomes
 /// `_`, cut at systemd's 255 bytes. The library finds a socket by either name.

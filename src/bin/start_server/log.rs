@@ -57,6 +57,11 @@ macro_rules! log {
     };
 }
 
+/// Milliseconds with a tenth, for how long something took: `2.4`.
+pub fn millis(d: std::time::Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
 /// Seconds as the original prints them: `5`, or `0.25` for a fraction.
 pub fn seconds(d: std::time::Duration) -> String {
     let secs = d.as_secs_f64();

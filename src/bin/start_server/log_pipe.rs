@@ -20,7 +20,7 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::io::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -262,5 +262,78 @@ fn wait_exit(pid: Pid, deadline: Instant) -> bool {
             return false;
         }
         let _ = sys::wait_child_signal(deadline - now);
+    }
+}
+
+// ---------------------------------------------------------------- upgrade in place
+
+/// A `LogPipe` as an upgrade in place carries it to the next image: its descriptors by
+/// number, the logger, and its restart schedule.
+pub struct Handover {
+    pub command: String,
+    pub read: RawFd,
+    pub write: RawFd,
+    pub own: Option<RawFd>,
+    pub output: Option<(RawFd, RawFd)>,
+    /// The logger's pid, and when it was started.
+    pub logger: Option<(Pid, Instant)>,
+    pub restart_at: Option<Instant>,
+    pub pause: Duration,
+    pub redirected: bool,
+}
+
+impl Handover {
+    /// Every descriptor the pipe holds.
+    pub fn fds(&self) -> Vec<RawFd> {
+        let output = self.output.iter().flat_map(|&(out, err)| [out, err]);
+        [self.read, self.write]
+            .into_iter()
+            .chain(self.own)
+            .chain(output)
+            .collect()
+    }
+}
+
+impl LogPipe {
+    pub fn handover(&self) -> Handover {
+        Handover {
+            command: self.command.clone(),
+            read: self.read.as_raw_fd(),
+            write: self.write.as_raw_fd(),
+            own: self.own.as_ref().map(AsRawFd::as_raw_fd),
+            output: self
+                .output
+                .as_ref()
+                .map(|(out, err)| (out.as_raw_fd(), err.as_raw_fd())),
+            logger: self.logger.map(|l| (l.pid, l.started)),
+            restart_at: self.restart_at,
+            pause: self.pause,
+            redirected: self.redirected,
+        }
+    }
+
+    /// The previous image's pipe, the same descriptors, its logger still running (or
+    /// due); start_server's own lines go through the same non-blocking descriptor.
+    pub fn taken_over(h: Handover) -> io::Result<LogPipe> {
+        let own = h.own.map(sys::adopt_fd).transpose()?;
+        let output = match h.output {
+            Some((out, err)) => Some((sys::adopt_fd(out)?, sys::adopt_fd(err)?)),
+            None => None,
+        };
+        let pipe = LogPipe {
+            command: h.command,
+            read: sys::adopt_fd(h.read)?,
+            write: sys::adopt_fd(h.write)?,
+            own,
+            output,
+            logger: h.logger.map(|(pid, started)| Logger { pid, started }),
+            restart_at: h.restart_at,
+            pause: h.pause,
+            redirected: h.redirected,
+        };
+        if let (true, Some(own)) = (pipe.redirected, &pipe.own) {
+            log::set_output(own.as_raw_fd());
+        }
+        Ok(pipe)
     }
 }

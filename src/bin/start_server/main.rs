@@ -24,6 +24,7 @@ mod spawn;
 mod status_file;
 mod supervisor;
 mod sys;
+mod upgrade;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,17 @@ fn main() -> ExitCode {
             Ok(arg) => args.push(arg),
             Err(arg) => return fail(255, &format!("argument {arg:?} is not valid UTF-8")),
         }
+    }
+    // Before anything else: the modes in which this binary is an upgrade's new image.
+    if args == [upgrade::check::MODE] {
+        upgrade::check::answer();
+        return ExitCode::SUCCESS;
+    }
+    if let Some(handed) = upgrade::handed_over() {
+        return match upgrade::resume(handed) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => fail(255, &message),
+        };
     }
     let mode = match cli::parse(&args) {
         Ok(mode) => mode,
@@ -72,6 +84,7 @@ fn main() -> ExitCode {
             pid_file,
             kill_timeout,
         } => control::stop(&pid_file, kill_timeout),
+        Mode::Upgrade { pid_file } => upgrade::client::upgrade(&pid_file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -151,10 +164,13 @@ fn serve(
     } else {
         None
     };
-    let pid_file_given = pid_file.is_some();
-    if let Some(pid_file) = pid_file {
-        pid_file.write_pid()?;
-    }
+    let pid_file = match pid_file {
+        Some(pid_file) => {
+            pid_file.write_pid()?;
+            Some(&*pid_file)
+        }
+        None => None,
+    };
     let events = Events::new().map_err(|e| format!("failed to create a signalfd: {e}"))?;
     // After --daemonize's forks, in the process that supervises.
     sys::become_subreaper().map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER) failed: {e}"))?;
@@ -188,7 +204,7 @@ fn serve(
     };
     let status_file = config.status_file.map(StatusFile::new);
     // Only an instance with a pid file can be found by `--restart`.
-    let control = match pid_file_given {
+    let control = match pid_file.is_some() {
         false => None,
         true => ControlSocket::bind()
             .map_err(|e| {
@@ -196,8 +212,16 @@ fn serve(
             })
             .ok(),
     };
-    let mut supervisor =
-        Supervisor::new(settings, tunables, command, status_file, log_file, control);
+    let context = upgrade::Context::new(listeners, pid_file);
+    let mut supervisor = Supervisor::new(
+        settings,
+        tunables,
+        command,
+        status_file,
+        log_file,
+        control,
+        context,
+    );
     supervisor
         .run(&events)
         .map_err(|e| format!("waiting for events failed: {e}"))

@@ -5,7 +5,7 @@
 //! `systemctl reload` never hangs); `STOPPING=1` on a stop; and `STATUS=` lines that
 //! say which generation serves.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 
 use crate::sys;
 
@@ -20,6 +20,15 @@ impl Manager {
         let socket = std::env::var_os("NOTIFY_SOCKET")?;
         std::env::remove_var("NOTIFY_SOCKET");
         Some(Manager { socket })
+    }
+
+    /// For an upgrade in place: the socket, which is no longer in the environment.
+    pub fn socket(&self) -> &OsStr {
+        &self.socket
+    }
+
+    pub fn taken_over(socket: OsString) -> Manager {
+        Manager { socket }
     }
 
     pub fn ready(&self, status: &str) {

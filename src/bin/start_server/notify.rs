@@ -53,6 +53,11 @@ impl Channel {
         })
     }
 
+    /// A worker's socket, from the previous image after an upgrade in place.
+    pub fn taken_over(fd: OwnedFd, address: String) -> Channel {
+        Channel { fd, address }
+    }
+
     pub fn address(&self) -> &str {
         &self.address
     }

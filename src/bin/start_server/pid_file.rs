@@ -10,6 +10,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -81,6 +82,22 @@ impl PidFile {
             .and_then(|()| self.file.rewind())
             .and_then(|()| self.file.write_all(text.as_bytes()));
         result.map_err(|e| format!("failed to write pid file {}: {e}", self.path.display()))
+    }
+
+    /// For an upgrade in place: the locked descriptor, the path, and whether the file
+    /// is this instance's to remove.
+    pub fn handover(&self) -> (RawFd, &Path, bool) {
+        (self.file.as_raw_fd(), &self.path, self.ours)
+    }
+
+    /// The previous image's pid file: the same open file, so the same lock, never
+    /// released in between.
+    pub fn taken_over(fd: OwnedFd, path: PathBuf, ours: bool) -> PidFile {
+        PidFile {
+            file: File::from(fd),
+            path,
+            ours,
+        }
     }
 
     /// At exit, or after a failed start: the file goes if it is ours, while still

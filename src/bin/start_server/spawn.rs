@@ -97,6 +97,14 @@ impl Command {
         self.own_pid_vars.push(name);
     }
 
+    /// For an upgrade in place: the command line and the directory, as `new` took
+    /// them, and the variables given to `export_own_pid`.
+    pub fn handover(&self) -> (Vec<&[u8]>, Option<&[u8]>, &[&'static str]) {
+        let argv = self.argv.iter().map(|a| a.as_bytes()).collect();
+        let dir = self.dir.as_ref().map(|d| d.as_bytes());
+        (argv, dir, &self.own_pid_vars)
+    }
+
     fn program(&self) -> &CString {
         &self.argv[0]
     }
@@ -226,7 +234,7 @@ fn child_fail(fd: RawFd, stage: u8, errno: c_int) -> ! {
 
 /// `KEY=VALUE` strings; an entry with a NUL byte cannot be passed and is left out, and
 /// so are the pid variables the child writes itself.
-fn envp(env: &[(OsString, OsString)], own_pid_vars: &[&str]) -> Vec<CString> {
+pub fn envp(env: &[(OsString, OsString)], own_pid_vars: &[&str]) -> Vec<CString> {
     env.iter()
         .filter(|(k, _)| !own_pid_vars.iter().any(|name| k == name))
         .filter_map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok())
@@ -271,7 +279,7 @@ impl PidEntry {
 }
 
 /// The NULL-terminated pointer array execve wants; `strings` must outlive it.
-fn pointers(strings: &[CString]) -> Vec<*const c_char> {
+pub fn pointers(strings: &[CString]) -> Vec<*const c_char> {
     strings
         .iter()
         .map(|s| s.as_ptr())

@@ -49,6 +49,15 @@ impl StatusFile {
         Ok(())
     }
 
+    /// For an upgrade in place: the path, and whether this instance has written it.
+    pub fn handover(&self) -> (&std::path::Path, bool) {
+        (&self.path, self.created)
+    }
+
+    pub fn taken_over(path: PathBuf, created: bool) -> StatusFile {
+        StatusFile { path, created }
+    }
+
     /// Removes the file at exit, if start_server wrote it.
     pub fn remove(&self) {
         if self.created {

@@ -10,7 +10,8 @@
 //!
 //! This file holds the state and the events; `timers` the deadlines, `transitions`
 //! what each event leads to ("started", "failed to start", "stop the old ones"), each
-//! in one place.
+//! in one place; `upgrade` the upgrade in place (USR2), which hands this state over to
+//! a new image of start_server.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -19,7 +20,7 @@ use std::os::raw::c_int;
 use std::os::unix::io::RawFd;
 use std::time::{Duration, Instant};
 
-use crate::control_socket::{self, ControlSocket};
+use crate::control_socket::{self, Ask, ControlSocket};
 use crate::envdir::{self, Tunables};
 use crate::listen_fds::WorkerVars;
 use crate::log;
@@ -30,9 +31,13 @@ use crate::signals::{self, Events, Meaning, Signal};
 use crate::spawn::Command;
 use crate::status_file::StatusFile;
 use crate::sys::{self, Pid, SockAddr};
+use crate::upgrade::Context;
 
 mod timers;
 mod transitions;
+mod upgrade;
+
+pub use self::upgrade::Saved;
 
 pub struct Settings {
     pub interval: Duration,
@@ -71,7 +76,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// start_server spin.
 pub const RETRY_FLOOR: Duration = Duration::from_millis(100);
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Worker {
     pid: Pid,
     generation: u64,
@@ -143,6 +148,10 @@ pub struct Supervisor<'a> {
     started_at: Option<Instant>,
     /// TERM or INT arrived: every worker has been signalled; exit once all are gone.
     stopping: bool,
+    /// What an upgrade in place hands over besides this state, and the upgrade under
+    /// way, if any.
+    context: Context<'a>,
+    upgrade: Option<upgrade::Upgrade>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -153,6 +162,7 @@ impl<'a> Supervisor<'a> {
         status_file: Option<StatusFile>,
         log_file: Option<&'a mut LogFile>,
         control: Option<ControlSocket>,
+        context: Context<'a>,
     ) -> Supervisor<'a> {
         Supervisor {
             settings,
@@ -176,12 +186,18 @@ impl<'a> Supervisor<'a> {
             hup_pending: false,
             started_at: None,
             stopping: false,
+            context,
+            upgrade: None,
         }
     }
 
-    /// Runs until a stop signal has been handled and every worker has exited.
+    /// Runs until a stop signal has been handled and every worker has exited. A
+    /// supervisor restored after an upgrade in place goes on where the previous image
+    /// left off; a new one starts the first generation.
     pub fn run(&mut self, events: &Events) -> io::Result<()> {
-        self.spawn(false);
+        if self.generation == 0 {
+            self.spawn(false);
+        }
         while !(self.stopping && self.old.is_empty()) {
             let watched: Vec<RawFd> = self
                 .channels
@@ -218,19 +234,19 @@ impl<'a> Supervisor<'a> {
                 .signals
                 .iter()
                 .filter(|r| signals::meaning(r.sig) == Some(Meaning::Upgrade));
-            for upgrade in upgrades {
-                log!(
-                    "received {} from pid {}, ignoring it: upgrading in place is not \
-                     supported yet",
-                    signals::name(upgrade.sig),
-                    upgrade.pid
-                );
+            // Standard signals do not queue: one upgrade for those read together.
+            if let Some(first) = upgrades.map(|r| r.pid).next() {
+                self.upgrade(first, None);
             }
             if arrived.has(Meaning::Restart) {
                 self.hup();
             }
             self.read_requests(&arrived.readable);
             self.fire_timers(Instant::now());
+            // Last, once every event read in this turn has been acted on: what arrives
+            // from now on waits in the kernel (blocked signals, queued datagrams, exits)
+            // for the new image.
+            self.exec_upgrade();
         }
         log!("exiting");
         if let Some(status_file) = &self.status_file {
@@ -264,6 +280,7 @@ impl<'a> Supervisor<'a> {
                 manager.stopping();
             }
             self.verdict(u64::MAX, "FAILED start_server is stopping");
+            self.abandon_upgrade("start_server is stopping");
             self.hup_pending = false;
             self.kill_old_at = None;
             let starting = self.attempt.take().and_then(|a| a.worker);
@@ -287,17 +304,22 @@ impl<'a> Supervisor<'a> {
         self.signal_old(&send);
     }
 
-    /// `--restart` clients: each is a HUP, and waits for its verdict.
+    /// `--restart` clients: each is a HUP, and waits for its verdict. `--upgrade`
+    /// clients: each is a USR2.
     fn read_requests(&mut self, readable: &[RawFd]) {
         let requests = match &self.control {
             Some(control) if readable.contains(&control.fd()) => control.requests(),
             _ => return,
         };
         for request in requests {
-            log!("received a restart request from pid {}", request.pid);
             if let Some(control) = &self.control {
                 control.reply(&request.from, control_socket::ACCEPTED);
             }
+            if request.ask == Ask::Upgrade {
+                self.upgrade(request.pid, Some(request.from));
+                continue;
+            }
+            log!("received a restart request from pid {}", request.pid);
             self.waiting.push(Waiter {
                 to: request.from,
                 after: self.generation,
@@ -335,6 +357,9 @@ impl<'a> Supervisor<'a> {
     /// are neither it nor workers (orphans of a worker, reparented to start_server as
     /// subreaper) are reaped and otherwise ignored.
     fn exited(&mut self, pid: Pid, status: c_int) {
+        if self.checked(pid, status) {
+            return;
+        }
         if let Some(log_file) = self.log_file.as_deref_mut() {
             if log_file.child_exited(pid, status) {
                 return;

@@ -425,6 +425,26 @@ pub fn child_write(fd: RawFd, bytes: &[u8]) {
     unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
 }
 
+/// In the child: dup2(2); false on failure.
+pub fn child_dup2(from: RawFd, to: RawFd) -> bool {
+    // SAFETY: dup2 on integer descriptors is async-signal-safe.
+    unsafe { libc::dup2(from, to) != -1 }
+}
+
+/// In the child: closes every descriptor from `lowest` up (close_range(2); on a kernel
+/// without it, they stay open, which the caller tolerates).
+pub fn child_close_from(lowest: RawFd) {
+    // SAFETY: a raw close_range system call on integer descriptors.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            lowest as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
+}
+
 /// In the child: _exit(2), skipping atexit handlers and stdio buffers of the parent.
 pub fn child_exit(code: c_int) -> ! {
     // SAFETY: _exit is async-signal-safe and never returns.
@@ -908,4 +928,146 @@ pub fn redirect_to_dev_null(fds: &[RawFd]) -> io::Result<()> {
         dup2(null.as_raw_fd(), fd)?;
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------- upgrading in place
+
+/// Takes ownership of a descriptor the previous image handed over across execve (its
+/// number written in the upgrade state), close-on-exec again as it was there; an error
+/// if no such descriptor is open.
+pub fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    set_cloexec(fd, true)?;
+    // SAFETY: the descriptor is open (F_SETFD succeeded), and nothing in this image has
+    // claimed it: the upgrade state that names it is read once, and each descriptor it
+    // names is adopted once (`upgrade::Plan::read` checks that no number appears twice).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The file type bits of an open descriptor (`S_IFSOCK`, `S_IFREG`, ...).
+pub fn file_type(fd: RawFd) -> io::Result<libc::mode_t> {
+    // SAFETY: stat is plain data, filled in by fstat.
+    let mut st: libc::stat = unsafe { mem::zeroed() };
+    // SAFETY: `st` is a writable stat; fstat on an integer descriptor.
+    check(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st.st_mode & libc::S_IFMT)
+}
+
+/// An anonymous file in memory (memfd_create), close-on-exec: where the upgrade state
+/// is written for the next image.
+pub fn memfd(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; MFD_CLOEXEC is a valid flag.
+    let fd = unsafe { libc::syscall(libc::SYS_memfd_create, name.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = check(fd as c_int)?;
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads a whole file from offset 0, whatever the descriptor's offset, without taking
+/// the descriptor over; at most `max` bytes (more is an error).
+pub fn read_whole(fd: RawFd, max: usize) -> io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        // SAFETY: `chunk` is a writable buffer of `chunk.len()` bytes.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                chunk.as_mut_ptr().cast(),
+                chunk.len(),
+                data.len() as libc::off_t,
+            )
+        };
+        match n {
+            0 => return Ok(data),
+            -1 if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => continue,
+            -1 => return Err(io::Error::last_os_error()),
+            n => data.extend_from_slice(&chunk[..n as usize]),
+        }
+        if data.len() > max {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        }
+    }
+}
+
+/// execve(2), in start_server itself (not a forked child): replaces the image, keeping
+/// the pid, the children and every descriptor without FD_CLOEXEC. Returns only on
+/// failure.
+pub fn execve(path: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> io::Error {
+    let errno = child_execve(path, argv, envp);
+    io::Error::from_raw_os_error(errno)
+}
+
+/// execveat(fd, "", ..., AT_EMPTY_PATH): executes the file `fd` was opened on, even if
+/// it has been replaced or deleted since. Returns only on failure.
+pub fn execve_fd(fd: RawFd, argv: &[*const c_char], envp: &[*const c_char]) -> io::Error {
+    debug_assert!(argv.last().is_some_and(|p| p.is_null()));
+    debug_assert!(envp.last().is_some_and(|p| p.is_null()));
+    let empty = c"";
+    // SAFETY: the path is an empty NUL-terminated string, as AT_EMPTY_PATH requires;
+    // argv and envp are NULL-terminated arrays of NUL-terminated strings the caller
+    // keeps alive.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            empty.as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    io::Error::last_os_error()
+}
+
+impl SockAddr {
+    /// The address as bytes, to be written into the upgrade state.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // SAFETY: `storage` is plain data of at least `len` bytes.
+        let bytes: &[u8] = unsafe {
+            std::slice::from_raw_parts(ptr::addr_of!(self.storage).cast(), self.len as usize)
+        };
+        bytes.to_vec()
+    }
+
+    /// The address `to_bytes` gave; `None` when it cannot be one.
+    pub fn from_bytes(bytes: &[u8]) -> Option<SockAddr> {
+        if bytes.len() < mem::size_of::<libc::sa_family_t>()
+            || bytes.len() > mem::size_of::<libc::sockaddr_storage>()
+        {
+            return None;
+        }
+        // SAFETY: as in from_std.
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        // SAFETY: `bytes` fits in `storage`, checked above; both are plain data.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                ptr::addr_of_mut!(storage).cast::<u8>(),
+                bytes.len(),
+            )
+        };
+        Some(SockAddr {
+            storage,
+            len: bytes.len() as libc::socklen_t,
+        })
+    }
+}
+
+/// What can be read from `fd` now, up to `max` bytes, without blocking: stops at EOF,
+/// or where a read would wait (a writer still holds the other end).
+pub fn read_available(fd: &OwnedFd, max: usize) -> io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    while data.len() < max && wait_readable(&[fd.as_raw_fd()], Some(Duration::ZERO))?[0] {
+        // SAFETY: `buf` is a writable buffer of `buf.len()` bytes.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match n {
+            0 => break,
+            -1 if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => continue,
+            -1 => return Err(io::Error::last_os_error()),
+            n => data.extend_from_slice(&buf[..n as usize]),
+        }
+    }
+    data.truncate(max);
+    Ok(data)
 }

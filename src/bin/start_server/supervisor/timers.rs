@@ -21,6 +21,7 @@ impl Supervisor<'_> {
             self.auto_restart_at(),
             kill,
             self.watchdog_at,
+            self.check_deadline(),
             logger,
         ]
         .into_iter()
@@ -63,6 +64,7 @@ impl Supervisor<'_> {
             self.kill_old_workers();
         }
         self.kill_lingering(now);
+        self.check_overdue(now);
         if let Some(log_file) = self.log_file.as_deref_mut() {
             log_file.fire_timers(now);
         }

@@ -1,0 +1,196 @@
+//! The check before the leap: the binary at start_server's path is run once, as a
+//! child, as `PATH --upgrade-check`, and must answer with one line naming its version
+//! and the state formats it reads. Anything else (no such file, not executable,
+//! another program, a non-zero exit, no answer within `TIMEOUT`, a format it does not
+//! read) means no upgrade, and start_server goes on as it was.
+//!
+//! The check runs while the supervisor goes on: the child is watched as any other
+//! (its exit wakes the main loop), with a deadline after which it gets SIGKILL.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::raw::c_int;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::state;
+use crate::signals;
+use crate::spawn;
+use crate::sys::{self, Fork, Pid};
+
+/// How long the new binary may take to answer.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The hidden command-line mode that answers a check.
+pub const MODE: &str = "--upgrade-check";
+
+const ANSWER: &str = "server_starter upgrade-check";
+
+/// Marks a failed exec in the child's output: never the first byte of a text line.
+const EXEC_FAILED: u8 = 0xff;
+
+/// The longest answer read.
+const ANSWER_MAX: usize = 4096;
+
+/// `start_server --upgrade-check`: the line an older image reads before it executes
+/// this one.
+pub fn answer() {
+    let formats: Vec<String> = state::READS.iter().map(u32::to_string).collect();
+    println!(
+        "{ANSWER} version={} formats={}",
+        env!("CARGO_PKG_VERSION"),
+        formats.join(",")
+    );
+}
+
+/// A check under way.
+pub struct Check {
+    pub pid: Pid,
+    output: OwnedFd,
+    /// When it gets SIGKILL.
+    pub deadline: Instant,
+    pub killed: bool,
+    /// The file checked, as (device, inode): the one to execute, not another put at
+    /// the path since.
+    pub file: Option<(u64, u64)>,
+}
+
+/// What the new binary said of itself.
+pub struct Answer {
+    pub version: String,
+}
+
+impl Check {
+    /// Runs `exe --upgrade-check` with start_server's environment, stdin on /dev/null,
+    /// stdout into a pipe, stderr into the log, and no other descriptor.
+    pub fn spawn(exe: &Path) -> io::Result<Check> {
+        let path = CString::new(exe.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let argv_strings = [path.clone(), CString::new(MODE).expect("no NUL")];
+        let argv = spawn::pointers(&argv_strings);
+        let env: Vec<_> = std::env::vars_os().collect();
+        let envp_strings = spawn::envp(&env, &[]);
+        let envp = spawn::pointers(&envp_strings);
+        let file = identity(exe);
+        let null = OwnedFd::from(std::fs::File::open("/dev/null")?);
+        let (output, input) = sys::pipe_cloexec()?;
+        let parent = std::process::id() as Pid;
+        match sys::fork()? {
+            Fork::Child => {
+                // Between fork and exec: async-signal-safe calls only.
+                sys::child_reset_signals();
+                if !sys::child_set_parent_death_signal(libc::SIGKILL, parent)
+                    || !sys::child_dup2(null.as_raw_fd(), libc::STDIN_FILENO)
+                    || !sys::child_dup2(input.as_raw_fd(), libc::STDOUT_FILENO)
+                {
+                    sys::child_exit(127);
+                }
+                sys::child_close_from(3);
+                let errno = sys::child_execve(&path, &argv, &envp);
+                let [a, b, c, d] = errno.to_ne_bytes();
+                sys::child_write(libc::STDOUT_FILENO, &[EXEC_FAILED, a, b, c, d]);
+                sys::child_exit(127)
+            }
+            Fork::Parent(pid) => Ok(Check {
+                pid,
+                output,
+                deadline: Instant::now() + TIMEOUT,
+                killed: false,
+                file,
+            }),
+        }
+    }
+
+    /// At the deadline: SIGKILL, and the exit that follows is a refusal.
+    pub fn kill(&mut self) {
+        self.killed = true;
+        let _ = sys::kill(self.pid, libc::SIGKILL);
+    }
+
+    /// Once the child has exited (raw wait `status`): its answer, or why it is refused.
+    pub fn verdict(&self, status: c_int) -> Result<Answer, String> {
+        let output = sys::read_available(&self.output, ANSWER_MAX).unwrap_or_default();
+        if let [EXEC_FAILED, a, b, c, d, ..] = output[..] {
+            let errno = c_int::from_ne_bytes([a, b, c, d]);
+            return Err(format!(
+                "cannot execute it: {}",
+                io::Error::from_raw_os_error(errno)
+            ));
+        }
+        if self.killed {
+            return Err(format!(
+                "it did not answer {MODE} within {} secs",
+                crate::log::seconds(TIMEOUT)
+            ));
+        }
+        if libc::WIFSIGNALED(status) {
+            return Err(format!(
+                "{MODE} was killed by SIG{}",
+                signals::name(libc::WTERMSIG(status))
+            ));
+        }
+        let code = libc::WEXITSTATUS(status);
+        if code != 0 {
+            return Err(format!("{MODE} exited with status {code}"));
+        }
+        parse(&output)
+    }
+}
+
+/// The file at `path`, as (device, inode).
+pub fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The answer line: `server_starter upgrade-check version=V formats=1,2`.
+pub fn parse(output: &[u8]) -> Result<Answer, String> {
+    let first = output.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(first);
+    let not_ours = || {
+        format!(
+            "it is not a start_server that can take over (its {MODE} printed {:?})",
+            OsStr::from_bytes(first)
+        )
+    };
+    let rest = line.strip_prefix(ANSWER).ok_or_else(not_ours)?;
+    let mut version = None;
+    let mut formats = Vec::new();
+    for word in rest.split_whitespace() {
+        match word.split_once('=') {
+            Some(("version", v)) => version = Some(v.to_string()),
+            Some(("formats", list)) => {
+                formats = list.split(',').filter_map(|f| f.parse().ok()).collect()
+            }
+            // Words a later version may add.
+            _ => {}
+        }
+    }
+    let version = version.ok_or_else(not_ours)?;
+    if !formats.contains(&state::FORMAT) {
+        return Err(format!(
+            "version {version} reads state formats {formats:?}, not format {} that this \
+             version writes",
+            state::FORMAT
+        ));
+    }
+    Ok(Answer { version })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers() {
+        let ok = parse(b"server_starter upgrade-check version=0.2.0 formats=1,2 more=x\n");
+        assert_eq!(ok.unwrap().version, "0.2.0");
+        let e = |out: &[u8]| parse(out).err().unwrap();
+        assert!(e(b"").contains("not a start_server"));
+        assert!(e(b"Unknown option: upgrade-check\n").contains("Unknown option"));
+        assert!(e(b"server_starter upgrade-check formats=1\n").contains("not a start_server"));
+        assert!(e(b"server_starter upgrade-check version=9 formats=2\n").contains("[2]"));
+    }
+}

@@ -1,0 +1,89 @@
+//! The leap itself: the state into a memfd, the descriptors the next image needs made
+//! inheritable (and only those), then execve with the same command line. And the way
+//! back, for a new image that cannot restore the state: execveat on the previous
+//! image, kept open across the exec for that purpose.
+
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use super::{REFUSED_VAR, STATE_VAR};
+use crate::spawn;
+use crate::sys;
+
+/// Executes `exe` with the same command line and `state`, keeping `keep` (besides the
+/// listening sockets and stdio, which are inheritable anyway). Returns only if that
+/// failed, with why; everything is then as it was.
+pub fn exec(exe: &Path, state: &str, keep: &[RawFd]) -> String {
+    let prepared = prepare(state);
+    let (memfd, image) = match prepared {
+        Ok(fds) => fds,
+        Err(e) => return format!("cannot hand the state over: {e}"),
+    };
+    let handed = [memfd.as_raw_fd(), image.as_raw_fd()];
+    let all: Vec<RawFd> = keep.iter().chain(&handed).copied().collect();
+    if let Err(e) = inheritable(&all, true) {
+        let _ = inheritable(&all, false);
+        return format!("cannot keep the descriptors open across execve: {e}");
+    }
+    let value = format!("{},{}", handed[0], handed[1]);
+    let Ok(path) = CString::new(exe.as_os_str().as_bytes()) else {
+        return format!("{}: a NUL byte in the path", exe.display());
+    };
+    let e = exec_with(
+        |argv, envp| sys::execve(&path, argv, envp),
+        &[(STATE_VAR, value)],
+    );
+    // Still here: the old image goes on, and keeps its descriptors to itself.
+    let _ = inheritable(keep, false);
+    format!("execve {} failed: {e}", exe.display())
+}
+
+/// The state in a memfd (close-on-exec for now), and the running image opened for the
+/// way back.
+fn prepare(state: &str) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let memfd = sys::memfd(c"server_starter-state")?;
+    let mut file = File::from(memfd);
+    file.write_all(state.as_bytes())?;
+    // Executable even once replaced or deleted at its path: the open file keeps it.
+    let image = File::open("/proc/self/exe")?;
+    Ok((OwnedFd::from(file), OwnedFd::from(image)))
+}
+
+/// In a new image that cannot restore the state: executes the previous image (`image`),
+/// which wrote the state and can read it, handing it the same state (`handed`, the
+/// value of `STATE_VAR`) and saying why (`REFUSED_VAR`). Returns only if that failed.
+pub fn back(image: RawFd, handed: &str, why: &str) -> std::io::Error {
+    exec_with(
+        |argv, envp| sys::execve_fd(image, argv, envp),
+        &[
+            (STATE_VAR, handed.to_string()),
+            (REFUSED_VAR, why.to_string()),
+        ],
+    )
+}
+
+/// Builds argv (start_server's own, unchanged) and the environment (start_server's,
+/// plus `extra`), then calls `exec`.
+fn exec_with(
+    exec: impl FnOnce(&[*const libc::c_char], &[*const libc::c_char]) -> std::io::Error,
+    extra: &[(&str, String)],
+) -> std::io::Error {
+    let argv: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.into_vec()).ok())
+        .collect();
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !extra.iter().any(|(key, _)| k.as_bytes() == key.as_bytes()))
+        .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.into(), v.into())));
+    let envp = spawn::envp(&env, &[]);
+    exec(&spawn::pointers(&argv), &spawn::pointers(&envp))
+}
+
+/// Clears FD_CLOEXEC on `fds` (`on`), or sets it again.
+pub fn inheritable(fds: &[RawFd], on: bool) -> std::io::Result<()> {
+    fds.iter().try_for_each(|&fd| sys::set_cloexec(fd, !on))
+}

@@ -1,0 +1,425 @@
+//! The upgrade state's format: what one image of start_server hands the next across
+//! execve, as text.
+//!
+//! ```text
+//! server_starter-state 1
+//! version 0.1.0
+//! listener 127.0.0.1:8080 3 -
+//! current 4242 1 81234567
+//! ...
+//! end
+//! ```
+//!
+//! The first line names the format; an image reads only the formats its
+//! `--upgrade-check` lists. Then one record per line: a key and its fields, separated
+//! by single spaces, each field percent-encoded (`%20` for a space, `%25` for `%`, any
+//! byte outside printable ASCII as `%XX`), `-` for "none". Instants are CLOCK_MONOTONIC
+//! microseconds, which go on counting across execve. The last line is `end`, so that a
+//! state cut short is told from a complete one.
+//!
+//! Reading is strict: an unknown key, a missing one, a field that does not parse or
+//! fields left over are all errors, and the new image then hands the state back to
+//! the previous one (see `upgrade::resume`).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::sys;
+
+/// The format this build writes.
+pub const FORMAT: u32 = 1;
+/// The formats this build reads.
+pub const READS: &[u32] = &[1];
+
+const MAGIC: &str = "server_starter-state";
+
+/// Writes records, in order, after the header line.
+pub struct Writer {
+    text: String,
+    clock: Clock,
+}
+
+impl Writer {
+    pub fn new() -> Writer {
+        Writer {
+            text: format!("{MAGIC} {FORMAT}\n"),
+            clock: Clock::now(),
+        }
+    }
+
+    /// One record: `key` and its fields, each already a `Field`.
+    pub fn put(&mut self, key: &str, fields: &[Field]) {
+        self.text.push_str(key);
+        for field in fields {
+            self.text.push(' ');
+            self.text.push_str(&field.0);
+        }
+        self.text.push('\n');
+    }
+
+    /// An instant as a field, in CLOCK_MONOTONIC microseconds.
+    pub fn instant(&self, at: Instant) -> Field {
+        Field(self.clock.usec_at(at).to_string())
+    }
+
+    pub fn opt_instant(&self, at: Option<Instant>) -> Field {
+        at.map_or_else(Field::none, |at| self.instant(at))
+    }
+
+    pub fn finish(mut self) -> String {
+        self.text.push_str("end\n");
+        self.text
+    }
+}
+
+/// One encoded field.
+pub struct Field(String);
+
+impl Field {
+    pub fn none() -> Field {
+        Field("-".into())
+    }
+
+    pub fn bytes(bytes: &[u8]) -> Field {
+        let mut text = String::with_capacity(bytes.len());
+        for &b in bytes {
+            if b.is_ascii_graphic() && b != b'%' && !(bytes.len() == 1 && b == b'-') {
+                text.push(b as char);
+            } else {
+                text.push_str(&format!("%{b:02X}"));
+            }
+        }
+        // An empty field is a lone `%`, which nothing else encodes to, so that it does
+        // not vanish between two spaces.
+        if text.is_empty() {
+            text.push('%');
+        }
+        Field(text)
+    }
+
+    pub fn text(text: &str) -> Field {
+        Field::bytes(text.as_bytes())
+    }
+
+    pub fn num(n: impl std::fmt::Display) -> Field {
+        Field(n.to_string())
+    }
+
+    pub fn flag(on: bool) -> Field {
+        Field(if on { "1" } else { "0" }.into())
+    }
+
+    pub fn duration(d: Duration) -> Field {
+        Field(d.as_micros().to_string())
+    }
+
+    pub fn opt_duration(d: Option<Duration>) -> Field {
+        d.map_or_else(Field::none, Field::duration)
+    }
+}
+
+/// A parsed state: its records by key, each taken once by the reader.
+pub struct Reader {
+    records: BTreeMap<String, Vec<Vec<String>>>,
+    clock: Clock,
+}
+
+/// The fields of one record.
+pub struct Fields<'a> {
+    key: &'a str,
+    fields: Vec<String>,
+    clock: Clock,
+}
+
+impl Reader {
+    /// Parses the whole state, checking its format and its end.
+    pub fn parse(text: &[u8]) -> Result<Reader, String> {
+        let text = std::str::from_utf8(text).map_err(|_| "the state is not text".to_string())?;
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or_default();
+        let format = header
+            .strip_prefix(MAGIC)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .ok_or_else(|| format!("not an upgrade state (it begins {header:?})"))?;
+        let format: u32 = format
+            .parse()
+            .map_err(|_| format!("state format {format:?} is not a number"))?;
+        if !READS.contains(&format) {
+            return Err(format!(
+                "state format {format} is not one this build reads ({READS:?})"
+            ));
+        }
+        let mut records: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+        let mut ended = false;
+        for line in lines {
+            if ended {
+                return Err("records after the end of the state".into());
+            }
+            if line == "end" {
+                ended = true;
+                continue;
+            }
+            let mut parts = line.split(' ');
+            let key = parts.next().unwrap_or_default().to_string();
+            let fields = parts.map(String::from).collect();
+            records.entry(key).or_default().push(fields);
+        }
+        if !ended {
+            return Err("the state is cut short (no end line)".into());
+        }
+        Ok(Reader {
+            records,
+            clock: Clock::now(),
+        })
+    }
+
+    /// Every record of `key`, in order (none is fine).
+    pub fn all(&mut self, key: &'static str) -> Vec<Fields<'static>> {
+        let clock = self.clock;
+        self.records
+            .remove(key)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|fields| Fields { key, fields, clock })
+            .collect()
+    }
+
+    /// The one record of `key`, which must be there.
+    pub fn one(&mut self, key: &'static str) -> Result<Fields<'static>, String> {
+        let mut all = self.all(key);
+        match all.len() {
+            1 => Ok(all.remove(0)),
+            0 => Err(format!("the state has no {key:?} record")),
+            n => Err(format!("the state has {n} {key:?} records, not one")),
+        }
+    }
+
+    /// The record of `key`, if there is one (at most one).
+    pub fn maybe(&mut self, key: &'static str) -> Result<Option<Fields<'static>>, String> {
+        let mut all = self.all(key);
+        match all.len() {
+            0 => Ok(None),
+            1 => Ok(Some(all.remove(0))),
+            n => Err(format!(
+                "the state has {n} {key:?} records, at most one expected"
+            )),
+        }
+    }
+
+    /// Every record must have been taken: one left over is a key this build does not
+    /// know, and the state is not understood.
+    pub fn finish(self) -> Result<(), String> {
+        match self.records.keys().next() {
+            None => Ok(()),
+            Some(key) => Err(format!("unknown record {key:?} in the state")),
+        }
+    }
+}
+
+impl Fields<'_> {
+    /// Checks the field count.
+    pub fn expect(self, count: usize) -> Result<Self, String> {
+        if self.fields.len() == count {
+            Ok(self)
+        } else {
+            Err(self.error(&format!("{} fields, {count} expected", self.fields.len())))
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.fields.len()
+    }
+
+    fn error(&self, why: &str) -> String {
+        format!("state record {} {}: {why}", self.key, self.fields.join(" "))
+    }
+
+    fn raw(&self, i: usize) -> Result<&str, String> {
+        self.fields
+            .get(i)
+            .map(String::as_str)
+            .ok_or_else(|| self.error(&format!("no field {}", i + 1)))
+    }
+
+    pub fn is_none(&self, i: usize) -> bool {
+        self.fields.get(i).is_some_and(|f| f == "-")
+    }
+
+    pub fn bytes(&self, i: usize) -> Result<Vec<u8>, String> {
+        let raw = self.raw(i)?;
+        if raw == "%" {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        let mut rest = raw.as_bytes();
+        while let Some((&b, tail)) = rest.split_first() {
+            if b == b'%' {
+                let hex = tail
+                    .get(..2)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| self.error(&format!("bad escape in field {}", i + 1)))?;
+                out.push(hex);
+                rest = &tail[2..];
+            } else {
+                out.push(b);
+                rest = tail;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn text(&self, i: usize) -> Result<String, String> {
+        String::from_utf8(self.bytes(i)?)
+            .map_err(|_| self.error(&format!("field {} is not UTF-8", i + 1)))
+    }
+
+    pub fn num<T: std::str::FromStr>(&self, i: usize) -> Result<T, String> {
+        let raw = self.raw(i)?;
+        raw.parse()
+            .map_err(|_| self.error(&format!("field {} is not a number", i + 1)))
+    }
+
+    pub fn opt_num<T: std::str::FromStr>(&self, i: usize) -> Result<Option<T>, String> {
+        if self.is_none(i) {
+            return Ok(None);
+        }
+        self.num(i).map(Some)
+    }
+
+    pub fn flag(&self, i: usize) -> Result<bool, String> {
+        match self.raw(i)? {
+            "0" => Ok(false),
+            "1" => Ok(true),
+            _ => Err(self.error(&format!("field {} is not 0 or 1", i + 1))),
+        }
+    }
+
+    pub fn duration(&self, i: usize) -> Result<Duration, String> {
+        self.num(i).map(Duration::from_micros)
+    }
+
+    pub fn opt_duration(&self, i: usize) -> Result<Option<Duration>, String> {
+        Ok(self.opt_num(i)?.map(Duration::from_micros))
+    }
+
+    pub fn instant(&self, i: usize) -> Result<Instant, String> {
+        Ok(self.clock.instant_at(self.num(i)?))
+    }
+
+    pub fn opt_instant(&self, i: usize) -> Result<Option<Instant>, String> {
+        Ok(self.opt_num(i)?.map(|usec| self.clock.instant_at(usec)))
+    }
+}
+
+/// One moment read both as an `Instant` and as CLOCK_MONOTONIC microseconds (which is
+/// what `Instant` counts on Linux): instants are converted through it, exactly enough.
+#[derive(Clone, Copy)]
+struct Clock {
+    instant: Instant,
+    usec: u64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        Clock {
+            instant: Instant::now(),
+            usec: sys::monotonic_usec(),
+        }
+    }
+
+    fn usec_at(self, at: Instant) -> u64 {
+        if at >= self.instant {
+            self.usec + (at - self.instant).as_micros() as u64
+        } else {
+            self.usec
+                .saturating_sub((self.instant - at).as_micros() as u64)
+        }
+    }
+
+    fn instant_at(self, usec: u64) -> Instant {
+        if usec >= self.usec {
+            self.instant + Duration::from_micros(usec - self.usec)
+        } else {
+            let ago = Duration::from_micros(self.usec - usec);
+            self.instant.checked_sub(ago).unwrap_or(self.instant)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut w = Writer::new();
+        let soon = Instant::now() + Duration::from_millis(1500);
+        let past = Instant::now() - Duration::from_millis(200);
+        w.put(
+            "thing",
+            &[
+                Field::text("a b%c\n"),
+                Field::num(42),
+                Field::flag(true),
+                Field::none(),
+                Field::text(""),
+                Field::text("-"),
+            ],
+        );
+        w.put(
+            "at",
+            &[w.instant(soon), w.instant(past), w.opt_instant(None)],
+        );
+        w.put("many", &[Field::num(1)]);
+        w.put("many", &[Field::num(2)]);
+        let text = w.finish();
+        assert!(text.starts_with("server_starter-state 1\n"));
+        assert!(text.contains("thing a%20b%25c%0A 42 1 - % %2D\n"), "{text}");
+
+        let mut r = Reader::parse(text.as_bytes()).unwrap();
+        let thing = r.one("thing").unwrap().expect(6).unwrap();
+        assert_eq!(thing.text(0).unwrap(), "a b%c\n");
+        assert_eq!(thing.num::<u64>(1).unwrap(), 42);
+        assert!(thing.flag(2).unwrap());
+        assert_eq!(thing.opt_num::<u64>(3).unwrap(), None);
+        assert_eq!(thing.text(4).unwrap(), "");
+        assert_eq!(thing.text(5).unwrap(), "-");
+        let at = r.one("at").unwrap();
+        let close = |a: Instant, b: Instant| {
+            let d = if a > b { a - b } else { b - a };
+            d < Duration::from_millis(1)
+        };
+        assert!(close(at.instant(0).unwrap(), soon));
+        assert!(close(at.instant(1).unwrap(), past));
+        assert_eq!(at.opt_instant(2).unwrap(), None);
+        let many: Vec<u64> = r.all("many").iter().map(|f| f.num(0).unwrap()).collect();
+        assert_eq!(many, [1, 2]);
+        r.finish().unwrap();
+    }
+
+    #[test]
+    fn refusals() {
+        let parse = |text: &str| Reader::parse(text.as_bytes()).err().unwrap_or_default();
+        assert!(parse("hello\nend\n").contains("not an upgrade state"));
+        assert!(parse("server_starter-state 2\nend\n").contains("format 2"));
+        assert!(parse("server_starter-state x\nend\n").contains("not a number"));
+        assert!(parse("server_starter-state 1\ngeneration 3\n").contains("cut short"));
+        assert!(parse("server_starter-state 1\nend\nx 1\n").contains("after the end"));
+        assert!(Reader::parse(b"\xff").is_err());
+
+        let mut r =
+            Reader::parse(b"server_starter-state 1\nnew-thing 1\ngeneration 3 4\nend\n").unwrap();
+        let generation = r.one("generation").unwrap();
+        assert!(generation.expect(1).err().unwrap().contains("2 fields"));
+        assert!(r.one("missing").err().unwrap().contains("no \"missing\""));
+        assert!(r.finish().err().unwrap().contains("new-thing"));
+
+        let mut r = Reader::parse(b"server_starter-state 1\nn x %G1 2\nend\n").unwrap();
+        let n = r.one("n").unwrap();
+        assert!(n.num::<u64>(0).is_err());
+        assert!(n.bytes(1).is_err());
+        assert!(n.flag(2).is_err());
+        assert!(n.bytes(3).is_err());
+    }
+}
