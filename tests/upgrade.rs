@@ -801,3 +801,31 @@ fn a_stray_handover_variable_is_refused_in_one_line() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
 }
+
+/// The state is sealed before the exec: a new image cannot change what the previous
+/// one would read back if it had to go back. Here the "new image" is a script that
+/// tries to overwrite the state, then runs the build, whose upgrade goes through.
+#[test]
+fn the_handed_state_cannot_be_written_by_the_new_image() {
+    let (mut d, worker) = Deployed::http();
+    let real = d.dir.path().join("real");
+    install(&start_server_bin(), &real);
+    let marker = d.dir.path().join("wrote-the-state");
+    let script = format!(
+        "#!/bin/sh\n\
+         if [ \"$1\" != --upgrade-check ]; then\n\
+         \x20 state=${{SERVER_STARTER_UPGRADE_STATE%%,*}}\n\
+         \x20 if printf 'x' | dd of=/proc/self/fd/$state conv=notrunc status=none 2>/dev/null; then\n\
+         \x20   touch {}\n\
+         \x20 fi\n\
+         fi\n\
+         exec {} \"$@\"\n",
+        marker.display(),
+        real.display()
+    );
+    d.deploy_file(script.as_bytes());
+    d.upgrade_ok();
+    assert!(!marker.exists(), "the new image could write the state");
+    assert_eq!(http_get(d.addr).unwrap(), (worker, 1));
+    d.server.stop();
+}

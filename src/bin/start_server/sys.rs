@@ -955,11 +955,24 @@ pub fn file_type(fd: RawFd) -> io::Result<libc::mode_t> {
 /// An anonymous file in memory (memfd_create), close-on-exec: where the upgrade state
 /// is written for the next image.
 pub fn memfd(name: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is NUL-terminated; MFD_CLOEXEC is a valid flag.
-    let fd = unsafe { libc::syscall(libc::SYS_memfd_create, name.as_ptr(), libc::MFD_CLOEXEC) };
+    // SAFETY: `name` is NUL-terminated; the flags are valid.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_memfd_create,
+            name.as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
     let fd = check(fd as c_int)?;
     // SAFETY: memfd_create returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Seals a memfd for good: no process that gets it can change its contents or size.
+pub fn seal(fd: &impl AsRawFd) -> io::Result<()> {
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl(F_ADD_SEALS) takes an integer argument.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) }).map(drop)
 }
 
 /// Reads a whole file from offset 0, whatever the descriptor's offset, without taking

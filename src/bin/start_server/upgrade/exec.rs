@@ -48,6 +48,9 @@ fn prepare(state: &str) -> std::io::Result<(OwnedFd, OwnedFd)> {
     let memfd = sys::memfd(c"server_starter-state")?;
     let mut file = File::from(memfd);
     file.write_all(state.as_bytes())?;
+    // Read-only from here on: if the new image gives up, the previous one reads back
+    // exactly what it wrote, whatever the new one did.
+    sys::seal(&file)?;
     // Executable even once replaced or deleted at its path: the open file keeps it.
     let image = File::open("/proc/self/exe")?;
     Ok((OwnedFd::from(file), OwnedFd::from(image)))
