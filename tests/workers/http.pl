@@ -81,8 +81,11 @@ my $watchdog = $ENV{WATCHDOG_USEC} && !in_list('HUNG_GENERATIONS') ? $ENV{WATCHD
 notify("WATCHDOG=1") if $watchdog;
 
 my $select = IO::Select->new(@socks);
+# Perl runs a signal's handler between ops: a TERM that lands after the loop's test
+# but before select(2) would leave select waiting forever. A bounded wait sees it.
+my $wait = $watchdog // 0.5;
 while (!$stop) {
-    my @ready = $select->can_read($watchdog);
+    my @ready = $select->can_read($wait);
     notify("WATCHDOG=1") if $watchdog;
     for my $sock (@ready) {
         $sock->blocking(0);
