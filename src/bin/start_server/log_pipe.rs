@@ -17,16 +17,15 @@
 //! logger has stopped reading, `MAX_EXIT_WAIT` in all; then TERM, and after `LINGER`
 //! more KILL, to the logger's process group.
 
-use std::fs::OpenOptions;
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::log;
-use crate::sys::{self, Pid};
+use crate::sys::{self, CStrArray, ChildSpec, Pid, Program};
 
 /// The pipe's capacity asked for (64 KiB by default): 1 MiB is what Linux lets an
 /// unprivileged process have by default (/proc/sys/fs/pipe-max-size).
@@ -110,25 +109,38 @@ impl LogPipe {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
+        // Opened for each logger: the parent's copy is closed once the logger has it.
+        let null;
         let (stdout, stderr) = match &self.output {
-            Some((out, err)) => (out.try_clone()?.into(), err.try_clone()?.into()),
-            None => (Stdio::null(), Stdio::null()),
+            Some((out, err)) => (out.as_raw_fd(), err.as_raw_fd()),
+            None => {
+                null = File::options().read(true).write(true).open("/dev/null")?;
+                (null.as_raw_fd(), null.as_raw_fd())
+            }
         };
-        let mut command = Command::new("/bin/sh");
-        command
-            .arg("-c")
-            .arg(&self.command)
-            .stdin(self.read.try_clone()?)
-            .stdout(stdout)
-            .stderr(stderr)
-            // Its own process group: a Ctrl-C meant for start_server and its workers
-            // must not kill the logger before it has read their last lines.
-            .process_group(0);
+        let argv = CStrArray::new(vec![
+            c"/bin/sh".into(),
+            c"-c".into(),
+            CString::new(self.command.as_bytes())
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        ]);
+        let shell = [CString::from(c"/bin/sh")];
+        let env: Vec<_> = std::env::vars_os().collect();
+        let mut child = ChildSpec::new(Program::Files(&shell), &argv, &env);
+        child.stdio = [Some(self.read.as_raw_fd()), Some(stdout), Some(stderr)];
         // No signal ignored or blocked as in start_server, no listening socket.
-        sys::exec_clean(&mut command);
-        let child = command.spawn()?;
+        child.only_stdio = true;
+        // Its own process group: a Ctrl-C meant for start_server and its workers
+        // must not kill the logger before it has read their last lines.
+        child.own_group = true;
+        let spawned = sys::spawn(&child).map_err(|e| e.error)?;
+        if let Some((_, error)) = spawned.failed {
+            // It exits at once: reaped here, as no one else knows it.
+            let _ = sys::wait_child(spawned.pid);
+            return Err(error);
+        }
         self.logger = Some(Logger {
-            pid: child.id() as Pid,
+            pid: spawned.pid,
             started: Instant::now(),
         });
         Ok(())

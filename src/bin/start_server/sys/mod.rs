@@ -7,6 +7,7 @@
 //! The items are re-exported flat (`crate::sys::kill`), so that callers need not know
 //! which topic a call belongs to.
 
+mod child;
 mod fd;
 mod process;
 mod signal;
@@ -16,6 +17,7 @@ mod time;
 use std::io;
 use std::os::raw::c_int;
 
+pub use child::{spawn, CStrArray, ChildSpec, Program, SpawnError, Stage};
 pub use fd::*;
 pub use process::*;
 pub use signal::*;

@@ -8,6 +8,7 @@
 //! (its exit wakes the main loop), with a deadline after which it gets SIGKILL.
 
 use std::ffi::{CString, OsStr};
+use std::fs::File;
 use std::io;
 use std::os::raw::c_int;
 use std::os::unix::ffi::OsStrExt;
@@ -18,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::state;
 use crate::signals;
-use crate::spawn;
-use crate::sys::{self, Fork, Pid};
+use crate::sys::{self, CStrArray, ChildSpec, Pid, Program};
 
 /// How long the new binary may take to answer.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,9 +28,6 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub const MODE: &str = "--upgrade-check";
 
 const ANSWER: &str = "server_starter upgrade-check";
-
-/// Marks a failed exec in the child's output: never the first byte of a text line.
-const EXEC_FAILED: u8 = 0xff;
 
 /// The longest answer read.
 const ANSWER_MAX: usize = 4096;
@@ -56,6 +53,8 @@ pub struct Check {
     /// The file checked, as (device, inode): the one to execute, not another put at
     /// the path since.
     pub file: Option<(u64, u64)>,
+    /// Why the binary could not be executed (the child then exits at once).
+    exec_error: Option<io::Error>,
 }
 
 /// What the new binary said of itself.
@@ -69,39 +68,25 @@ impl Check {
     pub fn spawn(exe: &Path) -> io::Result<Check> {
         let path = CString::new(exe.as_os_str().as_bytes())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let argv_strings = [path.clone(), CString::new(MODE).expect("no NUL")];
-        let argv = spawn::pointers(&argv_strings);
+        let argv = CStrArray::new(vec![path.clone(), CString::new(MODE).expect("no NUL")]);
         let env: Vec<_> = std::env::vars_os().collect();
-        let envp_strings = spawn::envp(&env, &[]);
-        let envp = spawn::pointers(&envp_strings);
         let file = identity(exe);
-        let null = OwnedFd::from(std::fs::File::open("/dev/null")?);
+        let null = File::open("/dev/null")?;
         let (output, input) = sys::pipe_cloexec()?;
-        let parent = std::process::id() as Pid;
-        match sys::fork()? {
-            Fork::Child => {
-                // Between fork and exec: async-signal-safe calls only.
-                sys::child_reset_signals();
-                if !sys::child_set_parent_death_signal(libc::SIGKILL, parent)
-                    || !sys::child_dup2(null.as_raw_fd(), libc::STDIN_FILENO)
-                    || !sys::child_dup2(input.as_raw_fd(), libc::STDOUT_FILENO)
-                {
-                    sys::child_exit(127);
-                }
-                sys::child_close_from(3);
-                let errno = sys::child_execve(&path, &argv, &envp);
-                let [a, b, c, d] = errno.to_ne_bytes();
-                sys::child_write(libc::STDOUT_FILENO, &[EXEC_FAILED, a, b, c, d]);
-                sys::child_exit(127)
-            }
-            Fork::Parent(pid) => Ok(Check {
-                pid,
-                output,
-                deadline: Instant::now() + TIMEOUT,
-                killed: false,
-                file,
-            }),
-        }
+        let files = [path];
+        let mut child = ChildSpec::new(Program::Files(&files), &argv, &env);
+        child.stdio = [Some(null.as_raw_fd()), Some(input.as_raw_fd()), None];
+        child.only_stdio = true;
+        child.parent_death_signal = Some(libc::SIGKILL);
+        let spawned = sys::spawn(&child).map_err(|e| e.error)?;
+        Ok(Check {
+            pid: spawned.pid,
+            output,
+            deadline: Instant::now() + TIMEOUT,
+            killed: false,
+            file,
+            exec_error: spawned.failed.map(|(_, error)| error),
+        })
     }
 
     /// At the deadline: SIGKILL, and the exit that follows is a refusal.
@@ -112,14 +97,10 @@ impl Check {
 
     /// Once the child has exited (raw wait `status`): its answer, or why it is refused.
     pub fn verdict(&self, status: c_int) -> Result<Answer, String> {
-        let output = sys::read_available(&self.output, ANSWER_MAX).unwrap_or_default();
-        if let [EXEC_FAILED, a, b, c, d, ..] = output[..] {
-            let errno = c_int::from_ne_bytes([a, b, c, d]);
-            return Err(format!(
-                "cannot execute it: {}",
-                io::Error::from_raw_os_error(errno)
-            ));
+        if let Some(error) = &self.exec_error {
+            return Err(format!("cannot execute it: {error}"));
         }
+        let output = sys::read_available(&self.output, ANSWER_MAX).unwrap_or_default();
         if self.killed {
             return Err(format!(
                 "it did not answer {MODE} within {} secs",

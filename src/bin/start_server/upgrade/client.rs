@@ -13,9 +13,13 @@
 //! the file now at the path, and stays so for `SETTLE` (a new image that goes back to
 //! the previous one does so within milliseconds).
 
+use std::ffi::CString;
+use std::fs::File;
+use std::os::raw::c_int;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,7 +27,11 @@ use super::check;
 use crate::control::{self, Answer};
 use crate::control_socket;
 use crate::pid_file;
-use crate::sys::{self, Pid};
+use crate::signals;
+use crate::sys::{self, CStrArray, ChildSpec, Pid, Program};
+
+/// The longest answer read.
+const ANSWER_MAX: usize = 4096;
 
 /// How long the client waits for the outcome: the check's bound, the exec, and room.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -115,34 +123,61 @@ fn by_signal(pid: Pid, file: &std::fs::File) -> Result<(), String> {
 
 /// Runs `exe --upgrade-check`, bounded by the check's timeout: the version it says.
 fn answers_check(exe: &Path) -> Result<String, String> {
-    let mut child = Command::new(exe)
-        .arg(check::MODE)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+    let fail = |e: std::io::Error| e.to_string();
+    let path = CString::new(exe.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let argv = CStrArray::new(vec![
+        path.clone(),
+        CString::new(check::MODE).expect("no NUL"),
+    ]);
+    let env: Vec<_> = std::env::vars_os().collect();
+    let null = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(fail)?;
+    let (output, input) = sys::pipe_cloexec().map_err(fail)?;
+    let files = [path];
+    let mut child = ChildSpec::new(Program::Files(&files), &argv, &env);
+    child.stdio = [
+        Some(null.as_raw_fd()),
+        Some(input.as_raw_fd()),
+        Some(null.as_raw_fd()),
+    ];
+    child.only_stdio = true;
+    let spawned = sys::spawn(&child).map_err(|e| fail(e.error))?;
+    drop(input);
+    let pid = spawned.pid;
+    if let Some((_, error)) = spawned.failed {
+        let _ = sys::wait_child(pid);
+        return Err(error.to_string());
+    }
     let deadline = Instant::now() + check::TIMEOUT;
     let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+        if let Some(status) = sys::reap_child(pid).map_err(fail)? {
             break status;
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::wait_child(pid);
             return Err("no answer in time".into());
         }
         thread::sleep(Duration::from_millis(10));
     };
-    let mut output = Vec::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        use std::io::Read;
-        let _ = stdout.read_to_end(&mut output);
-    }
-    if !status.success() {
-        return Err(format!("{status}"));
+    let output = sys::read_available(&output, ANSWER_MAX).map_err(fail)?;
+    if status != 0 {
+        return Err(exit_status(status));
     }
     check::parse(&output).map(|answer| answer.version)
+}
+
+/// A raw wait status as std's `ExitStatus` prints it.
+fn exit_status(status: c_int) -> String {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        format!("signal: {sig} (SIG{})", signals::name(sig))
+    } else {
+        format!("exit status: {}", libc::WEXITSTATUS(status))
+    }
 }
 
 /// The file a path leads to, as (device, inode).

@@ -11,8 +11,7 @@ use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use super::{REFUSED_VAR, STATE_VAR};
-use crate::spawn;
-use crate::sys;
+use crate::sys::{self, CStrArray};
 
 /// Executes `exe` with the same command line and `state`, keeping `keep` (besides the
 /// listening sockets and stdio, which are inheritable anyway). Returns only if that
@@ -72,18 +71,19 @@ pub fn back(image: RawFd, handed: &str, why: &str) -> std::io::Error {
 /// Builds argv (start_server's own, unchanged) and the environment (start_server's,
 /// plus `extra`), then calls `exec`.
 fn exec_with(
-    exec: impl FnOnce(&[*const libc::c_char], &[*const libc::c_char]) -> std::io::Error,
+    exec: impl FnOnce(&CStrArray, &CStrArray) -> std::io::Error,
     extra: &[(&str, String)],
 ) -> std::io::Error {
-    let argv: Vec<CString> = std::env::args_os()
-        .filter_map(|a| CString::new(a.into_vec()).ok())
-        .collect();
+    let argv = CStrArray::new(
+        std::env::args_os()
+            .filter_map(|a| CString::new(a.into_vec()).ok())
+            .collect(),
+    );
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !extra.iter().any(|(key, _)| k.as_bytes() == key.as_bytes()))
         .collect();
     env.extend(extra.iter().map(|(k, v)| (k.into(), v.into())));
-    let envp = spawn::envp(&env, &[]);
-    exec(&spawn::pointers(&argv), &spawn::pointers(&envp))
+    exec(&argv, &CStrArray::env(&env))
 }
 
 /// Clears FD_CLOEXEC on `fds` (`on`), or sets it again.
