@@ -419,14 +419,22 @@ fn envdir_is_read_again_before_every_spawn() {
     assert_eq!(line(2), format!("3:unset:none:{}", env.display()));
 }
 
+/// A worker that appends `report` (shell words, expanded) to `dir`/seen and then
+/// runs `then`: (the file, the `sh -c` script).
+fn reporting_worker(dir: &Path, report: &str, then: &str) -> (std::path::PathBuf, String) {
+    let seen = dir.join("seen");
+    let script = format!("echo \"{report}\" >> {}; {then}", seen.display());
+    (seen, script)
+}
+
 #[test]
 fn auto_restart_with_a_short_interval() {
     let dir = TempDir::new("auto");
     let status = dir.path().join("status");
-    let seen = dir.path().join("seen");
-    let script = format!(
-        "echo \"$ENABLE_AUTO_RESTART:$AUTO_RESTART_INTERVAL:$KILL_OLD_DELAY\" >> {}; exec sleep 60",
-        seen.display()
+    let (seen, script) = reporting_worker(
+        dir.path(),
+        "$ENABLE_AUTO_RESTART:$AUTO_RESTART_INTERVAL:$KILL_OLD_DELAY",
+        "exec sleep 60",
     );
     let server = Server::start(&[
         "--enable-auto-restart",
@@ -446,6 +454,32 @@ fn auto_restart_with_a_short_interval() {
         .unwrap()
         .starts_with("1:0.5:0.1\n"));
     assert!(!server.has_line("received HUP"));
+}
+
+/// Durations below a millisecond are printed with their digits (not as `0.`), and the
+/// exported `KILL_OLD_DELAY` reads back as the delay given (issue 15 item 19).
+#[test]
+fn sub_millisecond_durations_print_and_read_back_as_given() {
+    let dir = TempDir::new("submilli");
+    let status = dir.path().join("status");
+    // Ignores TERM, so that --kill-timeout's KILL (and its line) follows.
+    let (seen, script) = reporting_worker(dir.path(), "$KILL_OLD_DELAY", "exec sleep 60");
+    let script = format!("trap '' TERM; {script}");
+    let delays = ["--kill-old-delay=0.0001", "--kill-timeout=0.0004"];
+    let status_arg = arg("status-file", &status);
+    let mut args = vec!["--interval=0.1", &status_arg];
+    args.extend(delays);
+    args.extend(["--", "sh", "-c", &script]);
+    let mut server = Server::start(&args);
+    let first = server.wait_status(&status, &[1])[0].1;
+    server.signal(libc::SIGHUP);
+    server.wait_line("sleeping 0.0001 secs before killing old workers");
+    server.wait_line(&format!(
+        "worker {first} still running 0.0004 secs after it was told to stop, sending KILL"
+    ));
+    server.wait_status(&status, &[2]);
+    assert_eq!(fs::read_to_string(&seen).unwrap(), "0.0001\n0.0001\n");
+    server.stop();
 }
 
 /// With auto-restart on and no interval given, workers see the default in force, as

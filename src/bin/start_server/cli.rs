@@ -213,11 +213,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         "ready-timeout",
         "watchdog",
     ] {
-        if let Some(value) = m
-            .opt_strs(name)
-            .into_iter()
-            .find(|v| v.trim().parse::<f64>().is_err())
-        {
+        if let Some(value) = m.opt_strs(name).into_iter().find(|v| decimal(v).is_none()) {
             return Err(usage(format!(
                 "Value \"{value}\" invalid for option {name} (number expected)"
             )));
@@ -383,14 +379,49 @@ fn getopt_long_message(fail: getopts::Fail) -> String {
     }
 }
 
-/// A non-negative number of seconds, fractions allowed (`0.25`).
+/// A non-negative number of seconds, fractions allowed (`0.25`, `.5`, `5.`), exactly,
+/// in whole microseconds (what the upgrade state keeps): a finer fraction is refused
+/// rather than rounded. A value beyond `MAX_SECONDS` is that.
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
-    text.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| "expected a number of seconds".to_string())
+    let invalid = || "expected a number of seconds".to_string();
+    let (whole, fraction) = decimal(text).ok_or_else(invalid)?;
+    // "-0" is zero, as it was to the original's Perl.
+    let nonzero = |s: &str| s.bytes().any(|b| (b'1'..=b'9').contains(&b));
+    if whole.starts_with('-') && (nonzero(whole) || nonzero(fraction)) {
+        return Err(invalid());
+    }
+    let (micros, finer) = fraction.split_at(fraction.len().min(6));
+    if nonzero(finer) {
+        return Err("expected a number of seconds to the microsecond (at most 6 decimals)".into());
+    }
+    let digits = |text: &str| {
+        text.bytes().filter(u8::is_ascii_digit).fold(0u64, |n, d| {
+            n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+        })
+    };
+    let secs = digits(whole);
+    if secs >= MAX_SECONDS {
+        return Ok(Duration::from_secs(MAX_SECONDS));
+    }
+    let micros = digits(micros) * 10u64.pow(6 - micros.len() as u32);
+    Ok(Duration::from_secs(secs) + Duration::from_micros(micros))
+}
+
+/// The longest duration start_server keeps (136 years): one that long never ends, and
+/// any deadline it sets stays within what the clock can hold.
+pub const MAX_SECONDS: u64 = u32::MAX as u64;
+
+/// A decimal number as Getopt::Long's numeric options take it, ours with a fraction
+/// too: an optional sign, digits, and optionally `.` and more digits (at least one
+/// digit in all), with blanks around. Returns the signed whole part and the fraction's
+/// digits.
+fn decimal(text: &str) -> Option<(&str, &str)> {
+    let text = text.trim();
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let unsigned = whole.strip_prefix(['+', '-']).unwrap_or(whole);
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    (all_digits(unsigned) && all_digits(fraction) && unsigned.len() + fraction.len() > 0)
+        .then_some((whole, fraction))
 }
 
 /// Rewrites `-name`, and any unambiguous prefix of a long option, to `--full-name`,
@@ -604,5 +635,43 @@ mod tests {
             .message
             .contains("/nonexistent/dir"));
         assert!(error(&["--port"]).message.contains("port"));
+    }
+
+    #[test]
+    fn seconds_are_read_exactly_and_read_back_as_printed() {
+        let read = |s: &str| parse_seconds(s).unwrap();
+        assert_eq!(read("1"), Duration::from_secs(1));
+        assert_eq!(read(" 0.25 "), Duration::from_millis(250));
+        assert_eq!(read("+.5"), Duration::from_millis(500));
+        assert_eq!(read("5."), Duration::from_secs(5));
+        assert_eq!(read("0.000001"), Duration::from_micros(1));
+        assert_eq!(read("0.1"), Duration::from_millis(100));
+        assert_eq!(read("2.5000000000"), Duration::from_millis(2500));
+        assert_eq!(read("-0"), Duration::ZERO);
+        // Saturated, not refused or wrapped.
+        let max = Duration::from_secs(MAX_SECONDS);
+        assert_eq!(read("99999999999999999999999999.5"), max);
+        assert_eq!(read(&MAX_SECONDS.to_string()), max);
+        for bad in [
+            "", ".", "-1", "-0.5", "1e3", "nan", "inf", "0x10", "1.2.3", "5 s",
+        ] {
+            assert!(parse_seconds(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_seconds("0.0000001")
+            .unwrap_err()
+            .contains("microsecond"));
+        // What log::seconds prints reads back as the same duration.
+        for micros in [
+            0, 1, 10, 500, 999, 1_000, 100_000, 1_000_000, 1_500_000, 12_345_678,
+        ] {
+            let d = Duration::from_micros(micros);
+            assert_eq!(read(&crate::log::seconds(d)), d, "{micros} us");
+        }
+        assert_eq!(crate::log::seconds(Duration::from_micros(500)), "0.0005");
+        assert_eq!(crate::log::seconds(Duration::from_millis(1500)), "1.5");
+        assert_eq!(crate::log::seconds(Duration::from_secs(60)), "60");
+        assert_eq!(crate::log::millis(Duration::from_micros(2_449)), "2.4");
+        assert_eq!(crate::log::millis(Duration::from_micros(2_450)), "2.5");
+        assert_eq!(crate::log::millis(Duration::from_secs(12)), "12000.0");
     }
 }

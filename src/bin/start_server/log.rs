@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crate::sys;
 
@@ -57,18 +58,21 @@ macro_rules! log {
     };
 }
 
-/// Milliseconds with a tenth, for how long something took: `2.4`.
-pub fn millis(d: std::time::Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
+/// Milliseconds with a tenth, for how long something took: `2.4` (rounded).
+pub fn millis(d: Duration) -> String {
+    let tenths = d.as_micros().saturating_add(50) / 100;
+    format!("{}.{}", tenths / 10, tenths % 10)
 }
 
-/// Seconds as the original prints them: `5`, or `0.25` for a fraction.
-pub fn seconds(d: std::time::Duration) -> String {
-    let secs = d.as_secs_f64();
-    if secs.fract() == 0.0 {
-        format!("{}", d.as_secs())
-    } else {
-        let text = format!("{secs:.3}");
-        text.trim_end_matches('0').to_string()
+/// Seconds as the original prints them: `5`, or `0.25` for a fraction, with every
+/// digit it has (to the nanosecond), so that `cli::parse_seconds` reads back the same
+/// duration: `0.0005`, never `0.`.
+pub fn seconds(d: Duration) -> String {
+    let secs = d.as_secs();
+    let nanos = d.subsec_nanos();
+    if nanos == 0 {
+        return secs.to_string();
     }
+    let fraction = format!("{nanos:09}");
+    format!("{secs}.{}", fraction.trim_end_matches('0'))
 }
