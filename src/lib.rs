@@ -13,13 +13,17 @@
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// Unsafe code lives in `sys` (the libc calls) and `ffi` (the C ABI) alone.
+#![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
 pub mod ffi;
 #[cfg(feature = "std")]
 pub mod listeners;
 mod notify;
 pub mod parse;
 mod query;
+#[allow(unsafe_code)]
 mod sys;
 
 #[cfg(feature = "std")]
@@ -36,8 +40,7 @@ pub use parse::ErrorKind;
 #[cfg(all(not(feature = "std"), not(test)))]
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
-    // SAFETY: abort has no preconditions and does not return.
-    unsafe { libc::abort() }
+    sys::abort()
 }
 
 // Without std nothing links libc, whose functions the library calls (getenv,
@@ -46,28 +49,6 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
 #[cfg(not(feature = "std"))]
 #[link(name = "c")]
 extern "C" {}
-
-/// The precompiled `core` is built to unwind, so its code still names the
-/// personality routine that std would provide, and a shared library that leaves
-/// the name undefined fails to load (`dlopen`: undefined symbol). With
-/// `panic = "abort"` nothing ever unwinds, so the routine is never called.
-///
-/// Defined in assembly, as an alias of this function, because only there can a
-/// symbol be made hidden on stable Rust: the shared library must export nothing
-/// but `server_starter_*` (and so cannot stand in for another library's routine).
-#[cfg(all(not(feature = "std"), not(test)))]
-extern "C" fn personality_never_called() {
-    // SAFETY: abort has no preconditions and does not return.
-    unsafe { libc::abort() }
-}
-
-#[cfg(all(not(feature = "std"), not(test)))]
-core::arch::global_asm!(
-    ".globl rust_eh_personality",
-    ".hidden rust_eh_personality",
-    ".set rust_eh_personality, {f}",
-    f = sym personality_never_called,
-);
 
 /// The header build.rs generated from `src/ffi.rs` for this build; the test
 /// `header` compares it with the committed `include/server_starter.h`.

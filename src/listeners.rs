@@ -25,7 +25,6 @@ use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::{UnixDatagram, UnixListener};
-use std::sync::Mutex;
 
 pub use crate::parse::ErrorKind;
 use crate::parse::{self, ParseError, Source, Vars};
@@ -181,25 +180,6 @@ impl From<Error> for io::Error {
     }
 }
 
-/// Sockets already turned into owned sockets, as (descriptor, socket inode):
-/// handing one out twice would let two owners close it. The inode tells a
-/// descriptor number that was closed and reused for another socket from the one
-/// handed out (sockfs inode numbers are not reused while a socket lives).
-static CLAIMED: Mutex<Vec<(RawFd, u64)>> = Mutex::new(Vec::new());
-
-fn claim(fd: RawFd) -> io::Result<bool> {
-    let key = (fd, sys::inode(fd)?);
-    // A poisoned lock still holds a consistent list: every push is complete.
-    let mut claimed = CLAIMED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if claimed.contains(&key) {
-        return Ok(false);
-    }
-    claimed.push(key);
-    Ok(true)
-}
-
 /// One inherited listening socket, as the kernel describes it.
 ///
 /// A `Listener` does not own its descriptor; the `into_*` conversions take
@@ -285,30 +265,23 @@ impl Listener {
                 Some(e.into()),
             )
         })?;
-        match claim(self.fd) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(Error::listener(
-                    ErrorKind::AlreadyTaken,
-                    name,
-                    self.fd,
-                    "",
-                    None,
-                ))
-            }
-            Err(e) => {
-                return Err(Error::listener(
-                    ErrorKind::BadFd,
-                    name,
-                    self.fd,
-                    "",
-                    Some(e),
-                ))
-            }
+        match sys::take_once(self.fd) {
+            Ok(Some(fd)) => Ok(fd),
+            Ok(None) => Err(Error::listener(
+                ErrorKind::AlreadyTaken,
+                name,
+                self.fd,
+                "",
+                None,
+            )),
+            Err(e) => Err(Error::listener(
+                ErrorKind::BadFd,
+                name,
+                self.fd,
+                "",
+                Some(e.into()),
+            )),
         }
-        // SAFETY: the descriptor is an open socket inherited from our parent, and
-        // `claim` guarantees this library hands it out only once.
-        Ok(unsafe { sys::own_fd(self.fd) })
     }
 
     /// Takes ownership as a `TcpListener`; fails unless it is a TCP (IPv4 or

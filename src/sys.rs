@@ -1,7 +1,7 @@
 //! Thin wrappers over the few libc calls the library makes. The rest of the crate
 //! is safe code; every `unsafe` block outside `ffi.rs` is here.
 //!
-//! None of these allocate and, but for `own_fd`, none needs std: a failure is a
+//! None of these allocate and, but for `take_once`, none needs std: a failure is a
 //! plain [`Errno`], so the C API can use them in a build without std. What only
 //! the Rust API uses is compiled only with the `std` feature.
 
@@ -261,15 +261,56 @@ pub fn inode(fd: RawFd) -> Result<u64, Errno> {
     Ok(u64::from(unsafe { st.assume_init() }.st_ino))
 }
 
-/// Takes ownership of an inherited descriptor.
-///
-/// # Safety
-///
-/// `fd` must be open and owned by nobody else in the process: the returned
-/// `OwnedFd` closes it when dropped. `listeners::claim` ensures the library hands
-/// each descriptor out once.
+/// Takes ownership of an inherited descriptor, once: `None` when it was taken
+/// before (Rust API only).
 #[cfg(feature = "std")]
-pub unsafe fn own_fd(fd: RawFd) -> OwnedFd {
-    // SAFETY: ownership is transferred under the contract stated above.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+pub fn take_once(fd: RawFd) -> Result<Option<OwnedFd>, Errno> {
+    /// Sockets already turned into owned sockets, as (descriptor, socket inode):
+    /// handing one out twice would let two owners close it. The inode tells a
+    /// descriptor number that was closed and reused for another socket from the
+    /// one handed out (sockfs inode numbers are not reused while a socket lives).
+    static TAKEN: std::sync::Mutex<std::vec::Vec<(RawFd, u64)>> =
+        std::sync::Mutex::new(std::vec::Vec::new());
+    let key = (fd, inode(fd)?);
+    // A poisoned lock still holds a consistent list: every push is complete.
+    let mut taken = TAKEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if taken.contains(&key) {
+        return Ok(None);
+    }
+    taken.push(key);
+    // SAFETY: the descriptor is open (fstat succeeded), inherited from our parent
+    // for this process to use, and handed out here once, so it has no other owner.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
+
+/// Ends the process at once (a panic without std, which must not unwind).
+#[cfg(not(feature = "std"))]
+pub fn abort() -> ! {
+    // SAFETY: abort has no preconditions and does not return.
+    unsafe { libc::abort() }
+}
+
+/// The precompiled `core` is built to unwind, so its code still names the
+/// personality routine that std would provide, and a shared library that leaves
+/// the name undefined fails to load (`dlopen`: undefined symbol). With
+/// `panic = "abort"` nothing ever unwinds, so the routine is never called.
+///
+/// Defined in assembly, as an alias of this function, because only there can a
+/// symbol be made hidden on stable Rust: the shared library must export nothing
+/// but `server_starter_*` (and so cannot stand in for another library's routine).
+#[cfg(all(not(feature = "std"), not(test)))]
+extern "C" fn personality_never_called() {
+    abort()
+}
+
+// SAFETY: the assembly only defines a symbol, as an alias of a Rust function
+// that never returns; it runs no code of its own.
+#[cfg(all(not(feature = "std"), not(test)))]
+core::arch::global_asm!(
+    ".globl rust_eh_personality",
+    ".hidden rust_eh_personality",
+    ".set rust_eh_personality, {f}",
+    f = sym personality_never_called,
+);

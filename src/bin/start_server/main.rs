@@ -1,6 +1,9 @@
 //! start_server: a superdaemon for hot-deploying server programs, compatible with
 //! Server::Starter 0.35's command of the same name.
 
+// Unsafe code lives in `sys` alone, behind safe functions.
+#![deny(unsafe_code)]
+
 mod bind;
 mod cli;
 mod control;
@@ -23,6 +26,7 @@ mod signals;
 mod spawn;
 mod status_file;
 mod supervisor;
+#[allow(unsafe_code)]
 mod sys;
 mod upgrade;
 

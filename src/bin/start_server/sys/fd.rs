@@ -7,6 +7,7 @@ use std::mem;
 use std::os::raw::c_int;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use super::time::timespec;
@@ -105,13 +106,14 @@ pub fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
 // ---------------------------------------------------------------- descriptors and files
 
 /// Sets or clears FD_CLOEXEC: the listening sockets are the only descriptors of ours a
-/// worker inherits.
+/// worker inherits. A descriptor made inheritable counts as taken (see `adopt_fd`).
 pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     // SAFETY: fcntl on an integer descriptor has no memory-safety preconditions.
     let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
     let flags = if on {
         flags | libc::FD_CLOEXEC
     } else {
+        claim(fd);
         flags & !libc::FD_CLOEXEC
     };
     // SAFETY: as above.
@@ -124,9 +126,12 @@ pub fn fd_is_open(fd: RawFd) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
 }
 
-/// dup2(2); the new descriptor is inheritable (dup2 clears FD_CLOEXEC).
+/// dup2(2); the new descriptor is inheritable (dup2 clears FD_CLOEXEC), and counts
+/// as taken (see `adopt_fd`). What `to` was is replaced: stdio, or a number reserved
+/// for a socket.
 pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
-    // SAFETY: dup2 on integer descriptors; the caller owns `to` (it may replace it).
+    claim(to);
+    // SAFETY: dup2 on integer descriptors has no memory-safety preconditions.
     check(unsafe { libc::dup2(from, to) }).map(drop)
 }
 
@@ -141,15 +146,67 @@ pub fn dup_at_least(fd: &impl AsRawFd, min: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// Takes ownership of descriptor `fd`, which systemd socket activation passed to
-/// this process (`LISTEN_FDS`), checked open. Returns `None` when it is not open.
-/// Called once per number (`inherited::take`), so no two owners close it.
+/// this process (`LISTEN_FDS`). Returns `None` when it is not one that was passed (see
+/// `adopt_fd`).
 pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
-    if !fd_is_open(fd) {
-        return None;
+    take_handed(fd).ok()
+}
+
+/// Takes ownership of a descriptor the previous image handed over across execve (its
+/// number written in the upgrade state), close-on-exec again as it was there; an error
+/// if no such descriptor was handed over.
+///
+/// Ownership by number is sound only for a descriptor that nothing else in this
+/// process owns, which is checked: the descriptor must be open, inheritable (every
+/// descriptor start_server opens is close-on-exec, until `set_cloexec` or `dup2` make
+/// it inheritable, which marks it taken), and not taken before.
+pub fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    let owned = take_handed(fd)?;
+    set_cloexec(fd, true)?;
+    Ok(owned)
+}
+
+/// Descriptor numbers that have an owner known by number: taken over by `adopt_fd` or
+/// `take_inherited_fd`, or made inheritable by start_server itself.
+static TAKEN: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+/// Marks `fd` taken; false if it was already.
+fn claim(fd: RawFd) -> bool {
+    // A poisoned lock still holds a consistent list: every push is complete.
+    let mut taken = TAKEN.lock().unwrap_or_else(PoisonError::into_inner);
+    if taken.contains(&fd) {
+        return false;
     }
-    // SAFETY: the descriptor is open, was handed to this process by its launcher
-    // for it to use, and nothing else in start_server refers to it.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    taken.push(fd);
+    true
+}
+
+/// `fd` as an owned descriptor, if this process received it across execve and nothing
+/// has taken it yet.
+fn take_handed(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only queries the descriptor table.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    if flags & libc::FD_CLOEXEC != 0 || !claim(fd) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("descriptor {fd} was not handed over, or is taken already"),
+        ));
+    }
+    // SAFETY: `fd` is open and inheritable, so it was received across execve (this
+    // process opens every descriptor close-on-exec and marks taken those it makes
+    // inheritable), and `claim` has just recorded its one owner.
+    Ok(unsafe { own(fd) })
+}
+
+/// Takes ownership of descriptor number `fd`.
+///
+/// # Safety
+///
+/// `fd` must be open, and nothing else may own it (close it) while the returned value
+/// lives.
+unsafe fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller's promise above is OwnedFd's requirement.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Makes the free descriptor number `target` an open, close-on-exec descriptor (on
@@ -160,8 +217,11 @@ pub fn occupy_fd(target: RawFd) -> io::Result<OwnedFd> {
         // `target` was the lowest free descriptor: open(2) took it already.
         return Ok(null);
     }
-    // SAFETY: dup3 on integer descriptors has no memory-safety preconditions; the
-    // caller has checked that `target` is not open, so nothing is replaced.
+    if fd_is_open(target) {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    // SAFETY: dup3 on integer descriptors has no memory-safety preconditions; `target`
+    // is not open, so nothing is replaced.
     check(unsafe { libc::dup3(null.as_raw_fd(), target, libc::O_CLOEXEC) })?;
     // SAFETY: dup3 made `target` a new descriptor that only the returned value owns.
     Ok(unsafe { OwnedFd::from_raw_fd(target) })
@@ -203,17 +263,6 @@ pub fn redirect_to_dev_null(fds: &[RawFd]) -> io::Result<()> {
 }
 
 // ---------------------------------------------------------------- upgrading in place
-
-/// Takes ownership of a descriptor the previous image handed over across execve (its
-/// number written in the upgrade state), close-on-exec again as it was there; an error
-/// if no such descriptor is open.
-pub fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
-    set_cloexec(fd, true)?;
-    // SAFETY: the descriptor is open (F_SETFD succeeded), and nothing in this image has
-    // claimed it: the upgrade state that names it is read once, and each descriptor it
-    // names is adopted once (`upgrade::Plan::read` checks that no number appears twice).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
 
 /// The file type bits of an open descriptor (`S_IFSOCK`, `S_IFREG`, ...).
 pub fn file_type(fd: RawFd) -> io::Result<libc::mode_t> {
