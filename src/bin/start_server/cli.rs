@@ -384,13 +384,13 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
 fn getopt_long_message(fail: getopts::Fail) -> String {
     use getopts::Fail;
     match fail {
-        // The original's line first, then what to do about it.
+        // The original's words, then what to do about it.
         Fail::UnrecognizedOption(name) => match closest_option(&name) {
             Some(option) => format!(
-                "Unknown option: {name}\ndid you mean --{option}? (start_server --help lists \
+                "Unknown option: {name} (did you mean --{option}? start_server --help lists \
                  every option)"
             ),
-            None => format!("Unknown option: {name}\nsee start_server --help for every option"),
+            None => format!("Unknown option: {name} (start_server --help lists every option)"),
         },
         Fail::ArgumentMissing(name) => format!("Option {name} requires an argument"),
         Fail::UnexpectedArgument(name) => format!("Option {name} does not take an argument"),
@@ -580,7 +580,7 @@ mod tests {
         assert!(!start(&["--", "prog"]).listen_fds);
         assert_eq!(
             error(&["--listen", "--", "prog"]).message,
-            "Unknown option: listen\ndid you mean --listen-fds? (start_server --help lists \
+            "Unknown option: listen (did you mean --listen-fds? start_server --help lists \
              every option)"
         );
     }
@@ -630,11 +630,11 @@ mod tests {
         );
         assert_eq!(
             error(&["--bogus", "--", "x"]).message,
-            "Unknown option: bogus\nsee start_server --help for every option"
+            "Unknown option: bogus (start_server --help lists every option)"
         );
         assert_eq!(
             error(&["--pidfile=x", "--", "x"]).message,
-            "Unknown option: pidfile\ndid you mean --pid-file? (start_server --help lists \
+            "Unknown option: pidfile (did you mean --pid-file? start_server --help lists \
              every option)"
         );
         assert_eq!(

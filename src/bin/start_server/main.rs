@@ -97,11 +97,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Each line of `message` on stderr, said to be start_server's.
 fn fail(status: u8, message: &str) -> ExitCode {
-    for line in message.lines() {
-        eprintln!("start_server: {line}");
-    }
+    eprintln!("start_server: {message}");
     ExitCode::from(status)
 }
 
