@@ -32,8 +32,9 @@ BIN     := target/$(MUSL)/release/start_server
 LIBA    := target/release/libserver_starter.a
 LIBSO   := target/release/libserver_starter.so
 HEADER  := include/server_starter.h
-MAN1    := man/start_server.1
-MAN3    := man/server_starter.3
+# Every page under man/, by section.
+MAN1    := $(wildcard man/*.1)
+MAN3    := $(wildcard man/*.3)
 
 SONAME  := libserver_starter.so.$(MAJOR)
 SOFILE  := libserver_starter.so.$(VERSION)
@@ -70,32 +71,33 @@ PC_MODULES := server_starter server_starter-static
 
 # install copies what `make` built and builds nothing: `sudo make install` must
 # work where sudo's PATH has no cargo. The .pc files bake in PREFIX, so they are
-# written on every install (the staged install and a real one differ).
+# written by every install (the staged install and a real one differ), straight
+# into DESTDIR: installs to different places may run at once (the tests do).
 install:
 	@for f in $(BIN) $(LIBA) $(LIBSO); do \
 	  [ -f "$$f" ] || { echo "make install: $$f is not built: run \`make\` first (as yourself, not root)" >&2; exit 1; }; \
 	done
-	@mkdir -p build
+	install -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(INCLUDEDIR)' \
+	           '$(DESTDIR)$(PKGCONFIGDIR)' '$(DESTDIR)$(MANDIR)/man1'
 	for m in $(PC_MODULES); do \
 	  sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
 	      -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
-	      $$m.pc.in > build/$$m.pc || exit 1; \
+	      $$m.pc.in > '$(DESTDIR)$(PKGCONFIGDIR)/'$$m.pc && \
+	  chmod 644 '$(DESTDIR)$(PKGCONFIGDIR)/'$$m.pc || exit 1; \
 	done
-	install -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(INCLUDEDIR)' \
-	           '$(DESTDIR)$(PKGCONFIGDIR)' '$(DESTDIR)$(MANDIR)/man1'
 	install -p -m 755 $(BIN) '$(DESTDIR)$(BINDIR)/start_server'
 	install -p -m 644 $(LIBA) '$(DESTDIR)$(LIBDIR)/libserver_starter.a'
-	# cargo's strip does not reach static libraries: the debug info of core is most of it.
-	strip --strip-debug '$(DESTDIR)$(LIBDIR)/libserver_starter.a'
+	# cargo's strip does not reach static libraries: the debug info of core is most
+	# of it. The rustc banners (.comment) go too, as Debian's dh_strip does.
+	strip --strip-debug --remove-section=.comment '$(DESTDIR)$(LIBDIR)/libserver_starter.a'
 	install -p -m 755 $(LIBSO) '$(DESTDIR)$(LIBDIR)/$(SOFILE)'
 	ln -sf $(SOFILE) '$(DESTDIR)$(LIBDIR)/$(SONAME)'
 	ln -sf $(SONAME) '$(DESTDIR)$(LIBDIR)/libserver_starter.so'
 	install -p -m 644 $(HEADER) '$(DESTDIR)$(INCLUDEDIR)/server_starter.h'
-	install -p -m 644 build/server_starter.pc build/server_starter-static.pc '$(DESTDIR)$(PKGCONFIGDIR)/'
-	install -p -m 644 $(MAN1) '$(DESTDIR)$(MANDIR)/man1/start_server.1'
-	if [ -f $(MAN3) ]; then \
+	install -p -m 644 $(MAN1) '$(DESTDIR)$(MANDIR)/man1/'
+	if [ -n '$(MAN3)' ]; then \
 	  install -d '$(DESTDIR)$(MANDIR)/man3' && \
-	  install -p -m 644 $(MAN3) '$(DESTDIR)$(MANDIR)/man3/server_starter.3'; \
+	  install -p -m 644 $(MAN3) '$(DESTDIR)$(MANDIR)/man3/'; \
 	fi
 	@# The dynamic linker finds a new library only once its cache is rebuilt.
 	@if [ -z '$(DESTDIR)' ]; then \
@@ -112,8 +114,8 @@ uninstall:
 	      '$(DESTDIR)$(INCLUDEDIR)/server_starter.h' \
 	      '$(DESTDIR)$(PKGCONFIGDIR)/server_starter.pc' \
 	      '$(DESTDIR)$(PKGCONFIGDIR)/server_starter-static.pc' \
-	      '$(DESTDIR)$(MANDIR)/man1/start_server.1' \
-	      '$(DESTDIR)$(MANDIR)/man3/server_starter.3'
+	      $(foreach p,$(MAN1),'$(DESTDIR)$(MANDIR)/man1/$(notdir $(p))') \
+	      $(foreach p,$(MAN3),'$(DESTDIR)$(MANDIR)/man3/$(notdir $(p))')
 
 # ---------------------------------------------------------------------------
 # Examples, built the way a user would build them: against an installed
