@@ -10,8 +10,9 @@
 //! outside a chroot (`--force-script-chrootless`, with DPKG_ROOT set for
 //! dpkg-divert), and libc6 is not in that database (`--force-depends`).
 //!
-//! Root only (dpkg); needs dpkg-dev, lintian, gcc and pkg-config (.ci/run installs
-//! them); skipped with a message otherwise.
+//! The package tests are root only (dpkg) and need dpkg-dev, lintian, gcc and
+//! pkg-config (.ci/run installs them); skipped with a message otherwise. Last, `make
+//! install` on its own: it copies what `make` built, with no cargo on PATH.
 
 mod common;
 mod support;
@@ -303,4 +304,52 @@ fn package_installs_serves_and_purges_clean() {
     assert_eq!(left_in(&root), ["usr/", "usr/bin/", "usr/bin/start_server"]);
     dpkg(&root, &["--purge", "libserver-starter-perl"]);
     assert_eq!(left_in(&root), Vec::<String>::new());
+}
+
+/// `make install` copies what `make` built and runs nothing else, so that it works
+/// with a PATH that has no cargo (sudo's); it names what is not built and what to do.
+#[test]
+fn make_install_copies_only_what_make_built() {
+    let dir = TempDir::new("install");
+    let dest = dir.path().join("dest");
+    let make = |extra: &[&str]| {
+        let mut cmd = Command::new("make");
+        cmd.args(["--no-print-directory", "-C"])
+            .arg(repo_root())
+            .args(["install", "PREFIX=/usr"])
+            .arg(format!("DESTDIR={}", dest.display()))
+            .args(extra)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd
+    };
+    run(make(&[]));
+    for file in [
+        "bin/start_server",
+        "lib/libserver_starter.a",
+        "lib/libserver_starter.so.0",
+        "lib/libserver_starter.so",
+        "include/server_starter.h",
+        "share/man/man1/start_server.1",
+    ] {
+        assert!(dest.join("usr").join(file).exists(), "{file} not installed");
+    }
+    // The static module names the archive itself: -lserver_starter would pick the .so.
+    let libdir = dest.join("usr/lib");
+    let mut pkg_config = command("pkg-config", &["--libs", "server_starter-static"]);
+    pkg_config
+        .env("PKG_CONFIG_LIBDIR", libdir.join("pkgconfig"))
+        .env("PKG_CONFIG_SYSROOT_DIR", &dest);
+    let libs = run(pkg_config);
+    assert_eq!(
+        libs.split_whitespace().collect::<Vec<_>>(),
+        [&format!("-L{}", libdir.display()), "-l:libserver_starter.a"]
+    );
+
+    let out = run_command_within(make(&["BIN=build/not-built"]), SLOW);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("build/not-built is not built: run `make` first"),
+        "{stderr}"
+    );
 }
