@@ -16,7 +16,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{artifact, repo_root, TempDir};
+use common::{artifact, example, repo_root, TempDir, PATIENCE};
 use support::*;
 
 /// Debian's Python, which has python3-systemd (the one on PATH may not).
@@ -675,4 +675,105 @@ fn verify_units(analyze: &Path, dir: &str) -> Vec<String> {
         .filter(|l| !l.trim().is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// The hot-deploy unit for the systemd that runs here (systemd-252/ on 252, the top
+/// set on 253 and later) under that real service manager: `systemctl start` returns
+/// once generation 1 serves, `systemctl reload` once generation 2 has replaced it,
+/// `systemctl stop` stops it all. A user instance when there is one, else the
+/// system's (root only); the unit is linked for this boot only (`--runtime`) under a
+/// name of its own, and unlinked at the end. Skipped where no systemd runs (a
+/// container like CI's: `systemd --user` refuses to start without a booted system).
+#[test]
+fn hot_deploy_unit_runs_under_systemd() {
+    let scope = match running_service_manager() {
+        Ok(scope) => scope,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let systemctl = |args: &[&str]| {
+        let mut cmd = Command::new("systemctl");
+        cmd.args(&scope).args(args);
+        let what = format!("{cmd:?}");
+        let out = run_command_within(cmd, PATIENCE * 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {}: {stderr}", out.status);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let version = systemctl(&["--version"]);
+    let major: u32 = version
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let source = match major {
+        253.. => "contrib/systemd/hot-deploy.service",
+        _ => "contrib/systemd/systemd-252/hot-deploy.service",
+    };
+    let dir = TempDir::new("unit");
+    let name = format!("ss-test-{}", std::process::id());
+    let port = free_port("127.0.0.1");
+    let text = fs::read_to_string(repo_root().join(source))
+        .unwrap()
+        .replace(
+            "/usr/local/bin/start_server",
+            &start_server_bin().display().to_string(),
+        )
+        .replace(
+            "/usr/local/bin/my-server",
+            &example("http-static").display().to_string(),
+        )
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        // %t: /run for the system's instance, $XDG_RUNTIME_DIR for a user's.
+        .replace("/run/my-server/", &format!("%t/{name}/"))
+        .replace(
+            "RuntimeDirectory=my-server",
+            &format!("RuntimeDirectory={name}"),
+        )
+        .replace("Restart=on-failure", "Restart=no");
+    let unit = dir.path().join(format!("{name}.service"));
+    fs::write(&unit, text).unwrap();
+    let service = format!("{name}.service");
+    systemctl(&["--runtime", "link", &unit.display().to_string()]);
+    let at = addr("127.0.0.1", port);
+    let outcome = std::panic::catch_unwind(|| {
+        systemctl(&["start", &service]);
+        assert_eq!(http_get(at).expect("an answer once started").1, 1);
+        systemctl(&["reload", &service]);
+        wait_generation(at, 2);
+        systemctl(&["stop", &service]);
+        assert!(http_get(at).is_err(), "still answering once stopped");
+    });
+    let _ = Command::new("systemctl")
+        .args(&scope)
+        .args(["stop", &service])
+        .status();
+    let _ = Command::new("systemctl")
+        .args(&scope)
+        .args(["--runtime", "disable", &service])
+        .status();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The `systemctl` scope of a service manager this test may use (`--user`, or none
+/// for the system's), or why there is none.
+fn running_service_manager() -> Result<Vec<&'static str>, String> {
+    if !Path::new("/run/systemd/system").exists() {
+        return Err("no systemd runs here (/run/systemd/system is missing)".into());
+    }
+    let user = Command::new("systemctl")
+        .args(["--user", "show-environment"])
+        .output();
+    if user.is_ok_and(|o| o.status.success()) {
+        return Ok(vec!["--user"]);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(vec![]);
+    }
+    Err("no systemd --user instance, and the system's needs root".into())
 }
