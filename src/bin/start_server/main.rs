@@ -83,11 +83,16 @@ fn main() -> ExitCode {
         Mode::Restart {
             pid_file,
             status_file,
-        } => control::restart(&pid_file, &status_file),
+        } => control::restart(&pid_file, status_file.as_deref()),
         Mode::Stop {
             pid_file,
             kill_timeout,
-        } => control::stop(&pid_file, kill_timeout),
+        } => {
+            return match control::stop(&pid_file, kill_timeout) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err((status, message)) => fail(status, &message),
+            }
+        }
         Mode::Upgrade { pid_file } => upgrade::client::upgrade(&pid_file),
     };
     match result {
@@ -126,7 +131,10 @@ fn start(config: Config) -> Result<(), String> {
         .map(LogFile::open)
         .transpose()
         .and_then(|log_file| {
-            log!("start_server (pid:{}) starting now...", std::process::id());
+            // A daemon says it once it is one, with its own pid.
+            if !config.daemonize {
+                starting_now();
+            }
             let listeners = Listeners::bind(plan, config.backlog, reserved)?;
             Ok((log_file, listeners))
         });
@@ -154,20 +162,52 @@ fn start(config: Config) -> Result<(), String> {
     result
 }
 
-/// With the sockets bound: detach if asked to, then supervise until stopped.
+fn starting_now() {
+    log!("start_server (pid:{}) starting now...", std::process::id());
+}
+
+/// With the sockets bound: detach if asked to, then supervise until stopped. A daemon's
+/// launcher waits for word of generation 1: an error before the supervisor has it
+/// reaches the launcher here.
 fn serve(
+    config: Config,
+    tunables: envdir::Tunables,
+    command: Command,
+    listeners: &Listeners,
+    pid_file: Option<&mut PidFile>,
+    log_file: Option<&mut LogFile>,
+) -> Result<(), String> {
+    let mut daemon = if config.daemonize {
+        let daemon = daemon::daemonize(listeners.has_fd(0))?;
+        starting_now();
+        Some(daemon)
+    } else {
+        None
+    };
+    let result = supervise(
+        config,
+        tunables,
+        command,
+        listeners,
+        pid_file,
+        log_file,
+        &mut daemon,
+    );
+    if let (Err(e), Some(daemon)) = (&result, daemon) {
+        daemon.failed(daemon::GAVE_UP, e);
+    }
+    result
+}
+
+fn supervise(
     config: Config,
     tunables: envdir::Tunables,
     mut command: Command,
     listeners: &Listeners,
     pid_file: Option<&mut PidFile>,
     mut log_file: Option<&mut LogFile>,
+    daemon: &mut Option<daemon::Daemon>,
 ) -> Result<(), String> {
-    let daemon = if config.daemonize {
-        Some(daemon::daemonize(listeners.has_fd(0))?)
-    } else {
-        None
-    };
     let pid_file = match pid_file {
         Some(pid_file) => {
             pid_file.write_pid()?;
@@ -183,9 +223,6 @@ fn serve(
     if let Some(log_file) = log_file.as_deref_mut() {
         log_file.start(daemon.is_some())?;
         log_file.redirect()?;
-    }
-    if let Some(daemon) = daemon {
-        daemon.ready();
     }
     let listen_vars = WorkerVars::new(listeners, config.listen_fds);
     if listen_vars.exports() {
@@ -226,9 +263,8 @@ fn serve(
         control,
         context,
     );
-    supervisor
-        .run(&events)
-        .map_err(|e| format!("waiting for events failed: {e}"))
+    supervisor.report_first_start(daemon.take());
+    supervisor.run(&events)
 }
 
 /// Like the original, the options that have environment equivalents are exported, for

@@ -25,7 +25,20 @@ pub struct Command {
 pub struct Spawned {
     pub pid: Pid,
     pub exec_error: Option<String>,
+    /// The command itself cannot be executed (missing, not executable, not a program):
+    /// trying again cannot help until someone changes the file.
+    pub unexecutable: bool,
 }
+
+/// errno values of exec that say the command is wrong, not that the moment is.
+const CANNOT_EXECUTE: [c_int; 6] = [
+    libc::ENOENT,
+    libc::ENOTDIR,
+    libc::EACCES,
+    libc::ENOEXEC,
+    libc::ELOOP,
+    libc::ENAMETOOLONG,
+];
 
 impl Command {
     pub fn new(
@@ -101,6 +114,10 @@ impl Command {
         child.dir = self.dir.as_deref();
         child.parent_death_signal = Some(self.parent_death_signal);
         let spawned = sys::spawn(&child)?;
+        let unexecutable = matches!(
+            &spawned.failed,
+            Some((Stage::Exec, err)) if err.raw_os_error().is_some_and(|e| CANNOT_EXECUTE.contains(&e))
+        );
         let exec_error = spawned.failed.map(|(stage, err)| match (stage, &self.dir) {
             (Stage::Chdir, Some(dir)) => {
                 format!("failed to chdir to {}: {err}", dir.to_string_lossy())
@@ -110,6 +127,7 @@ impl Command {
         Ok(Spawned {
             pid: spawned.pid,
             exec_error,
+            unexecutable,
         })
     }
 }

@@ -21,6 +21,7 @@ use std::os::unix::io::RawFd;
 use std::time::{Duration, Instant};
 
 use crate::control_socket::{self, Ask, ControlSocket};
+use crate::daemon::{self, Daemon};
 use crate::envdir::{self, Tunables};
 use crate::listen_fds::WorkerVars;
 use crate::log;
@@ -152,6 +153,11 @@ pub struct Supervisor<'a> {
     /// way, if any.
     context: Context<'a>,
     upgrade: Option<upgrade::Upgrade>,
+    /// `--daemonize`'s launcher, waiting to hear how generation 1 went.
+    launcher: Option<Daemon>,
+    /// Why start_server gives up, once it has (generation 1's command cannot be
+    /// executed): the loop ends, and `run` returns it.
+    fatal: Option<String>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -188,13 +194,20 @@ impl<'a> Supervisor<'a> {
             stopping: false,
             context,
             upgrade: None,
+            launcher: None,
+            fatal: None,
         }
     }
 
-    /// Runs until a stop signal has been handled and every worker has exited. A
-    /// supervisor restored after an upgrade in place goes on where the previous image
-    /// left off; a new one starts the first generation.
-    pub fn run(&mut self, events: &Events) -> io::Result<()> {
+    /// Tells `launcher` how generation 1 went, once it has started or failed to.
+    pub fn report_first_start(&mut self, launcher: Option<Daemon>) {
+        self.launcher = launcher;
+    }
+
+    /// Runs until a stop signal has been handled and every worker has exited, or until
+    /// start_server gives up (an error). A supervisor restored after an upgrade in place
+    /// goes on where the previous image left off; a new one starts the first generation.
+    pub fn run(&mut self, events: &Events) -> Result<(), String> {
         if self.generation == 0 {
             self.spawn(false);
         }
@@ -210,7 +223,7 @@ impl<'a> Supervisor<'a> {
                 Err(e) => {
                     // Blind from here on: at least leave no worker running.
                     self.stop(libc::SIGTERM);
-                    return Err(e);
+                    return Err(self.give_up(format!("waiting for events failed: {e}")));
                 }
             };
             // Exits first: a worker that is gone must be neither signalled nor
@@ -248,11 +261,22 @@ impl<'a> Supervisor<'a> {
             // for the new image.
             self.exec_upgrade();
         }
+        if let Some(why) = self.fatal.take() {
+            return Err(self.give_up(why));
+        }
         log!("exiting");
         if let Some(status_file) = &self.status_file {
             status_file.remove();
         }
         Ok(())
+    }
+
+    /// start_server gives up with `why`: the launcher, if still waiting, says so too.
+    fn give_up(&mut self, why: String) -> String {
+        if let Some(launcher) = self.launcher.take() {
+            launcher.failed(daemon::GAVE_UP, &why);
+        }
+        why
     }
 
     // ------------------------------------------------------------ events

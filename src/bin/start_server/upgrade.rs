@@ -397,9 +397,7 @@ impl Plan {
                 supervisor.answer_upgrade(&clients, &format!("FAILED {why}"));
             }
         }
-        let result = supervisor
-            .run(&self.events)
-            .map_err(|e| format!("waiting for events failed: {e}"));
+        let result = supervisor.run(&self.events);
         drop(supervisor);
         listeners.remove_socket_files();
         if let Some(log_file) = log_file {

@@ -4,6 +4,11 @@
 
 use super::*;
 
+/// What to do about a worker that never said READY=1.
+const NOT_READY_HINT: &str = "it sent no READY=1 to $NOTIFY_SOCKET: if the server does not \
+    speak sd_notify, run start_server without --ready=notify (--interval then decides when a \
+    worker has started); if it only needs longer, raise --ready-timeout";
+
 impl Supervisor<'_> {
     pub(super) fn restart(&mut self) {
         if let Some(worker) = self.current.take() {
@@ -53,6 +58,14 @@ impl Supervisor<'_> {
                 }
                 log!("starting new worker {}", spawned.pid);
                 if let Some(error) = spawned.exec_error {
+                    // Unlike a later generation's (a bad deploy, while the old one
+                    // serves on), the first's is a mistake in the command line:
+                    // said at once, not retried forever.
+                    if spawned.unexecutable && self.generation == 1 {
+                        self.fatal = Some(error);
+                        self.stopping = true;
+                        return;
+                    }
                     log!("{error}");
                 }
                 Some(Worker {
@@ -88,6 +101,9 @@ impl Supervisor<'_> {
     /// The new worker outlived `--interval`, or said `READY=1`: it is now the current
     /// one.
     pub(super) fn started(&mut self, worker: Worker, replacing: bool) {
+        if let Some(launcher) = self.launcher.take() {
+            launcher.started();
+        }
         self.current = Some(worker);
         self.started_at = Some(Instant::now());
         self.failures_before_start = self.failures;
@@ -135,6 +151,8 @@ impl Supervisor<'_> {
             worker.pid,
             log::seconds(self.settings.ready_timeout)
         );
+        // The most common cause: a server that does not speak sd_notify at all.
+        log!("{NOT_READY_HINT}");
         self.stop_now(worker, &Signal::term(), false);
         // The pause before the next try counts from now, not from the spawn.
         self.attempt = Some(Attempt {
@@ -143,7 +161,7 @@ impl Supervisor<'_> {
             ..attempt
         });
         self.failed_start(&format!(
-            "not ready within {} secs",
+            "not ready within {} secs ({NOT_READY_HINT})",
             log::seconds(self.settings.ready_timeout)
         ));
     }
@@ -187,6 +205,17 @@ impl Supervisor<'_> {
     /// next try comes after the interval, never sooner than `RETRY_FLOOR`, doubling up
     /// to `--backoff` while the failures go on.
     pub(super) fn failed_start(&mut self, why: &str) {
+        if let Some(launcher) = self.launcher.take() {
+            launcher.failed(
+                daemon::FAILED_START,
+                &format!(
+                    "generation {} failed to start: {why}; start_server (pid {}) goes on \
+                     trying (see its log file; --stop stops it)",
+                    self.generation,
+                    std::process::id()
+                ),
+            );
+        }
         self.verdict(
             self.generation,
             &format!("FAILED generation {}: {why}", self.generation),

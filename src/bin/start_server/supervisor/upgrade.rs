@@ -549,6 +549,9 @@ impl<'a> Supervisor<'a> {
             stopping: false,
             context,
             upgrade: None,
+            // A launcher's pipe does not survive the exec (close-on-exec).
+            launcher: None,
+            fatal: None,
         };
         Ok((supervisor, saved.clients))
     }
