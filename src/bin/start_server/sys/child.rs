@@ -60,7 +60,9 @@ pub enum Program<'a> {
     /// skipped, a permission problem remembered.
     Files(&'a [CString]),
     /// The file this descriptor is open on (execveat with AT_EMPTY_PATH), even if it
-    /// was replaced or deleted at its path since.
+    /// was replaced or deleted at its path since. With `only_stdio` the descriptor is
+    /// close-on-exec by then, which an ELF binary does not mind, but a `#!` script
+    /// does (its interpreter could not open it: ENOENT).
     #[allow(dead_code)] // for an upgrade check that executes the file it checked
     Fd(RawFd),
 }
