@@ -93,13 +93,15 @@ fn main() -> ExitCode {
 }
 
 fn fail(status: u8, message: &str) -> ExitCode {
-    eprintln!("start_server: {message}");
+    // Through the log's writer: a supervisor's last line must not hang it either.
+    log::line(format_args!("start_server: {message}"));
     ExitCode::from(status)
 }
 
 /// Set-up, in the original's order, then the supervisor. A step that fails undoes the
 /// ones before it: no file is left behind that was not there before.
 fn start(config: Config) -> Result<(), String> {
+    log::follow_stderr();
     signals::block().map_err(|e| format!("failed to block signals: {e}"))?;
     export_options(&config);
     envdir::check()?;

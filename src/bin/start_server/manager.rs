@@ -9,6 +9,11 @@ use std::ffi::{OsStr, OsString};
 
 use crate::sys;
 
+/// The variables a service manager sets for start_server itself: its notification
+/// socket and its watchdog, not to be passed on to any child (the sockets' `LISTEN_*`
+/// are `inherited::VARIABLES`).
+pub const VARIABLES: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
 pub struct Manager {
     socket: OsString,
 }
