@@ -443,7 +443,7 @@ fn a_refused_upgrade_going_back_never_blocks_on_a_full_log_pipe() {
 }
 
 /// The variables start_server's own service manager set for it: its notification
-/// socket and watchdog, and the sockets' (here naming another process, so not taken).
+/// socket, its watchdog, and the sockets it passed.
 const MANAGER_VARIABLES: [&str; 6] = [
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
@@ -484,18 +484,20 @@ fn loggers_get_none_of_start_servers_manager_variables() {
         &format!("{}; exec head -n 1 > /dev/null", copy("env1")),
         &format!("{}; exec cat > /dev/null", copy("env2")),
     );
-    // WATCHDOG_PID must name start_server: the shell that execs it says its own pid.
-    let mut server = Server::start_wrapped(
-        &["sh", "-c", "WATCHDOG_PID=$$ exec \"$@\"", "sh"],
-        &[&spec, "--interval=0.1", "--", "sleep", "1000"],
-        &[
-            ("NOTIFY_SOCKET", &manager.env),
-            ("WATCHDOG_USEC", "600000000"),
-            ("LISTEN_PID", "1"),
-            ("LISTEN_FDS", "1"),
-            ("LISTEN_FDNAMES", "elsewhere"),
-        ],
-    );
+    // Socket-activated, as systemd does it, with a notification socket and a watchdog:
+    // LISTEN_PID and WATCHDOG_PID name start_server (the shells exec it).
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap().to_string();
+    let mut cmd =
+        socket_activated_command(Path::new("sh"), std::os::fd::AsRawFd::as_raw_fd(&holder));
+    cmd.args(["-c", "WATCHDOG_PID=$$ exec \"$@\"", "sh"])
+        .arg(start_server_bin())
+        .args([&format!("--port={addr}"), &spec, "--interval=0.1", "--"])
+        .args(["sleep", "1000"])
+        .env("NOTIFY_SOCKET", &manager.env)
+        .env("WATCHDOG_USEC", "600000000")
+        .env("LISTEN_FDNAMES", "web");
+    let mut server = Server::spawn(cmd);
     for env in ["env1", "env2"] {
         let names = names(&d.join(env));
         assert!(names.iter().any(|n| n == "PATH"), "{env}: {names:?}");

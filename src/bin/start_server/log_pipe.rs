@@ -23,8 +23,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::log;
 use crate::sys::{self, Pid};
-use crate::{inherited, log, manager};
 
 /// The pipe's capacity asked for (64 KiB by default): 1 MiB is what Linux lets an
 /// unprivileged process have by default (/proc/sys/fs/pipe-max-size).
@@ -117,12 +117,6 @@ impl LogPipe {
             // Its own process group: a Ctrl-C meant for start_server and its workers
             // must not kill the logger before it has read their last lines.
             .process_group(0);
-        // start_server's own service manager's variables are no more the logger's than
-        // a worker's: a logger that notifies (a shell that runs `systemd-notify`, say)
-        // would speak for start_server.
-        for var in manager::VARIABLES.iter().chain(&inherited::VARIABLES) {
-            command.env_remove(var);
-        }
         // No signal ignored or blocked as in start_server, no listening socket.
         sys::exec_clean(&mut command);
         let child = command.spawn()?;

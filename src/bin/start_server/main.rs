@@ -33,6 +33,7 @@ use cli::{Config, Mode};
 use control_socket::ControlSocket;
 use listen_fds::WorkerVars;
 use log_file::LogFile;
+use manager::Manager;
 use pid_file::PidFile;
 use plan::Plan;
 use signals::Events;
@@ -176,6 +177,8 @@ fn serve(
     let events = Events::new().map_err(|e| format!("failed to create a signalfd: {e}"))?;
     // After --daemonize's forks, in the process that supervises.
     sys::become_subreaper().map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER) failed: {e}"))?;
+    // Before the logger is spawned, which must not inherit the manager's variables.
+    let manager = Manager::from_environment();
     // The logger too: it must be the supervising process's child, to be reaped and
     // restarted. Errors up to here still reach the terminal.
     if let Some(log_file) = log_file.as_deref_mut() {
@@ -222,6 +225,7 @@ fn serve(
         status_file,
         log_file,
         control,
+        manager,
         context,
     );
     supervisor
