@@ -727,3 +727,69 @@ fn an_upgrade_refused_for_lack_of_descriptors_names_the_call() {
     eprintln!("RLIMIT_NOFILE {limit}: {line}");
     server.stop();
 }
+
+// ------------------------------------------------------------------ log writer
+
+/// start_server's lines to a stderr that is a FIFO (or pipe, or tty) go through a
+/// non-blocking descriptor of its own. That descriptor must never take the number of
+/// a socket: with --listen-fds the sockets sit at 3, 4, ... in start_server too, and
+/// the descriptor is closed again once the log file is set up.
+#[test]
+fn the_log_writer_s_own_descriptor_never_takes_a_socket_s_number() {
+    let dir = TempDir::new("lw-fd");
+    let err = dir.path().join("err");
+    mkfifo(&err);
+    // A reader, so that start_server's open of the FIFO as its stderr does not wait;
+    // never read: start_server must not mind.
+    let mut reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&err)
+            .unwrap()
+    };
+    let log = dir.path().join("log");
+    let redirect = format!("exec \"$@\" 2>{}", err.display());
+    let bin = start_server_bin().display().to_string();
+    let worker = perl_worker().display().to_string();
+    let (mut server, port) = (0..5)
+        .find_map(|_| {
+            let port = free_port("127.0.0.1");
+            let args = [
+                "-c",
+                &redirect,
+                "sh",
+                &bin,
+                &format!("--port=127.0.0.1:{port}"),
+                "--listen-fds",
+                &format!("--log-file={}", log.display()),
+                "--interval=0.1",
+                "--",
+                "perl",
+                &worker,
+            ];
+            let mut server = Server::start_program(std::path::Path::new("sh"), &args, &[]);
+            let started = wait_for("a worker, or start_server to fail", || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("starting new worker") {
+                    return Some(true);
+                }
+                server.try_exit().map(|_| false)
+            });
+            if started {
+                return Some((server, port));
+            }
+            let mut said = String::new();
+            let _ = std::io::Read::read_to_string(&mut reader, &mut said);
+            assert!(said.contains(ADDRESS_IN_USE), "start_server failed: {said}");
+            None
+        })
+        .expect("a free port in 5 tries");
+    wait_generation(addr("127.0.0.1", port), 1);
+    let fd3 = std::fs::read_link(format!("/proc/{}/fd/3", server.pid())).unwrap();
+    assert!(fd3.to_string_lossy().starts_with("socket:"), "{fd3:?}");
+    server.signal(libc::SIGHUP);
+    wait_generation(addr("127.0.0.1", port), 2);
+    server.stop();
+}

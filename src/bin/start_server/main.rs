@@ -102,7 +102,6 @@ fn fail(status: u8, message: &str) -> ExitCode {
 /// Set-up, in the original's order, then the supervisor. A step that fails undoes the
 /// ones before it: no file is left behind that was not there before.
 fn start(config: Config) -> Result<(), String> {
-    log::follow_stderr();
     signals::block().map_err(|e| format!("failed to block signals: {e}"))?;
     export_options(&config);
     envdir::check()?;
@@ -116,6 +115,8 @@ fn start(config: Config) -> Result<(), String> {
     let inherited = inherited::take()?;
     let mut plan = Plan::new(&config.ports, &config.paths, inherited, config.listen_fds)?;
     let reserved = plan.reserve()?;
+    // Not before: a descriptor it opens must not take a number a socket is to have.
+    log::follow_stderr();
     // Locked before binding, so that a second instance is told that it is one, rather
     // than that its ports are in use.
     let mut pid_file = config.pid_file.as_deref().map(PidFile::lock).transpose()?;

@@ -189,9 +189,7 @@ pub fn resume(handed: OsString) -> Result<(), String> {
     // Not an upgrade's (the variable set by mistake): nothing to go back to.
     for fd in [state_fd, image_fd] {
         if let Err(e) = sys::file_type(fd) {
-            return Err(format!(
-                "{STATE_VAR}={handed:?}: descriptor {fd}: fstat(2): {e}"
-            ));
+            return Err(format!("{STATE_VAR}={handed:?}: descriptor {fd}: {e}"));
         }
     }
     let plan = match test_refuse {
