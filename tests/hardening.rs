@@ -793,3 +793,56 @@ fn the_log_writer_s_own_descriptor_never_takes_a_socket_s_number() {
     wait_generation(addr("127.0.0.1", port), 2);
     server.stop();
 }
+
+/// stderr a socket that is not read (as a journal that has stopped reading would be):
+/// the worker's output fills it and the worker blocks, but start_server's own lines
+/// (received TERM, the worker's exit) are sent without waiting, dropped if need be, so
+/// TERM still stops it. It used to block in write(2) on its first line.
+#[test]
+fn start_server_never_blocks_on_a_stderr_socket_that_is_not_read() {
+    if !have("bash") {
+        eprintln!("SKIP: bash (for /dev/tcp) is not installed");
+        return;
+    }
+    let dir = TempDir::new("lw-sock");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let to = listener.local_addr().unwrap();
+    let worker_pid = dir.path().join("worker");
+    let mut server = Server::start_wrapped(
+        &[
+            "bash",
+            "-c",
+            &format!("exec \"$@\" 2>/dev/tcp/127.0.0.1/{}", to.port()),
+            "bash",
+        ],
+        &[
+            "--interval=0.1",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo $$ > {}; exec yes flood >&2", worker_pid.display()),
+        ],
+        &[],
+    );
+    // Accepted, never read.
+    let _journal = wait_for("start_server's stderr to connect", || {
+        listener.accept().ok()
+    });
+    let worker = wait_pid_file(&worker_pid);
+    wait_until("the worker to block on the full socket", || {
+        comm(worker).as_deref() == Some("yes")
+            && stat_fields(worker)
+                .unwrap_or_default()
+                .first()
+                .is_some_and(|state| state == "S")
+    });
+    server.signal(libc::SIGTERM);
+    let status = common::poll_until(
+        "start_server to exit",
+        std::time::Duration::from_secs(10),
+        || server.try_exit(),
+    );
+    assert!(status.success(), "{status}");
+    assert!(!pid_alive(worker));
+}
