@@ -508,16 +508,27 @@ fn a_second_instance_waits_a_bounded_time_for_a_starting_one() {
 
 // ------------------------------------------------------------------ log file
 
-/// What a user who owns the log directory can leave at the log file's path, as
-/// (what, how to make it, what start_server must say of it); the device needs root.
-fn plant(kind: &str, path: &std::path::Path, victim: &std::path::Path) {
+/// Runs `script` with `sh`, as nobody if `as_nobody` (then root must run the test).
+fn shell(script: &str, as_nobody: bool) {
+    let wrapper: &[&str] = if as_nobody { &AS_NOBODY } else { &[] };
+    let mut cmd = std::process::Command::new(wrapper.first().copied().unwrap_or("sh"));
+    if as_nobody {
+        cmd.args(&wrapper[1..]).arg("sh");
+    }
+    let status = cmd.args(["-c", script]).status().unwrap();
+    assert!(status.success(), "{script}: {status}");
+}
+
+/// Leaves at the log file's `path` what a user who owns its directory could (as
+/// nobody, if `as_nobody`): a symlink to `victim` or to a file that does not exist, a
+/// FIFO, a directory; or, as root, a device node (/dev/null's).
+fn plant(kind: &str, path: &std::path::Path, victim: &std::path::Path, as_nobody: bool) {
+    let (p, v) = (path.display(), victim.display());
     match kind {
-        "symlink" => std::os::unix::fs::symlink(victim, path).unwrap(),
-        "dangling symlink" => {
-            std::os::unix::fs::symlink(victim.with_extension("absent"), path).unwrap()
-        }
-        "FIFO" => mkfifo(path),
-        "directory" => std::fs::create_dir(path).unwrap(),
+        "symlink" => shell(&format!("ln -s '{v}' '{p}'"), as_nobody),
+        "dangling symlink" => shell(&format!("ln -s '{v}.absent' '{p}'"), as_nobody),
+        "FIFO" => shell(&format!("mkfifo '{p}'"), as_nobody),
+        "directory" => shell(&format!("mkdir '{p}'"), as_nobody),
         "device" => {
             let c_path = std::ffi::CString::new(path.display().to_string()).unwrap();
             // SAFETY: a NUL-terminated path; mknod has no other preconditions. 1:3 is
@@ -528,8 +539,6 @@ fn plant(kind: &str, path: &std::path::Path, victim: &std::path::Path) {
         }
         _ => unreachable!("{kind}"),
     }
-    // Owned by the directory's owner, as a user would leave it.
-    let _ = std::os::unix::fs::lchown(path, Some(65534), Some(65534));
 }
 
 /// What start_server says of each planted kind.
@@ -559,8 +568,8 @@ fn unplant(path: &std::path::Path) {
 /// untouched. A regular file at the path is then reopened as before.
 #[test]
 fn usr1_never_reopens_the_log_through_a_symlink_or_onto_a_non_regular_file() {
-    if !is_root() {
-        eprintln!("SKIP: needs root (a log directory owned by another user, a device node)");
+    if !is_root() || !have("setpriv") {
+        eprintln!("SKIP: needs root (a log directory owned by nobody, a device node) and setpriv");
         return;
     }
     let dir = TempDir::new("lf-usr1");
@@ -586,10 +595,14 @@ fn usr1_never_reopens_the_log_through_a_symlink_or_onto_a_non_regular_file() {
         })
     };
     wait_in(&log, "of generation 1");
-    std::fs::rename(&log, &rotated).unwrap();
+    // The owner of the directory rotates the log, then plants something at its path.
+    shell(
+        &format!("mv '{}' '{}'", log.display(), rotated.display()),
+        true,
+    );
     let kinds = ["symlink", "dangling symlink", "FIFO", "directory", "device"];
     for (i, kind) in kinds.into_iter().enumerate() {
-        plant(kind, &log, &victim);
+        plant(kind, &log, &victim, true);
         // A FIFO with a reader opens without O_NONBLOCK's ENXIO: refused all the same.
         let reader = (kind == "FIFO").then(|| {
             use std::os::unix::fs::OpenOptionsExt;
@@ -652,7 +665,7 @@ fn start_refuses_a_log_file_that_is_a_symlink_or_not_a_regular_file() {
     }
     for kind in kinds {
         let log = dir.path().join("log");
-        plant(kind, &log, &victim);
+        plant(kind, &log, &victim, false);
         let pid_file = dir.path().join("pid");
         let sock = dir.path().join("sock");
         let out = run_within(
