@@ -531,10 +531,10 @@ fn plant(kind: &str, path: &std::path::Path, victim: &std::path::Path, as_nobody
         "directory" => shell(&format!("mkdir '{p}'"), as_nobody),
         "device" => {
             let c_path = std::ffi::CString::new(path.display().to_string()).unwrap();
-            // SAFETY: a NUL-terminated path; mknod has no other preconditions. 1:3 is
-            // /dev/null's device number.
+            // SAFETY: a NUL-terminated path; mknod has no other preconditions. 1:7 is
+            // /dev/full's device number (/dev/null's, 1:3, is the one device allowed).
             let rc =
-                unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+                unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 7)) };
             assert_eq!(rc, 0, "mknod {}", path.display());
         }
         _ => unreachable!("{kind}"),
@@ -865,4 +865,26 @@ fn start_server_never_blocks_on_a_stderr_socket_that_is_not_read() {
     );
     assert!(status.success(), "{status}");
     assert!(!pid_alive(worker));
+}
+
+/// The one device a log may go to: `--log-file=/dev/null` discarded the log with the
+/// original and still does, at start and on USR1.
+#[test]
+fn the_null_device_is_a_log_file_that_is_allowed() {
+    let dir = TempDir::new("lf-null");
+    let status = dir.path().join("status");
+    let mut server = Server::start(&[
+        "--log-file=/dev/null",
+        &format!("--status-file={}", status.display()),
+        "--interval=0.1",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    server.wait_status(&status, &[1]);
+    server.signal(libc::SIGUSR1);
+    server.signal(libc::SIGHUP);
+    server.wait_status(&status, &[2]);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
 }

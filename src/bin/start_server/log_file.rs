@@ -143,13 +143,22 @@ fn open_append(path: &str) -> Result<File, String> {
             });
         }
     };
-    let kind = file
+    let meta = file
         .metadata()
-        .map_err(|e| format!("fstat(2) failed: {e}"))?
-        .file_type();
-    regular(kind).map_err(refused)?;
+        .map_err(|e| format!("fstat(2) failed: {e}"))?;
+    if !is_null_device(&meta) {
+        regular(meta.file_type()).map_err(refused)?;
+    }
     sys::clear_nonblocking(&file).map_err(|e| format!("fcntl(F_SETFL) failed: {e}"))?;
     Ok(file)
+}
+
+/// `--log-file=/dev/null` is a common way to discard the log, and worked with the
+/// original: the null device loses nothing that was asked to be kept, and only root
+/// can make a device node, so it is the one exception to "a regular file only".
+fn is_null_device(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3)
 }
 
 fn refused(what: String) -> String {
