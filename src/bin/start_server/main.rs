@@ -37,6 +37,7 @@ use cli::{Config, Mode};
 use control_socket::ControlSocket;
 use listen_fds::WorkerVars;
 use log_file::LogFile;
+use manager::Manager;
 use pid_file::PidFile;
 use plan::Plan;
 use signals::Events;
@@ -102,7 +103,8 @@ fn main() -> ExitCode {
 }
 
 fn fail(status: u8, message: &str) -> ExitCode {
-    eprintln!("start_server: {message}");
+    // Through the log's writer: a supervisor's last line must not hang it either.
+    log::line(format_args!("start_server: {message}"));
     ExitCode::from(status)
 }
 
@@ -122,6 +124,8 @@ fn start(config: Config) -> Result<(), String> {
     let inherited = inherited::take()?;
     let mut plan = Plan::new(&config.ports, &config.paths, inherited, config.listen_fds)?;
     let reserved = plan.reserve()?;
+    // Not before: a descriptor it opens must not take a number a socket is to have.
+    log::follow_stderr();
     // Locked before binding, so that a second instance is told that it is one, rather
     // than that its ports are in use.
     let mut pid_file = config.pid_file.as_deref().map(PidFile::lock).transpose()?;
@@ -218,6 +222,8 @@ fn supervise(
     let events = Events::new().map_err(|e| format!("failed to create a signalfd: {e}"))?;
     // After --daemonize's forks, in the process that supervises.
     sys::become_subreaper().map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER) failed: {e}"))?;
+    // Before the logger is spawned, which must not inherit the manager's variables.
+    let manager = Manager::from_environment();
     // The logger too: it must be the supervising process's child, to be reaped and
     // restarted. Errors up to here still reach the terminal.
     if let Some(log_file) = log_file.as_deref_mut() {
@@ -261,6 +267,7 @@ fn supervise(
         status_file,
         log_file,
         control,
+        manager,
         context,
     );
     supervisor.report_first_start(daemon.take());

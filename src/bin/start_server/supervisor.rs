@@ -161,6 +161,9 @@ pub struct Supervisor<'a> {
 }
 
 impl<'a> Supervisor<'a> {
+    // Each is one thing `main` set up, in its order (the manager before the logger is
+    // spawned, see `Manager::from_environment`); a struct of them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: Settings,
         tunables: Tunables,
@@ -168,6 +171,7 @@ impl<'a> Supervisor<'a> {
         status_file: Option<StatusFile>,
         log_file: Option<&'a mut LogFile>,
         control: Option<ControlSocket>,
+        manager: Option<Manager>,
         context: Context<'a>,
     ) -> Supervisor<'a> {
         Supervisor {
@@ -186,7 +190,7 @@ impl<'a> Supervisor<'a> {
             watchdog_at: None,
             control,
             waiting: Vec::new(),
-            manager: Manager::from_environment(),
+            manager,
             reloading: false,
             kill_old_at: None,
             hup_pending: false,

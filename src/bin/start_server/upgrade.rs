@@ -160,6 +160,12 @@ pub fn handed_over() -> Option<OsString> {
     Some(value)
 }
 
+/// For `map_err`: an error of the system call `name`, saying which one failed (a
+/// refused upgrade names the call, not only the errno).
+pub fn call(name: &'static str) -> impl Fn(std::io::Error) -> String {
+    move |e| format!("{name}: {e}")
+}
+
 fn take_var(key: &str) -> Option<String> {
     let value = std::env::var_os(key)?;
     std::env::remove_var(key);
@@ -169,6 +175,8 @@ fn take_var(key: &str) -> Option<String> {
 /// The new image: takes the state over and supervises on, as `main::start` would
 /// after its set-up; or, unable to, goes back to the previous image.
 pub fn resume(handed: OsString) -> Result<(), String> {
+    // Before the first line: stderr may be the log pipe, full (see log.rs).
+    crate::log::follow_stderr();
     let refused = take_var(REFUSED_VAR);
     let test_refuse = take_var(TEST_REFUSE_VAR).is_some_and(|v| !v.is_empty());
     let handed = handed.to_string_lossy().into_owned();
@@ -209,7 +217,7 @@ fn go_back(image: RawFd, handed: &str, why: &str, refused: Option<String>) -> Re
     let why = format!("the new image ({VERSION}) could not restore the state: {why}");
     let e = exec::back(image, handed, &why);
     Err(format!(
-        "cannot go back to the previous image: {e}; exiting (the workers get their \
+        "cannot go back to the previous image: execveat(2): {e}; exiting (the workers get their \
          parent-death signal)"
     ))
 }
@@ -234,7 +242,7 @@ enum Log {
 impl Plan {
     fn read(state_fd: RawFd, image_fd: RawFd) -> Result<Plan, String> {
         let bytes = sys::read_whole(state_fd, STATE_MAX)
-            .map_err(|e| format!("cannot read the state (descriptor {state_fd}): {e}"))?;
+            .map_err(|e| format!("cannot read the state (descriptor {state_fd}): pread(2): {e}"))?;
         let mut r = Reader::parse(&bytes)?;
         let from = r.one("version")?.expect(1)?.text(0)?;
         let exe = match r.maybe("exe")? {
@@ -327,7 +335,8 @@ impl Plan {
                 .map(|(fd, what)| (fd, what, socket)),
         );
         for (i, &(fd, what, kind)) in fds.iter().enumerate() {
-            let found = sys::file_type(fd).map_err(|e| format!("{what} (descriptor {fd}): {e}"))?;
+            let found = sys::file_type(fd)
+                .map_err(|e| format!("{what} (descriptor {fd}): fstat(2): {e}"))?;
             if kind.is_some_and(|kind| kind != found) {
                 return Err(format!("{what} (descriptor {fd}) is not one"));
             }
@@ -351,7 +360,8 @@ impl Plan {
     /// Takes the descriptors over (close-on-exec again, as the previous image had
     /// them), then supervises.
     fn run(self, state_fd: RawFd, image_fd: RawFd, refused: Option<String>) -> Result<(), String> {
-        let fail = |e: std::io::Error| format!("taking the state over failed: {e}");
+        // Every descriptor is taken over by fcntl(F_SETFD), close-on-exec again.
+        let fail = |e: std::io::Error| format!("taking the state over failed: fcntl(2): {e}");
         // Read: no longer needed, nor the way back.
         drop(sys::adopt_fd(state_fd));
         drop(sys::adopt_fd(image_fd));

@@ -57,7 +57,7 @@ impl Supervisor<'_> {
         let check = match Check::spawn(&exe) {
             Ok(check) => check,
             Err(e) => {
-                self.refuse(client.as_slice(), &format!("fork: {e}"));
+                self.refuse(client.as_slice(), &e);
                 return;
             }
         };

@@ -17,7 +17,7 @@ use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::state;
+use super::{call, state};
 use crate::signals;
 use crate::sys::{self, CStrArray, ChildSpec, Pid, Program};
 
@@ -64,21 +64,22 @@ pub struct Answer {
 
 impl Check {
     /// Runs `exe --upgrade-check` with start_server's environment, stdin on /dev/null,
-    /// stdout into a pipe, stderr into the log, and no other descriptor.
-    pub fn spawn(exe: &Path) -> io::Result<Check> {
+    /// stdout into a pipe, stderr into the log, and no other descriptor. An error
+    /// names the call that failed.
+    pub fn spawn(exe: &Path) -> Result<Check, String> {
         let path = CString::new(exe.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            .map_err(|_| "a NUL byte in the path".to_string())?;
         let argv = CStrArray::new(vec![path.clone(), CString::new(MODE).expect("no NUL")]);
         let env: Vec<_> = std::env::vars_os().collect();
         let file = identity(exe);
-        let null = File::open("/dev/null")?;
-        let (output, input) = sys::pipe_cloexec()?;
+        let null = File::open("/dev/null").map_err(call("open(2) /dev/null"))?;
+        let (output, input) = sys::pipe_cloexec().map_err(call("pipe2(2)"))?;
         let files = [path];
         let mut child = ChildSpec::new(Program::Files(&files), &argv, &env);
         child.stdio = [Some(null.as_raw_fd()), Some(input.as_raw_fd()), None];
         child.only_stdio = true;
         child.parent_death_signal = Some(libc::SIGKILL);
-        let spawned = sys::spawn(&child).map_err(|e| e.error)?;
+        let spawned = sys::spawn(&child).map_err(|e| call(e.call)(e.error))?;
         Ok(Check {
             pid: spawned.pid,
             output,
