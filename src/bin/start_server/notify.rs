@@ -104,34 +104,63 @@ impl Channel {
     }
 }
 
-/// Who may speak for a worker: a process of start_server's own uid that is the worker
-/// or below it. Below it includes an orphan of its tree, which the kernel has handed
-/// to start_server (a subreaper): it can only know this socket from the worker's
-/// environment. A sender that has exited by now (`systemd-notify` does not wait)
-/// cannot be placed any more; its message counts if its uid is ours, for the same
-/// reason. A message from another uid never counts.
+/// Who may speak for a worker: the worker itself or a live process below it,
+/// whatever its uid (a worker that drops privileges, `setpriv` or `su` to a service
+/// user, says `READY=1` as that user). A process of start_server's own uid may also
+/// be an orphan of a worker's tree, which the kernel has handed to start_server (a
+/// subreaper): it can only know this socket from the worker's environment; or a
+/// sender that has exited by now (`systemd-notify` does not wait), which cannot be
+/// placed any more: its uid has to do. Pid 0 is a sender in another PID namespace,
+/// which cannot be placed either, so never counts.
 pub fn accepts(worker: Pid, sender: Pid, uid: libc::uid_t, workers: &[Pid]) -> Result<(), String> {
-    if uid != sys::getuid() {
-        return Err(format!("sent by uid {uid}, not start_server's"));
+    if sender <= 0 {
+        return Err(format!(
+            "sent from pid {sender}, a process outside start_server's PID namespace"
+        ));
     }
+    let ours = uid == sys::getuid();
+    match place(worker, sender, workers) {
+        Place::Below => Ok(()),
+        Place::Orphan | Place::Gone if ours => Ok(()),
+        _ if !ours => Err(format!(
+            "sent by uid {uid}, not start_server's, from pid {sender}, which is not the \
+             worker nor a live process below it"
+        )),
+        _ => Err(format!("pid {sender} is neither the worker nor below it")),
+    }
+}
+
+/// Where a sender stands, from its parent chain in /proc.
+enum Place {
+    /// The worker, or a live process below it.
+    Below,
+    /// A child of start_server's that is not a worker: an orphan of some worker's tree.
+    Orphan,
+    /// Exited before its message was read.
+    Gone,
+    Elsewhere,
+}
+
+fn place(worker: Pid, sender: Pid, workers: &[Pid]) -> Place {
     let supervisor = std::process::id() as Pid;
     let mut pid = sender;
     // Bounded: a chain of parents longer than this is not worth following.
     for _ in 0..64 {
         if pid == worker {
-            return Ok(());
+            return Place::Below;
         }
         match parent_of(pid) {
-            // A child of start_server's that is not a worker: an orphan.
-            Some(parent) if parent == supervisor && !workers.contains(&pid) => return Ok(()),
+            Some(parent) if parent == supervisor && !workers.contains(&pid) => {
+                return Place::Orphan
+            }
             Some(parent) if parent > 1 && parent != supervisor => pid = parent,
             Some(_) => break,
-            // Gone (or gone mid-walk): the uid has to do.
-            None if pid == sender => return Ok(()),
+            None if pid == sender => return Place::Gone,
+            // Gone mid-walk: it can no longer be placed.
             None => break,
         }
     }
-    Err(format!("pid {sender} is neither the worker nor below it"))
+    Place::Elsewhere
 }
 
 /// The parent pid of a live process, from /proc.
@@ -212,10 +241,14 @@ mod tests {
         // Our parent is alive and not below us.
         let parent = parent_of(me).unwrap();
         assert!(accepts(me, parent, uid, &[]).is_err());
-        // Another uid, even as the worker itself.
-        assert!(accepts(me, me, uid.wrapping_add(1), &[]).is_err());
+        // The worker itself counts whatever its uid (it dropped privileges); another
+        // uid elsewhere never does.
+        assert!(accepts(me, me, uid.wrapping_add(1), &[]).is_ok());
+        assert!(accepts(me, parent, uid.wrapping_add(1), &[]).is_err());
         // A pid that does not exist: the uid decides.
         assert!(accepts(me, i32::MAX, uid, &[]).is_ok());
         assert!(accepts(me, i32::MAX, uid.wrapping_add(1), &[]).is_err());
+        // Pid 0: a sender in another PID namespace, never placed.
+        assert!(accepts(me, 0, uid, &[]).is_err());
     }
 }
