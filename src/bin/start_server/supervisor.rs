@@ -60,6 +60,15 @@ pub struct Settings {
     pub watchdog: Option<Duration>,
 }
 
+/// Why the current worker counts as hung (`--watchdog`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Hang {
+    /// No `WATCHDOG=1` within the period.
+    Silent,
+    /// It said `WATCHDOG=trigger`.
+    Triggered,
+}
+
 /// A `--restart` client waiting for the verdict on a restart that began after it
 /// asked: the first generation above `after` to start, or to fail.
 struct Waiter {
@@ -463,7 +472,7 @@ impl<'a> Supervisor<'a> {
             Said::Watchdog if current => {
                 self.watchdog_at = self.settings.watchdog.map(|w| Instant::now() + w);
             }
-            Said::WatchdogTrigger if current => self.hung(),
+            Said::WatchdogTrigger if current => self.hung(Hang::Triggered),
             // A repeated READY=1, or one from an old worker: nothing to do.
             _ => {}
         }

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::Supervisor;
+use super::{Hang, Supervisor};
 use crate::log;
 use crate::log_file::LogFile;
 use crate::sys;
@@ -69,7 +69,7 @@ impl Supervisor<'_> {
             log_file.fire_timers(now);
         }
         if self.watchdog_at.is_some_and(|at| at <= now) {
-            self.hung();
+            self.hung(Hang::Silent);
         }
         if self.hup_pending && self.attempt.is_none() && self.kill_old_at.is_none() {
             self.hup_pending = false;
