@@ -11,6 +11,7 @@ use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::sys::{self, Pid};
+use crate::throttle::Throttle;
 
 /// Longer messages are dropped (systemd's limit too).
 const MESSAGE_MAX: usize = 4096;
@@ -66,41 +67,53 @@ impl Channel {
         self.fd.as_raw_fd()
     }
 
-    /// Every message waiting for `worker` that counts. The others are dropped with a
-    /// log line: they never disturb the supervisor.
+    /// The messages waiting for `worker` that count, as many as `throttle` lets
+    /// through. The others are dropped with a log line, which `throttle` rate-limits:
+    /// they never disturb the supervisor.
     /// `workers` are the pids of all workers, to tell an orphan from another worker.
-    pub fn drain(&self, worker: Pid, workers: &[Pid]) -> Vec<Notice> {
+    pub fn drain(&self, worker: Pid, workers: &[Pid], throttle: &mut Throttle) -> Vec<Notice> {
         let mut notices = Vec::new();
         let mut buf = [0u8; MESSAGE_MAX];
-        loop {
-            let datagram = match sys::receive(&self.fd, &mut buf) {
-                Ok(Some(datagram)) => datagram,
-                Ok(None) => return notices,
-                Err(e) => {
-                    log!("failed to read worker {worker}'s notification socket: {e}");
-                    return notices;
-                }
-            };
+        let mut refused: Option<((Pid, libc::uid_t), String)> = None;
+        let read = throttle.read(&self.fd, &mut buf, |throttle, datagram, bytes| {
             let Some((sender, uid)) = datagram.credentials else {
-                log!("dropped a notification for worker {worker} without credentials");
-                continue;
+                throttle.dropped(format_args!(
+                    "dropped a notification for worker {worker} without credentials"
+                ));
+                return;
             };
             if datagram.truncated {
-                log!("dropped a notification from pid {sender} for worker {worker}: longer than {MESSAGE_MAX} bytes");
-                continue;
+                throttle.dropped(format_args!(
+                    "dropped a notification from pid {sender} for worker {worker}: \
+                     longer than {MESSAGE_MAX} bytes"
+                ));
+                return;
             }
-            if let Err(why) = accepts(worker, sender, uid, workers) {
-                log!("dropped a notification from pid {sender} for worker {worker}: {why}");
-                continue;
+            // A flood comes from one sender: the walk up /proc is done once per read.
+            // A live process refused stays refused: none moves below the worker.
+            if refused.as_ref().is_none_or(|r| r.0 != (sender, uid)) {
+                refused = accepts(worker, sender, uid, workers)
+                    .err()
+                    .map(|why| ((sender, uid), why));
             }
-            let (said, bad) = parse(&buf[..datagram.len]);
+            if let Some((_, why)) = &refused {
+                throttle.dropped(format_args!(
+                    "dropped a notification from pid {sender} for worker {worker}: {why}"
+                ));
+                return;
+            }
+            let (said, bad) = parse(bytes);
             for why in bad {
                 log!(
                     "ignored a line of a notification from pid {sender} for worker {worker}: {why}"
                 );
             }
             notices.push(Notice { sender, said });
+        });
+        if let Err(e) = read {
+            log!("failed to read worker {worker}'s notification socket: {e}");
         }
+        notices
     }
 }
 

@@ -23,6 +23,7 @@ impl Supervisor<'_> {
             self.watchdog_at,
             self.check_deadline(),
             logger,
+            self.throttle.resume_at(),
         ]
         .into_iter()
         .flatten()
