@@ -8,7 +8,6 @@
 //! the count is logged with the next such line, or at the first event after a
 //! second. No timer is added for that: an idle start_server never wakes up.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
@@ -24,8 +23,9 @@ const LOG_PERIOD: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct Throttle {
-    /// Per socket read lately: when its window began, and how many it read since.
-    windows: BTreeMap<RawFd, (Instant, usize)>,
+    /// The sockets read lately (a handful): when each one's window began, and how
+    /// many datagrams it has read since.
+    windows: Vec<(RawFd, Instant, usize)>,
     /// When the last line about a dropped message was logged.
     logged_at: Option<Instant>,
     /// Dropped messages not logged since.
@@ -35,21 +35,20 @@ pub struct Throttle {
 impl Throttle {
     /// Whether to watch `fd` for datagrams now: not once it has had its burst.
     pub fn watched(&self, fd: RawFd) -> bool {
-        self.windows.get(&fd).is_none_or(|&(_, read)| read < BURST)
+        self.window(fd).is_none_or(|(_, read)| read < BURST)
     }
 
     /// When the first socket that has had its burst is to be read again: a timer
     /// only while a socket is flooded.
     pub fn resume_at(&self) -> Option<Instant> {
-        let spent = self.windows.values().filter(|&&(_, read)| read >= BURST);
-        spent.map(|&(began, _)| began + WINDOW).min()
+        let spent = self.windows.iter().filter(|&&(_, _, read)| read >= BURST);
+        spent.map(|&(_, began, _)| began + WINDOW).min()
     }
 
     /// At every turn of the loop: windows that have ended are forgotten, and the count
     /// of the lines held back is logged once a period has passed.
     pub fn tick(&mut self, now: Instant) {
-        self.windows
-            .retain(|_, &mut (began, _)| now < began + WINDOW);
+        self.windows.retain(|&(_, began, _)| now < began + WINDOW);
         if self.held > 0 && !self.logged_within_period(now) {
             self.log_held(now);
         }
@@ -64,11 +63,7 @@ impl Throttle {
         mut take: impl FnMut(&mut Throttle, Datagram, &[u8]),
     ) -> io::Result<()> {
         let now = Instant::now();
-        let (began, mut read) = self
-            .windows
-            .get(&fd.as_raw_fd())
-            .copied()
-            .unwrap_or((now, 0));
+        let (began, mut read) = self.window(fd.as_raw_fd()).unwrap_or((now, 0));
         let result = loop {
             if read >= BURST {
                 break Ok(());
@@ -83,8 +78,14 @@ impl Throttle {
                 Err(e) => break Err(e),
             }
         };
-        self.windows.insert(fd.as_raw_fd(), (began, read));
+        self.windows.retain(|w| w.0 != fd.as_raw_fd());
+        self.windows.push((fd.as_raw_fd(), began, read));
         result
+    }
+
+    fn window(&self, fd: RawFd) -> Option<(Instant, usize)> {
+        let found = self.windows.iter().find(|w| w.0 == fd);
+        found.map(|&(_, began, read)| (began, read))
     }
 
     /// Logs a line about a dropped message, unless one was logged within the period:
