@@ -4,9 +4,10 @@
 //! one that has had its burst is left unread until its window ends, while its
 //! senders wait (the kernel queues a few datagrams, then blocks or refuses the
 //! next), so that a flood costs a bounded number of reads a second. The lines about
-//! messages dropped are limited to about one a second: the others are counted, and
-//! the count is logged with the next such line, or at the first event after a
-//! second. No timer is added for that: an idle start_server never wakes up.
+//! messages dropped are limited to a few at once, then one a second: the others are
+//! counted, and the count is logged with the next such line, or at the first event
+//! once a line is allowed again. No timer is added for that: an idle start_server
+//! never wakes up.
 
 use std::fmt;
 use std::io;
@@ -18,17 +19,21 @@ use crate::sys::{self, Datagram};
 /// Datagrams read from one socket per window: at most 640 a second.
 const BURST: usize = 32;
 const WINDOW: Duration = Duration::from_millis(50);
-/// At most one line about dropped messages per period.
-const LOG_PERIOD: Duration = Duration::from_secs(1);
+/// Lines about dropped messages logged at once, so that a few drops are all seen;
+/// after them, one a second.
+const LINES_AT_ONCE: u32 = 5;
+const LINE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct Throttle {
     /// The sockets read lately (a handful): when each one's window began, and how
     /// many datagrams it has read since.
     windows: Vec<(RawFd, Instant, usize)>,
-    /// When the last line about a dropped message was logged.
-    logged_at: Option<Instant>,
-    /// Dropped messages not logged since.
+    /// Lines about dropped messages that may be logged now, and when they were last
+    /// counted up (one per `LINE_EVERY`, up to `LINES_AT_ONCE`); none yet: all.
+    lines: u32,
+    counted_at: Option<Instant>,
+    /// Dropped messages not logged one by one since the last count.
     held: u64,
 }
 
@@ -46,11 +51,11 @@ impl Throttle {
     }
 
     /// At every turn of the loop: windows that have ended are forgotten, and the count
-    /// of the lines held back is logged once a period has passed.
+    /// of the lines held back is logged once a line is allowed again.
     pub fn tick(&mut self, now: Instant) {
         self.windows.retain(|&(_, began, _)| now < began + WINDOW);
-        if self.held > 0 && !self.logged_within_period(now) {
-            self.log_held(now);
+        if self.held > 0 && self.take_line(now) {
+            self.log_held();
         }
     }
 
@@ -88,33 +93,46 @@ impl Throttle {
         found.map(|&(_, began, read)| (began, read))
     }
 
-    /// Logs a line about a dropped message, unless one was logged within the period:
-    /// then it is only counted.
+    /// Logs a line about a dropped message if one is allowed now; if not, it is only
+    /// counted.
     pub fn dropped(&mut self, line: fmt::Arguments) {
-        let now = Instant::now();
-        if self.logged_within_period(now) {
+        if !self.take_line(Instant::now()) {
             self.held += 1;
             return;
         }
         if self.held > 0 {
-            self.log_held(now);
+            self.log_held();
         }
         crate::log::line(line);
-        self.logged_at = Some(now);
     }
 
-    fn logged_within_period(&self, now: Instant) -> bool {
-        self.logged_at.is_some_and(|at| now < at + LOG_PERIOD)
+    /// Whether a line may be logged now, which it then uses up.
+    fn take_line(&mut self, now: Instant) -> bool {
+        let (lines, counted_at) = match self.counted_at {
+            None => (LINES_AT_ONCE, now),
+            Some(at) => {
+                let secs = now.saturating_duration_since(at).as_secs();
+                let added = u32::try_from(secs / LINE_EVERY.as_secs().max(1)).unwrap_or(u32::MAX);
+                let lines = self.lines.saturating_add(added).min(LINES_AT_ONCE);
+                (lines, at + LINE_EVERY * added.min(LINES_AT_ONCE))
+            }
+        };
+        self.counted_at = Some(if lines == LINES_AT_ONCE {
+            now
+        } else {
+            counted_at
+        });
+        self.lines = lines.saturating_sub(1);
+        lines > 0
     }
 
-    fn log_held(&mut self, now: Instant) {
+    fn log_held(&mut self) {
         log!(
             "dropped {} more messages on the notification and control sockets, \
              not logged one by one (at most one such line a second)",
             self.held
         );
         self.held = 0;
-        self.logged_at = Some(now);
     }
 }
 
@@ -147,16 +165,17 @@ mod tests {
     }
 
     #[test]
-    fn dropped_lines_are_counted_within_a_period() {
+    fn dropped_lines_are_counted_beyond_a_few() {
         let mut throttle = Throttle::default();
-        throttle.dropped(format_args!("first"));
-        for _ in 0..5 {
-            throttle.dropped(format_args!("held"));
+        for _ in 0..LINES_AT_ONCE + 3 {
+            throttle.dropped(format_args!("dropped"));
         }
-        assert_eq!(throttle.held, 5);
+        assert_eq!(throttle.held, 3);
         throttle.tick(Instant::now());
-        assert_eq!(throttle.held, 5, "within the period: still held");
-        throttle.tick(Instant::now() + LOG_PERIOD);
-        assert_eq!(throttle.held, 0);
+        assert_eq!(throttle.held, 3, "no line allowed yet: still held");
+        throttle.tick(Instant::now() + LINE_EVERY);
+        assert_eq!(throttle.held, 0, "logged as a count");
+        throttle.dropped(format_args!("dropped"));
+        assert_eq!(throttle.held, 1, "that line was the one allowed");
     }
 }
