@@ -122,9 +122,9 @@ impl Channel {
 /// user, says `READY=1` as that user). A process of start_server's own uid may also
 /// be an orphan of a worker's tree, which the kernel has handed to start_server (a
 /// subreaper): it can only know this socket from the worker's environment; or a
-/// sender that has exited by now (`systemd-notify` does not wait), which cannot be
-/// placed any more: its uid has to do. Pid 0 is a sender in another PID namespace,
-/// which cannot be placed either, so never counts.
+/// sender that has exited by now (`systemd-notify --no-block` does not wait), which
+/// cannot be placed any more: its uid has to do. Pid 0 is a sender in another PID
+/// namespace, which cannot be placed either, so never counts.
 pub fn accepts(worker: Pid, sender: Pid, uid: libc::uid_t, workers: &[Pid]) -> Result<(), String> {
     if sender <= 0 {
         return Err(format!(

@@ -169,14 +169,16 @@ impl Supervisor<'_> {
         let abrt = Signal::parse("ABRT").expect("a known signal name");
         self.stop_now(worker, &abrt, true);
         self.write_status();
+        // A generation being started replaces it anyway.
         if self.attempt.is_some() {
             return;
         }
         self.failures = self.failures_before_start;
+        let now = Instant::now();
         self.attempt = Some(Attempt {
             worker: None,
-            spawned_at: Instant::now(),
-            until: Instant::now(),
+            spawned_at: now,
+            until: now,
             replacing: false,
         });
         self.failed_start(&format!("worker {} {why}", worker.pid));
