@@ -6,6 +6,8 @@
 mod common;
 mod support;
 
+use std::time::{Duration, Instant};
+
 use common::TempDir;
 use support::*;
 
@@ -887,4 +889,115 @@ fn the_null_device_is_a_log_file_that_is_allowed() {
     server.wait_status(&status, &[2]);
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+// ------------------------------------------------------------------ floods
+
+/// Sends `READY=1` to the abstract socket `$ARGV[0]` for `$ARGV[1]` seconds, as fast as
+/// the receiver takes them: each send waits (at most 0.1 s) while the receiver's queue
+/// is full, so that the flood costs this process only what start_server reads, and
+/// other tests running meanwhile keep their CPU. Prints how many were taken.
+const FLOOD: &str = "use Socket; use Time::HiRes qw(time); \
+                     socket(my $s, AF_UNIX, SOCK_DGRAM, 0) or die $!; \
+                     setsockopt($s, SOL_SOCKET, SO_SNDTIMEO, pack('l!l!', 0, 100000)) or die $!; \
+                     my $to = pack_sockaddr_un(\"\\0$ARGV[0]\"); my $end = time + $ARGV[1]; \
+                     my $sent = 0; while (time < $end) { $sent++ if send($s, 'READY=1', 0, $to) } \
+                     print \"$sent\\n\"";
+
+/// Another user (or, not as root, a process outside the worker) floods a worker's
+/// NOTIFY_SOCKET and the control socket, whose names anyone reads in /proc/net/unix:
+/// the log grows by a few lines, start_server spends little CPU on it, counts what it
+/// did not log, serves on, and is idle again as soon as the flood stops.
+#[test]
+fn a_flood_of_messages_that_never_count_costs_little_log_and_cpu() {
+    const SECS: u64 = 3;
+    let dir = TempDir::new("flood");
+    let status = dir.path().join("status");
+    let pid_file = dir.path().join("pid");
+    let (mut server, port) = Server::start_retrying(
+        |port| {
+            vec![
+                format!("--port=127.0.0.1:{port}"),
+                "--ready=notify".into(),
+                format!("--status-file={}", status.display()),
+                format!("--pid-file={}", pid_file.display()),
+                "--".into(),
+                perl_worker().display().to_string(),
+            ]
+        },
+        &[],
+    );
+    let worker = server.wait_status(&status, &[1])[0].1;
+    let pid = server.pid();
+    let notify = worker_env(worker, "NOTIFY_SOCKET").expect("the worker's NOTIFY_SOCKET");
+    let control = format!("server_starter/{pid}/control");
+    let log_size = |server: &Server| std::fs::metadata(server.log_path()).unwrap().len();
+    let (log_before, cpu_before, began) = (log_size(&server), cpu_seconds(pid), Instant::now());
+    let flooders: Vec<_> = [&notify[1..], &control]
+        .into_iter()
+        .map(|name| {
+            let secs = SECS.to_string();
+            let mut cmd = if is_root() {
+                let mut cmd = std::process::Command::new(AS_NOBODY[0]);
+                cmd.args(&AS_NOBODY[1..]).arg("perl");
+                cmd
+            } else {
+                std::process::Command::new("perl")
+            };
+            cmd.args(["-e", FLOOD, name, &secs])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("perl")
+        })
+        .collect();
+    let mut sent = 0u64;
+    for flooder in flooders {
+        let out = flooder.wait_with_output().expect("the flooder's count");
+        sent += String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0);
+    }
+    let wall = began.elapsed();
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let grown = log_size(&server) - log_before;
+    eprintln!(
+        "flood: {sent} datagrams taken in {:.1} s; start_server: {cpu:.2} s CPU, log +{grown} bytes",
+        wall.as_secs_f64()
+    );
+    assert!(
+        grown < 8192,
+        "the log grew by {grown} bytes: {:?}",
+        server.lines()
+    );
+    assert!(
+        cpu < 0.1 * wall.as_secs_f64() + 0.05,
+        "start_server spent {cpu:.2} s CPU in {wall:?}"
+    );
+    // The first dropped message is logged; then at most about a line a second.
+    assert!(
+        server.has_line("dropped a notification from pid ")
+            || server.has_line("ignored a control request from pid "),
+        "{:?}",
+        server.lines()
+    );
+    // What was not logged is counted, at the next event at the latest.
+    wait_until("the count of messages not logged", || {
+        server.signal(libc::SIGUSR1);
+        server.has_line("more messages on the notification and control sockets")
+    });
+    assert_eq!(read_status(&status), vec![(1, worker)]);
+    // Idle again: no timer left behind (no switch across 500 ms).
+    let mut last = context_switches(pid);
+    wait_until("start_server to be idle again", || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = context_switches(pid);
+        std::mem::replace(&mut last, now) == now
+    });
+    assert_eq!(
+        http_get(addr("127.0.0.1", port)).unwrap(),
+        (worker, 1),
+        "the worker serves on"
+    );
+    server.stop();
 }

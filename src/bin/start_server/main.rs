@@ -24,6 +24,7 @@ mod spawn;
 mod status_file;
 mod supervisor;
 mod sys;
+mod throttle;
 mod upgrade;
 
 use std::process::ExitCode;

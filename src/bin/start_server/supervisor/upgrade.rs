@@ -536,6 +536,7 @@ impl<'a> Supervisor<'a> {
             channels,
             watchdog_at: saved.watchdog_at,
             control,
+            throttle: Throttle::default(),
             waiting: saved
                 .waiting
                 .into_iter()
