@@ -506,3 +506,45 @@ fn a_second_instance_waits_a_bounded_time_for_a_starting_one() {
     let text = std::fs::read_to_string(&pid_path).unwrap();
     assert_eq!(text, format!("{}\n", third.pid()));
 }
+
+// ------------------------------------------------------------------ shared sockets
+
+/// A worker that shuts the listening socket down acts on the one socket every
+/// generation shares: the next generation must find it listening again.
+#[test]
+fn a_listener_a_worker_shut_down_listens_again_for_the_next_generation() {
+    let http = common::example("http-static").display().to_string();
+    // Generation 1 shuts the socket down for reading (the kernel then closes the
+    // listener) and exits; the ones after it serve.
+    let script = format!(
+        "if [ \"$SERVER_STARTER_GENERATION\" = 1 ]; then exec python3 -c '{}'; fi; exec {http}",
+        "import os, socket; fd = int(os.environ[\"SERVER_STARTER_PORT\"].rsplit(\"=\", 1)[1]); \
+         socket.socket(fileno=fd).shutdown(socket.SHUT_RD)"
+    );
+    let (mut server, port) = Server::start_retrying(
+        |port| {
+            vec![
+                format!("--port=127.0.0.1:{port}"),
+                "--interval=0".into(),
+                "--".into(),
+                "sh".into(),
+                "-c".into(),
+                script.clone(),
+            ]
+        },
+        &[],
+    );
+    let addr = addr("127.0.0.1", port);
+    let second = wait_generation(addr, 2);
+    let relistened = format!(
+        "socket 127.0.0.1:{port} (descriptor 3) was no longer listening (a worker shut it \
+         down?): listening on it again"
+    );
+    assert_eq!(server.count_lines(&relistened), 1, "{:?}", server.lines());
+    // Once listening, it is left alone: a HUP logs nothing more.
+    server.signal(libc::SIGHUP);
+    wait_generation(addr, 3);
+    assert_ne!(http_get(addr).unwrap().0, second);
+    assert_eq!(server.count_lines("no longer listening"), 1);
+    server.stop();
+}

@@ -829,3 +829,32 @@ fn the_handed_state_cannot_be_written_by_the_new_image() {
     assert_eq!(http_get(d.addr).unwrap(), (worker, 1));
     d.server.stop();
 }
+
+/// `start_server --upgrade ... | true`: the client's reader is gone when it says how the
+/// upgrade went. Its exit status still says so, with no panic (EPIPE is not an error of
+/// the upgrade's).
+#[test]
+fn a_client_whose_output_is_closed_exits_by_the_outcome() {
+    let (mut d, _) = Deployed::http();
+    let client = |d: &Deployed| {
+        let mut child = Command::new(start_server_bin())
+            .args(["--upgrade", &format!("--pid-file={}", d.pid_file.display())])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!said.contains("panicked"), "{said}");
+        (out.status.code(), said)
+    };
+    let new = d.deploy();
+    assert_eq!(client(&d), (Some(0), String::new()));
+    assert_eq!(d.image(), new);
+    d.deploy_file(b"#!/bin/sh\nexit 1\n");
+    let (code, said) = client(&d);
+    assert_eq!(code, Some(255), "{said}");
+    assert!(said.contains("exited with status 1"), "{said}");
+    d.server.stop();
+}

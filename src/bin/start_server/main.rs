@@ -26,6 +26,7 @@ mod supervisor;
 mod sys;
 mod upgrade;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use bind::Listeners;
@@ -65,14 +66,14 @@ fn main() -> ExitCode {
     };
     let result = match mode {
         Mode::Help => {
-            print!("{}", cli::HELP);
+            log::print(cli::HELP);
             Ok(())
         }
         Mode::Version => {
-            println!(
-                "{} (Server::Starter 0.35 compatible)",
+            log::print(&format!(
+                "{} (Server::Starter 0.35 compatible)\n",
                 env!("CARGO_PKG_VERSION")
-            );
+            ));
             Ok(())
         }
         Mode::Start(config) => start(*config),
@@ -93,7 +94,8 @@ fn main() -> ExitCode {
 }
 
 fn fail(status: u8, message: &str) -> ExitCode {
-    eprintln!("start_server: {message}");
+    // As `log::print`: a closed stderr must not turn the exit status into a panic's.
+    let _ = writeln!(std::io::stderr(), "start_server: {message}");
     ExitCode::from(status)
 }
 

@@ -214,6 +214,19 @@ fn go_back(image: RawFd, handed: &str, why: &str, refused: Option<String>) -> Re
     ))
 }
 
+/// The `--backlog` of the command line, which the next image is executed with
+/// unchanged (the state does not carry it).
+fn backlog() -> i32 {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .filter_map(|a| a.into_string().ok())
+        .collect();
+    match crate::cli::parse(&args) {
+        Ok(crate::cli::Mode::Start(config)) => config.backlog,
+        _ => libc::SOMAXCONN,
+    }
+}
+
 /// A state read and checked whole, its descriptors not yet taken over: until then,
 /// going back to the previous image leaves everything as it was handed.
 struct Plan {
@@ -355,7 +368,7 @@ impl Plan {
         // Read: no longer needed, nor the way back.
         drop(sys::adopt_fd(state_fd));
         drop(sys::adopt_fd(image_fd));
-        let listeners = Listeners::taken_over(self.listeners);
+        let listeners = Listeners::taken_over(self.listeners, backlog());
         let pid_file = match self.pid_file {
             Some((fd, path, ours)) => Some(PidFile::taken_over(
                 sys::adopt_fd(fd).map_err(fail)?,

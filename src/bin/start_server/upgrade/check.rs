@@ -39,11 +39,11 @@ const ANSWER_MAX: usize = 4096;
 /// this one.
 pub fn answer() {
     let formats: Vec<String> = state::READS.iter().map(u32::to_string).collect();
-    println!(
-        "{ANSWER} version={} formats={}",
+    crate::log::print(&format!(
+        "{ANSWER} version={} formats={}\n",
         env!("CARGO_PKG_VERSION"),
         formats.join(",")
-    );
+    ));
 }
 
 /// A check under way.
