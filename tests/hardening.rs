@@ -548,3 +548,89 @@ fn a_listener_a_worker_shut_down_listens_again_for_the_next_generation() {
     assert_eq!(server.count_lines("no longer listening"), 1);
     server.stop();
 }
+
+// ------------------------------------------------------------------ PID namespaces
+
+/// An instance in a PID namespace of its own writes its pid there (1) to the pid file.
+/// A client elsewhere must not signal its own namespace's pid 1: it signals only the
+/// process holding the pid file's lock, as its namespace sees it, and refuses in one
+/// line when that is not the pid the file names (a parent namespace), or cannot be
+/// seen at all (a sibling one). The whole scene runs in a namespace of the test's own
+/// (`--kill-child` tears it down), whose pid 1 is a shell that reports a TERM.
+#[test]
+fn clients_never_signal_another_namespace_s_pid_1() {
+    if !is_root() || !have("unshare") || !have("flock") {
+        eprintln!("skipped: needs root, unshare(1) and flock(1)");
+        return;
+    }
+    let dir = TempDir::new("pidns");
+    let pid_file = dir.path().join("pid");
+    let log = dir.path().join("log");
+    let script = r#"
+trap 'echo "TERM reached pid 1"' TERM
+S=$1; PF=$2; LOG=$3; PORT=$4
+unshare --pid --fork --mount-proc "$S" --port=127.0.0.1:$PORT --pid-file="$PF" \
+    -- sleep 600 2>"$LOG" &
+i=0
+until [ "$(cat "$PF" 2>/dev/null)" = 1 ]; do
+    i=$((i+1)); [ $i -gt 3000 ] && { echo "no pid file"; exit 1; }; sleep 0.01
+done
+for mode in --stop --restart --upgrade; do
+    "$S" $mode --pid-file="$PF" --status-file="$PF.status" --kill-timeout=1 2>&1
+    echo "parent $mode: $?"
+done
+unshare --pid --fork --mount-proc "$S" --stop --pid-file="$PF" --kill-timeout=1 2>&1
+echo "sibling --stop: $?"
+flock -n "$PF" true && echo unlocked || echo locked
+"#;
+    let port = free_port("127.0.0.1").to_string();
+    let out_file = dir.path().join("out");
+    let mut child = std::process::Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "sh",
+            "-c",
+        ])
+        .arg(script)
+        .arg("sh")
+        .arg(start_server_bin())
+        .args([&pid_file, &log])
+        .arg(&port)
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_for("the namespaced scene to finish", || {
+        child.try_wait().unwrap()
+    });
+    let out = std::fs::read_to_string(&out_file).unwrap();
+    assert!(status.success(), "{out}");
+    let path = pid_file.display();
+    let refused = format!("start_server: pid file {path} says pid 1, but its lock is held by pid ");
+    assert_eq!(out.matches(&refused).count(), 3, "{out}");
+    for mode in ["--stop", "--restart", "--upgrade"] {
+        assert!(out.contains(&format!("parent {mode}: 255\n")), "{out}");
+    }
+    assert!(
+        out.contains(&format!(
+            "start_server: pid file {path} is locked by a process in a PID namespace this \
+             one cannot see: not signalling pid 1"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("sibling --stop: 255\n"), "{out}");
+    assert!(!out.contains("TERM reached pid 1"), "{out}");
+    assert!(!out.contains("stopping now"), "{out}");
+    assert!(
+        out.ends_with("locked\n") && !out.contains("unlocked"),
+        "{out}"
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !log.contains("received"),
+        "the instance was sent nothing: {log}"
+    );
+}

@@ -117,10 +117,18 @@ impl Deployed {
         identity(&self.exe)
     }
 
-    /// Something else at the path, renamed over it.
+    /// Something else at the path, renamed over it (written by a child, as `install`
+    /// copies).
     fn deploy_file(&self, contents: &[u8]) {
         let new = self.exe.with_extension("new");
-        fs::write(&new, contents).unwrap();
+        let mut cat = Command::new("sh")
+            .args(["-c", "cat > \"$0\""])
+            .arg(&new)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut cat.stdin.take().unwrap(), contents).unwrap();
+        assert!(cat.wait().unwrap().success());
         fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
         fs::rename(&new, &self.exe).unwrap();
     }
@@ -177,9 +185,13 @@ impl Deployed {
     }
 }
 
+/// Copies by cp(1), so that the copy is never open for writing in this process: a
+/// child another test thread forks meanwhile would hold it open until its exec, and
+/// executing the file then fails with ETXTBSY.
 fn install(from: &Path, to: &Path) {
     let tmp = to.with_extension("tmp");
-    fs::copy(from, &tmp).unwrap();
+    let copied = Command::new("cp").arg(from).arg(&tmp).status().unwrap();
+    assert!(copied.success(), "cp {} {}", from.display(), tmp.display());
     fs::rename(&tmp, to).unwrap();
 }
 
@@ -624,18 +636,24 @@ fn usr1_reopens_the_log_file_after_an_upgrade() {
 }
 
 /// An instance without a control socket (here, one started without --pid-file, whose
-/// pid file the test writes and locks itself) is sent USR2; the client watches
-/// /proc/PID/exe.
+/// pid file the test writes and locks itself; the instance has it open, as an older
+/// start_server has its own, through a descriptor it inherited) is sent USR2; the
+/// client watches /proc/PID/exe.
 #[test]
 fn without_a_control_socket_the_client_signals_and_watches_the_image() {
     let dir = TempDir::new("upgrade-nosock");
     let exe = dir.path().join("start_server");
     install(&start_server_bin(), &exe);
     let http = http_static();
+    let pid_file = dir.path().join("pid");
+    fs::write(&pid_file, "").unwrap();
     let (mut server, port) = Server::start_program_retrying(
-        &exe,
+        Path::new("sh"),
         |port| {
             vec![
+                "-c".into(),
+                format!("exec \"$0\" \"$@\" 9<{}", pid_file.display()),
+                exe.display().to_string(),
                 format!("--port=127.0.0.1:{port}"),
                 "--interval=0.1".into(),
                 "--".into(),
@@ -646,7 +664,6 @@ fn without_a_control_socket_the_client_signals_and_watches_the_image() {
     );
     let addr = addr("127.0.0.1", port);
     let worker = wait_generation(addr, 1);
-    let pid_file = dir.path().join("pid");
     fs::write(&pid_file, format!("{}\n", server.pid())).unwrap();
     let held = fs::File::open(&pid_file).unwrap();
     // SAFETY: flock on a descriptor the test owns.

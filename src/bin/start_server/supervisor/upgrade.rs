@@ -89,7 +89,8 @@ impl Supervisor<'_> {
             return false;
         };
         let verdict = check.verdict(status);
-        let image = check.image.take();
+        // Kept only for the exec: a refused file is closed before anyone is told.
+        let image = verdict.is_ok().then(|| check.image.take()).flatten();
         // Closed before anyone is told: nothing of the check outlives it.
         drop(check);
         match verdict {
@@ -147,11 +148,11 @@ impl Supervisor<'_> {
     /// The end of a turn of the loop: a binary that passed its check is executed. Only
     /// if that fails does this return.
     pub(super) fn exec_upgrade(&mut self) {
-        let Some(upgrade) = self.upgrade.take_if(|u| u.check.is_none()) else {
+        let Some(mut upgrade) = self.upgrade.take_if(|u| u.check.is_none()) else {
             return;
         };
         let exe = self.context.exe.clone().unwrap_or_default();
-        let Some(image) = &upgrade.image else {
+        let Some(image) = upgrade.image.take() else {
             self.refuse(&upgrade.clients, "the checked file was not kept open");
             return;
         };
@@ -161,7 +162,8 @@ impl Supervisor<'_> {
             exe.display()
         );
         let state = self.save(&upgrade);
-        let why = up::exec::exec(image, &state, &self.kept_fds());
+        let why = up::exec::exec(&image, &state, &self.kept_fds());
+        drop(image);
         self.refuse(&upgrade.clients, &why);
     }
 
