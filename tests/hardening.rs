@@ -634,3 +634,61 @@ flock -n "$PF" true && echo unlocked || echo locked
         "the instance was sent nothing: {log}"
     );
 }
+
+// ------------------------------------------------------------------ control clients
+
+/// `--restart` and `--upgrade` run by a user the instance does not take requests from
+/// (it serves its own user and root) say so at once, naming the uid, rather than
+/// waiting 10 s for an answer that never comes.
+#[test]
+fn a_user_the_instance_refuses_is_told_so_at_once() {
+    if !is_root() || !have("setpriv") {
+        eprintln!("skipped: needs root and setpriv(1)");
+        return;
+    }
+    let dir = TempDir::new("refused");
+    let pid_file = dir.path().join("pid");
+    let status = dir.path().join("status");
+    let (mut server, _) = Server::start_retrying(
+        |port| {
+            vec![
+                format!("--port=127.0.0.1:{port}"),
+                format!("--pid-file={}", pid_file.display()),
+                format!("--status-file={}", status.display()),
+                "--".into(),
+                "sleep".into(),
+                "600".into(),
+            ]
+        },
+        &[],
+    );
+    server.wait_status(&status, &[1]);
+    let pid = wait_pid_file(&pid_file);
+    for (mode, what) in [("--restart", "a restart"), ("--upgrade", "an upgrade")] {
+        let mut client = std::process::Command::new(AS_NOBODY[0]);
+        client
+            .args(&AS_NOBODY[1..])
+            .arg(start_server_bin())
+            .arg(mode)
+            .arg(format!("--pid-file={}", pid_file.display()));
+        if mode == "--restart" {
+            client.arg(format!("--status-file={}", status.display()));
+        }
+        let asked = std::time::Instant::now();
+        let out = client.output().unwrap();
+        let took = asked.elapsed();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            said,
+            format!(
+                "start_server: start_server (pid {pid}) refuses {what} from uid 65534: it \
+                 takes requests only from its own user (uid 0) and root\n"
+            )
+        );
+        assert_eq!(out.status.code(), Some(255));
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    }
+    assert!(!server.has_line("ignored a control request"));
+    assert_eq!(server.worker_pids().len(), 1, "nothing restarted");
+    server.stop();
+}
