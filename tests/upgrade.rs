@@ -874,6 +874,19 @@ fn a_client_whose_output_is_closed_exits_by_the_outcome() {
     assert_eq!(code, Some(255), "{said}");
     assert!(said.contains("exited with status 1"), "{said}");
     d.server.stop();
+    // The same for what the other modes print.
+    for mode in ["--version", "--help"] {
+        let mut child = Command::new(start_server_bin())
+            .arg(mode)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{mode}: {out:?}");
+        assert!(out.stderr.is_empty(), "{mode}: {out:?}");
+    }
 }
 
 /// A deploy that switches a symbolic link (`current -> v2`) is upgraded to: the path
