@@ -92,6 +92,8 @@ impl Check {
                     || !sys::child_dup2(null.as_raw_fd(), libc::STDIN_FILENO)
                     || !sys::child_dup2(input.as_raw_fd(), libc::STDOUT_FILENO)
                     || !sys::child_dup2(image.as_raw_fd(), IMAGE_FD)
+                    // Already there, dup2 leaves it close-on-exec.
+                    || sys::set_cloexec(IMAGE_FD, false).is_err()
                 {
                     sys::child_exit(127);
                 }
