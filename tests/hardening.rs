@@ -1001,3 +1001,189 @@ fn a_flood_of_messages_that_never_count_costs_little_log_and_cpu() {
     );
     server.stop();
 }
+
+// ------------------------------------------------------------------ shared sockets
+
+/// A worker that shuts the listening socket down acts on the one socket every
+/// generation shares: the next generation must find it listening again.
+#[test]
+fn a_listener_a_worker_shut_down_listens_again_for_the_next_generation() {
+    let http = common::example("http-static").display().to_string();
+    // Generation 1 shuts the socket down for reading (the kernel then closes the
+    // listener) and exits; the ones after it serve.
+    let script = format!(
+        "if [ \"$SERVER_STARTER_GENERATION\" = 1 ]; then exec python3 -c '{}'; fi; exec {http}",
+        "import os, socket; fd = int(os.environ[\"SERVER_STARTER_PORT\"].rsplit(\"=\", 1)[1]); \
+         socket.socket(fileno=fd).shutdown(socket.SHUT_RD)"
+    );
+    let (mut server, port) = Server::start_retrying(
+        |port| {
+            vec![
+                format!("--port=127.0.0.1:{port}"),
+                "--interval=0".into(),
+                "--".into(),
+                "sh".into(),
+                "-c".into(),
+                script.clone(),
+            ]
+        },
+        &[],
+    );
+    let addr = addr("127.0.0.1", port);
+    let second = wait_generation(addr, 2);
+    let relistened = format!(
+        "socket 127.0.0.1:{port} (descriptor 3) was no longer listening (a worker shut it \
+         down?): listening on it again"
+    );
+    assert_eq!(server.count_lines(&relistened), 1, "{:?}", server.lines());
+    // Once listening, it is left alone: a HUP logs nothing more.
+    server.signal(libc::SIGHUP);
+    wait_generation(addr, 3);
+    assert_ne!(http_get(addr).unwrap().0, second);
+    assert_eq!(server.count_lines("no longer listening"), 1);
+    server.stop();
+}
+
+// ------------------------------------------------------------------ PID namespaces
+
+/// An instance in a PID namespace of its own writes its pid there (1) to the pid file.
+/// A client elsewhere must not signal its own namespace's pid 1: it signals only the
+/// process holding the pid file's lock, as its namespace sees it, and refuses in one
+/// line when that is not the pid the file names (a parent namespace), or cannot be
+/// seen at all (a sibling one). The whole scene runs in a namespace of the test's own
+/// (`--kill-child` tears it down), whose pid 1 is a shell that reports a TERM.
+#[test]
+fn clients_never_signal_another_namespace_s_pid_1() {
+    if !is_root() || !have("unshare") || !have("flock") {
+        eprintln!("skipped: needs root, unshare(1) and flock(1)");
+        return;
+    }
+    let dir = TempDir::new("pidns");
+    let pid_file = dir.path().join("pid");
+    let log = dir.path().join("log");
+    let script = r#"
+trap 'echo "TERM reached pid 1"' TERM
+S=$1; PF=$2; LOG=$3; PORT=$4
+unshare --pid --fork --mount-proc "$S" --port=127.0.0.1:$PORT --pid-file="$PF" \
+    -- sleep 600 2>"$LOG" &
+i=0
+until [ "$(cat "$PF" 2>/dev/null)" = 1 ]; do
+    i=$((i+1)); [ $i -gt 3000 ] && { echo "no pid file"; exit 1; }; sleep 0.01
+done
+for mode in --stop --restart --upgrade; do
+    "$S" $mode --pid-file="$PF" --status-file="$PF.status" --kill-timeout=1 2>&1
+    echo "parent $mode: $?"
+done
+unshare --pid --fork --mount-proc "$S" --stop --pid-file="$PF" --kill-timeout=1 2>&1
+echo "sibling --stop: $?"
+flock -n "$PF" true && echo unlocked || echo locked
+"#;
+    let port = free_port("127.0.0.1").to_string();
+    let out_file = dir.path().join("out");
+    let mut child = std::process::Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "sh",
+            "-c",
+        ])
+        .arg(script)
+        .arg("sh")
+        .arg(start_server_bin())
+        .args([&pid_file, &log])
+        .arg(&port)
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_for("the namespaced scene to finish", || {
+        child.try_wait().unwrap()
+    });
+    let out = std::fs::read_to_string(&out_file).unwrap();
+    assert!(status.success(), "{out}");
+    let path = pid_file.display();
+    let refused = format!("start_server: pid file {path} says pid 1, but its lock is held by pid ");
+    assert_eq!(out.matches(&refused).count(), 3, "{out}");
+    for mode in ["--stop", "--restart", "--upgrade"] {
+        assert!(out.contains(&format!("parent {mode}: 255\n")), "{out}");
+    }
+    assert!(
+        out.contains(&format!(
+            "start_server: pid file {path} is locked by a process in a PID namespace this \
+             one cannot see: not signalling pid 1"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("sibling --stop: 255\n"), "{out}");
+    assert!(!out.contains("TERM reached pid 1"), "{out}");
+    assert!(!out.contains("stopping now"), "{out}");
+    assert!(
+        out.ends_with("locked\n") && !out.contains("unlocked"),
+        "{out}"
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !log.contains("received"),
+        "the instance was sent nothing: {log}"
+    );
+}
+
+// ------------------------------------------------------------------ control clients
+
+/// `--restart` and `--upgrade` run by a user the instance does not take requests from
+/// (it serves its own user and root) say so at once, naming the uid, rather than
+/// waiting 10 s for an answer that never comes.
+#[test]
+fn a_user_the_instance_refuses_is_told_so_at_once() {
+    if !is_root() || !have("setpriv") {
+        eprintln!("skipped: needs root and setpriv(1)");
+        return;
+    }
+    let dir = TempDir::new("refused");
+    let pid_file = dir.path().join("pid");
+    let status = dir.path().join("status");
+    let (mut server, _) = Server::start_retrying(
+        |port| {
+            vec![
+                format!("--port=127.0.0.1:{port}"),
+                format!("--pid-file={}", pid_file.display()),
+                format!("--status-file={}", status.display()),
+                "--".into(),
+                "sleep".into(),
+                "600".into(),
+            ]
+        },
+        &[],
+    );
+    server.wait_status(&status, &[1]);
+    let pid = wait_pid_file(&pid_file);
+    for (mode, what) in [("--restart", "a restart"), ("--upgrade", "an upgrade")] {
+        let mut client = std::process::Command::new(AS_NOBODY[0]);
+        client
+            .args(&AS_NOBODY[1..])
+            .arg(start_server_bin())
+            .arg(mode)
+            .arg(format!("--pid-file={}", pid_file.display()));
+        if mode == "--restart" {
+            client.arg(format!("--status-file={}", status.display()));
+        }
+        let asked = std::time::Instant::now();
+        let out = client.output().unwrap();
+        let took = asked.elapsed();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            said,
+            format!(
+                "start_server: start_server (pid {pid}) refuses {what} from uid 65534: it \
+                 takes requests only from its own user (uid 0) and root\n"
+            )
+        );
+        assert_eq!(out.status.code(), Some(255));
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    }
+    assert!(!server.has_line("ignored a control request"));
+    assert_eq!(server.worker_pids().len(), 1, "nothing restarted");
+    server.stop();
+}

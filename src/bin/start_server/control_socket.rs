@@ -39,6 +39,13 @@ pub fn name(pid: Pid) -> String {
     format!("server_starter/{pid}/control")
 }
 
+/// Whether an instance running as `instance` takes requests from `client` (uids, the
+/// kernel's real ones): its own user's and root's only. The client checks it too,
+/// rather than wait for an answer that will not come.
+pub fn serves(instance: libc::uid_t, client: libc::uid_t) -> bool {
+    client == instance || client == 0
+}
+
 pub struct ControlSocket {
     fd: OwnedFd,
 }
@@ -70,7 +77,7 @@ impl ControlSocket {
             let Some((pid, uid)) = datagram.credentials else {
                 return;
             };
-            if uid != sys::getuid() && uid != 0 {
+            if !serves(sys::getuid(), uid) {
                 throttle.dropped(format_args!(
                     "ignored a control request from pid {pid}: uid {uid} is not start_server's"
                 ));

@@ -51,6 +51,7 @@ impl Supervisor<'_> {
                 watchdog.as_micros().to_string().into(),
             ));
         }
+        self.context.listeners.relisten();
         let worker = match self.command.spawn(&env) {
             Ok(spawned) => {
                 if let Some(channel) = channel {
