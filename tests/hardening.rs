@@ -713,8 +713,8 @@ fn lowest_free_fd(pid: i32) -> i32 {
 }
 
 /// An upgrade refused for lack of descriptors names the call that failed (it used to
-/// say "fork" whatever failed): with no descriptor left, opening /dev/null for the
-/// check; with one, the check's pipe.
+/// say "fork" whatever failed): with no descriptor left, opening the new image; with
+/// one, opening /dev/null for the check; with two, the check's pipe.
 #[test]
 fn an_upgrade_refused_for_lack_of_descriptors_names_the_call() {
     if !have("prlimit") {
@@ -725,9 +725,13 @@ fn an_upgrade_refused_for_lack_of_descriptors_names_the_call() {
     server.wait_line("starting new worker");
     let pid = server.pid();
     let free = lowest_free_fd(pid);
-    for (n, (spare, call)) in [(0, "open(2) /dev/null"), (1, "pipe2(2)")]
-        .into_iter()
-        .enumerate()
+    for (n, (spare, call)) in [
+        (0, "cannot open it: open(2)"),
+        (1, "open(2) /dev/null"),
+        (2, "pipe2(2)"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         // The soft limit only: it may go up again.
         let limit = free + spare;

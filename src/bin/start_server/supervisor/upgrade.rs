@@ -60,7 +60,7 @@ impl Supervisor<'_> {
         let image = match up::exec::open(&exe) {
             Ok(image) => image,
             Err(e) => {
-                self.refuse(client.as_slice(), &format!("cannot open it: {e}"));
+                self.refuse(client.as_slice(), &format!("cannot open it: open(2): {e}"));
                 return;
             }
         };
