@@ -121,9 +121,14 @@ impl LogPipe {
         let shell = [CString::from(c"/bin/sh")];
         let env: Vec<_> = std::env::vars_os().collect();
         let mut child = ChildSpec::new(Program::Files(&shell), &argv, &env);
-        child.stdio = [Some(self.read.as_raw_fd()), Some(stdout), Some(stderr)];
+        let fds = [
+            (libc::STDIN_FILENO, self.read.as_raw_fd()),
+            (libc::STDOUT_FILENO, stdout),
+            (libc::STDERR_FILENO, stderr),
+        ];
+        child.fds = &fds;
         // No signal ignored or blocked as in start_server, no listening socket.
-        child.only_stdio = true;
+        child.only_fds = true;
         // Its own process group: a Ctrl-C meant for start_server and its workers
         // must not kill the logger before it has read their last lines.
         child.own_group = true;

@@ -28,6 +28,7 @@ mod status_file;
 mod supervisor;
 #[allow(unsafe_code)]
 mod sys;
+mod throttle;
 mod upgrade;
 
 use std::process::ExitCode;
@@ -70,14 +71,14 @@ fn main() -> ExitCode {
     };
     let result = match mode {
         Mode::Help => {
-            print!("{}", cli::HELP);
+            log::print(cli::HELP);
             Ok(())
         }
         Mode::Version => {
-            println!(
-                "{} (Server::Starter 0.35 compatible)",
+            log::print(&format!(
+                "{} (Server::Starter 0.35 compatible)\n",
                 env!("CARGO_PKG_VERSION")
-            );
+            ));
             Ok(())
         }
         Mode::Start(config) => start(*config),

@@ -32,6 +32,7 @@ use crate::signals::{self, Events, Meaning, Signal};
 use crate::spawn::Command;
 use crate::status_file::StatusFile;
 use crate::sys::{self, Pid, SockAddr};
+use crate::throttle::Throttle;
 use crate::upgrade::Context;
 
 mod timers;
@@ -59,6 +60,15 @@ pub struct Settings {
     pub ready_timeout: Duration,
     /// `--watchdog`: how long a started worker may go without saying `WATCHDOG=1`.
     pub watchdog: Option<Duration>,
+}
+
+/// Why the current worker counts as hung (`--watchdog`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Hang {
+    /// No `WATCHDOG=1` within the period.
+    Silent,
+    /// It said `WATCHDOG=trigger`.
+    Triggered,
 }
 
 /// A `--restart` client waiting for the verdict on a restart that began after it
@@ -137,6 +147,8 @@ pub struct Supervisor<'a> {
     /// Where `--restart` clients ask (with `--pid-file`), and who is waiting.
     control: Option<ControlSocket>,
     waiting: Vec<Waiter>,
+    /// What other processes may cost through the notification and control sockets.
+    throttle: Throttle,
     /// The service manager start_server reports to, if any, and whether it was told
     /// of a restart that has no outcome yet.
     manager: Option<Manager>,
@@ -190,6 +202,7 @@ impl<'a> Supervisor<'a> {
             watchdog_at: None,
             control,
             waiting: Vec::new(),
+            throttle: Throttle::default(),
             manager,
             reloading: false,
             kill_old_at: None,
@@ -221,6 +234,7 @@ impl<'a> Supervisor<'a> {
                 .values()
                 .map(Channel::fd)
                 .chain(self.control.as_ref().map(ControlSocket::fd))
+                .filter(|&fd| self.throttle.watched(fd))
                 .collect();
             let arrived = match events.wait(self.next_deadline(), &watched) {
                 Ok(arrived) => arrived,
@@ -259,6 +273,7 @@ impl<'a> Supervisor<'a> {
                 self.hup();
             }
             self.read_requests(&arrived.readable);
+            self.throttle.tick(Instant::now());
             self.fire_timers(Instant::now());
             // Last, once every event read in this turn has been acted on: what arrives
             // from now on waits in the kernel (blocked signals, queued datagrams, exits)
@@ -336,7 +351,9 @@ impl<'a> Supervisor<'a> {
     /// clients: each is a USR2.
     fn read_requests(&mut self, readable: &[RawFd]) {
         let requests = match &self.control {
-            Some(control) if readable.contains(&control.fd()) => control.requests(),
+            Some(control) if readable.contains(&control.fd()) => {
+                control.requests(&mut self.throttle)
+            }
             _ => return,
         };
         for request in requests {
@@ -446,7 +463,7 @@ impl<'a> Supervisor<'a> {
             .iter()
             .filter(|(_, channel)| readable.contains(&channel.fd()))
             .flat_map(|(&pid, channel)| {
-                let notices = channel.drain(pid, &workers);
+                let notices = channel.drain(pid, &workers, &mut self.throttle);
                 notices.into_iter().map(move |n| (pid, n))
             })
             .collect();
@@ -491,7 +508,7 @@ impl<'a> Supervisor<'a> {
             Said::Watchdog if current => {
                 self.watchdog_at = self.settings.watchdog.map(|w| Instant::now() + w);
             }
-            Said::WatchdogTrigger if current => self.hung(),
+            Said::WatchdogTrigger if current => self.hung(Hang::Triggered),
             // A repeated READY=1, or one from an old worker: nothing to do.
             _ => {}
         }

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::Supervisor;
+use super::{Hang, Supervisor};
 use crate::log;
 use crate::log_file::LogFile;
 use crate::sys;
@@ -23,6 +23,7 @@ impl Supervisor<'_> {
             self.watchdog_at,
             self.check_deadline(),
             logger,
+            self.throttle.resume_at(),
         ]
         .into_iter()
         .flatten()
@@ -69,7 +70,7 @@ impl Supervisor<'_> {
             log_file.fire_timers(now);
         }
         if self.watchdog_at.is_some_and(|at| at <= now) {
-            self.hung();
+            self.hung(Hang::Silent);
         }
         if self.hup_pending && self.attempt.is_none() && self.kill_old_at.is_none() {
             self.hup_pending = false;

@@ -51,6 +51,7 @@ impl Supervisor<'_> {
                 watchdog.as_micros().to_string().into(),
             ));
         }
+        self.context.listeners.relisten();
         let worker = match self.command.spawn(&env) {
             Ok(spawned) => {
                 if let Some(channel) = channel {
@@ -168,21 +169,38 @@ impl Supervisor<'_> {
 
     /// `--watchdog`: the current worker said no `WATCHDOG=1` in time (or said
     /// `WATCHDOG=trigger`). It gets SIGABRT, as systemd sends, then SIGKILL if it
-    /// lingers, and is replaced at once, as a worker that died unexpectedly.
-    pub(super) fn hung(&mut self) {
+    /// lingers, and is replaced, paced as a failed start: its start counts as failed
+    /// after all, so that a worker that hangs as soon as it starts is retried after
+    /// the retry floor, then `--backoff`'s doubling pauses, never in a loop.
+    pub(super) fn hung(&mut self, hang: Hang) {
         self.watchdog_at = None;
         let Some(worker) = self.current.take() else {
             return;
         };
-        log!(
-            "worker {} sent no WATCHDOG=1 for {} secs, sending ABRT and restarting",
-            worker.pid,
-            log::seconds(self.settings.watchdog.unwrap_or_default())
-        );
+        let why = match hang {
+            Hang::Silent => format!(
+                "sent no WATCHDOG=1 for {} secs",
+                log::seconds(self.settings.watchdog.unwrap_or_default())
+            ),
+            Hang::Triggered => "sent WATCHDOG=trigger".to_string(),
+        };
+        log!("worker {} {why}, sending ABRT and restarting", worker.pid);
         let abrt = Signal::parse("ABRT").expect("a known signal name");
         self.stop_now(worker, &abrt, true);
         self.write_status();
-        self.spawn(false);
+        // A generation being started replaces it anyway.
+        if self.attempt.is_some() {
+            return;
+        }
+        self.failures = self.failures_before_start;
+        let now = Instant::now();
+        self.attempt = Some(Attempt {
+            worker: None,
+            spawned_at: now,
+            until: now,
+            replacing: false,
+        });
+        self.failed_start(&format!("worker {} {why}", worker.pid));
     }
 
     /// Signals one worker to stop now, outside a restart's order, with a KILL deadline.

@@ -6,11 +6,12 @@
 //! workers, timers and clients (`Supervisor::resume`).
 
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::io::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::listen_fds::WorkerVars;
-use crate::upgrade::check::{self, Check};
+use crate::upgrade::check::Check;
 use crate::upgrade::state::{self, Field, Reader, Writer};
 use crate::upgrade::{self as up, VERSION};
 
@@ -24,10 +25,10 @@ pub(super) struct Upgrade {
     /// The `--upgrade` clients waiting for the outcome.
     clients: Vec<SockAddr>,
     /// The check of the new binary, until it has passed; then the version it said,
-    /// and the file it was.
+    /// and the file it was, still open.
     check: Option<Check>,
     version: String,
-    file: Option<(u64, u64)>,
+    image: Option<OwnedFd>,
 }
 
 impl Supervisor<'_> {
@@ -54,7 +55,16 @@ impl Supervisor<'_> {
             return;
         };
         log!("{who}, checking {}", exe.display());
-        let check = match Check::spawn(&exe) {
+        // Opened once, following a symbolic link now: the file checked is the one
+        // executed, whatever is put at the path meanwhile.
+        let image = match up::exec::open(&exe) {
+            Ok(image) => image,
+            Err(e) => {
+                self.refuse(client.as_slice(), &format!("cannot open it: open(2): {e}"));
+                return;
+            }
+        };
+        let check = match Check::spawn(&exe, image) {
             Ok(check) => check,
             Err(e) => {
                 self.refuse(client.as_slice(), &e);
@@ -66,7 +76,7 @@ impl Supervisor<'_> {
             clients: client.into_iter().collect(),
             check: Some(check),
             version: String::new(),
-            file: None,
+            image: None,
         });
     }
 
@@ -75,18 +85,19 @@ impl Supervisor<'_> {
         let Some(upgrade) = &mut self.upgrade else {
             return false;
         };
-        let Some(check) = upgrade.check.take_if(|c| c.pid == pid) else {
+        let Some(mut check) = upgrade.check.take_if(|c| c.pid == pid) else {
             return false;
         };
         let verdict = check.verdict(status);
-        let file = check.file;
+        // Kept only for the exec: a refused file is closed before anyone is told.
+        let image = verdict.is_ok().then(|| check.image.take()).flatten();
         // Closed before anyone is told: nothing of the check outlives it.
         drop(check);
         match verdict {
             // The exec comes at the end of this turn of the loop.
             Ok(answer) => {
                 upgrade.version = answer.version;
-                upgrade.file = file;
+                upgrade.image = image;
             }
             Err(why) => {
                 let clients = std::mem::take(&mut upgrade.clients);
@@ -137,22 +148,22 @@ impl Supervisor<'_> {
     /// The end of a turn of the loop: a binary that passed its check is executed. Only
     /// if that fails does this return.
     pub(super) fn exec_upgrade(&mut self) {
-        let Some(upgrade) = self.upgrade.take_if(|u| u.check.is_none()) else {
+        let Some(mut upgrade) = self.upgrade.take_if(|u| u.check.is_none()) else {
             return;
         };
         let exe = self.context.exe.clone().unwrap_or_default();
-        if upgrade.file.is_none() || check::identity(&exe) != upgrade.file {
-            let why = "it was replaced during its check (ask again)";
-            self.refuse(&upgrade.clients, why);
+        let Some(image) = upgrade.image.take() else {
+            self.refuse(&upgrade.clients, "the checked file was not kept open");
             return;
-        }
+        };
         log!(
             "upgrading from {VERSION} to {} ({})",
             upgrade.version,
             exe.display()
         );
         let state = self.save(&upgrade);
-        let why = up::exec::exec(&exe, &state, &self.kept_fds());
+        let why = up::exec::exec(&image, &state, &self.kept_fds());
+        drop(image);
         self.refuse(&upgrade.clients, &why);
     }
 
@@ -536,6 +547,7 @@ impl<'a> Supervisor<'a> {
             channels,
             watchdog_at: saved.watchdog_at,
             control,
+            throttle: Throttle::default(),
             waiting: saved
                 .waiting
                 .into_iter()

@@ -60,10 +60,9 @@ pub enum Program<'a> {
     /// skipped, a permission problem remembered.
     Files(&'a [CString]),
     /// The file this descriptor is open on (execveat with AT_EMPTY_PATH), even if it
-    /// was replaced or deleted at its path since. With `only_stdio` the descriptor is
-    /// close-on-exec by then, which an ELF binary does not mind, but a `#!` script
-    /// does (its interpreter could not open it: ENOENT).
-    #[allow(dead_code)] // for an upgrade check that executes the file it checked
+    /// was replaced or deleted at its path since. The number is the child's: give it
+    /// in `fds`, so that it is inheritable, which a `#!` script needs (its interpreter
+    /// opens /dev/fd/N).
     Fd(RawFd),
 }
 
@@ -77,11 +76,13 @@ pub struct ChildSpec<'a> {
     /// Variables set to the child's own pid (`LISTEN_PID`, `WATCHDOG_PID`), which only
     /// the child can fill in; they replace any of the same name in `env`.
     pub own_pid_vars: &'a [&'static str],
-    /// What becomes the child's stdin, stdout and stderr; `None` keeps start_server's.
-    pub stdio: [Option<RawFd>; 3],
-    /// Closes every other descriptor at exec (else the ones without FD_CLOEXEC, the
-    /// listening sockets, are inherited).
-    pub only_stdio: bool,
+    /// The descriptors the child is given, as (its number there, the descriptor here),
+    /// at most `MAX_FDS`: its stdin, stdout, stderr, and any other. Each is
+    /// inheritable there; a number not given keeps what start_server has there.
+    pub fds: &'a [(RawFd, RawFd)],
+    /// Closes at exec every descriptor numbered above the highest of `fds` (else the
+    /// ones without FD_CLOEXEC, the listening sockets, are inherited).
+    pub only_fds: bool,
     pub dir: Option<&'a CStr>,
     /// Sent to the child by the kernel when start_server dies.
     pub parent_death_signal: Option<c_int>,
@@ -100,8 +101,8 @@ impl<'a> ChildSpec<'a> {
             argv,
             env,
             own_pid_vars: &[],
-            stdio: [None; 3],
-            only_stdio: false,
+            fds: &[],
+            only_fds: false,
             dir: None,
             parent_death_signal: None,
             own_group: false,
@@ -210,6 +211,7 @@ struct Prepared {
 
 impl Prepared {
     fn new(spec: &ChildSpec) -> Prepared {
+        assert!(spec.fds.len() <= MAX_FDS, "at most {MAX_FDS} descriptors");
         let env: Vec<(OsString, OsString)> = spec
             .env
             .iter()
@@ -260,11 +262,12 @@ impl Prepared {
         if spec.own_group && unsafe { libc::setpgid(0, 0) } == -1 {
             fail(report, Stage::Setup, errno());
         }
-        if let Err(errno) = move_stdio(&spec.stdio) {
+        let highest = spec.fds.iter().map(|&(to, _)| to).max().unwrap_or(2);
+        if let Err(errno) = move_fds(spec.fds, highest) {
             fail(report, Stage::Setup, errno);
         }
-        if spec.only_stdio {
-            cloexec_above_stdio(self.limit);
+        if spec.only_fds {
+            cloexec_above(highest, self.limit);
         }
         if let Some(dir) = spec.dir {
             // SAFETY: `dir` is NUL-terminated; chdir is async-signal-safe.
@@ -300,7 +303,7 @@ fn search(files: &[CString], argv: &CStrArray, envp: &CStrArray) -> c_int {
 }
 
 /// execve(2); returns only on failure, with errno. Async-signal-safe.
-pub(super) fn execve(path: &CStr, argv: &CStrArray, envp: &CStrArray) -> c_int {
+fn execve(path: &CStr, argv: &CStrArray, envp: &CStrArray) -> c_int {
     // SAFETY: `path` is NUL-terminated; argv and envp are NULL-terminated arrays of
     // pointers to NUL-terminated strings, which `CStrArray` keeps alive.
     unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
@@ -341,28 +344,35 @@ fn exit(code: c_int) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// In the child: makes each given descriptor its stdin, stdout or stderr. A source
-/// that is itself one of 0 to 2 is first copied above them, so that no move
-/// overwrites a descriptor a later one reads. Returns errno on failure.
-fn move_stdio(stdio: &[Option<RawFd>; 3]) -> Result<(), c_int> {
-    let mut sources = *stdio;
-    for (target, source) in (0..).zip(sources.iter_mut()) {
-        if let Some(fd) = source.filter(|&fd| (0..3).contains(&fd) && fd != target) {
+/// How many descriptors a child can be given (`ChildSpec::fds`).
+pub const MAX_FDS: usize = 8;
+
+/// In the child: gives each descriptor its number, inheritable. A source that is
+/// itself one of the numbers given (up to `highest`) is first copied above them, so
+/// that no move overwrites a descriptor a later one reads. Returns errno on failure.
+fn move_fds(fds: &[(RawFd, RawFd)], highest: RawFd) -> Result<(), c_int> {
+    let mut sources = [-1; MAX_FDS];
+    for (source, &(to, from)) in sources.iter_mut().zip(fds) {
+        *source = from;
+        if from != to && from <= highest {
             // SAFETY: fcntl(F_DUPFD_CLOEXEC) on integer descriptors, async-signal-safe.
-            let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-            if copy == -1 {
+            *source = unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, highest + 1) };
+            if *source == -1 {
                 return Err(errno());
             }
-            *source = Some(copy);
         }
     }
-    for (target, source) in (0..).zip(sources) {
-        if let Some(fd) = source.filter(|&fd| fd != target) {
-            // SAFETY: dup2 on integer descriptors is async-signal-safe; it clears
-            // FD_CLOEXEC on the target.
-            if unsafe { libc::dup2(fd, target) } == -1 {
-                return Err(errno());
+    for (&source, &(to, _)) in sources.iter().zip(fds) {
+        // dup2 clears FD_CLOEXEC on its target, but onto itself it does nothing.
+        // SAFETY: dup2 and fcntl(F_SETFD) on integer descriptors, async-signal-safe.
+        let ret = unsafe {
+            match source == to {
+                true => libc::fcntl(to, libc::F_SETFD, 0),
+                false => libc::dup2(source, to),
             }
+        };
+        if ret == -1 {
+            return Err(errno());
         }
     }
     Ok(())
@@ -412,8 +422,8 @@ fn reset_signals() {
     }
 }
 
-/// The soft limit on open descriptors, capped at 65536: how far
-/// `cloexec_above_stdio` goes on a kernel without close_range(2).
+/// The soft limit on open descriptors, capped at 65536: how far `cloexec_above` goes
+/// on a kernel without close_range(2).
 fn descriptor_limit() -> c_int {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -426,19 +436,19 @@ fn descriptor_limit() -> c_int {
     limit.rlim_cur.min(65536) as c_int
 }
 
-/// In the child: marks every descriptor above 2 close-on-exec, with one
+/// In the child: marks every descriptor above `highest` close-on-exec, with one
 /// close_range(2) (Linux 5.11), or on older kernels one fcntl per descriptor number
 /// below `limit`.
-fn cloexec_above_stdio(limit: c_int) {
+fn cloexec_above(highest: RawFd, limit: c_int) {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC and fcntl(F_SETFD) change only
     // descriptor flags; both are plain, async-signal-safe system calls.
     unsafe {
-        let first: libc::c_uint = 3;
+        let first = (highest + 1) as libc::c_uint;
         let all = libc::c_uint::MAX;
         if libc::syscall(libc::SYS_close_range, first, all, libc::CLOSE_RANGE_CLOEXEC) == 0 {
             return;
         }
-        for fd in 3..limit {
+        for fd in highest + 1..limit {
             libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
         }
     }

@@ -294,6 +294,35 @@ pub fn lock_exclusive(fd: &impl AsRawFd, wait: bool) -> io::Result<bool> {
     }
 }
 
+/// A POSIX write lock (fcntl F_SETLK) on the whole file, besides the flock: the kernel
+/// tells who holds this one (`lock_holder`), as the asker's PID namespace sees it.
+/// It is this process's, not inherited by a fork, kept across execve, and released
+/// when the process closes any descriptor of the file.
+pub fn lock_record(fd: &impl AsRawFd) -> io::Result<()> {
+    let mut lock = whole_file_write_lock();
+    // SAFETY: F_SETLK reads the flock struct, which lives across the call.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLK, &mut lock) }).map(drop)
+}
+
+/// Who holds a POSIX lock on the file that would conflict with a write lock on all
+/// of it (fcntl F_GETLK): its pid as this process's PID namespace sees it, 0 if it is
+/// in a namespace this one cannot see; `None` if no one does.
+pub fn lock_holder(fd: &impl AsRawFd) -> io::Result<Option<super::Pid>> {
+    let mut lock = whole_file_write_lock();
+    // SAFETY: F_GETLK fills in the flock struct, which lives across the call.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETLK, &mut lock) })?;
+    Ok((lock.l_type != libc::F_UNLCK as libc::c_short).then_some(lock.l_pid))
+}
+
+fn whole_file_write_lock() -> libc::flock {
+    // SAFETY: flock is plain data; all zeroes is a valid value, and the fields that
+    // matter are set below.
+    let mut lock: libc::flock = unsafe { mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock
+}
+
 /// Points each of `fds` at /dev/null.
 pub fn redirect_to_dev_null(fds: &[RawFd]) -> io::Result<()> {
     let null = std::fs::OpenOptions::new()

@@ -84,13 +84,6 @@ pub fn setsid() -> io::Result<()> {
     check(unsafe { libc::setsid() }).map(drop)
 }
 
-/// execve(2), in start_server itself (not a forked child): replaces the image, keeping
-/// the pid, the children and every descriptor without FD_CLOEXEC. Returns only on
-/// failure.
-pub fn execve(path: &CStr, argv: &CStrArray, envp: &CStrArray) -> io::Error {
-    io::Error::from_raw_os_error(child::execve(path, argv, envp))
-}
-
 /// execveat(fd, "", ..., AT_EMPTY_PATH): executes the file `fd` was opened on, even if
 /// it has been replaced or deleted since. Returns only on failure.
 pub fn execve_fd(fd: RawFd, argv: &CStrArray, envp: &CStrArray) -> io::Error {
@@ -110,4 +103,19 @@ pub fn fork_into_child(parent: impl FnOnce(Pid)) -> io::Result<()> {
             std::process::exit(0)
         }
     }
+}
+
+/// The path this image was executed by (the execve(2) argument, as the kernel keeps it
+/// in the auxiliary vector: a symbolic link is not resolved), if the kernel has it.
+pub fn exec_path() -> Option<std::ffi::OsString> {
+    // SAFETY: getauxval reads this process's auxiliary vector; it has no preconditions.
+    let at = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const std::os::raw::c_char;
+    if at.is_null() {
+        return None;
+    }
+    // SAFETY: AT_EXECFN points at a NUL-terminated string the kernel placed on the
+    // initial stack, which lives as long as the process.
+    let bytes = unsafe { CStr::from_ptr(at) }.to_bytes();
+    use std::os::unix::ffi::OsStrExt;
+    Some(std::ffi::OsStr::from_bytes(bytes).to_os_string())
 }

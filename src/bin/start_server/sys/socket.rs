@@ -335,7 +335,7 @@ pub fn connect(fd: &OwnedFd, addr: &SockAddr) -> io::Result<()> {
     check(unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr(), addr.len) }).map(drop)
 }
 
-pub fn listen(fd: &OwnedFd, backlog: c_int) -> io::Result<()> {
+pub fn listen(fd: &impl AsRawFd, backlog: c_int) -> io::Result<()> {
     // SAFETY: listen has no memory-safety preconditions.
     check(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
 }

@@ -4,6 +4,10 @@
 //! another program, a non-zero exit, no answer within `TIMEOUT`, a format it does not
 //! read) means no upgrade, and start_server goes on as it was.
 //!
+//! The file is opened once, and that open file is both checked (executed with
+//! execveat) and, once it has passed, executed as the new image: what is at the path
+//! meanwhile does not matter.
+//!
 //! The check runs while the supervisor goes on: the child is watched as any other
 //! (its exit wakes the main loop), with a deadline after which it gets SIGKILL.
 
@@ -12,7 +16,6 @@ use std::fs::File;
 use std::io;
 use std::os::raw::c_int;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -36,11 +39,11 @@ const ANSWER_MAX: usize = 4096;
 /// this one.
 pub fn answer() {
     let formats: Vec<String> = state::READS.iter().map(u32::to_string).collect();
-    println!(
-        "{ANSWER} version={} formats={}",
+    crate::log::print(&format!(
+        "{ANSWER} version={} formats={}\n",
         env!("CARGO_PKG_VERSION"),
         formats.join(",")
-    );
+    ));
 }
 
 /// A check under way.
@@ -50,12 +53,15 @@ pub struct Check {
     /// When it gets SIGKILL.
     pub deadline: Instant,
     pub killed: bool,
-    /// The file checked, as (device, inode): the one to execute, not another put at
-    /// the path since.
-    pub file: Option<(u64, u64)>,
+    /// The file checked, open: the one to execute, not another put at the path since.
+    pub image: Option<OwnedFd>,
     /// Why the binary could not be executed (the child then exits at once).
     exec_error: Option<io::Error>,
 }
+
+/// Where the checked file is in the check: a script's interpreter reads it from there
+/// (/dev/fd/3).
+const IMAGE_FD: c_int = 3;
 
 /// What the new binary said of itself.
 pub struct Answer {
@@ -65,19 +71,23 @@ pub struct Answer {
 impl Check {
     /// Runs `exe --upgrade-check` with start_server's environment, stdin on /dev/null,
     /// stdout into a pipe, stderr into the log, and no other descriptor. An error
-    /// names the call that failed.
-    pub fn spawn(exe: &Path) -> Result<Check, String> {
+    /// names the call that failed. `image` is the file at `exe`, opened once: the
+    /// check runs it, not the path.
+    pub fn spawn(exe: &Path, image: OwnedFd) -> Result<Check, String> {
         let path = CString::new(exe.as_os_str().as_bytes())
             .map_err(|_| "a NUL byte in the path".to_string())?;
-        let argv = CStrArray::new(vec![path.clone(), CString::new(MODE).expect("no NUL")]);
+        let argv = CStrArray::new(vec![path, CString::new(MODE).expect("no NUL")]);
         let env: Vec<_> = std::env::vars_os().collect();
-        let file = identity(exe);
         let null = File::open("/dev/null").map_err(call("open(2) /dev/null"))?;
         let (output, input) = sys::pipe_cloexec().map_err(call("pipe2(2)"))?;
-        let files = [path];
-        let mut child = ChildSpec::new(Program::Files(&files), &argv, &env);
-        child.stdio = [Some(null.as_raw_fd()), Some(input.as_raw_fd()), None];
-        child.only_stdio = true;
+        let fds = [
+            (libc::STDIN_FILENO, null.as_raw_fd()),
+            (libc::STDOUT_FILENO, input.as_raw_fd()),
+            (IMAGE_FD, image.as_raw_fd()),
+        ];
+        let mut child = ChildSpec::new(Program::Fd(IMAGE_FD), &argv, &env);
+        child.fds = &fds;
+        child.only_fds = true;
         child.parent_death_signal = Some(libc::SIGKILL);
         let spawned = sys::spawn(&child).map_err(|e| call(e.call)(e.error))?;
         Ok(Check {
@@ -85,7 +95,7 @@ impl Check {
             output,
             deadline: Instant::now() + TIMEOUT,
             killed: false,
-            file,
+            image: Some(image),
             exec_error: spawned.failed.map(|(_, error)| error),
         })
     }
@@ -120,11 +130,6 @@ impl Check {
         }
         parse(&output)
     }
-}
-
-/// The file at `path`, as (device, inode).
-pub fn identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The answer line: `server_starter upgrade-check version=V formats=1,2`.

@@ -46,7 +46,7 @@ pub fn upgrade(pid_file: &Path) -> Result<(), String> {
     };
     match control::answer(pid, &socket, &file, Some(Instant::now() + WAIT))? {
         Answer::Ok(text) => {
-            println!("start_server (pid {pid}) {text}");
+            crate::log::print(&format!("start_server (pid {pid}) {text}\n"));
             Ok(())
         }
         Answer::Failed(why) => Err(format!("upgrade failed: {why}")),
@@ -99,12 +99,12 @@ fn by_signal(pid: Pid, file: &std::fs::File) -> Result<(), String> {
             Ok(id) if id == new => {
                 let since = *since.get_or_insert(now);
                 if now >= since + SETTLE {
-                    println!(
+                    crate::log::print(&format!(
                         "start_server (pid {pid}) runs {} now (from version {version}; seen \
-                         in {}: it has no control socket to say more)",
+                         in {}: it has no control socket to say more)\n",
                         path.display(),
                         exe.display()
-                    );
+                    ));
                     return Ok(());
                 }
             }
@@ -138,12 +138,13 @@ fn answers_check(exe: &Path) -> Result<String, String> {
     let (output, input) = sys::pipe_cloexec().map_err(fail)?;
     let files = [path];
     let mut child = ChildSpec::new(Program::Files(&files), &argv, &env);
-    child.stdio = [
-        Some(null.as_raw_fd()),
-        Some(input.as_raw_fd()),
-        Some(null.as_raw_fd()),
+    let fds = [
+        (libc::STDIN_FILENO, null.as_raw_fd()),
+        (libc::STDOUT_FILENO, input.as_raw_fd()),
+        (libc::STDERR_FILENO, null.as_raw_fd()),
     ];
-    child.only_stdio = true;
+    child.fds = &fds;
+    child.only_fds = true;
     let spawned = sys::spawn(&child).map_err(|e| fail(e.error))?;
     drop(input);
     let pid = spawned.pid;
