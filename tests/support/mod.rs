@@ -28,6 +28,40 @@ pub fn perl_worker() -> PathBuf {
     common::repo_root().join("tests/workers/http.pl")
 }
 
+/// How long this machine takes, now, to start the Perl test worker up to its first
+/// act (in a failing generation it exits 3 there; otherwise it would take its
+/// sockets and say READY=1): the slowest of three runs. Measured when a test asks,
+/// under whatever load the other tests and processes put on the machine then.
+pub fn worker_start_latency() -> Duration {
+    (0..3)
+        .map(|_| {
+            let begun = Instant::now();
+            let status = Command::new(perl_worker())
+                .env("SERVER_STARTER_GENERATION", "1")
+                .env("FAIL_GENERATIONS", "1")
+                .env_remove("SERVER_STARTER_PORT")
+                .env_remove("NOTIFY_SOCKET")
+                .stdin(Stdio::null())
+                .status()
+                .expect("running the Perl test worker");
+            assert_eq!(status.code(), Some(3), "the Perl test worker: {status}");
+            begun.elapsed()
+        })
+        .max()
+        .unwrap_or_default()
+}
+
+/// A deadline that a healthy Perl test worker meets on this machine now, for
+/// start_server's own deadlines (`--ready-timeout`, the `--interval` a failing
+/// worker must die within, `--watchdog`): twenty times its measured start (the
+/// load comes in bursts: tests start their workers together), two seconds more, in
+/// whole seconds so that start_server's log lines name it plainly. A guess fixed in
+/// a test fails on a busy machine; this grows with the load.
+pub fn worker_deadline() -> Duration {
+    let scaled = worker_start_latency() * 20;
+    Duration::from_secs(scaled.as_secs() + 2)
+}
+
 pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     common::poll_until(what, PATIENCE, f)
 }
