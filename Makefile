@@ -32,6 +32,11 @@ LIBSO   := target/release/libserver_starter.so
 HEADER  := include/server_starter.h
 MAN1    := man/start_server.1
 MAN3    := man/server_starter.3
+# Each function server_starter(3) documents gets a page of its name that points
+# there, so that `man server_starter_notify`, which start_server(1) cites, works.
+MAN3_FUNCS := server_starter_listeners server_starter_find server_starter_parse \
+              server_starter_generation server_starter_notify server_starter_strerror \
+              server_starter_version
 
 SONAME  := libserver_starter.so.$(MAJOR)
 SOFILE  := libserver_starter.so.$(VERSION)
@@ -86,10 +91,12 @@ install: all
 	install -p -m 644 $(HEADER) '$(DESTDIR)$(INCLUDEDIR)/server_starter.h'
 	install -p -m 644 build/server_starter.pc '$(DESTDIR)$(PKGCONFIGDIR)/server_starter.pc'
 	install -p -m 644 $(MAN1) '$(DESTDIR)$(MANDIR)/man1/start_server.1'
-	if [ -f $(MAN3) ]; then \
-	  install -d '$(DESTDIR)$(MANDIR)/man3' && \
-	  install -p -m 644 $(MAN3) '$(DESTDIR)$(MANDIR)/man3/server_starter.3'; \
-	fi
+	install -d '$(DESTDIR)$(MANDIR)/man3'
+	install -p -m 644 $(MAN3) '$(DESTDIR)$(MANDIR)/man3/server_starter.3'
+	for f in $(MAN3_FUNCS); do \
+	  printf '.so man3/server_starter.3\n' > '$(DESTDIR)$(MANDIR)/man3/'$$f.3 && \
+	  chmod 644 '$(DESTDIR)$(MANDIR)/man3/'$$f.3 || exit 1; \
+	done
 
 uninstall:
 	rm -f '$(DESTDIR)$(BINDIR)/start_server' \
@@ -100,7 +107,8 @@ uninstall:
 	      '$(DESTDIR)$(INCLUDEDIR)/server_starter.h' \
 	      '$(DESTDIR)$(PKGCONFIGDIR)/server_starter.pc' \
 	      '$(DESTDIR)$(MANDIR)/man1/start_server.1' \
-	      '$(DESTDIR)$(MANDIR)/man3/server_starter.3'
+	      '$(DESTDIR)$(MANDIR)/man3/server_starter.3' \
+	      $(foreach f,$(MAN3_FUNCS),'$(DESTDIR)$(MANDIR)/man3/$(f).3')
 
 # ---------------------------------------------------------------------------
 # Examples, built the way a user would build them: against an installed

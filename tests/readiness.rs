@@ -128,13 +128,22 @@ fn extend_timeout_usec_moves_the_deadline() {
     let dir = TempDir::new("extend");
     let status = dir.path().join("status");
     // The worker sends EXTEND_TIMEOUT_USEC as soon as it runs, well within the
-    // timeout, then says READY=1 twice the timeout later: in time only if the
-    // extension (four timeouts) counts.
+    // timeout, then says READY=1 a second more than the timeout later: in time only
+    // if the extension (twice that) counts.
     let (timeout, secs) = ready_timeout();
-    let (delay, extend) = ((2 * secs).to_string(), (4 * secs * 1_000_000).to_string());
+    let delay = secs + 1;
+    let extend = (2 * delay * 1_000_000).to_string();
     let (mut server, addr) = start(
         &["--ready=notify", &timeout, &arg("status-file", &status)],
-        &[("EXTEND_USEC", &extend), ("READY_DELAY", &delay)],
+        &[
+            ("EXTEND_USEC", &extend),
+            ("READY_DELAY", &delay.to_string()),
+        ],
+    );
+    common::poll_until(
+        "generation 1 listed, after its delay",
+        common::PATIENCE + Duration::from_secs(delay),
+        || (read_status(&status).len() == 1).then_some(()),
     );
     wait_generation(addr, 1);
     server.wait_status(&status, &[1]);
@@ -258,7 +267,9 @@ fn watchdog_replaces_a_hung_worker() {
     let third = wait_generation(addr, 3);
     // The pinging worker outlives several watchdog periods.
     let since = Instant::now();
-    wait_until("three watchdog periods", || since.elapsed() > period * 3);
+    common::poll_until("three watchdog periods", period * 4, || {
+        (since.elapsed() > period * 3).then_some(())
+    });
     assert_eq!(http_get(addr).unwrap(), (third, 3));
     assert!(!server.has_line(&format!("worker {third} sent no WATCHDOG")));
     assert!(!server.has_line(&format!("worker {first} sent no WATCHDOG")));
@@ -338,11 +349,18 @@ fn restart_gets_a_verdict_in_notify_mode() {
         "{took:?}"
     );
     // The old generation serves on: generation 5 was never listed (though it may
-    // have answered a request before its TERM: it accepts, it is just never ready).
+    // have answered a request before its TERM: it accepts, it is just never ready),
+    // until the next try, generation 6, takes over (an --interval after the last
+    // try: on a busy machine, that may be before this test looks).
     let serving = read_status(&status);
-    assert_eq!(serving.len(), 1, "{serving:?}");
-    assert_eq!(serving[0].0, 4);
-    assert!(pid_alive(serving[0].1));
+    let generations: Vec<u64> = serving.iter().map(|e| e.0).collect();
+    assert!(
+        !generations.is_empty() && generations.iter().all(|&g| g == 4 || g == 6),
+        "{serving:?}"
+    );
+    if generations == [4] {
+        assert!(pid_alive(serving[0].1));
+    }
     server.stop();
 }
 
