@@ -198,7 +198,7 @@ fn sources(dir: &Path, into: &mut String) {
     }
 }
 
-/// A variable of /proc/PID/environ.
+/// The variables of /proc/PID/environ.
 fn environ(pid: i32) -> Vec<(String, String)> {
     let bytes = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     bytes
