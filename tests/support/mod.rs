@@ -58,8 +58,10 @@ pub fn worker_start_latency() -> Duration {
 /// whole seconds so that start_server's log lines name it plainly. A guess fixed in
 /// a test fails on a busy machine; this grows with the load.
 pub fn worker_deadline() -> Duration {
-    let scaled = worker_start_latency() * 20;
-    Duration::from_secs(scaled.as_secs() + 2)
+    let latency = worker_start_latency();
+    let deadline = Duration::from_secs((latency * 20).as_secs() + 2);
+    eprintln!("the Perl test worker starts in {latency:?} now: deadline {deadline:?}");
+    deadline
 }
 
 pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
