@@ -28,27 +28,37 @@ pub fn perl_worker() -> PathBuf {
     common::repo_root().join("tests/workers/http.pl")
 }
 
-/// How long this machine takes, now, to start the Perl test worker up to its first
-/// act (in a failing generation it exits 3 there; otherwise it would take its
-/// sockets and say READY=1): the slowest of three runs. Measured when a test asks,
-/// under whatever load the other tests and processes put on the machine then.
-pub fn worker_start_latency() -> Duration {
+/// How long `command` takes to run on this machine now, from spawn to exit: the
+/// slowest of three runs, under whatever load the other tests and processes put on
+/// the machine then. It must exit with `code`.
+pub fn run_latency(mut command: impl FnMut() -> Command, code: i32) -> Duration {
     (0..3)
         .map(|_| {
+            let mut cmd = command();
             let begun = Instant::now();
-            let status = Command::new(perl_worker())
-                .env("SERVER_STARTER_GENERATION", "1")
-                .env("FAIL_GENERATIONS", "1")
-                .env_remove("SERVER_STARTER_PORT")
-                .env_remove("NOTIFY_SOCKET")
-                .stdin(Stdio::null())
-                .status()
-                .expect("running the Perl test worker");
-            assert_eq!(status.code(), Some(3), "the Perl test worker: {status}");
+            let status = cmd.stdin(Stdio::null()).status().expect("running a probe");
+            assert_eq!(status.code(), Some(code), "{cmd:?}: {status}");
             begun.elapsed()
         })
         .max()
         .unwrap_or_default()
+}
+
+/// How long this machine takes, now, to start the Perl test worker up to its first
+/// act (in a failing generation it exits 3 there; otherwise it would take its
+/// sockets and say READY=1).
+pub fn worker_start_latency() -> Duration {
+    run_latency(
+        || {
+            let mut cmd = Command::new(perl_worker());
+            cmd.env("SERVER_STARTER_GENERATION", "1")
+                .env("FAIL_GENERATIONS", "1")
+                .env_remove("SERVER_STARTER_PORT")
+                .env_remove("NOTIFY_SOCKET");
+            cmd
+        },
+        3,
+    )
 }
 
 /// A deadline that a healthy Perl test worker meets on this machine now, for
