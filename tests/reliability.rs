@@ -364,17 +364,10 @@ fn twenty_restarts_under_load_drop_no_request_unix() {
 
 /// Waits until start_server is at rest: one worker in the status file, that worker its
 /// only child, no zombie, and no spawn for a while. Returns (generation, pid).
-/// A worker that fails at once, as a command to measure.
-fn exits_3() -> std::process::Command {
-    let mut sh = std::process::Command::new("sh");
-    sh.args(["-c", "exit 3"]);
-    sh
-}
-
 fn settled(server: &Server, status: &Path) -> (u64, i32) {
     // Quiet for long enough that a spawn still to come would have been logged: a
     // spawn's cost on this machine now, measured, with room for a busy moment.
-    let quiet = Duration::from_millis(600).max(run_latency(exits_3, 3) * 20);
+    let quiet = Duration::from_millis(600).max(failing_worker_latency(3) * 20);
     let mut quiet_since = (server.count_lines("starting new worker"), Instant::now());
     wait_for("start_server to settle with one worker", || {
         let spawns = server.count_lines("starting new worker");
@@ -501,7 +494,7 @@ fn crash_loop_is_paced_by_the_interval_and_costs_no_cpu() {
     // Never faster than the interval; and not much slower than the interval plus
     // what a spawn of this worker costs on this machine now (measured, with slack
     // for the bursts of a busy machine).
-    let cycle = Duration::from_millis(200) + run_latency(exits_3, 3) * 4;
+    let cycle = Duration::from_millis(200) + failing_worker_latency(3) * 4;
     let at_least = ((window.as_secs_f64() / cycle.as_secs_f64()) as usize / 2).max(2);
     // Spawns 0.2 s apart at the least; one more for a log line written late.
     let at_most = (window.as_secs_f64() / 0.2) as usize + 2;

@@ -44,6 +44,19 @@ pub fn run_latency(mut command: impl FnMut() -> Command, code: i32) -> Duration 
         .unwrap_or_default()
 }
 
+/// How long a worker that fails at once (`sh -c 'exit CODE'`) takes to run on this
+/// machine now.
+pub fn failing_worker_latency(code: i32) -> Duration {
+    run_latency(
+        || {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &format!("exit {code}")]);
+            sh
+        },
+        code,
+    )
+}
+
 /// How long this machine takes, now, to start the Perl test worker up to its first
 /// act (in a failing generation it exits 3 there; otherwise it would take its
 /// sockets and say READY=1).
