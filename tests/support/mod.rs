@@ -79,10 +79,11 @@ pub fn worker_start_latency() -> Duration {
 /// worker must die within, `--watchdog`): twenty times its measured start (the
 /// load comes in bursts: tests start their workers together), two seconds more, in
 /// whole seconds so that start_server's log lines name it plainly. A guess fixed in
-/// a test fails on a busy machine; this grows with the load.
+/// a test fails on a busy machine; this grows with the load, up to a third of
+/// PATIENCE, so that a wait that includes it is not taken for a hang.
 pub fn worker_deadline() -> Duration {
     let latency = worker_start_latency();
-    let deadline = Duration::from_secs((latency * 20).as_secs() + 2);
+    let deadline = Duration::from_secs((latency * 20).as_secs() + 2).min(PATIENCE / 3);
     eprintln!("the Perl test worker starts in {latency:?} now: deadline {deadline:?}");
     deadline
 }
