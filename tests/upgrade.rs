@@ -122,7 +122,7 @@ impl Deployed {
         let new = self.exe.with_extension("new");
         fs::write(&new, contents).unwrap();
         fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
-        fs::rename(&new, &self.exe).unwrap();
+        install(&new, &self.exe);
     }
 
     /// `start_server --upgrade`, run from the build (not from the path under test).
@@ -179,7 +179,16 @@ impl Deployed {
 
 fn install(from: &Path, to: &Path) {
     let tmp = to.with_extension("tmp");
-    fs::copy(from, &tmp).unwrap();
+    // Copied by cp, not in this process: a child that another test thread forks
+    // meanwhile would inherit a descriptor open for writing on it until its exec,
+    // and start_server's check of the new binary could then fail with ETXTBSY.
+    let status = Command::new("cp").arg(from).arg(&tmp).status().unwrap();
+    assert!(
+        status.success(),
+        "cp {} {}: {status}",
+        from.display(),
+        tmp.display()
+    );
     fs::rename(&tmp, to).unwrap();
 }
 
