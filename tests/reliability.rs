@@ -446,7 +446,11 @@ fn hup_storm_settles_on_one_worker_and_leaks_nothing() {
         kids.iter().all(|&(_, state)| state != 'Z'),
         "zombies: {kids:?}"
     );
-    assert_eq!(fds_after, fds_before, "descriptors of start_server");
+    // No growth: the baseline may hold a descriptor of a spawn still under way.
+    assert!(
+        fds_after <= fds_before,
+        "descriptors of start_server: {fds_before} -> {fds_after}"
+    );
     assert!(
         rss_after <= rss_before + 64,
         "VmRSS grew from {rss_before} KiB to {rss_after} KiB"
