@@ -35,6 +35,11 @@ HEADER  := include/server_starter.h
 # Every page under man/, by section.
 MAN1    := $(wildcard man/*.1)
 MAN3    := $(wildcard man/*.3)
+# Each function server_starter(3) documents gets a page of its name that points
+# there, so that `man server_starter_notify`, which start_server(1) cites, works.
+MAN3_FUNCS := server_starter_listeners server_starter_find server_starter_parse \
+              server_starter_generation server_starter_notify server_starter_strerror \
+              server_starter_version
 
 SONAME  := libserver_starter.so.$(MAJOR)
 SOFILE  := libserver_starter.so.$(VERSION)
@@ -99,6 +104,10 @@ install:
 	  install -d '$(DESTDIR)$(MANDIR)/man3' && \
 	  install -p -m 644 $(MAN3) '$(DESTDIR)$(MANDIR)/man3/'; \
 	fi
+	for f in $(MAN3_FUNCS); do \
+	  printf '.so man3/server_starter.3\n' > '$(DESTDIR)$(MANDIR)/man3/'$$f.3 && \
+	  chmod 644 '$(DESTDIR)$(MANDIR)/man3/'$$f.3 || exit 1; \
+	done
 	@# The dynamic linker finds a new library only once its cache is rebuilt.
 	@if [ -z '$(DESTDIR)' ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo ldconfig; ldconfig; \
@@ -115,7 +124,8 @@ uninstall:
 	      '$(DESTDIR)$(PKGCONFIGDIR)/server_starter.pc' \
 	      '$(DESTDIR)$(PKGCONFIGDIR)/server_starter-static.pc' \
 	      $(foreach p,$(MAN1),'$(DESTDIR)$(MANDIR)/man1/$(notdir $(p))') \
-	      $(foreach p,$(MAN3),'$(DESTDIR)$(MANDIR)/man3/$(notdir $(p))')
+	      $(foreach p,$(MAN3),'$(DESTDIR)$(MANDIR)/man3/$(notdir $(p))') \
+	      $(foreach f,$(MAN3_FUNCS),'$(DESTDIR)$(MANDIR)/man3/$(f).3')
 
 # ---------------------------------------------------------------------------
 # Examples, built the way a user would build them: against an installed

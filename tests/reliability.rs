@@ -365,6 +365,9 @@ fn twenty_restarts_under_load_drop_no_request_unix() {
 /// Waits until start_server is at rest: one worker in the status file, that worker its
 /// only child, no zombie, and no spawn for a while. Returns (generation, pid).
 fn settled(server: &Server, status: &Path) -> (u64, i32) {
+    // Quiet for long enough that a spawn still to come would have been logged: a
+    // spawn's cost on this machine now, measured, with room for a busy moment.
+    let quiet = Duration::from_millis(600).max(failing_worker_latency(3) * 20);
     let mut quiet_since = (server.count_lines("starting new worker"), Instant::now());
     wait_for("start_server to settle with one worker", || {
         let spawns = server.count_lines("starting new worker");
@@ -378,7 +381,7 @@ fn settled(server: &Server, status: &Path) -> (u64, i32) {
             && kids.len() == 1
             && kids[0].0 == entries[0].1
             && kids[0].1 != 'Z'
-            && quiet_since.1.elapsed() > Duration::from_millis(600);
+            && quiet_since.1.elapsed() > quiet;
         settled.then(|| entries[0])
     })
 }
@@ -418,6 +421,8 @@ fn hup_storm_settles_on_one_worker_and_leaks_nothing() {
         thread::sleep(Duration::from_millis(4));
     }
     let storm_took = storm.elapsed();
+    // Some restart comes of it, however late start_server gets to read the storm.
+    server.wait_nth_line("starting new worker", spawns_before + 1);
     let (generation, worker) = settled(&server, &status);
     let (fds_after, rss_after) = (fd_count(pid), vm_rss_kib(pid));
     let spawns = server.count_lines("starting new worker") - spawns_before;
@@ -441,7 +446,11 @@ fn hup_storm_settles_on_one_worker_and_leaks_nothing() {
         kids.iter().all(|&(_, state)| state != 'Z'),
         "zombies: {kids:?}"
     );
-    assert_eq!(fds_after, fds_before, "descriptors of start_server");
+    // No growth: the baseline may hold a descriptor of a spawn still under way.
+    assert!(
+        fds_after <= fds_before,
+        "descriptors of start_server: {fds_before} -> {fds_after}"
+    );
     assert!(
         rss_after <= rss_before + 64,
         "VmRSS grew from {rss_before} KiB to {rss_after} KiB"
@@ -486,7 +495,17 @@ fn crash_loop_is_paced_by_the_interval_and_costs_no_cpu() {
         "crash loop: {spawns} spawns in {window:?} at --interval=0.2 (expected ~{:.0}); start_server CPU {cpu:.3} s (total {cpu_after:.3} s)",
         window.as_secs_f64() / 0.2
     );
-    assert!((6..=14).contains(&spawns), "{spawns} spawns in {window:?}");
+    // Never faster than the interval; and not much slower than the interval plus
+    // what a spawn of this worker costs on this machine now (measured, with slack
+    // for the bursts of a busy machine).
+    let cycle = Duration::from_millis(200) + failing_worker_latency(3) * 4;
+    let at_least = ((window.as_secs_f64() / cycle.as_secs_f64()) as usize / 2).max(2);
+    // Spawns 0.2 s apart at the least; one more for a log line written late.
+    let at_most = (window.as_secs_f64() / 0.2) as usize + 2;
+    assert!(
+        (at_least..=at_most).contains(&spawns),
+        "{spawns} spawns in {window:?}, not {at_least} to {at_most} (a cycle of {cycle:?} at most)"
+    );
     assert!(cpu < 0.2, "start_server used {cpu} s of CPU in {window:?}");
     assert!(
         server.count_lines("seems to have failed to start, exit status:768") >= spawns_after - 1

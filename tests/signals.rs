@@ -268,31 +268,56 @@ fn spawn_times(server: &Server, n: usize) -> Vec<Instant> {
     times
 }
 
+/// The `--interval` of the backoff tests, in tenths of a second: one that a worker
+/// failing at once surely dies within on this machine now (twenty times what it
+/// takes, measured), so that it is a failed start and not a started worker that
+/// died; 0.1 s at least.
+fn failing_interval_tenths() -> u64 {
+    let tenths = ((failing_worker_latency(1) * 20).as_millis() as u64)
+        .div_ceil(100)
+        .max(1);
+    eprintln!("a worker failing at once: --interval={}", secs(tenths));
+    tenths
+}
+
+/// Tenths of a second as start_server writes seconds.
+fn secs(tenths: u64) -> String {
+    (tenths as f64 / 10.0).to_string()
+}
+
 #[test]
 fn backoff_doubles_the_pause_up_to_its_maximum() {
-    let mut server = Server::start(&["--interval=0.1", "--backoff=0.8", "--", "false"]);
+    // 0.1, 0.2, 0.4, 0.8, 0.8 on an idle machine.
+    let base = failing_interval_tenths();
+    let mut server = Server::start(&[
+        &format!("--interval={}", secs(base)),
+        &format!("--backoff={}", secs(8 * base)),
+        "--",
+        "false",
+    ]);
     let times = spawn_times(&server, 6);
     let gaps: Vec<f64> = times
         .windows(2)
         .map(|w| (w[1] - w[0]).as_secs_f64())
         .collect();
-    eprintln!(
-        "--interval=0.1 --backoff=0.8: pauses between tries {gaps:.3?} s (0.1, 0.2, 0.4, 0.8, 0.8)"
-    );
-    let expected = [0.1, 0.2, 0.4, 0.8, 0.8];
+    let expected = [1, 2, 4, 8, 8].map(|n| (n * base) as f64 / 10.0);
+    eprintln!("pauses between tries {gaps:.3?} s ({expected:?})");
+    // The pause is a timer, never early, but a line seen late on a busy machine
+    // shortens the gap after it; late by at most a busy moment: as long as the
+    // base pause, which grows with the load, and 0.45 s more.
+    let late = 0.45 + base as f64 / 10.0;
     for (gap, expected) in gaps.iter().zip(expected) {
-        // The pause is a timer, never early, but a line seen late on a busy machine
-        // shortens the gap after it; late by at most a busy machine's delay.
-        assert!(*gap > expected * 0.6 && *gap < expected + 0.45, "{gaps:?}");
+        assert!(*gap > expected * 0.6 && *gap < expected + late, "{gaps:?}");
     }
     assert!(
         gaps[0] < gaps[1] && gaps[1] < gaps[2] && gaps[2] < gaps[3],
         "{gaps:?}"
     );
-    for (n, secs) in [(2, "0.2"), (3, "0.4"), (4, "0.8"), (5, "0.8")] {
+    for (n, times) in [(2, 2), (3, 4), (4, 8), (5, 8)] {
         assert!(
             server.has_line(&format!(
-                "failed starts in a row: {n}; trying again in {secs} secs"
+                "failed starts in a row: {n}; trying again in {} secs",
+                secs(times * base)
             )),
             "{:?}",
             server.lines()
@@ -301,28 +326,24 @@ fn backoff_doubles_the_pause_up_to_its_maximum() {
     server.stop();
 }
 
-/// A worker that fails (exit 1) as many times as $FAILS says, then serves (sleeps).
-const FAIL_THEN_RUN: &str = r#"n=$(cat "$FAILS"); if [ "$n" -gt 0 ]; then echo $((n - 1)) > "$FAILS"; exit 1; fi; exec sleep 600"#;
+/// A worker that fails (exit 1) as many times as $FAILS says, then serves (sleeps),
+/// saying READY=1 first when it has a NOTIFY_SOCKET.
+const FAIL_THEN_RUN: &str = r#"n=$(cat "$FAILS"); if [ "$n" -gt 0 ]; then echo $((n - 1)) > "$FAILS"; exit 1; fi; if [ -n "$NOTIFY_SOCKET" ]; then systemd-notify --ready; fi; exec sleep 600"#;
 
 /// Three failed starts, a generation that starts, then, once it dies, failures again:
-/// the count, and so the pause, starts over from the first.
-fn backoff_starts_over(interval: &str, pauses: [&str; 3]) {
+/// the count, and so the pause, starts over from the first. `options` make the
+/// failures sure; `pauses` in tenths of a second (the first is logged only when it is
+/// not the interval).
+fn backoff_starts_over(options: &[&str], pauses: [u64; 3], first_logged: bool) {
     let dir = TempDir::new("backoff");
     let fails = dir.path().join("fails");
     let status = dir.path().join("status");
     std::fs::write(&fails, "3").unwrap();
-    let mut server = Server::start_with(
-        &[
-            interval,
-            "--backoff=0.8",
-            &format!("--status-file={}", status.display()),
-            "--",
-            "sh",
-            "-c",
-            FAIL_THEN_RUN,
-        ],
-        &[("FAILS", fails.to_str().unwrap())],
-    );
+    let backoff = format!("--backoff={}", secs(pauses[2] * 2));
+    let status_file = format!("--status-file={}", status.display());
+    let mut args = options.to_vec();
+    args.extend([&*backoff, &*status_file, "--", "sh", "-c", FAIL_THEN_RUN]);
+    let mut server = Server::start_with(&args, &[("FAILS", fails.to_str().unwrap())]);
     let worker = server.wait_status(&status, &[4])[0].1;
     // A start counts once the worker has outlived a retry pause (0.1 s at least).
     thread::sleep(Duration::from_millis(300));
@@ -332,9 +353,12 @@ fn backoff_starts_over(interval: &str, pauses: [&str; 3]) {
     server.wait_line(&format!("worker {worker} died unexpectedly with status:9"));
     let worker = server.wait_status(&status, &[8])[0].1;
     let lines = server.lines();
-    for (n, secs) in (1..=3).zip(pauses) {
-        let line = format!("failed starts in a row: {n}; trying again in {secs} secs");
-        if secs != "0.1" || interval == "--interval=0" {
+    for (n, pause) in (1..=3).zip(pauses) {
+        let line = format!(
+            "failed starts in a row: {n}; trying again in {} secs",
+            secs(pause)
+        );
+        if n > 1 || first_logged {
             assert_eq!(
                 lines.iter().filter(|l| **l == line).count(),
                 2,
@@ -354,14 +378,17 @@ fn backoff_starts_over(interval: &str, pauses: [&str; 3]) {
 
 #[test]
 fn backoff_starts_over_once_a_generation_starts() {
-    backoff_starts_over("--interval=0.1", ["0.1", "0.2", "0.4"]);
+    let base = failing_interval_tenths();
+    let interval = format!("--interval={}", secs(base));
+    backoff_starts_over(&[&interval], [base, 2 * base, 4 * base], false);
 }
 
 #[test]
 fn backoff_grows_and_starts_over_at_interval_0() {
-    // At --interval=0 a worker counts as started at once; one that dies within the
-    // retry pause is a failed start all the same, and the pause grows.
-    backoff_starts_over("--interval=0", ["0.1", "0.2", "0.4"]);
+    // At --interval=0 the pause grows from the retry floor, 0.1 s. A worker that
+    // fails is one that exits before its READY=1: for sure, however slow the machine
+    // (in interval mode, it would have to die within the floor).
+    backoff_starts_over(&["--interval=0", "--ready=notify"], [1, 2, 4], true);
 }
 
 // ------------------------------------------------------------------ daemonizing

@@ -130,7 +130,7 @@ impl Deployed {
         std::io::Write::write_all(&mut cat.stdin.take().unwrap(), contents).unwrap();
         assert!(cat.wait().unwrap().success());
         fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
-        fs::rename(&new, &self.exe).unwrap();
+        install(&new, &self.exe);
     }
 
     /// `start_server --upgrade`, run from the build (not from the path under test).

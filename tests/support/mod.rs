@@ -28,6 +28,66 @@ pub fn perl_worker() -> PathBuf {
     common::repo_root().join("tests/workers/http.pl")
 }
 
+/// How long `command` takes to run on this machine now, from spawn to exit: the
+/// slowest of three runs, under whatever load the other tests and processes put on
+/// the machine then. It must exit with `code`.
+pub fn run_latency(mut command: impl FnMut() -> Command, code: i32) -> Duration {
+    (0..3)
+        .map(|_| {
+            let mut cmd = command();
+            let begun = Instant::now();
+            let status = cmd.stdin(Stdio::null()).status().expect("running a probe");
+            assert_eq!(status.code(), Some(code), "{cmd:?}: {status}");
+            begun.elapsed()
+        })
+        .max()
+        .unwrap_or_default()
+}
+
+/// How long a worker that fails at once (`sh -c 'exit CODE'`) takes to run on this
+/// machine now.
+pub fn failing_worker_latency(code: i32) -> Duration {
+    run_latency(
+        || {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &format!("exit {code}")]);
+            sh
+        },
+        code,
+    )
+}
+
+/// How long this machine takes, now, to start the Perl test worker up to its first
+/// act (in a failing generation it exits 3 there; otherwise it would take its
+/// sockets and say READY=1).
+pub fn worker_start_latency() -> Duration {
+    run_latency(
+        || {
+            let mut cmd = Command::new(perl_worker());
+            cmd.env("SERVER_STARTER_GENERATION", "1")
+                .env("FAIL_GENERATIONS", "1")
+                .env_remove("SERVER_STARTER_PORT")
+                .env_remove("NOTIFY_SOCKET");
+            cmd
+        },
+        3,
+    )
+}
+
+/// A deadline that a healthy Perl test worker meets on this machine now, for
+/// start_server's own deadlines (`--ready-timeout`, the `--interval` a failing
+/// worker must die within, `--watchdog`): twenty times its measured start (the
+/// load comes in bursts: tests start their workers together), two seconds more, in
+/// whole seconds so that start_server's log lines name it plainly. A guess fixed in
+/// a test fails on a busy machine; this grows with the load, up to a third of
+/// PATIENCE, so that a wait that includes it is not taken for a hang.
+pub fn worker_deadline() -> Duration {
+    let latency = worker_start_latency();
+    let deadline = Duration::from_secs((latency * 20).as_secs() + 2).min(PATIENCE / 3);
+    eprintln!("the Perl test worker starts in {latency:?} now: deadline {deadline:?}");
+    deadline
+}
+
 pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     common::poll_until(what, PATIENCE, f)
 }
