@@ -113,8 +113,8 @@ fn the_options_of_help_are_those_of_the_page() {
     );
 }
 
-/// Options of other programs that the page's examples use (gunicorn's).
-const NOT_OURS: [&str; 2] = ["bind", "chdir"];
+/// Options of other programs that the page names (gunicorn's, systemd-notify's).
+const NOT_OURS: [&str; 3] = ["bind", "chdir", "no-block"];
 
 #[test]
 fn every_option_the_page_names_is_taken_by_the_binary() {
@@ -423,7 +423,7 @@ fn the_exit_statuses_are_those_of_the_page() {
         (&["--interval=soon", "--", "true"], 1),
         (&["--signal-on-hup=NOSUCHSIG", "--", "true"], 255),
         (&[&format!("--port=127.0.0.1:{port}"), "--", "true"], 255),
-        (&["--stop", &format!("--pid-file={missing}")], 255),
+        (&["--stop", &format!("--pid-file={missing}")], 3),
         (&["--upgrade", &format!("--pid-file={missing}")], 255),
         (&["--port=127.0.0.1:99999", "--", "true"], 255),
     ];
