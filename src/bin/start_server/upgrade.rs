@@ -6,13 +6,15 @@
 //!
 //! 1. `check`: the new binary is run once as `PATH --upgrade-check`, and must say its
 //!    version and that it reads this version's state format. If not, no upgrade.
-//! 2. `supervisor::upgrade`: the state (`state`'s format) is written to a memfd, and
+//! 2. the supervisor's executor: the state (`state`'s format: this module's records of
+//!    what `main` set up, then `supervisor::record`'s) is written to a memfd, and
 //!    `exec` executes the new binary with the same command line and
 //!    `SERVER_STARTER_UPGRADE_STATE=STATE_FD,IMAGE_FD` (the memfd, and the previous
 //!    image opened read-only, for the way back).
 //! 3. `resume`, in the new image, first thing: the variable leaves the environment (no
-//!    worker ever sees it), the state is read and checked whole, then taken over; the
-//!    supervisor goes on where the previous image left off. A new image that cannot
+//!    worker ever sees it), the state is read and checked whole, then taken over, and
+//!    `main` enters the same loop as at a fresh start, where the previous image left
+//!    off. A new image that cannot
 //!    read the state executes the previous image again (`exec::back`), with the same
 //!    state and `SERVER_STARTER_UPGRADE_REFUSED=why`: the workers are never left
 //!    without a supervisor.
@@ -35,7 +37,6 @@ use crate::log_file::LogFile;
 use crate::log_pipe::{self, LogPipe};
 use crate::pid_file::PidFile;
 use crate::signals::{self, Events};
-use crate::supervisor::{Saved, Supervisor};
 use crate::sys;
 use state::{Field, Reader, Writer};
 
@@ -54,40 +55,28 @@ pub const TEST_REFUSE_VAR: &str = "SERVER_STARTER_UPGRADE_TEST_REFUSE";
 /// A larger state is not one start_server wrote.
 const STATE_MAX: usize = 64 << 20;
 
-/// What an upgrade hands over besides the supervisor's own state: the path of the
-/// binary to execute and what `main` set up.
+/// What an upgrade hands over besides the supervisor's own state: what `main` set up.
 pub struct Context<'a> {
-    /// The binary start_server was started from, resolved when it started; `None` if
-    /// /proc/self/exe could not be read.
-    pub exe: Option<PathBuf>,
     pub listeners: &'a Listeners,
     pub pid_file: Option<&'a PidFile>,
 }
 
-impl<'a> Context<'a> {
-    pub fn new(listeners: &'a Listeners, pid_file: Option<&'a PidFile>) -> Context<'a> {
-        let exe = std::fs::read_link("/proc/self/exe").ok().map(|path| {
-            // Replaced at its path since it was executed: the path is still where the
-            // next binary will be.
-            let bytes = path.into_os_string().into_vec();
-            let bytes = bytes.strip_suffix(b" (deleted)").unwrap_or(&bytes);
-            PathBuf::from(OsString::from_vec(bytes.to_vec()))
-        });
-        Context {
-            exe,
-            listeners,
-            pid_file,
-        }
-    }
+/// The binary start_server was started from, resolved when it started; `None` if
+/// /proc/self/exe could not be read.
+pub fn own_exe() -> Option<PathBuf> {
+    std::fs::read_link("/proc/self/exe").ok().map(|path| {
+        // Replaced at its path since it was executed: the path is still where the next
+        // binary will be.
+        let bytes = path.into_os_string().into_vec();
+        let bytes = bytes.strip_suffix(b" (deleted)").unwrap_or(&bytes);
+        PathBuf::from(OsString::from_vec(bytes.to_vec()))
+    })
 }
 
-/// The records of what `main` set up: the version that writes them, the path, the
-/// sockets, the pid file, the log.
+/// The records of what `main` set up: the version that writes them, the sockets, the
+/// pid file, the log.
 pub fn save(w: &mut Writer, context: &Context, log_file: Option<&LogFile>) {
     w.put("version", &[Field::text(VERSION)]);
-    if let Some(exe) = &context.exe {
-        w.put("exe", &[Field::bytes(exe.as_os_str().as_bytes())]);
-    }
     for listener in context.listeners.iter() {
         let mut fields = vec![
             Field::text(&listener.name),
@@ -166,9 +155,30 @@ fn take_var(key: &str) -> Option<String> {
     Some(value.to_string_lossy().into_owned())
 }
 
-/// The new image: takes the state over and supervises on, as `main::start` would
-/// after its set-up; or, unable to, goes back to the previous image.
-pub fn resume(handed: OsString) -> Result<(), String> {
+/// What `main` set up, taken over from the previous image, and the rest of the state
+/// (the supervisor's), read by the caller's `read`.
+pub struct Resumed<T> {
+    /// The version that wrote the state.
+    pub from: String,
+    pub listeners: Listeners,
+    pub pid_file: Option<PidFile>,
+    pub log_file: Option<LogFile>,
+    pub rest: T,
+    pub events: Events,
+    /// Set when this is the previous image, back after the new one refused the state:
+    /// why.
+    pub refused: Option<String>,
+}
+
+/// The new image: reads the state whole (`read` the supervisor's part, which names
+/// `descriptors`), checks it, then takes over what `main` set up; or, unable to, goes
+/// back to the previous image. The caller then supervises, as `main` does after its
+/// set-up.
+pub fn resume<T>(
+    handed: OsString,
+    read: impl FnOnce(&mut Reader) -> Result<T, String>,
+    descriptors: impl FnOnce(&T) -> Vec<(RawFd, &'static str)>,
+) -> Result<Resumed<T>, String> {
     let refused = take_var(REFUSED_VAR);
     let test_refuse = take_var(TEST_REFUSE_VAR).is_some_and(|v| !v.is_empty());
     let handed = handed.to_string_lossy().into_owned();
@@ -186,11 +196,11 @@ pub fn resume(handed: OsString) -> Result<(), String> {
     }
     let plan = match test_refuse {
         true => Err(format!("{TEST_REFUSE_VAR} is set (a test hook)")),
-        false => Plan::read(state_fd, image_fd),
+        false => Plan::read(state_fd, image_fd, read, descriptors),
     };
     match plan {
-        Ok(plan) => plan.run(state_fd, image_fd, refused),
-        Err(why) => go_back(image_fd, &handed, &why, refused),
+        Ok(plan) => plan.take_over(state_fd, image_fd, refused),
+        Err(why) => Err(go_back(image_fd, &handed, &why, refused)),
     }
 }
 
@@ -198,31 +208,30 @@ pub fn resume(handed: OsString) -> Result<(), String> {
 /// If this is that previous image already (`refused` says why the new one gave up),
 /// there is nothing to go back to: start_server exits, and the kernel sends each worker
 /// its parent-death signal (`--signal-on-term`), so that none is left unsupervised.
-fn go_back(image: RawFd, handed: &str, why: &str, refused: Option<String>) -> Result<(), String> {
+fn go_back(image: RawFd, handed: &str, why: &str, refused: Option<String>) -> String {
     if let Some(first) = refused {
-        return Err(format!(
+        return format!(
             "cannot restore the state handed back after a failed upgrade ({first}): {why}; \
              exiting (the workers get their parent-death signal)"
-        ));
+        );
     }
     log!("start_server {VERSION} cannot restore the state it was handed: {why}; going back to the previous image");
     let why = format!("the new image ({VERSION}) could not restore the state: {why}");
     let e = exec::back(image, handed, &why);
-    Err(format!(
+    format!(
         "cannot go back to the previous image: {e}; exiting (the workers get their \
          parent-death signal)"
-    ))
+    )
 }
 
 /// A state read and checked whole, its descriptors not yet taken over: until then,
 /// going back to the previous image leaves everything as it was handed.
-struct Plan {
+struct Plan<T> {
     from: String,
-    exe: Option<PathBuf>,
     listeners: Vec<Listener>,
     pid_file: Option<(RawFd, PathBuf, bool)>,
     log_file: Option<Log>,
-    saved: Saved,
+    rest: T,
     events: Events,
 }
 
@@ -231,16 +240,17 @@ enum Log {
     Pipe(String, log_pipe::Handover),
 }
 
-impl Plan {
-    fn read(state_fd: RawFd, image_fd: RawFd) -> Result<Plan, String> {
+impl<T> Plan<T> {
+    fn read(
+        state_fd: RawFd,
+        image_fd: RawFd,
+        read: impl FnOnce(&mut Reader) -> Result<T, String>,
+        descriptors: impl FnOnce(&T) -> Vec<(RawFd, &'static str)>,
+    ) -> Result<Plan<T>, String> {
         let bytes = sys::read_whole(state_fd, STATE_MAX)
             .map_err(|e| format!("cannot read the state (descriptor {state_fd}): {e}"))?;
         let mut r = Reader::parse(&bytes)?;
         let from = r.one("version")?.expect(1)?.text(0)?;
-        let exe = match r.maybe("exe")? {
-            Some(f) => Some(PathBuf::from(OsString::from_vec(f.expect(1)?.bytes(0)?))),
-            None => None,
-        };
         let mut listeners = Vec::new();
         for f in r.all("listener") {
             let f = f.expect(7)?;
@@ -296,7 +306,7 @@ impl Plan {
             (None, None, None) => None,
             _ => return Err("the log records of the state do not go together".into()),
         };
-        let saved = Saved::read(&mut r)?;
+        let rest = read(&mut r)?;
         r.finish()?;
 
         let socket = Some(libc::S_IFSOCK);
@@ -321,8 +331,7 @@ impl Plan {
         };
         fds.extend(log_fds.into_iter().map(|fd| (fd, "the log", None)));
         fds.extend(
-            saved
-                .descriptors()
+            descriptors(&rest)
                 .into_iter()
                 .map(|(fd, what)| (fd, what, socket)),
         );
@@ -339,18 +348,22 @@ impl Plan {
         let events = Events::new().map_err(|e| format!("failed to create a signalfd: {e}"))?;
         Ok(Plan {
             from,
-            exe,
             listeners,
             pid_file,
             log_file,
-            saved,
+            rest,
             events,
         })
     }
 
     /// Takes the descriptors over (close-on-exec again, as the previous image had
-    /// them), then supervises.
-    fn run(self, state_fd: RawFd, image_fd: RawFd, refused: Option<String>) -> Result<(), String> {
+    /// them).
+    fn take_over(
+        self,
+        state_fd: RawFd,
+        image_fd: RawFd,
+        refused: Option<String>,
+    ) -> Result<Resumed<T>, String> {
         let fail = |e: std::io::Error| format!("taking the state over failed: {e}");
         // Read: no longer needed, nor the way back.
         drop(sys::adopt_fd(state_fd));
@@ -364,7 +377,7 @@ impl Plan {
             )),
             None => None,
         };
-        let mut log_file = match self.log_file {
+        let log_file = match self.log_file {
             Some(Log::File(fd, path)) => {
                 let file = std::fs::File::from(sys::adopt_fd(fd).map_err(fail)?);
                 Some(LogFile::File { file, path })
@@ -375,39 +388,14 @@ impl Plan {
             }
             None => None,
         };
-        let context = Context {
-            exe: self.exe,
-            listeners: &listeners,
-            pid_file: pid_file.as_ref(),
-        };
-        let began = self.saved.began;
-        let (mut supervisor, clients) =
-            Supervisor::resume(self.saved, log_file.as_mut(), context).map_err(fail)?;
-        sys::become_subreaper()
-            .map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER) failed: {e}"))?;
-        let took = crate::log::millis(began.elapsed());
-        match refused {
-            None => {
-                log!("upgraded from {} to {VERSION} in {took} ms", self.from);
-                let text = format!("OK upgraded from {} to {VERSION} in {took} ms", self.from);
-                supervisor.answer_upgrade(&clients, &text);
-            }
-            Some(why) => {
-                log!("back to {VERSION}: {why}");
-                supervisor.answer_upgrade(&clients, &format!("FAILED {why}"));
-            }
-        }
-        let result = supervisor
-            .run(&self.events)
-            .map_err(|e| format!("waiting for events failed: {e}"));
-        drop(supervisor);
-        listeners.remove_socket_files();
-        if let Some(log_file) = log_file {
-            log_file.finish();
-        }
-        if let Some(pid_file) = pid_file {
-            pid_file.release();
-        }
-        result
+        Ok(Resumed {
+            from: self.from,
+            listeners,
+            pid_file,
+            log_file,
+            rest: self.rest,
+            events: self.events,
+            refused,
+        })
     }
 }

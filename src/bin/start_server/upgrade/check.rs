@@ -5,7 +5,8 @@
 //! read) means no upgrade, and start_server goes on as it was.
 //!
 //! The check runs while the supervisor goes on: the child is watched as any other
-//! (its exit wakes the main loop), with a deadline after which it gets SIGKILL.
+//! (its exit wakes the main loop), with a deadline (`TIMEOUT`, kept in the supervisor's
+//! state) after which it gets SIGKILL.
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -14,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::state;
 use crate::signals;
@@ -50,8 +51,6 @@ pub fn answer() {
 pub struct Check {
     pub pid: Pid,
     output: OwnedFd,
-    /// When it gets SIGKILL.
-    pub deadline: Instant,
     pub killed: bool,
     /// The file checked, as (device, inode): the one to execute, not another put at
     /// the path since.
@@ -97,7 +96,6 @@ impl Check {
             Fork::Parent(pid) => Ok(Check {
                 pid,
                 output,
-                deadline: Instant::now() + TIMEOUT,
                 killed: false,
                 file,
             }),

@@ -112,10 +112,6 @@ impl Field {
     pub fn duration(d: Duration) -> Field {
         Field(d.as_micros().to_string())
     }
-
-    pub fn opt_duration(d: Option<Duration>) -> Field {
-        d.map_or_else(Field::none, Field::duration)
-    }
 }
 
 /// A parsed state: its records by key, each taken once by the reader.
@@ -226,10 +222,6 @@ impl Fields<'_> {
         }
     }
 
-    pub fn count(&self) -> usize {
-        self.fields.len()
-    }
-
     fn error(&self, why: &str) -> String {
         format!("state record {} {}: {why}", self.key, self.fields.join(" "))
     }
@@ -299,16 +291,68 @@ impl Fields<'_> {
         self.num(i).map(Duration::from_micros)
     }
 
-    pub fn opt_duration(&self, i: usize) -> Result<Option<Duration>, String> {
-        Ok(self.opt_num(i)?.map(Duration::from_micros))
-    }
-
-    pub fn instant(&self, i: usize) -> Result<Instant, String> {
-        Ok(self.clock.instant_at(self.num(i)?))
-    }
-
     pub fn opt_instant(&self, i: usize) -> Result<Option<Instant>, String> {
         Ok(self.opt_num(i)?.map(|usec| self.clock.instant_at(usec)))
+    }
+}
+
+/// Reads the fields of one record one after the other, for values that take several
+/// (see `supervisor::record`).
+pub struct Cursor<'a> {
+    fields: Fields<'a>,
+    at: usize,
+}
+
+impl<'a> Fields<'a> {
+    pub fn cursor(self) -> Cursor<'a> {
+        Cursor {
+            fields: self,
+            at: 0,
+        }
+    }
+}
+
+impl Cursor<'_> {
+    /// The next field, read by `read` (a `Fields` method).
+    pub fn next<T>(
+        &mut self,
+        read: impl FnOnce(&Fields, usize) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let value = read(&self.fields, self.at)?;
+        self.at += 1;
+        Ok(value)
+    }
+
+    /// The next field as a presence mark: `-` for none, `+` for a value that follows.
+    pub fn present(&mut self) -> Result<bool, String> {
+        let at = self.at;
+        self.at += 1;
+        match self.fields.raw(at)? {
+            "-" => Ok(false),
+            "+" => Ok(true),
+            _ => Err(self
+                .fields
+                .error(&format!("field {} is neither - nor +", at + 1))),
+        }
+    }
+
+    /// Every field must have been read.
+    pub fn finish(self) -> Result<(), String> {
+        match self.fields.fields.len() == self.at {
+            true => Ok(()),
+            false => Err(self.fields.error(&format!(
+                "{} fields, {} expected",
+                self.fields.fields.len(),
+                self.at
+            ))),
+        }
+    }
+}
+
+impl Field {
+    /// The presence mark of a value that follows (see `Cursor::present`).
+    pub fn some() -> Field {
+        Field("+".into())
     }
 }
 
@@ -390,8 +434,8 @@ mod tests {
             let d = if a > b { a - b } else { b - a };
             d < Duration::from_millis(1)
         };
-        assert!(close(at.instant(0).unwrap(), soon));
-        assert!(close(at.instant(1).unwrap(), past));
+        assert!(close(at.opt_instant(0).unwrap().unwrap(), soon));
+        assert!(close(at.opt_instant(1).unwrap().unwrap(), past));
         assert_eq!(at.opt_instant(2).unwrap(), None);
         let many: Vec<u64> = r.all("many").iter().map(|f| f.num(0).unwrap()).collect();
         assert_eq!(many, [1, 2]);

@@ -1,0 +1,442 @@
+//! The executor: everything of the supervisor that touches the system. It owns the
+//! descriptors (the workers' notification sockets, by pid; the control socket; the
+//! upgrade check's pipe), the status file, the service manager, the log, the server
+//! command; it carries out `step`'s effects, and turns what they return (a spawn, a
+//! check, an exec that failed) into events fed to `step` at once. The event sources
+//! (`reap`, `notifications`, `requests`) read what the one event wait found.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::RawFd;
+
+use crate::control_socket::ControlSocket;
+use crate::envdir;
+use crate::listen_fds::WorkerVars;
+use crate::log;
+use crate::log_file::LogFile;
+use crate::manager::Manager;
+use crate::notify::{Channel, Said};
+use crate::spawn::Command;
+use crate::status_file::StatusFile;
+use crate::sys::{self, Pid, SockAddr};
+use crate::upgrade::check::{self, Check};
+use crate::upgrade::state::Writer;
+use crate::upgrade::{self as up, Context, VERSION};
+
+use super::effect::{Effect, Spawned, Tell};
+use super::event::Event;
+use super::record::Services;
+use super::state::{Client, Mono, State};
+use super::step::step;
+
+/// The variables `Command::export_own_pid` is given, which an upgrade's state names.
+const OWN_PID_VARS: [&str; 2] = ["LISTEN_PID", "WATCHDOG_PID"];
+
+pub struct Executor<'a> {
+    command: Command,
+    /// The value of SERVER_STARTER_PORT.
+    port_env: String,
+    /// systemd's variables for the workers (`--listen-fds`).
+    listen_vars: WorkerVars,
+    status_file: Option<StatusFile>,
+    log_file: Option<&'a mut LogFile>,
+    /// Where `--restart` and `--upgrade` clients ask (with `--pid-file`).
+    control: Option<ControlSocket>,
+    /// The notification sockets of the workers (`--ready=notify`, `--watchdog`).
+    channels: BTreeMap<Pid, Channel>,
+    /// The service manager start_server reports to, if any.
+    manager: Option<Manager>,
+    /// The upgrade check running, and, once it has passed, the file it checked.
+    check: Option<Check>,
+    checked_file: Option<(u64, u64)>,
+    /// What an upgrade in place hands over besides the state and the services.
+    context: Context<'a>,
+    /// `Effect::Exit` was carried out.
+    pub exited: bool,
+}
+
+impl<'a> Executor<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        command: Command,
+        port_env: String,
+        listen_vars: WorkerVars,
+        status_file: Option<StatusFile>,
+        log_file: Option<&'a mut LogFile>,
+        control: Option<ControlSocket>,
+        manager: Option<Manager>,
+        context: Context<'a>,
+    ) -> Executor<'a> {
+        Executor {
+            command,
+            port_env,
+            listen_vars,
+            status_file,
+            log_file,
+            control,
+            channels: BTreeMap::new(),
+            manager,
+            check: None,
+            checked_file: None,
+            context,
+            exited: false,
+        }
+    }
+
+    /// Steps `state` through `event`, carrying out the effects in order; an effect's
+    /// answer is stepped through at once, before the next effect.
+    pub fn feed(&mut self, state: &mut State, event: Event) {
+        for effect in step(state, event, now()) {
+            if let Some(answer) = self.execute(state, effect) {
+                self.feed(state, answer);
+            }
+        }
+    }
+
+    fn execute(&mut self, state: &State, effect: Effect) -> Option<Event> {
+        match effect {
+            Effect::Log(line) => log!("{line}"),
+            Effect::Spawn {
+                generation,
+                tunables,
+            } => return Some(self.spawn(state, generation, tunables)),
+            Effect::Signal { pid, signal } => {
+                if let Err(e) = sys::kill(pid, signal.number) {
+                    log!("failed to send {} to worker {pid}: {e}", signal.name);
+                }
+            }
+            Effect::WriteStatus(workers) => {
+                if let Some(status_file) = &mut self.status_file {
+                    if let Err(e) = status_file.write(&workers) {
+                        log!("{e}");
+                    }
+                }
+            }
+            Effect::Reply { to, text } => self.reply(&to, &text),
+            Effect::Manager(tell) => match (&self.manager, tell) {
+                (None, _) => {}
+                (Some(manager), Tell::Ready(status)) => manager.ready(&status),
+                (Some(manager), Tell::Reloading(status)) => manager.reloading(&status),
+                (Some(manager), Tell::Stopping) => manager.stopping(),
+            },
+            Effect::ReopenLog => match &mut self.log_file {
+                Some(log_file) => log_file.reopen(),
+                None => log!("received USR1, but there is no --log-file to reopen"),
+            },
+            Effect::SpawnCheck => {
+                let exe = state.config.exe.clone().unwrap_or_default();
+                let spawned = Check::spawn(&exe).map_err(|e| e.to_string());
+                return Some(Event::CheckSpawned(spawned.map(|check| {
+                    self.check = Some(check);
+                })));
+            }
+            Effect::KillCheck { forget } => {
+                if let Some(check) = &mut self.check {
+                    check.kill();
+                }
+                if forget {
+                    self.check = None;
+                }
+            }
+            Effect::Exec { version } => return Some(Event::ExecFailed(self.exec(state, &version))),
+            Effect::Exit => {
+                self.exited = true;
+                if let Some(status_file) = &self.status_file {
+                    status_file.remove();
+                }
+            }
+        }
+        None
+    }
+
+    fn reply(&self, to: &Client, text: &str) {
+        if let (Some(control), Some(to)) = (&self.control, SockAddr::from_bytes(&to.0)) {
+            control.reply(&to, text);
+        }
+    }
+
+    /// Forks and execs a worker of `generation`, with start_server's environment
+    /// (--envdir read again) plus the variables of the protocol.
+    fn spawn(&mut self, state: &State, generation: u64, previous: envdir::Tunables) -> Event {
+        let mut env = envdir::current();
+        let tunables = match envdir::tunables(&env) {
+            Ok(tunables) => Some(tunables),
+            Err(e) => {
+                log!("{e}; keeping the previous settings");
+                None
+            }
+        };
+        // The service manager's variables are start_server's, never a worker's: its own
+        // notification socket and watchdog, if any, are not the worker's to use.
+        const OURS: [&str; 5] = [
+            "SERVER_STARTER_PORT",
+            "SERVER_STARTER_GENERATION",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+        ];
+        env.retain(|(k, _)| !OURS.iter().any(|ours| k == ours));
+        self.listen_vars.apply(&mut env);
+        // The original exports its `||= 360` default too (from the second generation
+        // on); workers see the interval in force from the first.
+        if let Some(interval) = tunables.unwrap_or(previous).auto_restart {
+            env.retain(|(k, _)| k != "AUTO_RESTART_INTERVAL");
+            let interval = log::seconds(interval).into();
+            env.push(("AUTO_RESTART_INTERVAL".into(), interval));
+        }
+        env.push(("SERVER_STARTER_PORT".into(), self.port_env.clone().into()));
+        let generation = generation.to_string().into();
+        env.push(("SERVER_STARTER_GENERATION".into(), generation));
+        let config = &state.config;
+        // A worker's own notification socket, when it needs one.
+        let channel = match config.ready_notify || config.watchdog.is_some() {
+            true => match Channel::new() {
+                Ok(channel) => Some(channel),
+                Err(e) => {
+                    let spawned = Spawned::NoChannel(e.to_string());
+                    return Event::Spawned { tunables, spawned };
+                }
+            },
+            false => None,
+        };
+        if let Some(channel) = &channel {
+            env.push(("NOTIFY_SOCKET".into(), channel.address().into()));
+        }
+        if let Some(watchdog) = config.watchdog {
+            let usec = watchdog.as_micros().to_string().into();
+            env.push(("WATCHDOG_USEC".into(), usec));
+        }
+        let spawned = match self.command.spawn(&env) {
+            Ok(child) => {
+                if let Some(channel) = channel {
+                    self.channels.insert(child.pid, channel);
+                }
+                Spawned::Child {
+                    pid: child.pid,
+                    exec_error: child.exec_error,
+                }
+            }
+            Err(e) => Spawned::Failed(e.to_string()),
+        };
+        Event::Spawned { tunables, spawned }
+    }
+
+    // ------------------------------------------------------------ event sources
+
+    /// The next child that exited, if any: the upgrade check's exit is its verdict; the
+    /// logger of `--log-file="| cmd"` is restarted by the log.
+    pub fn reap(&mut self) -> Option<Event> {
+        loop {
+            let (pid, status) = match sys::reap_one() {
+                Ok(Some(exited)) => exited,
+                Ok(None) => return None,
+                Err(e) => {
+                    log!("waitpid(2) failed: {e}");
+                    return None;
+                }
+            };
+            if let Some(check) = self.check.take_if(|c| c.pid == pid) {
+                let verdict = check.verdict(status).map(|answer| answer.version);
+                self.checked_file = check.file;
+                // Closed before anyone is told: nothing of the check outlives it.
+                drop(check);
+                return Some(Event::Checked(verdict));
+            }
+            if let Some(log_file) = self.log_file.as_deref_mut() {
+                if log_file.child_exited(pid, status) {
+                    continue;
+                }
+            }
+            self.channels.remove(&pid);
+            return Some(Event::Exited { pid, status });
+        }
+    }
+
+    /// Messages on the workers' notification sockets found readable.
+    pub fn notifications(&self, readable: &[RawFd]) -> Vec<Event> {
+        let workers: Vec<Pid> = self.channels.keys().copied().collect();
+        let mut events = Vec::new();
+        for (&pid, channel) in &self.channels {
+            if !readable.contains(&channel.fd()) {
+                continue;
+            }
+            for mut notice in channel.drain(pid, &workers) {
+                // A status first, so that the log reads in order of what happened.
+                notice
+                    .said
+                    .sort_by_key(|said| !matches!(said, Said::Status(_)));
+                events.extend(notice.said.into_iter().map(|said| Event::Notified {
+                    pid,
+                    sender: notice.sender,
+                    said,
+                }));
+            }
+        }
+        events
+    }
+
+    /// The control socket's requests, if it was found readable.
+    pub fn requests(&self, readable: &[RawFd]) -> Vec<Event> {
+        let requests = match &self.control {
+            Some(control) if readable.contains(&control.fd()) => control.requests(),
+            _ => return Vec::new(),
+        };
+        requests
+            .into_iter()
+            .map(|request| Event::Request {
+                pid: request.pid,
+                from: Client(request.from.to_bytes()),
+                ask: request.ask,
+            })
+            .collect()
+    }
+
+    /// The descriptors the event wait watches besides the signals.
+    pub fn watched(&self) -> Vec<RawFd> {
+        let channels = self.channels.values().map(Channel::fd);
+        channels
+            .chain(self.control.as_ref().map(ControlSocket::fd))
+            .collect()
+    }
+
+    /// The executor's own deadline: a dead logger's restart.
+    pub fn log_deadline(&self) -> Option<std::time::Instant> {
+        self.log_file.as_deref().and_then(LogFile::restart_at)
+    }
+
+    pub fn fire_log_timers(&mut self) {
+        if let Some(log_file) = self.log_file.as_deref_mut() {
+            log_file.fire_timers(std::time::Instant::now());
+        }
+    }
+
+    // ------------------------------------------------------------ upgrade in place
+
+    /// Executes the binary that passed its check, handing it the state: returns only
+    /// if that could not be done, with why.
+    fn exec(&mut self, state: &State, version: &str) -> String {
+        let exe = state.config.exe.clone().unwrap_or_default();
+        let file = self.checked_file.take();
+        if file.is_none() || check::identity(&exe) != file {
+            return "it was replaced during its check (ask again)".into();
+        }
+        log!("upgrading from {VERSION} to {version} ({})", exe.display());
+        let mut w = Writer::new();
+        up::save(&mut w, &self.context, self.log_file.as_deref());
+        state.save(&mut w);
+        self.services().save(&mut w);
+        up::exec::exec(&exe, &w.finish(), &self.kept_fds())
+    }
+
+    /// The descriptors of the supervisor's own that the next image needs.
+    fn kept_fds(&self) -> Vec<RawFd> {
+        let pid_file = self.context.pid_file.map(|p| p.handover().0);
+        let log_file = self.log_file.as_deref().map(up::log_fds);
+        let control = self.control.as_ref().map(ControlSocket::fd);
+        let channels = self.channels.values().map(Channel::fd);
+        pid_file
+            .into_iter()
+            .chain(log_file.unwrap_or_default())
+            .chain(control)
+            .chain(channels)
+            .collect()
+    }
+
+    /// What of the executor crosses an exec, as plain data.
+    fn services(&self) -> Services {
+        let Executor {
+            command,
+            port_env,
+            listen_vars,
+            status_file,
+            log_file: _,
+            control,
+            channels,
+            manager,
+            check: _,
+            checked_file: _,
+            context: _,
+            exited: _,
+        } = self;
+        let (argv, dir, own_pid_vars) = command.handover();
+        let (listen_strip, listen_set) = listen_vars.handover();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        Services {
+            argv: argv.into_iter().map(text).collect(),
+            dir: dir.map(|d| OsString::from(std::ffi::OsStr::from_bytes(d)).into()),
+            own_pid_vars: own_pid_vars.iter().map(|v| v.to_string()).collect(),
+            port_env: port_env.clone(),
+            listen_strip,
+            listen_set: listen_set.to_vec(),
+            status_file: status_file.as_ref().map(|s| {
+                let (path, created) = s.handover();
+                (path.to_path_buf(), created)
+            }),
+            control: control.as_ref().map(ControlSocket::fd),
+            channels: channels
+                .iter()
+                .map(|(&pid, c)| (pid, c.fd(), c.address().to_string()))
+                .collect(),
+            manager: manager.as_ref().map(|m| m.socket().to_owned()),
+        }
+    }
+
+    /// The executor of the previous image, from its services, taking their
+    /// descriptors over (checked open by the caller).
+    pub fn resume(
+        services: Services,
+        signal_on_term: i32,
+        log_file: Option<&'a mut LogFile>,
+        context: Context<'a>,
+    ) -> Result<Executor<'a>, String> {
+        let fail = |e: io::Error| format!("taking the state over failed: {e}");
+        let mut command = Command::new(&services.argv, services.dir.as_deref(), signal_on_term)?;
+        for name in &services.own_pid_vars {
+            let known = OWN_PID_VARS.iter().find(|&&known| known == name);
+            let name = known.ok_or_else(|| format!("own pid variable {name:?} is not known"))?;
+            command.export_own_pid(name);
+        }
+        let control = match services.control {
+            Some(fd) => Some(ControlSocket::taken_over(sys::adopt_fd(fd).map_err(fail)?)),
+            None => None,
+        };
+        let mut channels = BTreeMap::new();
+        for (pid, fd, address) in services.channels {
+            let fd = sys::adopt_fd(fd).map_err(fail)?;
+            channels.insert(pid, Channel::taken_over(fd, address));
+        }
+        let mut executor = Executor::new(
+            command,
+            services.port_env,
+            WorkerVars::taken_over(services.listen_strip, services.listen_set),
+            services
+                .status_file
+                .map(|(path, created)| StatusFile::taken_over(path, created)),
+            log_file,
+            control,
+            services.manager.map(Manager::taken_over),
+            context,
+        );
+        executor.channels = channels;
+        Ok(executor)
+    }
+}
+
+impl Services {
+    /// The descriptors it names, with what each must be.
+    pub fn descriptors(&self) -> Vec<(RawFd, &'static str)> {
+        let control = self.control.map(|fd| (fd, "the control socket"));
+        let channels = self
+            .channels
+            .iter()
+            .map(|&(_, fd, _)| (fd, "a notification socket"));
+        control.into_iter().chain(channels).collect()
+    }
+}
+
+/// The supervisor's clock.
+pub fn now() -> Mono {
+    Mono(sys::monotonic_usec())
+}
