@@ -25,10 +25,11 @@
 pub mod check;
 pub mod client;
 pub mod exec;
+pub mod record;
 pub mod state;
 
 use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
@@ -38,7 +39,9 @@ use crate::log_pipe::{self, LogPipe};
 use crate::pid_file::PidFile;
 use crate::signals::{self, Events};
 use crate::sys;
-use state::{Field, Reader, Writer};
+use log_pipe::Handover;
+use record::{persist, record, Persist};
+use state::{Cursor, Field, Reader, Writer};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -73,64 +76,106 @@ pub fn own_exe() -> Option<PathBuf> {
     })
 }
 
-/// The records of what `main` set up: the version that writes them, the sockets, the
-/// pid file, the log.
+/// What `main` set up, as it crosses the exec: the version that writes the state, the
+/// sockets, the pid file, the log.
+struct Setup {
+    version: String,
+    listeners: Vec<Taken>,
+    pid_file: Option<(RawFd, PathBuf, bool)>,
+    log: Option<Log>,
+}
+
+record!(Setup {
+    version,
+    listeners,
+    pid_file,
+    log
+});
+
+/// A listening socket: its name, descriptor, whether it was adopted (and its
+/// LISTEN_FDNAMES name), the socket file start_server created.
+struct Taken {
+    name: String,
+    fd: RawFd,
+    adopted: bool,
+    fdname: Option<String>,
+    file: Option<(PathBuf, u64, u64)>,
+}
+
+persist!(Taken {
+    name,
+    fd,
+    adopted,
+    fdname,
+    file
+});
+
+/// The log: a file (descriptor, path), or a pipe to a command (`--log-file` as given,
+/// and the pipe's own state).
+enum Log {
+    File(RawFd, String),
+    Pipe(String, log_pipe::Handover),
+}
+
+persist!(Handover {
+    command,
+    read,
+    write,
+    own,
+    output,
+    logger,
+    restart_at,
+    pause,
+    redirected,
+});
+
+impl Persist for Log {
+    fn put(&self, out: &mut Vec<Field>) {
+        match self {
+            Log::File(fd, path) => {
+                out.push(Field::text("file"));
+                (*fd, path.clone()).put(out);
+            }
+            Log::Pipe(spec, handover) => {
+                out.push(Field::text("pipe"));
+                spec.put(out);
+                handover.put(out);
+            }
+        }
+    }
+    fn take(c: &mut Cursor) -> Result<Self, String> {
+        match String::take(c)?.as_str() {
+            "file" => Ok(Log::File(Persist::take(c)?, Persist::take(c)?)),
+            "pipe" => Ok(Log::Pipe(Persist::take(c)?, Persist::take(c)?)),
+            other => Err(format!("log: {other:?} is neither file nor pipe")),
+        }
+    }
+}
+
+/// The records of what `main` set up.
 pub fn save(w: &mut Writer, context: &Context, log_file: Option<&LogFile>) {
-    w.put("version", &[Field::text(VERSION)]);
-    for listener in context.listeners.iter() {
-        let mut fields = vec![
-            Field::text(&listener.name),
-            Field::num(listener.fd),
-            Field::flag(listener.adopted),
-            listener
-                .fdname
-                .as_deref()
-                .map_or_else(Field::none, Field::text),
-        ];
-        match listener.unix_file() {
-            Some((path, dev, ino)) => fields.extend([
-                Field::bytes(path.as_os_str().as_bytes()),
-                Field::num(dev),
-                Field::num(ino),
-            ]),
-            None => fields.extend([Field::none(), Field::none(), Field::none()]),
-        }
-        w.put("listener", &fields);
-    }
-    if let Some(pid_file) = context.pid_file {
+    let listeners = context.listeners.iter().map(|listener| Taken {
+        name: listener.name.clone(),
+        fd: listener.fd,
+        adopted: listener.adopted,
+        fdname: listener.fdname.clone(),
+        file: listener.unix_file(),
+    });
+    let pid_file = context.pid_file.map(|pid_file| {
         let (fd, path, ours) = pid_file.handover();
-        let path = Field::bytes(path.as_os_str().as_bytes());
-        w.put("pid-file", &[Field::num(fd), path, Field::flag(ours)]);
-    }
-    match log_file {
-        Some(LogFile::File { file, path }) => w.put(
-            "log-file",
-            &[Field::num(file.as_raw_fd()), Field::text(path)],
-        ),
-        Some(LogFile::Pipe { pipe, spec }) => {
-            w.put("log-pipe", &[Field::text(spec)]);
-            let h = pipe.handover();
-            let (out, err) = h.output.unzip();
-            let (logger, started) = h.logger.unzip();
-            w.put(
-                "logger",
-                &[
-                    Field::text(&h.command),
-                    Field::num(h.read),
-                    Field::num(h.write),
-                    h.own.map_or_else(Field::none, Field::num),
-                    out.map_or_else(Field::none, Field::num),
-                    err.map_or_else(Field::none, Field::num),
-                    logger.map_or_else(Field::none, Field::num),
-                    w.opt_instant(started),
-                    w.opt_instant(h.restart_at),
-                    Field::duration(h.pause),
-                    Field::flag(h.redirected),
-                ],
-            );
-        }
-        None => {}
-    }
+        (fd, path.to_path_buf(), ours)
+    });
+    let log = log_file.map(|log_file| match log_file {
+        LogFile::File { file, path } => Log::File(file.as_raw_fd(), path.clone()),
+        LogFile::Pipe { pipe, spec } => Log::Pipe(spec.clone(), pipe.handover()),
+    });
+    let setup = Setup {
+        version: VERSION.to_string(),
+        listeners: listeners.collect(),
+        pid_file,
+        log,
+    };
+    setup.save(w);
 }
 
 /// The descriptors of the log, which the next image needs.
@@ -235,11 +280,6 @@ struct Plan<T> {
     events: Events,
 }
 
-enum Log {
-    File(RawFd, String),
-    Pipe(String, log_pipe::Handover),
-}
-
 impl<T> Plan<T> {
     fn read(
         state_fd: RawFd,
@@ -250,62 +290,16 @@ impl<T> Plan<T> {
         let bytes = sys::read_whole(state_fd, STATE_MAX)
             .map_err(|e| format!("cannot read the state (descriptor {state_fd}): {e}"))?;
         let mut r = Reader::parse(&bytes)?;
-        let from = r.one("version")?.expect(1)?.text(0)?;
-        let mut listeners = Vec::new();
-        for f in r.all("listener") {
-            let f = f.expect(7)?;
-            let fdname = match f.is_none(3) {
-                true => None,
-                false => Some(f.text(3)?),
-            };
-            let file = match f.is_none(4) {
-                true => None,
-                false => Some((
-                    PathBuf::from(OsString::from_vec(f.bytes(4)?)),
-                    f.num(5)?,
-                    f.num(6)?,
-                )),
-            };
-            let (name, fd, adopted) = (f.text(0)?, f.num(1)?, f.flag(2)?);
-            listeners.push(Listener::taken_over(name, fd, adopted, fdname, file));
-        }
-        let pid_file = match r.maybe("pid-file")? {
-            Some(f) => {
-                let f = f.expect(3)?;
-                let path = PathBuf::from(OsString::from_vec(f.bytes(1)?));
-                Some((f.num(0)?, path, f.flag(2)?))
-            }
-            None => None,
-        };
-        let log_file = match (
-            r.maybe("log-file")?,
-            r.maybe("log-pipe")?,
-            r.maybe("logger")?,
-        ) {
-            (Some(f), None, None) => {
-                let f = f.expect(2)?;
-                Some(Log::File(f.num(0)?, f.text(1)?))
-            }
-            (None, Some(spec), Some(f)) => {
-                let f = f.expect(11)?;
-                Some(Log::Pipe(
-                    spec.expect(1)?.text(0)?,
-                    log_pipe::Handover {
-                        command: f.text(0)?,
-                        read: f.num(1)?,
-                        write: f.num(2)?,
-                        own: f.opt_num(3)?,
-                        output: f.opt_num(4)?.zip(f.opt_num(5)?),
-                        logger: f.opt_num(6)?.zip(f.opt_instant(7)?),
-                        restart_at: f.opt_instant(8)?,
-                        pause: f.duration(9)?,
-                        redirected: f.flag(10)?,
-                    },
-                ))
-            }
-            (None, None, None) => None,
-            _ => return Err("the log records of the state do not go together".into()),
-        };
+        let Setup {
+            version: from,
+            listeners,
+            pid_file,
+            log: log_file,
+        } = Setup::read(&mut r)?;
+        let listeners: Vec<Listener> = listeners
+            .into_iter()
+            .map(|l| Listener::taken_over(l.name, l.fd, l.adopted, l.fdname, l.file))
+            .collect();
         let rest = read(&mut r)?;
         r.finish()?;
 

@@ -1,76 +1,18 @@
-//! The supervisor's part of an upgrade's state, declared once: `record!` names every
-//! field of `State` (and of the executor's `Services`) that crosses the exec, and both
-//! the writing and the reading come from that one list. Its encoder destructures the
-//! struct without `..`, so a field added to the struct but not to the list (as
-//! persisted, or as `transient`) does not compile. Each top-level field is one record
-//! of the state (`upgrade::state`'s format), named after the field; a nested value
-//! takes its fields in order (`Persist`).
+//! The supervisor's part of an upgrade's state, declared once (`upgrade::record`):
+//! every field of `State` and of the executor's `Services`.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::envdir::Tunables;
 use crate::signals::Signal;
-use crate::upgrade::state::{Cursor, Field, Reader, Writer};
+use crate::upgrade::record::{persist, record, Persist};
+use crate::upgrade::state::{Cursor, Field};
 
 use super::state::{
     Attempt, Client, Config, Mono, Newest, Phase, Retiring, Serving, State, Upgrade, UpgradePhase,
     Waiter, Worker,
 };
-
-/// A value written as one or more fields of a record, and read back from them.
-pub trait Persist: Sized {
-    fn put(&self, out: &mut Vec<Field>);
-    fn take(c: &mut Cursor) -> Result<Self, String>;
-}
-
-/// A struct whose fields are written in order; `transient` fields are not handed over
-/// and start from their `Default` in the next image.
-macro_rules! persist {
-    ($ty:ident { $($field:ident),* $(,)? } $(transient { $($skip:ident),* })?) => {
-        impl Persist for $ty {
-            fn put(&self, out: &mut Vec<Field>) {
-                let $ty { $($field,)* $($($skip: _,)*)? } = self;
-                $($field.put(out);)*
-            }
-            fn take(c: &mut Cursor) -> Result<Self, String> {
-                Ok($ty {
-                    $($field: Persist::take(c)?,)*
-                    $($($skip: Default::default(),)*)?
-                })
-            }
-        }
-    };
-}
-
-/// A struct whose fields are each one record of the state, named after the field.
-macro_rules! record {
-    ($ty:ident { $($field:ident),* $(,)? }) => {
-        impl $ty {
-            pub fn save(&self, w: &mut Writer) {
-                let $ty { $($field),* } = self;
-                $(
-                    let mut out = Vec::new();
-                    $field.put(&mut out);
-                    w.put(stringify!($field), &out);
-                )*
-            }
-            pub fn read(r: &mut Reader) -> Result<Self, String> {
-                Ok($ty {
-                    $($field: {
-                        let mut c = r.one(stringify!($field))?.cursor();
-                        let value = Persist::take(&mut c)?;
-                        c.finish()?;
-                        value
-                    },)*
-                })
-            }
-        }
-    };
-}
 
 record!(State {
     config,
@@ -240,29 +182,6 @@ impl Persist for UpgradePhase {
 
 // ---------------------------------------------------------------- plain values
 
-macro_rules! number {
-    ($($ty:ty),*) => {$(
-        impl Persist for $ty {
-            fn put(&self, out: &mut Vec<Field>) {
-                out.push(Field::num(self));
-            }
-            fn take(c: &mut Cursor) -> Result<Self, String> {
-                c.next(|f, i| f.num(i))
-            }
-        }
-    )*};
-}
-number!(u32, u64, i32);
-
-impl Persist for bool {
-    fn put(&self, out: &mut Vec<Field>) {
-        out.push(Field::flag(*self));
-    }
-    fn take(c: &mut Cursor) -> Result<Self, String> {
-        c.next(|f, i| f.flag(i))
-    }
-}
-
 impl Persist for Mono {
     fn put(&self, out: &mut Vec<Field>) {
         self.0.put(out);
@@ -272,111 +191,11 @@ impl Persist for Mono {
     }
 }
 
-impl Persist for Duration {
-    fn put(&self, out: &mut Vec<Field>) {
-        out.push(Field::duration(*self));
-    }
-    fn take(c: &mut Cursor) -> Result<Self, String> {
-        c.next(|f, i| f.duration(i))
-    }
-}
-
-impl Persist for String {
-    fn put(&self, out: &mut Vec<Field>) {
-        out.push(Field::text(self));
-    }
-    fn take(c: &mut Cursor) -> Result<Self, String> {
-        c.next(|f, i| f.text(i))
-    }
-}
-
-impl Persist for OsString {
-    fn put(&self, out: &mut Vec<Field>) {
-        out.push(Field::bytes(self.as_bytes()));
-    }
-    fn take(c: &mut Cursor) -> Result<Self, String> {
-        c.next(|f, i| f.bytes(i)).map(OsString::from_vec)
-    }
-}
-
-impl Persist for PathBuf {
-    fn put(&self, out: &mut Vec<Field>) {
-        self.as_os_str().to_owned().put(out);
-    }
-    fn take(c: &mut Cursor) -> Result<Self, String> {
-        OsString::take(c).map(PathBuf::from)
-    }
-}
-
 impl Persist for Client {
     fn put(&self, out: &mut Vec<Field>) {
         out.push(Field::bytes(&self.0));
     }
     fn take(c: &mut Cursor) -> Result<Self, String> {
         c.next(|f, i| f.bytes(i)).map(Client)
-    }
-}
-
-impl<T: Persist> Persist for Option<T> {
-    fn put(&self, out: &mut Vec<Field>) {
-        match self {
-            None => out.push(Field::none()),
-            Some(value) => {
-                out.push(Field::some());
-                value.put(out);
-            }
-        }
-    }
-    fn take(c: &mut Cursor) -> Result<Self, String> {
-        match c.present()? {
-            false => Ok(None),
-            true => T::take(c).map(Some),
-        }
-    }
-}
-
-impl<T: Persist> Persist for Vec<T> {
-    fn put(&self, out: &mut Vec<Field>) {
-        out.push(Field::num(self.len()));
-        self.iter().for_each(|item| item.put(out));
-    }
-    fn take(c: &mut Cursor) -> Result<Self, String> {
-        let len: usize = c.next(|f, i| f.num(i))?;
-        (0..len).map(|_| T::take(c)).collect()
-    }
-}
-
-impl<K: Persist + Ord, V: Persist> Persist for BTreeMap<K, V> {
-    fn put(&self, out: &mut Vec<Field>) {
-        out.push(Field::num(self.len()));
-        for (key, value) in self {
-            key.put(out);
-            value.put(out);
-        }
-    }
-    fn take(c: &mut Cursor) -> Result<Self, String> {
-        let len: usize = c.next(|f, i| f.num(i))?;
-        (0..len).map(|_| Ok((K::take(c)?, V::take(c)?))).collect()
-    }
-}
-
-impl<A: Persist, B: Persist> Persist for (A, B) {
-    fn put(&self, out: &mut Vec<Field>) {
-        self.0.put(out);
-        self.1.put(out);
-    }
-    fn take(c: &mut Cursor) -> Result<Self, String> {
-        Ok((A::take(c)?, B::take(c)?))
-    }
-}
-
-impl<A: Persist, B: Persist, C: Persist> Persist for (A, B, C) {
-    fn put(&self, out: &mut Vec<Field>) {
-        self.0.put(out);
-        self.1.put(out);
-        self.2.put(out);
-    }
-    fn take(c: &mut Cursor) -> Result<Self, String> {
-        Ok((A::take(c)?, B::take(c)?, C::take(c)?))
     }
 }

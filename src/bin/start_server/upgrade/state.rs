@@ -36,14 +36,12 @@ const MAGIC: &str = "server_starter-state";
 /// Writes records, in order, after the header line.
 pub struct Writer {
     text: String,
-    clock: Clock,
 }
 
 impl Writer {
     pub fn new() -> Writer {
         Writer {
             text: format!("{MAGIC} {FORMAT}\n"),
-            clock: Clock::now(),
         }
     }
 
@@ -55,15 +53,6 @@ impl Writer {
             self.text.push_str(&field.0);
         }
         self.text.push('\n');
-    }
-
-    /// An instant as a field, in CLOCK_MONOTONIC microseconds.
-    pub fn instant(&self, at: Instant) -> Field {
-        Field(self.clock.usec_at(at).to_string())
-    }
-
-    pub fn opt_instant(&self, at: Option<Instant>) -> Field {
-        at.map_or_else(Field::none, |at| self.instant(at))
     }
 
     pub fn finish(mut self) -> String {
@@ -190,18 +179,6 @@ impl Reader {
         }
     }
 
-    /// The record of `key`, if there is one (at most one).
-    pub fn maybe(&mut self, key: &'static str) -> Result<Option<Fields<'static>>, String> {
-        let mut all = self.all(key);
-        match all.len() {
-            0 => Ok(None),
-            1 => Ok(Some(all.remove(0))),
-            n => Err(format!(
-                "the state has {n} {key:?} records, at most one expected"
-            )),
-        }
-    }
-
     /// Every record must have been taken: one left over is a key this build does not
     /// know, and the state is not understood.
     pub fn finish(self) -> Result<(), String> {
@@ -213,15 +190,6 @@ impl Reader {
 }
 
 impl Fields<'_> {
-    /// Checks the field count.
-    pub fn expect(self, count: usize) -> Result<Self, String> {
-        if self.fields.len() == count {
-            Ok(self)
-        } else {
-            Err(self.error(&format!("{} fields, {count} expected", self.fields.len())))
-        }
-    }
-
     fn error(&self, why: &str) -> String {
         format!("state record {} {}: {why}", self.key, self.fields.join(" "))
     }
@@ -350,6 +318,11 @@ impl Cursor<'_> {
 }
 
 impl Field {
+    /// An instant, in CLOCK_MONOTONIC microseconds.
+    pub fn instant(at: Instant) -> Field {
+        Field(Clock::now().usec_at(at).to_string())
+    }
+
     /// The presence mark of a value that follows (see `Cursor::present`).
     pub fn some() -> Field {
         Field("+".into())
@@ -413,7 +386,7 @@ mod tests {
         );
         w.put(
             "at",
-            &[w.instant(soon), w.instant(past), w.opt_instant(None)],
+            &[Field::instant(soon), Field::instant(past), Field::none()],
         );
         w.put("many", &[Field::num(1)]);
         w.put("many", &[Field::num(2)]);
@@ -422,7 +395,7 @@ mod tests {
         assert!(text.contains("thing a%20b%25c%0A 42 1 - % %2D\n"), "{text}");
 
         let mut r = Reader::parse(text.as_bytes()).unwrap();
-        let thing = r.one("thing").unwrap().expect(6).unwrap();
+        let thing = r.one("thing").unwrap();
         assert_eq!(thing.text(0).unwrap(), "a b%c\n");
         assert_eq!(thing.num::<u64>(1).unwrap(), 42);
         assert!(thing.flag(2).unwrap());
@@ -454,8 +427,13 @@ mod tests {
 
         let mut r =
             Reader::parse(b"server_starter-state 1\nnew-thing 1\ngeneration 3 4\nend\n").unwrap();
-        let generation = r.one("generation").unwrap();
-        assert!(generation.expect(1).err().unwrap().contains("2 fields"));
+        let mut generation = r.one("generation").unwrap().cursor();
+        generation.next(|f, i| f.num::<u64>(i)).unwrap();
+        assert!(generation
+            .finish()
+            .err()
+            .unwrap()
+            .contains("2 fields, 1 expected"));
         assert!(r.one("missing").err().unwrap().contains("no \"missing\""));
         assert!(r.finish().err().unwrap().contains("new-thing"));
 
