@@ -4,8 +4,10 @@
 //! ```text
 //! server_starter-state 1
 //! version 0.1.0
-//! listener 127.0.0.1:8080 3 -
-//! current 4242 1 81234567
+//! listeners 1 127.0.0.1:8080 3 0 - -
+//! pid_file + 4 /run/app.pid 1
+//! generation 3
+//! newest serving 4242 3 81234567 82234567 -
 //! ...
 //! end
 //! ```
@@ -13,7 +15,9 @@
 //! The first line names the format; an image reads only the formats its
 //! `--upgrade-check` lists. Then one record per line: a key and its fields, separated
 //! by single spaces, each field percent-encoded (`%20` for a space, `%25` for `%`, any
-//! byte outside printable ASCII as `%XX`), `-` for "none". Instants are CLOCK_MONOTONIC
+//! byte outside printable ASCII as `%XX`), `-` for "none" (and `+` before a value
+//! that may be none), a count before a list, a word before an enum's fields; which
+//! records and fields there are is declared once (`record`). Instants are CLOCK_MONOTONIC
 //! microseconds, which go on counting across execve. The last line is `end`, so that a
 //! state cut short is told from a complete one.
 //!
