@@ -40,7 +40,7 @@ pub enum Event {
         tunables: Option<Tunables>,
         spawned: Spawned,
     },
-    /// The answer to `Effect::SpawnCheck`: `Err(why)` if it could not be forked.
+    /// The answer to `Effect::SpawnCheck`: `Err(why)` if it could not be started.
     CheckSpawned(Result<(), String>),
     /// The check exited: the version the new binary said, or why it is refused.
     Checked(Result<String, String>),

@@ -127,7 +127,7 @@ impl<'a> Executor<'a> {
             },
             Effect::SpawnCheck => {
                 let exe = state.config.exe.clone().unwrap_or_default();
-                let spawned = Check::spawn(&exe).map_err(|e| e.to_string());
+                let spawned = Check::spawn(&exe).map_err(|e| format!("fork: {e}"));
                 return Some(Event::CheckSpawned(spawned.map(|check| {
                     self.check = Some(check);
                 })));

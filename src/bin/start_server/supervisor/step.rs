@@ -697,10 +697,10 @@ impl Step<'_> {
                 let deadline = Some(self.now.after(check::TIMEOUT));
                 upgrade.phase = UpgradePhase::Checking { deadline };
             }
-            Err(e) => {
+            Err(why) => {
                 let clients = std::mem::take(&mut upgrade.clients);
                 self.s.upgrade = None;
-                self.refuse(&clients, &format!("fork: {e}"));
+                self.refuse(&clients, &why);
             }
         }
     }
