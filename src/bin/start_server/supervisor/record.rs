@@ -199,3 +199,37 @@ impl Persist for Client {
         c.next(|f, i| f.bytes(i)).map(Client)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upgrade::state::{Reader, Writer};
+
+    /// The states themselves are round-tripped by the simulation (`sim`), at random
+    /// points; the services, every field filled, here.
+    #[test]
+    fn services_round_trip() {
+        let services = Services {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "exec ./server --name 'a b'".into(),
+            ],
+            dir: Some("/srv/app dir".into()),
+            own_pid_vars: vec!["LISTEN_PID".into(), "WATCHDOG_PID".into()],
+            port_env: "127.0.0.1:8080=3;/tmp/app.sock=4".into(),
+            listen_strip: true,
+            listen_set: vec![("LISTEN_FDS".into(), "2".into())],
+            status_file: Some(("/run/app.status".into(), true)),
+            control: Some(7),
+            channels: vec![(4242, 8, "@00001".into()), (4243, 9, "@0000a".into())],
+            manager: Some(OsString::from("/run/systemd/notify")),
+        };
+        let mut w = Writer::new();
+        services.save(&mut w);
+        let text = w.finish();
+        let mut r = Reader::parse(text.as_bytes()).unwrap();
+        assert_eq!(Services::read(&mut r).unwrap(), services, "{text}");
+        r.finish().unwrap();
+    }
+}

@@ -40,12 +40,13 @@ macro_rules! persist {
 
 pub(crate) use persist;
 
-/// A struct whose fields are each one record of the state, named after the field.
+/// A struct whose fields are each one record of the state, named after the field;
+/// `transient` ones, as with `persist!`, start from their `Default`.
 macro_rules! record {
-    ($ty:ident { $($field:ident),* $(,)? }) => {
+    ($ty:ident { $($field:ident),* $(,)? } $(transient { $($skip:ident),* })?) => {
         impl $ty {
             pub fn save(&self, w: &mut $crate::upgrade::state::Writer) {
-                let $ty { $($field),* } = self;
+                let $ty { $($field,)* $($($skip: _,)*)? } = self;
                 $(
                     let mut out = Vec::new();
                     $crate::upgrade::record::Persist::put($field, &mut out);
@@ -60,6 +61,7 @@ macro_rules! record {
                         c.finish()?;
                         value
                     },)*
+                    $($($skip: Default::default(),)*)?
                 })
             }
         }
