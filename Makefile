@@ -2,11 +2,13 @@
 #
 #   make                 static musl start_server, libserver_starter.{a,so}, the header
 #   make test            every test (what CI runs)
-#   make examples        the C, Go and Python examples, built against an installed
-#                        copy of the library staged in build/stage (see below)
+#   make examples-c      the C examples (what the quick start runs), built against an
+#                        installed copy of the library staged in build/stage (see below)
+#   make examples        the C, Python and Go examples (Go needs golang-go)
 #   make scratch         start_server and build/examples/http-scratch, a worker with
 #                        libc linked in: what contrib/docker/Dockerfile ships
-#   make install PREFIX=/usr/local DESTDIR=
+#   make deb             build/deb/server-starter_<version>_amd64.deb (contrib/debian/)
+#   make install PREFIX=/usr/local DESTDIR=      copies what `make` built (no cargo)
 #   make uninstall PREFIX=/usr/local DESTDIR=    removes exactly what install put there
 
 PREFIX  ?= /usr/local
@@ -30,13 +32,15 @@ BIN     := target/$(MUSL)/release/start_server
 LIBA    := target/release/libserver_starter.a
 LIBSO   := target/release/libserver_starter.so
 HEADER  := include/server_starter.h
-MAN1    := man/start_server.1
-MAN3    := man/server_starter.3
+# Every page under man/, by section.
+MAN1    := $(wildcard man/*.1)
+MAN3    := $(wildcard man/*.3)
 
 SONAME  := libserver_starter.so.$(MAJOR)
 SOFILE  := libserver_starter.so.$(VERSION)
 
-.PHONY: all bin lib header test examples scratch stage install uninstall clean bench
+.PHONY: all bin lib header test examples examples-c examples-go examples-python scratch stage \
+        install uninstall clean bench deb
 
 all: bin lib
 
@@ -60,35 +64,45 @@ test: all examples
 bench: all examples
 	START_SERVER=$(CURDIR)/$(BIN) EXAMPLES=$(EXAMPLES) python3 bench/run.py
 
-build/server_starter.pc: server_starter.pc.in Cargo.toml Makefile
-	@mkdir -p build
-	sed -e 's|@PREFIX@|$(PREFIX)|g' \
-	    -e 's|@LIBDIR@|$(LIBDIR)|g' \
-	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
-	    -e 's|@VERSION@|$(VERSION)|g' \
-	    $< > $@.tmp
-	mv $@.tmp $@
+# Two pkg-config modules: server_starter links the .so, server_starter-static the
+# .a (pkg-config --static cannot make -lserver_starter pick the archive over the
+# .so beside it).
+PC_MODULES := server_starter server_starter-static
 
-# The .pc file bakes in PREFIX, so it is regenerated on every install: the
-# staged install (PREFIX=/usr) and a real one may differ.
-install: all
-	@rm -f build/server_starter.pc
-	$(MAKE) --no-print-directory build/server_starter.pc PREFIX='$(PREFIX)'
+# install copies what `make` built and builds nothing: `sudo make install` must
+# work where sudo's PATH has no cargo. The .pc files bake in PREFIX, so they are
+# written by every install (the staged install and a real one differ), straight
+# into DESTDIR: installs to different places may run at once (the tests do).
+install:
+	@for f in $(BIN) $(LIBA) $(LIBSO); do \
+	  [ -f "$$f" ] || { echo "make install: $$f is not built: run \`make\` first (as yourself, not root)" >&2; exit 1; }; \
+	done
 	install -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(INCLUDEDIR)' \
 	           '$(DESTDIR)$(PKGCONFIGDIR)' '$(DESTDIR)$(MANDIR)/man1'
+	for m in $(PC_MODULES); do \
+	  sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	      -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	      $$m.pc.in > '$(DESTDIR)$(PKGCONFIGDIR)/'$$m.pc && \
+	  chmod 644 '$(DESTDIR)$(PKGCONFIGDIR)/'$$m.pc || exit 1; \
+	done
 	install -p -m 755 $(BIN) '$(DESTDIR)$(BINDIR)/start_server'
 	install -p -m 644 $(LIBA) '$(DESTDIR)$(LIBDIR)/libserver_starter.a'
-	# cargo's strip does not reach static libraries: the debug info of core is most of it.
-	strip --strip-debug '$(DESTDIR)$(LIBDIR)/libserver_starter.a'
+	# cargo's strip does not reach static libraries: the debug info of core is most
+	# of it. The rustc banners (.comment) go too, as Debian's dh_strip does.
+	strip --strip-debug --remove-section=.comment '$(DESTDIR)$(LIBDIR)/libserver_starter.a'
 	install -p -m 755 $(LIBSO) '$(DESTDIR)$(LIBDIR)/$(SOFILE)'
 	ln -sf $(SOFILE) '$(DESTDIR)$(LIBDIR)/$(SONAME)'
 	ln -sf $(SONAME) '$(DESTDIR)$(LIBDIR)/libserver_starter.so'
 	install -p -m 644 $(HEADER) '$(DESTDIR)$(INCLUDEDIR)/server_starter.h'
-	install -p -m 644 build/server_starter.pc '$(DESTDIR)$(PKGCONFIGDIR)/server_starter.pc'
-	install -p -m 644 $(MAN1) '$(DESTDIR)$(MANDIR)/man1/start_server.1'
-	if [ -f $(MAN3) ]; then \
+	install -p -m 644 $(MAN1) '$(DESTDIR)$(MANDIR)/man1/'
+	if [ -n '$(MAN3)' ]; then \
 	  install -d '$(DESTDIR)$(MANDIR)/man3' && \
-	  install -p -m 644 $(MAN3) '$(DESTDIR)$(MANDIR)/man3/server_starter.3'; \
+	  install -p -m 644 $(MAN3) '$(DESTDIR)$(MANDIR)/man3/'; \
+	fi
+	@# The dynamic linker finds a new library only once its cache is rebuilt.
+	@if [ -z '$(DESTDIR)' ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo ldconfig; ldconfig; \
+	  else echo "make install: run \`sudo ldconfig\` (or set LD_LIBRARY_PATH=$(LIBDIR)) so that programs find libserver_starter.so"; fi; \
 	fi
 
 uninstall:
@@ -99,8 +113,9 @@ uninstall:
 	      '$(DESTDIR)$(LIBDIR)/libserver_starter.so' \
 	      '$(DESTDIR)$(INCLUDEDIR)/server_starter.h' \
 	      '$(DESTDIR)$(PKGCONFIGDIR)/server_starter.pc' \
-	      '$(DESTDIR)$(MANDIR)/man1/start_server.1' \
-	      '$(DESTDIR)$(MANDIR)/man3/server_starter.3'
+	      '$(DESTDIR)$(PKGCONFIGDIR)/server_starter-static.pc' \
+	      $(foreach p,$(MAN1),'$(DESTDIR)$(MANDIR)/man1/$(notdir $(p))') \
+	      $(foreach p,$(MAN3),'$(DESTDIR)$(MANDIR)/man3/$(notdir $(p))')
 
 # ---------------------------------------------------------------------------
 # Examples, built the way a user would build them: against an installed
@@ -120,18 +135,26 @@ EXAMPLE_CFLAGS ?= -O2 -Wall -Wextra -Werror -std=c11
 EXAMPLE_LDFLAGS ?= -Wl,--gc-sections -s
 
 C_EXAMPLES := echo http
-EXAMPLE_OUTPUTS := $(foreach e,$(C_EXAMPLES),build/examples/$(e)-static build/examples/$(e)-shared) \
-                   build/examples/http-scratch build/examples/go-worker build/examples/python/worker.py
+C_OUTPUTS  := $(foreach e,$(C_EXAMPLES),build/examples/$(e)-static build/examples/$(e)-shared) \
+              build/examples/http-scratch
 
-examples: stage
-	$(MAKE) --no-print-directory $(EXAMPLE_OUTPUTS)
+# Each kind on its own, so that the C examples (the quick start) need no Go.
+examples: examples-c examples-python examples-go
 
-stage:
+examples-c: stage
+	$(MAKE) --no-print-directory $(C_OUTPUTS)
+
+examples-python: stage
+	$(MAKE) --no-print-directory build/examples/python/worker.py
+
+examples-go: stage
+	@command -v $(GO) >/dev/null || { echo "make: $(GO) is not installed (apt-get install golang-go); \`make examples-c\` builds the C examples without it" >&2; exit 1; }
+	$(MAKE) --no-print-directory build/examples/go-worker
+
+stage: all
 	$(MAKE) --no-print-directory install DESTDIR='$(STAGE)' PREFIX=$(STAGE_PREFIX)
 
-# libserver_starter.a, picked by its file name, since the .so beside it would
-# otherwise win.
-STATIC_LIBS = $$($(PKG_ENV) $(PKG_CONFIG) --static --libs server_starter | sed 's/-lserver_starter\b/-l:libserver_starter.a/')
+STATIC_LIBS = $$($(PKG_ENV) $(PKG_CONFIG) --static --libs server_starter-static)
 
 # Static: libserver_starter.a is linked in, libc and the rest stay shared.
 build/examples/%-static: c-examples/%.c c-examples/worker.h $(STAGE_LIBDIR)/libserver_starter.a
@@ -165,9 +188,17 @@ build/examples/go-worker: c-examples/go/main.go c-examples/go/go.mod $(STAGE_LIB
 	  CGO_LDFLAGS='-Wl,-rpath,$(STAGE_LIBDIR)' \
 	  $(GO) build -o '$(CURDIR)/$@' .
 
-build/examples/python/worker.py: c-examples/python/worker.py
+# This copy loads the staged library unless told otherwise, as the C -shared
+# examples do through their rpath.
+build/examples/python/worker.py: c-examples/python/worker.py $(STAGE_LIBDIR)/$(SOFILE)
 	@mkdir -p $(@D)
-	install -p -m 755 $< $@
+	sed 's|^BUILT_LIBRARY = None$$|BUILT_LIBRARY = "$(STAGE_LIBDIR)/$(SONAME)"|' $< > $@.tmp
+	grep -q '^BUILT_LIBRARY = "' $@.tmp
+	chmod 755 $@.tmp && mv $@.tmp $@
+
+# The Debian package, from what `make` built (contrib/debian/build-deb says how).
+deb: all
+	contrib/debian/build-deb build/deb
 
 clean:
 	$(CARGO) clean

@@ -68,16 +68,11 @@ fn start(tag: &str, worker: &[String], extra_args: &[&str], extra_env: &[(&str, 
         args.extend(extra_args.iter().map(|s| s.to_string()));
         args.push("--".into());
         args.extend(worker.iter().cloned());
-        // The staged install, for the Python worker's pkg-config lookup.
-        let stage = repo_root().join("build/stage");
-        let mut envs = vec![
-            (
-                "PKG_CONFIG_PATH",
-                stage.join("usr/lib/pkgconfig").display().to_string(),
-            ),
-            ("PKG_CONFIG_SYSROOT_DIR", stage.display().to_string()),
-        ];
-        envs.extend(extra_env.iter().map(|(k, v)| (*k, v.to_string())));
+        // Nothing to find the library by: the examples as built find the staged copy
+        // themselves (the C ones by their rpath, build/examples/python/worker.py by
+        // the path `make examples` wrote into it), as the README runs them.
+        let envs: Vec<(&str, String)> =
+            extra_env.iter().map(|(k, v)| (*k, v.to_string())).collect();
         let log = dir.path().join(format!("start_server.{attempt}.log"));
         let mut server = StartServer::spawn(&perl_start_server(), &args, &envs, log);
         let started = poll_until("start_server to start a worker or fail", PATIENCE, || {

@@ -467,22 +467,22 @@ fn waiting_on(pid: i32, path: &std::path::Path) -> bool {
     open && (wchan.contains("sleep") || wchan.is_empty() || wchan == "0")
 }
 
-/// The running instance holds the pid file's lock but cannot go on (its --log-file is
-/// a FIFO no one reads): a second instance waits a bounded time for its pid, then
-/// says it is still starting. A third, waiting when the first is killed, takes the
-/// lock over and starts.
+/// An instance holds the pid file's lock and has not written its pid yet (it is
+/// binding; here the test holds the lock, since a --log-file FIFO, which used to keep
+/// start_server there, is now refused): a second instance waits a bounded time for
+/// its pid, then says it is still starting. A third, waiting when the lock is
+/// released, takes it over and starts.
 #[test]
 fn a_second_instance_waits_a_bounded_time_for_a_starting_one() {
+    use std::os::unix::io::AsRawFd;
     let dir = TempDir::new("starting");
     let pid_path = dir.path().join("pid");
-    let fifo = dir.path().join("log.fifo");
-    mkfifo(&fifo);
     let pid_arg = format!("--pid-file={}", pid_path.display());
-    let log_arg = format!("--log-file={}", fifo.display());
-    let mut first = Server::start(&[&pid_arg, &log_arg, "--", "sleep", "600"]);
-    wait_until("the first instance to lock its pid file", || {
-        flocked(&pid_path)
-    });
+    let first = std::fs::File::create(&pid_path).unwrap();
+    // SAFETY: flock on a descriptor the test owns has no other preconditions.
+    let rc = unsafe { libc::flock(first.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {}", pid_path.display());
+    assert!(flocked(&pid_path));
 
     let asked = std::time::Instant::now();
     let mut second = Server::start(&[&pid_arg, "--", "sleep", "600"]);
@@ -500,9 +500,391 @@ fn a_second_instance_waits_a_bounded_time_for_a_starting_one() {
     wait_until("the third instance to wait for a pid", || {
         waiting_on(third.pid(), &pid_path)
     });
-    first.signal(libc::SIGKILL);
-    first.wait_exit();
+    drop(first);
     third.wait_line("starting new worker");
     let text = std::fs::read_to_string(&pid_path).unwrap();
     assert_eq!(text, format!("{}\n", third.pid()));
+}
+
+// ------------------------------------------------------------------ log file
+
+/// Runs `script` with `sh`, as nobody if `as_nobody` (then root must run the test).
+fn shell(script: &str, as_nobody: bool) {
+    let wrapper: &[&str] = if as_nobody { &AS_NOBODY } else { &[] };
+    let mut cmd = std::process::Command::new(wrapper.first().copied().unwrap_or("sh"));
+    if as_nobody {
+        cmd.args(&wrapper[1..]).arg("sh");
+    }
+    let status = cmd.args(["-c", script]).status().unwrap();
+    assert!(status.success(), "{script}: {status}");
+}
+
+/// Leaves at the log file's `path` what a user who owns its directory could (as
+/// nobody, if `as_nobody`): a symlink to `victim` or to a file that does not exist, a
+/// FIFO, a directory; or, as root, a device node (/dev/null's).
+fn plant(kind: &str, path: &std::path::Path, victim: &std::path::Path, as_nobody: bool) {
+    let (p, v) = (path.display(), victim.display());
+    match kind {
+        "symlink" => shell(&format!("ln -s '{v}' '{p}'"), as_nobody),
+        "dangling symlink" => shell(&format!("ln -s '{v}.absent' '{p}'"), as_nobody),
+        "FIFO" => shell(&format!("mkfifo '{p}'"), as_nobody),
+        "directory" => shell(&format!("mkdir '{p}'"), as_nobody),
+        "device" => {
+            let c_path = std::ffi::CString::new(path.display().to_string()).unwrap();
+            // SAFETY: a NUL-terminated path; mknod has no other preconditions. 1:7 is
+            // /dev/full's device number (/dev/null's, 1:3, is the one device allowed).
+            let rc =
+                unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 7)) };
+            assert_eq!(rc, 0, "mknod {}", path.display());
+        }
+        _ => unreachable!("{kind}"),
+    }
+}
+
+/// What start_server says of each planted kind.
+fn refused_as(kind: &str) -> &'static str {
+    match kind {
+        "symlink" | "dangling symlink" => "it is a symbolic link, not a regular file",
+        "FIFO" => "it is a FIFO, not a regular file",
+        "directory" => "it is a directory, not a regular file",
+        "device" => "it is a device, not a regular file",
+        _ => unreachable!("{kind}"),
+    }
+}
+
+/// Takes away what `plant` left at `path`.
+fn unplant(path: &std::path::Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir(path).unwrap(),
+        Ok(_) => std::fs::remove_file(path).unwrap(),
+        Err(_) => {}
+    }
+}
+
+/// Root appends to a log file in a directory that `nobody` owns. After a rotation,
+/// nobody leaves a symlink to a root-owned file at the path (or a FIFO, which used to
+/// hang USR1 in open(2), a directory, a device): USR1 refuses each in one line, the
+/// log goes on to the old file (the workers' output too), and the root-owned file is
+/// untouched. A regular file at the path is then reopened as before.
+#[test]
+fn usr1_never_reopens_the_log_through_a_symlink_or_onto_a_non_regular_file() {
+    if !is_root() || !have("setpriv") {
+        eprintln!("SKIP: needs root (a log directory owned by nobody, a device node) and setpriv");
+        return;
+    }
+    let dir = TempDir::new("lf-usr1");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    std::os::unix::fs::chown(&logs, Some(65534), Some(65534)).unwrap();
+    let victim = dir.path().join("shadow");
+    let precious = b"root:secret:\n\0binary\xff tail without newline";
+    std::fs::write(&victim, precious).unwrap();
+    let (log, rotated) = (logs.join("app.log"), logs.join("app.log.1"));
+    let mut server = Server::start(&[
+        &format!("--log-file={}", log.display()),
+        "--interval=0.1",
+        "--",
+        "sh",
+        "-c",
+        "echo worker $$ of generation $SERVER_STARTER_GENERATION; exec sleep 600",
+    ]);
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    let wait_in = |path: &std::path::Path, needle: &str| {
+        wait_until(&format!("{needle:?} in {}", path.display()), || {
+            read(path).contains(needle)
+        })
+    };
+    wait_in(&log, "of generation 1");
+    // The owner of the directory rotates the log, then plants something at its path.
+    shell(
+        &format!("mv '{}' '{}'", log.display(), rotated.display()),
+        true,
+    );
+    let kinds = ["symlink", "dangling symlink", "FIFO", "directory", "device"];
+    for (i, kind) in kinds.into_iter().enumerate() {
+        plant(kind, &log, &victim, true);
+        // A FIFO with a reader opens without O_NONBLOCK's ENXIO: refused all the same.
+        let reader = (kind == "FIFO").then(|| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&log)
+                .unwrap()
+        });
+        server.signal(libc::SIGUSR1);
+        let refusal = format!(
+            "failed to reopen log file {}: {}: refused; logging on to the old one",
+            log.display(),
+            refused_as(kind)
+        );
+        wait_in(&rotated, &refusal);
+        // The old file still gets everything, the next generation's output included.
+        server.signal(libc::SIGHUP);
+        wait_in(&rotated, &format!("of generation {}", i + 2));
+        if let Some(mut reader) = reader {
+            let mut got = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut reader, &mut got);
+            assert!(got.is_empty(), "written to the FIFO: {got:?}");
+        }
+        assert_eq!(
+            std::fs::read(&victim).unwrap(),
+            precious,
+            "after the {kind}"
+        );
+        assert!(
+            !victim.with_extension("absent").exists(),
+            "after the {kind}"
+        );
+        // One line for each refusal, and nothing else refused.
+        let refusals = read(&rotated).matches("failed to reopen").count();
+        assert_eq!(refusals, i + 1, "{}", read(&rotated));
+        unplant(&log);
+    }
+    // Nothing at the path: a new file, as before.
+    server.signal(libc::SIGUSR1);
+    wait_in(&log, "log file reopened");
+    server.stop();
+    assert_eq!(std::fs::read(&victim).unwrap(), precious);
+    assert!(std::fs::symlink_metadata(&log).unwrap().is_file());
+}
+
+/// The same rules at start: one line on stderr naming the path, a non-zero exit, and
+/// nothing bound, created or left behind (no pid file, nothing through the symlink).
+#[test]
+fn start_refuses_a_log_file_that_is_a_symlink_or_not_a_regular_file() {
+    let dir = TempDir::new("lf-start");
+    let victim = dir.path().join("victim");
+    let precious = b"precious\n\0binary";
+    std::fs::write(&victim, precious).unwrap();
+    let mut kinds = vec!["symlink", "dangling symlink", "FIFO", "directory"];
+    if is_root() {
+        kinds.push("device");
+    } else {
+        eprintln!("not root: no device node planted");
+    }
+    for kind in kinds {
+        let log = dir.path().join("log");
+        plant(kind, &log, &victim, false);
+        let pid_file = dir.path().join("pid");
+        let sock = dir.path().join("sock");
+        let out = run_within(
+            &[
+                &format!("--log-file={}", log.display()),
+                &format!("--pid-file={}", pid_file.display()),
+                &format!("--path={}", sock.display()),
+                "--",
+                "sleep",
+                "600",
+            ],
+            std::time::Duration::from_secs(10),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{kind}: {stderr}");
+        assert_eq!(
+            stderr,
+            format!(
+                "start_server: failed to open log file:{}: {}: refused\n",
+                log.display(),
+                refused_as(kind)
+            ),
+            "{kind}"
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), precious, "{kind}");
+        unplant(&log);
+        let left: Vec<String> = listing(dir.path()).into_keys().collect();
+        assert_eq!(left, vec!["victim".to_string()], "{kind}");
+    }
+}
+
+// ------------------------------------------------------------------ upgrade errors
+
+/// The lowest descriptor number `pid` does not have open: with RLIMIT_NOFILE there,
+/// it can open nothing more.
+fn lowest_free_fd(pid: i32) -> i32 {
+    let open: std::collections::BTreeSet<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|fd| !open.contains(fd)).unwrap()
+}
+
+/// An upgrade refused for lack of descriptors names the call that failed (it used to
+/// say "fork" whatever failed): with no descriptor left, opening /dev/null for the
+/// check; with one, the check's pipe.
+#[test]
+fn an_upgrade_refused_for_lack_of_descriptors_names_the_call() {
+    if !have("prlimit") {
+        eprintln!("SKIP: prlimit (util-linux) is not installed");
+        return;
+    }
+    let mut server = Server::start(&["--interval=0.1", "--", "sleep", "600"]);
+    server.wait_line("starting new worker");
+    let pid = server.pid();
+    let free = lowest_free_fd(pid);
+    for (n, (spare, call)) in [(0, "open(2) /dev/null"), (1, "pipe2(2)")]
+        .into_iter()
+        .enumerate()
+    {
+        // The soft limit only: it may go up again.
+        let limit = free + spare;
+        let set = std::process::Command::new("prlimit")
+            .args([&format!("--pid={pid}"), &format!("--nofile={limit}:")])
+            .status()
+            .unwrap();
+        assert!(set.success(), "prlimit");
+        server.signal(libc::SIGUSR2);
+        let line = server.wait_nth_line("not upgrading to", n + 1);
+        // EMFILE as musl and glibc word it.
+        assert!(
+            line.ends_with(&format!(
+                ": {call}: No file descriptors available (os error 24)"
+            )) || line.ends_with(&format!(": {call}: Too many open files (os error 24)")),
+            "RLIMIT_NOFILE {limit}: {line}"
+        );
+        eprintln!("RLIMIT_NOFILE {limit}: {line}");
+    }
+    server.stop();
+}
+
+// ------------------------------------------------------------------ log writer
+
+/// start_server's lines to a stderr that is a FIFO (or pipe, or tty) go through a
+/// non-blocking descriptor of its own. That descriptor must never take the number of
+/// a socket: with --listen-fds the sockets sit at 3, 4, ... in start_server too, and
+/// the descriptor is closed again once the log file is set up.
+#[test]
+fn the_log_writer_s_own_descriptor_never_takes_a_socket_s_number() {
+    let dir = TempDir::new("lw-fd");
+    let err = dir.path().join("err");
+    mkfifo(&err);
+    // A reader, so that start_server's open of the FIFO as its stderr does not wait;
+    // never read: start_server must not mind.
+    let mut reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&err)
+            .unwrap()
+    };
+    let log = dir.path().join("log");
+    let redirect = format!("exec \"$@\" 2>{}", err.display());
+    let bin = start_server_bin().display().to_string();
+    let worker = perl_worker().display().to_string();
+    let (mut server, port) = (0..5)
+        .find_map(|_| {
+            let port = free_port("127.0.0.1");
+            let args = [
+                "-c",
+                &redirect,
+                "sh",
+                &bin,
+                &format!("--port=127.0.0.1:{port}"),
+                "--listen-fds",
+                &format!("--log-file={}", log.display()),
+                "--interval=0.1",
+                "--",
+                "perl",
+                &worker,
+            ];
+            let mut server = Server::start_program(std::path::Path::new("sh"), &args, &[]);
+            let started = wait_for("a worker, or start_server to fail", || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("starting new worker") {
+                    return Some(true);
+                }
+                server.try_exit().map(|_| false)
+            });
+            if started {
+                return Some((server, port));
+            }
+            let mut said = String::new();
+            let _ = std::io::Read::read_to_string(&mut reader, &mut said);
+            assert!(said.contains(ADDRESS_IN_USE), "start_server failed: {said}");
+            None
+        })
+        .expect("a free port in 5 tries");
+    wait_generation(addr("127.0.0.1", port), 1);
+    let fd3 = std::fs::read_link(format!("/proc/{}/fd/3", server.pid())).unwrap();
+    assert!(fd3.to_string_lossy().starts_with("socket:"), "{fd3:?}");
+    server.signal(libc::SIGHUP);
+    wait_generation(addr("127.0.0.1", port), 2);
+    server.stop();
+}
+
+/// stderr a socket that is not read (as a journal that has stopped reading would be):
+/// the worker's output fills it and the worker blocks, but start_server's own lines
+/// (received TERM, the worker's exit) are sent without waiting, dropped if need be, so
+/// TERM still stops it. It used to block in write(2) on its first line.
+#[test]
+fn start_server_never_blocks_on_a_stderr_socket_that_is_not_read() {
+    if !have("bash") {
+        eprintln!("SKIP: bash (for /dev/tcp) is not installed");
+        return;
+    }
+    let dir = TempDir::new("lw-sock");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let to = listener.local_addr().unwrap();
+    let worker_pid = dir.path().join("worker");
+    let mut server = Server::start_wrapped(
+        &[
+            "bash",
+            "-c",
+            &format!("exec \"$@\" 2>/dev/tcp/127.0.0.1/{}", to.port()),
+            "bash",
+        ],
+        &[
+            "--interval=0.1",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo $$ > {}; exec yes flood >&2", worker_pid.display()),
+        ],
+        &[],
+    );
+    // Accepted, never read.
+    let _journal = wait_for("start_server's stderr to connect", || {
+        listener.accept().ok()
+    });
+    let worker = wait_pid_file(&worker_pid);
+    wait_until("the worker to block on the full socket", || {
+        comm(worker).as_deref() == Some("yes")
+            && stat_fields(worker)
+                .unwrap_or_default()
+                .first()
+                .is_some_and(|state| state == "S")
+    });
+    server.signal(libc::SIGTERM);
+    let status = common::poll_until(
+        "start_server to exit",
+        std::time::Duration::from_secs(10),
+        || server.try_exit(),
+    );
+    assert!(status.success(), "{status}");
+    assert!(!pid_alive(worker));
+}
+
+/// The one device a log may go to: `--log-file=/dev/null` discarded the log with the
+/// original and still does, at start and on USR1.
+#[test]
+fn the_null_device_is_a_log_file_that_is_allowed() {
+    let dir = TempDir::new("lf-null");
+    let status = dir.path().join("status");
+    let mut server = Server::start(&[
+        "--log-file=/dev/null",
+        &format!("--status-file={}", status.display()),
+        "--interval=0.1",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    server.wait_status(&status, &[1]);
+    server.signal(libc::SIGUSR1);
+    server.signal(libc::SIGHUP);
+    server.wait_status(&status, &[2]);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
 }

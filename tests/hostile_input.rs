@@ -205,10 +205,13 @@ fn table() -> Vec<(&'static str, Build)> {
         ("--daemonize without --log-file", |d| {
             row(&["--daemonize"], &["--log-file"]).worker(d)
         }),
-        ("--restart without --status-file", |d| {
+        ("--restart without --pid-file", |d| {
             row(
-                &["--restart", &format!("--pid-file={}", p(&d.join("x.pid")))],
-                &["--status-file"],
+                &[
+                    "--restart",
+                    &format!("--status-file={}", p(&d.join("status"))),
+                ],
+                &["--pid-file"],
             )
         }),
         ("--stop without --pid-file", |_| {

@@ -368,24 +368,24 @@ fn lines_written_while_no_logger_runs_reach_the_next_one() {
     assert!(text.contains(&restarting_after_a_second(0)), "{text}");
 }
 
-#[test]
-fn start_server_never_blocks_on_a_full_log_pipe() {
-    let dir = TempDir::new("lp-full");
-    let d = dir.path();
+/// start_server with a logger that never reads and a worker that floods the pipe, once
+/// the pipe is full (the worker blocks on it): (it, the logger's pid, the worker's).
+fn flooded(d: &Path, env: &[(&str, &str)]) -> (Server, i32, i32) {
     let (logger, worker) = (d.join("logger"), d.join("worker"));
-    let _logger = KillOnDrop(&logger);
-    let mut server = Server::start(&[
-        // A logger that never reads.
-        &format!(
-            "--log-file=| echo $$ > {}; exec sleep 1000",
-            logger.display()
-        ),
-        "--interval=0.1",
-        "--",
-        "sh",
-        "-c",
-        &format!("echo $$ > {}; exec yes flood", worker.display()),
-    ]);
+    let server = Server::start_with(
+        &[
+            &format!(
+                "--log-file=| echo $$ > {}; exec sleep 1000",
+                logger.display()
+            ),
+            "--interval=0.1",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo $$ > {}; exec yes flood", worker.display()),
+        ],
+        env,
+    );
     let logger = read_pid(&logger);
     let worker = read_pid(&worker);
     wait_comm(worker, "yes");
@@ -396,9 +396,116 @@ fn start_server_never_blocks_on_a_full_log_pipe() {
             .first()
             .is_some_and(|state| state == "S")
     });
-    // Its own lines (received TERM, worker died, exiting) must not block it.
+    (server, logger, worker)
+}
+
+/// TERM, and start_server must exit 0 within the bound, its worker and logger gone.
+fn stops_within_bound(mut server: Server, logger: i32, worker: i32) {
     server.signal(libc::SIGTERM);
     let status = poll_until("start_server to exit", EXIT_BOUND, || server.try_exit());
     assert!(status.success(), "{status}");
     assert!(!pid_alive(worker) && !pid_alive(logger));
+}
+
+#[test]
+fn start_server_never_blocks_on_a_full_log_pipe() {
+    let dir = TempDir::new("lp-full");
+    let _logger = KillOnDrop(&dir.path().join("logger"));
+    let (server, logger, worker) = flooded(dir.path(), &[]);
+    // Its own lines (received TERM, worker died, exiting) must not block it.
+    stops_within_bound(server, logger, worker);
+}
+
+/// Whether `pid` runs an image handed an upgrade's state: its environment at exec
+/// (/proc/PID/environ, which removing the variable later does not change) has it.
+fn handed_an_upgrade(pid: i32) -> bool {
+    fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .any(|var| var.starts_with(b"SERVER_STARTER_UPGRADE_STATE="))
+}
+
+/// The way back from a refused upgrade (the new image's line, then the previous
+/// image's) used to block in write(2) on stderr, the full pipe, with TERM blocked:
+/// TERM must still stop start_server within the bound.
+#[test]
+fn a_refused_upgrade_going_back_never_blocks_on_a_full_log_pipe() {
+    let dir = TempDir::new("lp-back");
+    let _logger = KillOnDrop(&dir.path().join("logger"));
+    // The test hook of start_server(1): every new image refuses the state.
+    let refuse = [("SERVER_STARTER_UPGRADE_TEST_REFUSE", "1")];
+    let (server, logger, worker) = flooded(dir.path(), &refuse);
+    server.signal(libc::SIGUSR2);
+    wait_until("the new image to be executed", || {
+        handed_an_upgrade(server.pid())
+    });
+    stops_within_bound(server, logger, worker);
+}
+
+/// The variables start_server's own service manager set for it: its notification
+/// socket, its watchdog, and the sockets it passed.
+const MANAGER_VARIABLES: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+];
+
+/// The names in a file of NUL-separated `NAME=value` entries (/proc/PID/environ).
+fn names(file: &Path) -> Vec<String> {
+    let bytes = wait_for(&format!("{}", file.display()), || fs::read(file).ok());
+    bytes
+        .split(|&b| b == 0)
+        .filter_map(|var| {
+            let name = var.split(|&b| b == b'=').next()?;
+            (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned())
+        })
+        .collect()
+}
+
+/// Like the workers, the logger (the first, and one restarted by the main loop) gets
+/// none of the variables start_server's own service manager set for start_server.
+#[test]
+fn loggers_get_none_of_start_servers_manager_variables() {
+    let dir = TempDir::new("lp-env");
+    let d = dir.path();
+    let manager = common::notify::NotifySocket::new_abstract();
+    // Each logger copies the environment it was started with, whole, then reads on.
+    let copy = |name: &str| {
+        let file = d.join(name).display().to_string();
+        format!("cat /proc/$$/environ > {file}.tmp; mv {file}.tmp {file}")
+    };
+    let _first = KillOnDrop(&d.join("logger1"));
+    let _second = KillOnDrop(&d.join("logger2"));
+    let spec = logger_spec(
+        d,
+        &format!("{}; exec head -n 1 > /dev/null", copy("env1")),
+        &format!("{}; exec cat > /dev/null", copy("env2")),
+    );
+    // Socket-activated, as systemd does it, with a notification socket and a watchdog:
+    // LISTEN_PID and WATCHDOG_PID name start_server (the shells exec it).
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap().to_string();
+    let mut cmd =
+        socket_activated_command(Path::new("sh"), std::os::fd::AsRawFd::as_raw_fd(&holder));
+    cmd.args(["-c", "WATCHDOG_PID=$$ exec \"$@\"", "sh"])
+        .arg(start_server_bin())
+        .args([&format!("--port={addr}"), &spec, "--interval=0.1", "--"])
+        .args(["sleep", "1000"])
+        .env("NOTIFY_SOCKET", &manager.env)
+        .env("WATCHDOG_USEC", "600000000")
+        .env("LISTEN_FDNAMES", "web");
+    let mut server = Server::spawn(cmd);
+    for env in ["env1", "env2"] {
+        let names = names(&d.join(env));
+        assert!(names.iter().any(|n| n == "PATH"), "{env}: {names:?}");
+        let leaked: Vec<&String> = names
+            .iter()
+            .filter(|n| MANAGER_VARIABLES.contains(&n.as_str()))
+            .collect();
+        assert!(leaked.is_empty(), "{env}: the logger got {leaked:?}");
+    }
+    server.stop();
 }

@@ -114,11 +114,12 @@ fn stop_a_running_instance_and_none() {
     assert!(!pid_alive(worker));
     assert!(!pid_file.exists());
 
+    // Nothing to stop: a status of its own (3), so that a script can tell.
     let out = run(&["--stop", &arg("pid-file", &pid_file)]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3));
     assert!(
         stderr(&out).contains(&format!(
-            "{}: No such file or directory",
+            "nothing to stop: failed to open pid file {}: No such file or directory",
             pid_file.display()
         )),
         "{}",
@@ -128,7 +129,7 @@ fn stop_a_running_instance_and_none() {
     // A stale file: nothing holds its lock, so no signal goes to whatever has that pid.
     fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
     let out = run(&["--stop", &arg("pid-file", &pid_file)]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3));
     assert!(stderr(&out).contains("is not running"), "{}", stderr(&out));
     assert_eq!(
         fs::read_to_string(&pid_file).unwrap(),

@@ -16,7 +16,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{artifact, repo_root, TempDir};
+use common::{artifact, example, repo_root, TempDir, PATIENCE};
 use support::*;
 
 /// Debian's Python, which has python3-systemd (the one on PATH may not).
@@ -522,24 +522,137 @@ fn start_server_restarted_while_the_socket_is_held_elsewhere_fails_no_request() 
 
 // ------------------------------------------------------------------ unit files
 
-/// contrib/systemd's units pass `systemd-analyze verify`, with start_server's path
-/// pointed at this build (the units name /usr/local/bin/start_server) and the
-/// example worker's at one that exists.
+/// Both sets of contrib/systemd's units pass `systemd-analyze verify`, with
+/// start_server's path pointed at this build (the units name
+/// /usr/local/bin/start_server) and the example worker's at one that exists:
+/// systemd-252/ (Debian 12) with no complaint on any systemd, the top set with none
+/// on systemd 253 and later (before that, none but the unknown notify-reload, which
+/// is why systemd-252/ exists).
 #[test]
 fn contrib_systemd_units_verify() {
-    let Some(analyze) = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-    else {
+    let Some(analyze) = systemd_analyze() else {
         eprintln!("skipped: systemd-analyze is not installed (Debian's systemd)");
         return;
     };
-    let dir = TempDir::new("units");
+    let version = Command::new(&analyze).arg("--version").output().unwrap();
+    let major: u32 = String::from_utf8_lossy(&version.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let complaints = verify_units(&analyze, "contrib/systemd/systemd-252");
+    assert!(
+        complaints.is_empty(),
+        "systemd {major}, systemd-252/: {complaints:#?}"
+    );
+    for line in verify_units(&analyze, "contrib/systemd") {
+        assert!(
+            major < 253 && line.ends_with("Failed to parse service type, ignoring: notify-reload"),
+            "systemd {major}: {line}"
+        );
+    }
+}
+
+/// Every service of contrib/systemd writes a pid file (`start_server --restart`,
+/// `--stop` and `--upgrade` find it by that), and those of systemd-252/ reload with
+/// `start_server --restart` given that same file (`systemd-analyze verify` cannot
+/// tell a --restart that would find nothing); the top set reloads by notify-reload.
+#[test]
+fn contrib_systemd_services_have_pid_files_and_reload_with_them() {
+    let root = repo_root().join("contrib/systemd");
+    let mut services = 0;
+    for (dir, service_type) in [
+        (root.join("systemd-252"), "notify"),
+        (root, "notify-reload"),
+    ] {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "service") {
+                continue;
+            }
+            services += 1;
+            let text = fs::read_to_string(&path).unwrap().replace("\\\n", " ");
+            let directive = |key: &str| -> Option<String> {
+                text.lines()
+                    .find(|l| l.starts_with(key))
+                    .map(str::to_string)
+            };
+            let name = path.display();
+            assert_eq!(
+                directive("Type="),
+                Some(format!("Type={service_type}")),
+                "{name}"
+            );
+            let start = directive("ExecStart=").unwrap_or_else(|| panic!("{name}: no ExecStart"));
+            let pid_file = start
+                .split_whitespace()
+                .find(|w| w.starts_with("--pid-file="))
+                .unwrap_or_else(|| panic!("{name}: ExecStart has no --pid-file"));
+            if service_type == "notify" {
+                let reload = directive("ExecReload=").unwrap_or_default();
+                let reload: Vec<&str> = reload.split_whitespace().collect();
+                assert!(
+                    reload.contains(&"--restart") && reload.contains(&pid_file),
+                    "{name}: ExecReload is not `start_server --restart {pid_file}`: {reload:?}"
+                );
+            }
+        }
+    }
+    assert!(services >= 4, "{services}");
+}
+
+/// Every unit that contrib/systemd's files name (in a directive or a comment that
+/// tells the reader where to look) is one of them.
+#[test]
+fn contrib_systemd_units_name_only_units_that_exist() {
+    let root = repo_root().join("contrib/systemd");
+    let mut files = Vec::new();
+    for dir in [root.clone(), root.join("systemd-252")] {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    for path in &files {
+        let text = fs::read_to_string(path).unwrap();
+        for word in text.split(|c: char| !(c.is_alphanumeric() || "-_./".contains(c))) {
+            let word = word.trim_end_matches('.');
+            let Some(name) = word.rsplit('/').next() else {
+                continue;
+            };
+            if !(name.ends_with(".service") || name.ends_with(".socket")) || name.starts_with('.') {
+                continue;
+            }
+            assert!(
+                files.iter().any(|f| f.file_name().unwrap() == name),
+                "{} names {word}, which contrib/systemd does not have",
+                path.display()
+            );
+        }
+    }
+}
+
+fn systemd_analyze() -> Option<PathBuf> {
+    ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// `systemd-analyze verify` of the units in `dir` (of the repository), copied with
+/// the paths of this build; its complaints, one a line.
+fn verify_units(analyze: &Path, dir: &str) -> Vec<String> {
+    let copies = TempDir::new("units");
     let mut units: Vec<PathBuf> = Vec::new();
-    for entry in fs::read_dir(repo_root().join("contrib/systemd")).unwrap() {
+    for entry in fs::read_dir(repo_root().join(dir)).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() {
+            continue;
+        }
         let text = fs::read_to_string(&path).unwrap();
-        let copy = dir.path().join(path.file_name().unwrap());
+        let copy = copies.path().join(path.file_name().unwrap());
         let bin = start_server_bin().display().to_string();
         let text = text.replace("/usr/local/bin/start_server", &bin).replace(
             "/usr/local/bin/my-server",
@@ -548,27 +661,119 @@ fn contrib_systemd_units_verify() {
         fs::write(&copy, text).unwrap();
         units.push(copy);
     }
-    assert!(units.len() >= 2, "{units:?}");
+    assert!(units.len() >= 2, "{dir}: {units:?}");
     let out = Command::new(analyze)
         .args(["verify", "--man=no"])
         .args(&units)
-        .current_dir(dir.path())
+        .current_dir(copies.path())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let version = Command::new(analyze).arg("--version").output().unwrap();
-    let major: u32 = String::from_utf8_lossy(&version.stdout)
+    assert!(out.status.success(), "{dir}: {stderr}");
+    stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The hot-deploy unit for the systemd that runs here (systemd-252/ on 252, the top
+/// set on 253 and later) under that real service manager: `systemctl start` returns
+/// once generation 1 serves, `systemctl reload` once generation 2 has replaced it,
+/// `systemctl stop` stops it all. A user instance when there is one, else the
+/// system's (root only); the unit is linked for this boot only (`--runtime`) under a
+/// name of its own, and unlinked at the end. Skipped where no systemd runs (a
+/// container like CI's: `systemd --user` refuses to start without a booted system).
+#[test]
+fn hot_deploy_unit_runs_under_systemd() {
+    let scope = match running_service_manager() {
+        Ok(scope) => scope,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let systemctl = |args: &[&str]| {
+        let mut cmd = Command::new("systemctl");
+        cmd.args(&scope).args(args);
+        let what = format!("{cmd:?}");
+        let out = run_command_within(cmd, PATIENCE * 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {}: {stderr}", out.status);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let version = systemctl(&["--version"]);
+    let major: u32 = version
         .split_whitespace()
         .nth(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
-        // systemd before 253 does not know Type=notify-reload (hot-deploy.service
-        // says what to use there instead); anything else is a mistake in a unit.
-        assert!(
-            major < 253 && line.ends_with("Failed to parse service type, ignoring: notify-reload"),
-            "systemd {major}: {line}"
-        );
+    let source = match major {
+        253.. => "contrib/systemd/hot-deploy.service",
+        _ => "contrib/systemd/systemd-252/hot-deploy.service",
+    };
+    let dir = TempDir::new("unit");
+    let name = format!("ss-test-{}", std::process::id());
+    let port = free_port("127.0.0.1");
+    let text = fs::read_to_string(repo_root().join(source))
+        .unwrap()
+        .replace(
+            "/usr/local/bin/start_server",
+            &start_server_bin().display().to_string(),
+        )
+        .replace(
+            "/usr/local/bin/my-server",
+            &example("http-static").display().to_string(),
+        )
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        // %t: /run for the system's instance, $XDG_RUNTIME_DIR for a user's.
+        .replace("/run/my-server/", &format!("%t/{name}/"))
+        .replace(
+            "RuntimeDirectory=my-server",
+            &format!("RuntimeDirectory={name}"),
+        )
+        .replace("Restart=on-failure", "Restart=no");
+    let unit = dir.path().join(format!("{name}.service"));
+    fs::write(&unit, text).unwrap();
+    let service = format!("{name}.service");
+    systemctl(&["--runtime", "link", &unit.display().to_string()]);
+    let at = addr("127.0.0.1", port);
+    let outcome = std::panic::catch_unwind(|| {
+        systemctl(&["start", &service]);
+        assert_eq!(http_get(at).expect("an answer once started").1, 1);
+        systemctl(&["reload", &service]);
+        wait_generation(at, 2);
+        systemctl(&["stop", &service]);
+        assert!(http_get(at).is_err(), "still answering once stopped");
+    });
+    let _ = Command::new("systemctl")
+        .args(&scope)
+        .args(["stop", &service])
+        .status();
+    let _ = Command::new("systemctl")
+        .args(&scope)
+        .args(["--runtime", "disable", &service])
+        .status();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
+}
+
+/// The `systemctl` scope of a service manager this test may use (`--user`, or none
+/// for the system's), or why there is none.
+fn running_service_manager() -> Result<Vec<&'static str>, String> {
+    if !Path::new("/run/systemd/system").exists() {
+        return Err("no systemd runs here (/run/systemd/system is missing)".into());
+    }
+    let user = Command::new("systemctl")
+        .args(["--user", "show-environment"])
+        .output();
+    if user.is_ok_and(|o| o.status.success()) {
+        return Ok(vec!["--user"]);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(vec![]);
+    }
+    Err("no systemd --user instance, and the system's needs root".into())
 }

@@ -14,9 +14,11 @@ when that is set (sd_notify messages, through server_starter_notify).
 
 The library is looked up, in order:
   1. $SERVER_STARTER_LIBRARY, a path to libserver_starter.so;
-  2. pkg-config's libdir for server_starter (honouring PKG_CONFIG_PATH and
+  2. BUILT_LIBRARY below, which `make examples` sets in its copy
+     (build/examples/python/worker.py) to the library it staged;
+  3. pkg-config's libdir for server_starter (honouring PKG_CONFIG_PATH and
      PKG_CONFIG_SYSROOT_DIR, so a staged install works);
-  3. the dynamic linker's own search: LD_LIBRARY_PATH, then ld.so.cache.
+  4. the dynamic linker's own search: LD_LIBRARY_PATH, then ld.so.cache.
 """
 
 import ctypes
@@ -30,6 +32,8 @@ import sys
 import threading
 
 NAME_MAX = 272  # SERVER_STARTER_NAME_MAX in server_starter.h
+
+BUILT_LIBRARY = None
 
 
 class Listener(ctypes.Structure):
@@ -61,6 +65,8 @@ def load_library():
     candidates = []
     if os.environ.get("SERVER_STARTER_LIBRARY"):
         candidates.append(os.environ["SERVER_STARTER_LIBRARY"])
+    if BUILT_LIBRARY:
+        candidates.append(BUILT_LIBRARY)
     libdir = pkg_config_libdir()
     if libdir:
         candidates.append(os.path.join(libdir, "libserver_starter.so.0"))

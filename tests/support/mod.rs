@@ -80,28 +80,35 @@ impl Drop for KillOnDrop<'_> {
 
 /// Runs start_server with `args` (a control command such as `--stop`, or a
 /// `--daemonize` launcher), failing the test if it has not returned within `timeout`.
+pub fn run_within(args: &[&str], timeout: Duration) -> Output {
+    let mut cmd = Command::new(start_server_bin());
+    cmd.args(args);
+    run_command_within(cmd, timeout)
+}
+
+/// Runs `cmd` to its end, failing the test if it has not returned within `timeout`.
 /// Its output goes through files, not pipes, so that a process it leaves behind with
 /// them open (a daemon, a logger) cannot make the test wait.
-pub fn run_within(args: &[&str], timeout: Duration) -> Output {
+pub fn run_command_within(mut cmd: Command, timeout: Duration) -> Output {
     let dir = TempDir::new("run");
     let (out, err) = (dir.path().join("out"), dir.path().join("err"));
     let file = |path: &Path| std::fs::File::create(path).expect("an output file");
-    let mut child = Command::new(start_server_bin())
-        .args(args)
+    let what = format!("{cmd:?}");
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(file(&out))
         .stderr(file(&err))
         .spawn()
-        .expect("run start_server");
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
     let deadline = Instant::now() + timeout;
     let status = loop {
-        if let Some(status) = child.try_wait().expect("waitpid on start_server") {
+        if let Some(status) = child.try_wait().expect("waitpid") {
             break status;
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("start_server {args:?} still running after {timeout:?}");
+            panic!("{what} still running after {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };

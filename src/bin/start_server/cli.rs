@@ -19,7 +19,8 @@ pub enum Mode {
     /// `--restart`: ask the running instance for a restart and wait for the verdict.
     Restart {
         pid_file: PathBuf,
-        status_file: PathBuf,
+        /// Needed only for an instance without a control socket.
+        status_file: Option<PathBuf>,
     },
     /// `--stop`: TERM the running instance and wait for it to exit; with
     /// `--kill-timeout`, for at most that long plus `control::STOP_MARGIN`.
@@ -139,9 +140,10 @@ Options:
                           before the port number binds UDP (e.g. --port=u443)
   --path=path             unix socket to listen to (repeatable)
   --dir=path              working directory of the workers
-  --interval=seconds      how long a new worker must live to count as started,
-                          and the pause before a failed one is tried again,
-                          0.1 at least (default: 1; fractions allowed)
+  --interval=seconds      how long a new worker must live to count as started
+                          (0: at once), and the pause before a failed one is
+                          tried again, which is 0.1 at least (default: 1;
+                          fractions allowed)
   --signal-on-hup=SIGNAL  signal for the old workers on SIGHUP (default: TERM)
   --signal-on-term=SIGNAL signal for the workers on SIGTERM (default: TERM)
   --pid-file=filename     write start_server's pid there (locked while running)
@@ -150,7 +152,9 @@ Options:
                           variables, read again before every spawn (or $ENVDIR)
   --log-file=file         append start_server's and the workers' output to file
   --log-file=\"| cmd args\" pipe it to a command
-  --daemonize             detach (fork, setsid, fork); needs --log-file
+  --daemonize             detach (fork, setsid, fork); needs --log-file; returns
+                          once generation 1 has started (0) or failed to (1:
+                          the daemon goes on trying; 255: it gave up)
   --enable-auto-restart   restart the workers periodically (or $ENABLE_AUTO_RESTART)
   --auto-restart-interval=seconds
                           period of the automatic restart (default: 360)
@@ -174,12 +178,14 @@ Options:
   --listen-fds            also hand the sockets to the workers as systemd socket
                           activation does (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES),
                           at descriptors 3, 4, ... in SERVER_STARTER_PORT order
-  --restart               ask the instance of --pid-file for a restart and wait
-                          for the verdict: 0 once the new generation runs
-                          alone, non-zero once it failed to start (an instance
-                          without a control socket: HUP, then --status-file)
+  --restart               ask the instance of --pid-file for a restart, wait
+                          for the verdict and print it: 0 once the new
+                          generation runs alone, non-zero once it failed to
+                          start (an instance without a control socket: HUP,
+                          then --status-file, which it then needs)
   --stop                  TERM the instance of --pid-file and wait for its exit
-                          (with --kill-timeout: at most that plus 5 seconds)
+                          (with --kill-timeout: at most that plus 5 seconds);
+                          exit status 3 if none runs
   --upgrade               have the instance of --pid-file re-execute its binary
                           in place (SIGUSR2), keeping its sockets and workers,
                           and say whether it now runs the new one
@@ -244,13 +250,15 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         return Ok(Mode::Version);
     }
     if m.opt_present("restart") {
-        return match (path("pid-file"), path("status-file")) {
-            (Some(pid_file), Some(status_file)) => Ok(Mode::Restart {
+        return match path("pid-file") {
+            Some(pid_file) => Ok(Mode::Restart {
                 pid_file,
-                status_file,
+                status_file: path("status-file"),
             }),
-            _ => Err(invalid(
-                "--restart option requires --pid-file and --status-file to be set as well".into(),
+            None => Err(invalid(
+                "--restart option requires --pid-file to be set as well (and --status-file \
+                 for an instance without a control socket)"
+                    .into(),
             )),
         };
     }
@@ -376,11 +384,51 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
 fn getopt_long_message(fail: getopts::Fail) -> String {
     use getopts::Fail;
     match fail {
-        Fail::UnrecognizedOption(name) => format!("Unknown option: {name}"),
+        // The original's words, then what to do about it.
+        Fail::UnrecognizedOption(name) => match closest_option(&name) {
+            Some(option) => format!(
+                "Unknown option: {name} (did you mean --{option}? start_server --help lists \
+                 every option)"
+            ),
+            None => format!("Unknown option: {name} (start_server --help lists every option)"),
+        },
         Fail::ArgumentMissing(name) => format!("Option {name} requires an argument"),
         Fail::UnexpectedArgument(name) => format!("Option {name} does not take an argument"),
         other => other.to_string(),
     }
+}
+
+/// The option `name` most likely stands for: one it is a prefix of (a new option that
+/// is not abbreviated), or the nearest by edit distance, if near enough to be a typo.
+fn closest_option(name: &str) -> Option<&'static str> {
+    let name = name.trim_start_matches('-');
+    let (distance, option) = OPTIONS
+        .iter()
+        .map(|&(option, _)| {
+            let distance = match option.starts_with(name) {
+                true => 0,
+                false => edit_distance(name, option),
+            };
+            (distance, option)
+        })
+        .min_by_key(|&(distance, _)| distance)?;
+    (distance <= (name.len() / 3).max(1)).then_some(option)
+}
+
+/// Levenshtein distance: the insertions, deletions and substitutions from `a` to `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// A non-negative number of seconds, fractions allowed (`0.25`).
@@ -532,8 +580,21 @@ mod tests {
         assert!(!start(&["--", "prog"]).listen_fds);
         assert_eq!(
             error(&["--listen", "--", "prog"]).message,
-            "Unknown option: listen"
+            "Unknown option: listen (did you mean --listen-fds? start_server --help lists \
+             every option)"
         );
+    }
+
+    #[test]
+    fn typos_are_near_their_option_and_nonsense_is_not() {
+        assert_eq!(closest_option("intreval"), Some("interval"));
+        assert_eq!(closest_option("deamonize"), Some("daemonize"));
+        assert_eq!(closest_option("log_file"), Some("log-file"));
+        assert_eq!(closest_option("ports"), Some("port"));
+        assert_eq!(closest_option("bogus"), None);
+        assert_eq!(closest_option("x"), None);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]
@@ -569,7 +630,12 @@ mod tests {
         );
         assert_eq!(
             error(&["--bogus", "--", "x"]).message,
-            "Unknown option: bogus"
+            "Unknown option: bogus (start_server --help lists every option)"
+        );
+        assert_eq!(
+            error(&["--pidfile=x", "--", "x"]).message,
+            "Unknown option: pidfile (did you mean --pid-file? start_server --help lists \
+             every option)"
         );
         assert_eq!(
             error(&["--daemonize=1", "--", "x"]).message,
@@ -595,9 +661,9 @@ mod tests {
         assert!(error(&["--daemonize", "--", "x"])
             .message
             .contains("--log-file"));
-        assert!(error(&["--restart", "--pid-file=x"])
+        assert!(error(&["--restart", "--status-file=x"])
             .message
-            .contains("--status-file"));
+            .contains("--pid-file"));
         assert!(error(&["--stop"]).message.contains("--pid-file"));
         assert!(error(&["--upgrade"]).message.contains("--pid-file"));
         assert!(error(&["--dir=/nonexistent/dir", "--", "x"])

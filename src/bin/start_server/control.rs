@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::control_socket;
-use crate::pid_file;
+use crate::pid_file::{self, Instance};
 use crate::status_file;
 use crate::sys::{self, Pid, SockAddr};
 
@@ -21,11 +21,23 @@ pub const POLL: Duration = Duration::from_millis(50);
 /// finish.
 pub const STOP_MARGIN: Duration = Duration::from_secs(5);
 
+/// `--stop`'s exit status when no instance runs with the pid file (LSB's "program is
+/// not running"), so that a script can tell it from a failure to stop one.
+pub const NOT_RUNNING: u8 = 3;
+
 /// TERM the instance, then wait until it has exited (its lock on the pid file is
 /// released, which happens only after its last worker is gone). With `kill_timeout`
-/// (the instance's `--kill-timeout`), gives up after that plus `STOP_MARGIN`.
-pub fn stop(pid_file: &Path, kill_timeout: Option<Duration>) -> Result<(), String> {
-    let (pid, file) = pid_file::running_instance(pid_file)?;
+/// (the instance's `--kill-timeout`), gives up after that plus `STOP_MARGIN`. The error
+/// comes with the exit status: `NOT_RUNNING`, or 255.
+pub fn stop(pid_file: &Path, kill_timeout: Option<Duration>) -> Result<(), (u8, String)> {
+    let (pid, file) = match pid_file::find_instance(pid_file).map_err(|e| (255, e))? {
+        Instance::Running(pid, file) => (pid, file),
+        Instance::NotRunning(why) => return Err((NOT_RUNNING, format!("nothing to stop: {why}"))),
+    };
+    stop_running(pid, &file, kill_timeout).map_err(|e| (255, e))
+}
+
+fn stop_running(pid: Pid, file: &File, kill_timeout: Option<Duration>) -> Result<(), String> {
     crate::log!(
         "stop_server (pid:{}) stopping now (pid:{pid})...",
         std::process::id()
@@ -33,11 +45,11 @@ pub fn stop(pid_file: &Path, kill_timeout: Option<Duration>) -> Result<(), Strin
     sys::kill(pid, libc::SIGTERM)
         .map_err(|e| format!("failed to send SIGTERM to the server process {pid}: {e}"))?;
     let Some(kill_timeout) = kill_timeout else {
-        return pid_file::wait_released(&file);
+        return pid_file::wait_released(file);
     };
     let bound = kill_timeout + STOP_MARGIN;
     let deadline = Instant::now() + bound;
-    while pid_file::still_locked(&file) {
+    while pid_file::still_locked(file) {
         if Instant::now() >= deadline {
             return Err(format!(
                 "start_server (pid {pid}) is still running {} secs after SIGTERM \
@@ -52,13 +64,42 @@ pub fn stop(pid_file: &Path, kill_timeout: Option<Duration>) -> Result<(), Strin
     Ok(())
 }
 
-/// Asks the instance for a restart and waits for its verdict: Ok once the new
+/// Asks the instance for a restart, waits for its verdict and says it: Ok once the new
 /// generation runs alone, an error saying why once it failed to start (the old
 /// generation goes on serving). An instance without a control socket (an older
-/// start_server) is sent HUP instead, and its status file watched as the original does.
-pub fn restart(pid_file: &Path, status_file: &Path) -> Result<(), String> {
+/// start_server) is sent HUP instead, and its status file watched as the original does:
+/// only that needs `status_file`.
+pub fn restart(pid_file: &Path, status_file: Option<&Path>) -> Result<(), String> {
     let (pid, file) = pid_file::running_instance(pid_file)?;
-    let newest = status_file::generations(status_file)?
+    // As the original, given a status file: no restart without a generation in it.
+    let newest = status_file.map(newest_generation).transpose()?;
+    let Some(socket) = ask(pid, control_socket::RESTART, "a restart")? else {
+        return restart_by_signal(pid, &file, status_file.zip(newest));
+    };
+    match answer(pid, &socket, &file, None)? {
+        Answer::Ok(generation) => {
+            restarted(pid, &generation);
+            Ok(())
+        }
+        Answer::Failed(why) => Err(format!("restart failed: {why}")),
+        Answer::Exited | Answer::Silent => Err(exited(pid)),
+        Answer::Unacknowledged => {
+            crate::log!(
+                "start_server (pid {pid}) did not answer on its control socket; sending SIGHUP instead"
+            );
+            restart_by_signal(pid, &file, status_file.zip(newest))
+        }
+    }
+}
+
+/// The verdict of a restart that succeeded.
+fn restarted(pid: Pid, generation: &str) {
+    crate::log!("restarted: {generation} runs alone (start_server pid {pid})");
+}
+
+/// The newest generation in the status file.
+fn newest_generation(status_file: &Path) -> Result<u64, String> {
+    status_file::generations(status_file)?
         .into_iter()
         .max()
         .ok_or_else(|| {
@@ -66,21 +107,7 @@ pub fn restart(pid_file: &Path, status_file: &Path) -> Result<(), String> {
                 "no active process found in the status file {}",
                 status_file.display()
             )
-        })?;
-    let Some(socket) = ask(pid, control_socket::RESTART, "a restart")? else {
-        return restart_by_signal(pid, &file, status_file, newest);
-    };
-    match answer(pid, &socket, &file, None)? {
-        Answer::Ok(_) => Ok(()),
-        Answer::Failed(why) => Err(format!("restart failed: {why}")),
-        Answer::Exited | Answer::Silent => Err(exited(pid)),
-        Answer::Unacknowledged => {
-            crate::log!(
-                "start_server (pid {pid}) did not answer on its control socket; sending SIGHUP instead"
-            );
-            restart_by_signal(pid, &file, status_file, newest)
-        }
-    }
+        })
 }
 
 /// How long `--restart` and `--upgrade` wait for the instance to acknowledge their
@@ -164,7 +191,13 @@ pub fn answer(
 
 /// The original's way: HUP, then wait until the status file shows only a generation
 /// newer than `newest`. Gives up, with an error, if the instance exits meanwhile.
-fn restart_by_signal(pid: Pid, file: &File, status_file: &Path, newest: u64) -> Result<(), String> {
+fn restart_by_signal(pid: Pid, file: &File, watched: Option<(&Path, u64)>) -> Result<(), String> {
+    let Some((status_file, newest)) = watched else {
+        return Err(format!(
+            "start_server (pid {pid}) has no control socket (an older start_server): \
+             --restart needs its --status-file as well, to follow the restart"
+        ));
+    };
     sys::kill(pid, libc::SIGHUP)
         .map_err(|e| format!("failed to send SIGHUP to the server process {pid}: {e}"))?;
     loop {
@@ -173,6 +206,7 @@ fn restart_by_signal(pid: Pid, file: &File, status_file: &Path, newest: u64) -> 
         if let Ok(generations) = status_file::generations(status_file) {
             if let [only] = generations[..] {
                 if only > newest {
+                    restarted(pid, &format!("generation {only}"));
                     return Ok(());
                 }
             }

@@ -112,11 +112,15 @@ fn first_line(path: &Path) -> Result<Option<Vec<u8>>, String> {
     Ok(Some(line))
 }
 
-fn regular(kind: fs::FileType) -> Result<(), String> {
+/// Ok for a regular file; else what it is instead, for a message (also the log
+/// file's, see log_file.rs).
+pub fn regular(kind: fs::FileType) -> Result<(), String> {
     if kind.is_file() {
         return Ok(());
     }
-    let what = if kind.is_dir() {
+    let what = if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_dir() {
         "a directory"
     } else if kind.is_fifo() {
         "a FIFO"

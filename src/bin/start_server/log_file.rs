@@ -1,11 +1,22 @@
 //! `--log-file`: a file to append to, or, with a leading `|`, a command (run by
 //! `/bin/sh -c`) whose standard input receives the log (see log_pipe.rs). Once set-up
 //! is done, start_server's stdout and stderr point there, and so do its workers'.
+//!
+//! start_server often runs as root and appends to a file in a directory that others
+//! may write to (a service user's log directory): whoever can replace the file there
+//! (after a rotation, say) must not make root append to another file. So the file is
+//! opened, at start and on every USR1, as the status file is written: never through a
+//! symlink at the path (O_NOFOLLOW), and never anything but a regular file, which is
+//! checked on the file opened (fstat), not before, so that nothing can be swapped in
+//! between. O_NONBLOCK keeps a FIFO at the path from hanging open(2) until a reader
+//! comes; the file opened is then made blocking again, for the workers that share it.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::time::Instant;
 
+use crate::envdir::regular;
 use crate::log_pipe::LogPipe;
 use crate::sys::{self, Pid};
 
@@ -25,11 +36,7 @@ impl LogFile {
                 spec: spec.to_string(),
             });
         }
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(spec)
-            .map_err(|e| format!("failed to open log file:{spec}: {e}"))?;
+        let file = open_append(spec).map_err(|e| format!("failed to open log file:{spec}: {e}"))?;
         Ok(LogFile::File {
             file,
             path: spec.to_string(),
@@ -52,7 +59,8 @@ impl LogFile {
         let result = match self {
             LogFile::File { file, .. } => [libc::STDOUT_FILENO, libc::STDERR_FILENO]
                 .into_iter()
-                .try_for_each(|target| sys::dup2(file.as_raw_fd(), target)),
+                .try_for_each(|target| sys::dup2(file.as_raw_fd(), target))
+                .map(|()| crate::log::follow_stderr()),
             LogFile::Pipe { pipe, .. } => pipe.redirect(),
         };
         result.map_err(|e| format!("failed to redirect output to the log: {e}"))
@@ -61,14 +69,15 @@ impl LogFile {
     /// USR1, after logrotate moved the file away: start_server's own output goes to
     /// the file at the path from now on (created if need be), and so does the next
     /// generations'; running workers keep theirs until they are replaced. A line in
-    /// each file marks the switch.
+    /// each file marks the switch. What is not a regular file at the path (see the
+    /// module's documentation) is refused: the log goes on to the old file.
     pub fn reopen(&mut self) {
         let LogFile::File { file, path } = self else {
             crate::log!("received USR1, but the log is a pipe to a command: nothing to reopen");
             return;
         };
         crate::log!("received USR1, reopening log file {path}");
-        match OpenOptions::new().append(true).create(true).open(&*path) {
+        match open_append(path) {
             Ok(new) => {
                 *file = new;
                 match self.redirect() {
@@ -112,4 +121,46 @@ impl LogFile {
             pipe.finish();
         }
     }
+}
+
+/// Opens `path` to append to, creating it if need be, by the rules of the module's
+/// documentation.
+fn open_append(path: &str) -> Result<File, String> {
+    let opened = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        // ELOOP for a symlink, ENXIO for a FIFO no one reads, EISDIR: say what is
+        // there rather than the errno's riddle.
+        Err(e) => {
+            let there = std::fs::symlink_metadata(path).map(|m| regular(m.file_type()));
+            return Err(match there {
+                Ok(Err(what)) => refused(what),
+                _ => e.to_string(),
+            });
+        }
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("fstat(2) failed: {e}"))?;
+    if !is_null_device(&meta) {
+        regular(meta.file_type()).map_err(refused)?;
+    }
+    sys::clear_nonblocking(&file).map_err(|e| format!("fcntl(F_SETFL) failed: {e}"))?;
+    Ok(file)
+}
+
+/// `--log-file=/dev/null` is a common way to discard the log, and worked with the
+/// original: the null device loses nothing that was asked to be kept, and only root
+/// can make a device node, so it is the one exception to "a regular file only".
+fn is_null_device(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3)
+}
+
+fn refused(what: String) -> String {
+    format!("it is {what}: refused")
 }

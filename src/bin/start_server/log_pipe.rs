@@ -17,9 +17,7 @@
 //! logger has stopped reading, `MAX_EXIT_WAIT` in all; then TERM, and after `LINGER`
 //! more KILL, to the logger's process group.
 
-use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -52,7 +50,7 @@ pub struct LogPipe {
     write: OwnedFd,
     /// start_server's own lines: the same pipe through a file description of its own
     /// that is non-blocking (O_NONBLOCK would otherwise apply to the workers' writes
-    /// too); `None` without /proc, when its lines go to stderr, blocking.
+    /// too); `None` without /proc, when they go as `log::follow_stderr` has them.
     own: Option<OwnedFd>,
     /// The logger's stdout and stderr: start_server's from before the redirection;
     /// `None` (/dev/null) once daemonized, so that the daemon keeps no terminal open.
@@ -79,12 +77,7 @@ impl LogPipe {
         let (read, write) = sys::pipe_cloexec()?;
         // A smaller pipe only means less room while no logger runs.
         let _ = sys::set_pipe_size(&read, PIPE_SIZE);
-        let own = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(format!("/proc/self/fd/{}", write.as_raw_fd()))
-            .ok()
-            .map(OwnedFd::from);
+        let own = log::nonblocking_twin(write.as_raw_fd()).ok();
         Ok(LogPipe {
             command: command.to_string(),
             read,
@@ -140,8 +133,9 @@ impl LogPipe {
         for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
             sys::dup2(self.write.as_raw_fd(), target)?;
         }
-        if let Some(own) = &self.own {
-            log::set_output(own.as_raw_fd());
+        match &self.own {
+            Some(own) => log::set_output(own.as_raw_fd()),
+            None => log::follow_stderr(),
         }
         self.redirected = true;
         Ok(())
@@ -200,8 +194,8 @@ impl LogPipe {
     /// started for the lines left in the pipe.
     pub fn finish(mut self) {
         if self.redirected {
-            log::set_output(libc::STDERR_FILENO);
             let _ = sys::redirect_to_dev_null(&[libc::STDOUT_FILENO, libc::STDERR_FILENO]);
+            log::follow_stderr();
         }
         if self.logger.is_none()
             && self.restart_at.is_some()

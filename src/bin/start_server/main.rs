@@ -82,11 +82,16 @@ fn main() -> ExitCode {
         Mode::Restart {
             pid_file,
             status_file,
-        } => control::restart(&pid_file, &status_file),
+        } => control::restart(&pid_file, status_file.as_deref()),
         Mode::Stop {
             pid_file,
             kill_timeout,
-        } => control::stop(&pid_file, kill_timeout),
+        } => {
+            return match control::stop(&pid_file, kill_timeout) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err((status, message)) => fail(status, &message),
+            }
+        }
         Mode::Upgrade { pid_file } => upgrade::client::upgrade(&pid_file),
     };
     match result {
@@ -96,7 +101,8 @@ fn main() -> ExitCode {
 }
 
 fn fail(status: u8, message: &str) -> ExitCode {
-    eprintln!("start_server: {message}");
+    // Through the log's writer: a supervisor's last line must not hang it either.
+    log::line(format_args!("start_server: {message}"));
     ExitCode::from(status)
 }
 
@@ -116,6 +122,8 @@ fn start(config: Config) -> Result<(), String> {
     let inherited = inherited::take()?;
     let mut plan = Plan::new(&config.ports, &config.paths, inherited, config.listen_fds)?;
     let reserved = plan.reserve()?;
+    // Not before: a descriptor it opens must not take a number a socket is to have.
+    log::follow_stderr();
     // Locked before binding, so that a second instance is told that it is one, rather
     // than that its ports are in use.
     let mut pid_file = config.pid_file.as_deref().map(PidFile::lock).transpose()?;
@@ -125,7 +133,10 @@ fn start(config: Config) -> Result<(), String> {
         .map(LogFile::open)
         .transpose()
         .and_then(|log_file| {
-            log!("start_server (pid:{}) starting now...", std::process::id());
+            // A daemon says it once it is one, with its own pid.
+            if !config.daemonize {
+                starting_now();
+            }
             let listeners = Listeners::bind(plan, config.backlog, reserved)?;
             Ok((log_file, listeners))
         });
@@ -153,20 +164,52 @@ fn start(config: Config) -> Result<(), String> {
     result
 }
 
-/// With the sockets bound: detach if asked to, then supervise until stopped.
+fn starting_now() {
+    log!("start_server (pid:{}) starting now...", std::process::id());
+}
+
+/// With the sockets bound: detach if asked to, then supervise until stopped. A daemon's
+/// launcher waits for word of generation 1: an error before the supervisor has it
+/// reaches the launcher here.
 fn serve(
+    config: Config,
+    tunables: envdir::Tunables,
+    command: Command,
+    listeners: &Listeners,
+    pid_file: Option<&mut PidFile>,
+    log_file: Option<&mut LogFile>,
+) -> Result<(), String> {
+    let mut daemon = if config.daemonize {
+        let daemon = daemon::daemonize(listeners.has_fd(0))?;
+        starting_now();
+        Some(daemon)
+    } else {
+        None
+    };
+    let result = supervise(
+        config,
+        tunables,
+        command,
+        listeners,
+        pid_file,
+        log_file,
+        &mut daemon,
+    );
+    if let (Err(e), Some(daemon)) = (&result, daemon) {
+        daemon.failed(daemon::GAVE_UP, e);
+    }
+    result
+}
+
+fn supervise(
     config: Config,
     tunables: envdir::Tunables,
     mut command: Command,
     listeners: &Listeners,
     pid_file: Option<&mut PidFile>,
     mut log_file: Option<&mut LogFile>,
+    daemon: &mut Option<daemon::Daemon>,
 ) -> Result<(), String> {
-    let daemon = if config.daemonize {
-        Some(daemon::daemonize(listeners.has_fd(0))?)
-    } else {
-        None
-    };
     let pid_file = match pid_file {
         Some(pid_file) => {
             pid_file.write_pid()?;
@@ -177,14 +220,13 @@ fn serve(
     let events = Events::new().map_err(|e| format!("failed to create a signalfd: {e}"))?;
     // After --daemonize's forks, in the process that supervises.
     sys::become_subreaper().map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER) failed: {e}"))?;
+    // Before the logger is spawned, which must not inherit the manager's variables.
+    let manager = Manager::from_environment();
     // The logger too: it must be the supervising process's child, to be reaped and
     // restarted. Errors up to here still reach the terminal.
     if let Some(log_file) = log_file.as_deref_mut() {
         log_file.start(daemon.is_some())?;
         log_file.redirect()?;
-    }
-    if let Some(daemon) = daemon {
-        daemon.ready();
     }
     let listen_vars = WorkerVars::new(listeners, config.listen_fds);
     if listen_vars.exports() {
@@ -225,13 +267,15 @@ fn serve(
         status_file,
         log_file,
         control,
-        Manager::from_environment(),
+        manager,
+        daemon.take(),
         context,
     );
     let mut state = State::new(config, tunables);
+    // A daemon's launcher waits to hear how generation 1 went.
+    state.launcher = executor.has_launcher();
     executor.feed(&mut state, Event::Start);
     supervisor::run(&mut state, &mut executor, &events)
-        .map_err(|e| format!("waiting for events failed: {e}"))
 }
 
 /// The new image of an upgrade in place: the state taken over, then the same loop as
@@ -258,8 +302,7 @@ fn resume(handed: OsString) -> Result<(), String> {
     let mut executor = Executor::resume(services, signal_on_term, log_file.as_mut(), context)?;
     sys::become_subreaper().map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER) failed: {e}"))?;
     executor.feed(&mut state, Event::Resumed { from, refused });
-    let result = supervisor::run(&mut state, &mut executor, &events)
-        .map_err(|e| format!("waiting for events failed: {e}"));
+    let result = supervisor::run(&mut state, &mut executor, &events);
     drop(executor);
     listeners.remove_socket_files();
     if let Some(log_file) = log_file {

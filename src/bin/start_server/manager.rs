@@ -14,12 +14,16 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Takes `NOTIFY_SOCKET` out of start_server's environment, so that no worker
-    /// ever mistakes the service manager's socket for its own.
+    /// Takes the manager's variables out of start_server's environment, before
+    /// anything is spawned, so that no child (a worker, the `| cmd` logger) ever
+    /// mistakes the manager's socket or watchdog for its own, as `inherited::take`
+    /// does with the sockets' (start_server does not keep a watchdog of its own).
     pub fn from_environment() -> Option<Manager> {
-        let socket = std::env::var_os("NOTIFY_SOCKET")?;
-        std::env::remove_var("NOTIFY_SOCKET");
-        Some(Manager { socket })
+        let socket = std::env::var_os("NOTIFY_SOCKET");
+        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            std::env::remove_var(var);
+        }
+        Some(Manager { socket: socket? })
     }
 
     /// For an upgrade in place: the socket, which is no longer in the environment.

@@ -164,8 +164,30 @@ fn written_pid(file: &File) -> Option<Pid> {
 /// a signal. The returned file must stay open while the caller waits: `--stop` waits
 /// for the lock on it.
 pub fn running_instance(path: &Path) -> Result<(Pid, File), String> {
-    let mut file =
-        File::open(path).map_err(|e| format!("failed to open pid file {}: {e}", path.display()))?;
+    match find_instance(path)? {
+        Instance::Running(pid, file) => Ok((pid, file)),
+        Instance::NotRunning(why) => Err(why),
+    }
+}
+
+/// What a pid file says of its instance.
+pub enum Instance {
+    Running(Pid, File),
+    /// No instance runs with it (the file is missing, or stale): why, in words.
+    NotRunning(String),
+}
+
+/// `running_instance`, telling an instance that is not running from an error.
+pub fn find_instance(path: &Path) -> Result<Instance, String> {
+    let opened = File::open(path);
+    let failed = |e: &io::Error| format!("failed to open pid file {}: {e}", path.display());
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Instance::NotRunning(failed(&e)))
+        }
+        Err(e) => return Err(failed(&e)),
+    };
     let mut text = String::new();
     file.read_to_string(&mut text)
         .map_err(|e| format!("failed to read pid file {}: {e}", path.display()))?;
@@ -182,11 +204,11 @@ pub fn running_instance(path: &Path) -> Result<(Pid, File), String> {
             )
         })?;
     match sys::lock_exclusive(&file, false) {
-        Ok(false) => Ok((pid, file)),
-        Ok(true) => Err(format!(
+        Ok(false) => Ok(Instance::Running(pid, file)),
+        Ok(true) => Ok(Instance::NotRunning(format!(
             "start_server (pid {pid}) is not running: pid file {} is stale",
             path.display()
-        )),
+        ))),
         Err(e) => Err(format!("flock failed on pid file {}: {e}", path.display())),
     }
 }

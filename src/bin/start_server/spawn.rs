@@ -32,6 +32,9 @@ pub struct Command {
 pub struct Spawned {
     pub pid: Pid,
     pub exec_error: Option<String>,
+    /// The command itself cannot be executed (missing, not executable, not a program):
+    /// trying again cannot help until someone changes the file.
+    pub unexecutable: bool,
 }
 
 /// A spawn that failed in start_server itself (the child, if any, reports through
@@ -60,6 +63,16 @@ const TRY_NEXT: [c_int; 5] = [
     libc::ESTALE,
     libc::ENODEV,
     libc::ETIMEDOUT,
+];
+
+/// errno values of exec that say the command is wrong, not that the moment is.
+const CANNOT_EXECUTE: [c_int; 6] = [
+    libc::ENOENT,
+    libc::ENOTDIR,
+    libc::EACCES,
+    libc::ENOEXEC,
+    libc::ELOOP,
+    libc::ENAMETOOLONG,
 ];
 
 const STAGE_CHDIR: u8 = b'c';
@@ -164,10 +177,11 @@ impl Command {
                 let mut buf = [0u8; 5];
                 // EOF (0 bytes) means exec succeeded and closed the pipe.
                 let n = sys::read_full(&report_read, &mut buf).map_err(failed("read(2)"))?;
+                let errno = c_int::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]);
+                let unexecutable =
+                    n == buf.len() && buf[0] == STAGE_EXEC && CANNOT_EXECUTE.contains(&errno);
                 let exec_error = (n == buf.len()).then(|| {
-                    let err = io::Error::from_raw_os_error(c_int::from_ne_bytes([
-                        buf[1], buf[2], buf[3], buf[4],
-                    ]));
+                    let err = io::Error::from_raw_os_error(errno);
                     let program = self.program().to_string_lossy();
                     match (buf[0], &self.dir) {
                         (STAGE_CHDIR, Some(dir)) => {
@@ -176,7 +190,11 @@ impl Command {
                         _ => format!("failed to exec {program}: {err}"),
                     }
                 });
-                Ok(Spawned { pid, exec_error })
+                Ok(Spawned {
+                    pid,
+                    exec_error,
+                    unexecutable,
+                })
             }
         }
     }

@@ -275,6 +275,42 @@ pub fn write(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// One send(2) that never waits (MSG_DONTWAIT), nor raises SIGPIPE: how start_server
+/// writes its lines to a stderr that is a socket.
+pub fn send_nowait(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        // SAFETY: `bytes` is a readable buffer of `bytes.len()` bytes.
+        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), flags) };
+        match n {
+            -1 if errno() == libc::EINTR => continue,
+            -1 => return Err(io::Error::last_os_error()),
+            n => return Ok(n as usize),
+        }
+    }
+}
+
+/// Whether a write to `fd` can go through now (poll(2) with no wait).
+pub fn writable_now(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, a zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & libc::POLLOUT != 0
+}
+
+/// Clears O_NONBLOCK on the file description of `fd`.
+pub fn clear_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: fcntl(F_GETFL/F_SETFL) takes and returns integers.
+    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) })
+        .map(drop)
+}
+
 /// Reads into `buf` until EOF or `buf` is full; returns the byte count.
 pub fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
@@ -477,6 +513,14 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     };
     // SAFETY: as above.
     check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags) }).map(drop)
+}
+
+/// Sets O_NONBLOCK on `fd`'s open file description (shared with its duplicates).
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an integer descriptor has no memory-safety preconditions.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
 }
 
 /// Whether `fd` is an open descriptor.

@@ -194,6 +194,12 @@ pub fn handed_over() -> Option<OsString> {
     Some(value)
 }
 
+/// For `map_err`: an error of the system call `name`, saying which one failed (a
+/// refused upgrade names the call, not only the errno).
+pub fn call(name: &'static str) -> impl Fn(std::io::Error) -> String {
+    move |e| format!("{name}: {e}")
+}
+
 fn take_var(key: &str) -> Option<String> {
     let value = std::env::var_os(key)?;
     std::env::remove_var(key);
@@ -224,6 +230,8 @@ pub fn resume<T>(
     read: impl FnOnce(&mut Reader) -> Result<T, String>,
     descriptors: impl FnOnce(&T) -> Vec<(RawFd, &'static str)>,
 ) -> Result<Resumed<T>, String> {
+    // Before the first line: stderr may be the log pipe, full (see log.rs).
+    crate::log::follow_stderr();
     let refused = take_var(REFUSED_VAR);
     let test_refuse = take_var(TEST_REFUSE_VAR).is_some_and(|v| !v.is_empty());
     let handed = handed.to_string_lossy().into_owned();
@@ -264,7 +272,7 @@ fn go_back(image: RawFd, handed: &str, why: &str, refused: Option<String>) -> St
     let why = format!("the new image ({VERSION}) could not restore the state: {why}");
     let e = exec::back(image, handed, &why);
     format!(
-        "cannot go back to the previous image: {e}; exiting (the workers get their \
+        "cannot go back to the previous image: execveat(2): {e}; exiting (the workers get their \
          parent-death signal)"
     )
 }
@@ -288,7 +296,7 @@ impl<T> Plan<T> {
         descriptors: impl FnOnce(&T) -> Vec<(RawFd, &'static str)>,
     ) -> Result<Plan<T>, String> {
         let bytes = sys::read_whole(state_fd, STATE_MAX)
-            .map_err(|e| format!("cannot read the state (descriptor {state_fd}): {e}"))?;
+            .map_err(|e| format!("cannot read the state (descriptor {state_fd}): pread(2): {e}"))?;
         let mut r = Reader::parse(&bytes)?;
         let Setup {
             version: from,
@@ -330,7 +338,8 @@ impl<T> Plan<T> {
                 .map(|(fd, what)| (fd, what, socket)),
         );
         for (i, &(fd, what, kind)) in fds.iter().enumerate() {
-            let found = sys::file_type(fd).map_err(|e| format!("{what} (descriptor {fd}): {e}"))?;
+            let found = sys::file_type(fd)
+                .map_err(|e| format!("{what} (descriptor {fd}): fstat(2): {e}"))?;
             if kind.is_some_and(|kind| kind != found) {
                 return Err(format!("{what} (descriptor {fd}) is not one"));
             }
@@ -358,7 +367,8 @@ impl<T> Plan<T> {
         image_fd: RawFd,
         refused: Option<String>,
     ) -> Result<Resumed<T>, String> {
-        let fail = |e: std::io::Error| format!("taking the state over failed: {e}");
+        // Every descriptor is taken over by fcntl(F_SETFD), close-on-exec again.
+        let fail = |e: std::io::Error| format!("taking the state over failed: fcntl(2): {e}");
         // Read: no longer needed, nor the way back.
         drop(sys::adopt_fd(state_fd));
         drop(sys::adopt_fd(image_fd));

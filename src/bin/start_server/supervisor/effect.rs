@@ -38,6 +38,22 @@ pub enum Effect {
     Exec { version: String },
     /// Every worker is gone after a stop: remove the status file and return.
     Exit,
+    /// Tell `--daemonize`'s launcher how generation 1 went.
+    Launcher(Report),
+    /// Give up, with this error, at the end of this turn (generation 1's command cannot
+    /// be executed).
+    GiveUp(String),
+}
+
+/// What `--daemonize`'s launcher hears.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Report {
+    Started,
+    /// Generation `generation` failed to start, `why`; start_server goes on trying.
+    Failed {
+        generation: u64,
+        why: String,
+    },
 }
 
 /// What the service manager is told (sd_notify).
@@ -52,10 +68,11 @@ pub enum Tell {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Spawned {
     /// The child exists and will be reaped; `exec_error` says why it could not become
-    /// the server.
+    /// the server, `unexecutable` that no retry can help (no such file, ...).
     Child {
         pid: Pid,
         exec_error: Option<String>,
+        unexecutable: bool,
     },
     /// No notification socket could be made for it: no child.
     NoChannel(String),

@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::RawFd;
 
 use crate::control_socket::ControlSocket;
+use crate::daemon::{self, Daemon};
 use crate::envdir;
 use crate::listen_fds::WorkerVars;
 use crate::log;
@@ -25,7 +26,7 @@ use crate::upgrade::check::{self, Check};
 use crate::upgrade::state::Writer;
 use crate::upgrade::{self as up, Context, VERSION};
 
-use super::effect::{Effect, Spawned, Tell};
+use super::effect::{Effect, Report, Spawned, Tell};
 use super::event::Event;
 use super::record::Services;
 use super::state::{Client, Mono, State};
@@ -51,13 +52,19 @@ pub struct Executor<'a> {
     /// The upgrade check running, and, once it has passed, the file it checked.
     check: Option<Check>,
     checked_file: Option<(u64, u64)>,
+    /// `--daemonize`'s launcher, waiting to hear how generation 1 went.
+    launcher: Option<Daemon>,
     /// What an upgrade in place hands over besides the state and the services.
     context: Context<'a>,
-    /// `Effect::Exit` was carried out.
+    /// `Effect::Exit` or `Effect::GiveUp` was carried out: the loop ends with this turn,
+    /// with the error given up with, if any.
     pub exited: bool,
+    pub fatal: Option<String>,
 }
 
 impl<'a> Executor<'a> {
+    // Each is one thing `main` set up, in its order (the manager before the logger is
+    // spawned, see `Manager::from_environment`); a struct of them would only rename them.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         command: Command,
@@ -67,6 +74,7 @@ impl<'a> Executor<'a> {
         log_file: Option<&'a mut LogFile>,
         control: Option<ControlSocket>,
         manager: Option<Manager>,
+        launcher: Option<Daemon>,
         context: Context<'a>,
     ) -> Executor<'a> {
         Executor {
@@ -80,9 +88,23 @@ impl<'a> Executor<'a> {
             manager,
             check: None,
             checked_file: None,
+            launcher,
             context,
             exited: false,
+            fatal: None,
         }
+    }
+
+    pub fn has_launcher(&self) -> bool {
+        self.launcher.is_some()
+    }
+
+    /// start_server gives up with `why`: the launcher, if still waiting, says so too.
+    pub fn give_up(&mut self, why: String) -> String {
+        if let Some(launcher) = self.launcher.take() {
+            launcher.failed(daemon::GAVE_UP, &why);
+        }
+        why
     }
 
     /// Steps `state` through `event`, carrying out the effects in order; an effect's
@@ -127,7 +149,7 @@ impl<'a> Executor<'a> {
             },
             Effect::SpawnCheck => {
                 let exe = state.config.exe.clone().unwrap_or_default();
-                let spawned = Check::spawn(&exe).map_err(|e| format!("fork: {e}"));
+                let spawned = Check::spawn(&exe);
                 return Some(Event::CheckSpawned(spawned.map(|check| {
                     self.check = Some(check);
                 })));
@@ -141,6 +163,22 @@ impl<'a> Executor<'a> {
                 }
             }
             Effect::Exec { version } => return Some(Event::ExecFailed(self.exec(state, &version))),
+            Effect::Launcher(report) => match (self.launcher.take(), report) {
+                (None, _) => {}
+                (Some(launcher), Report::Started) => launcher.started(),
+                (Some(launcher), Report::Failed { generation, why }) => launcher.failed(
+                    daemon::FAILED_START,
+                    &format!(
+                        "generation {generation} failed to start: {why}; start_server (pid {}) \
+                         goes on trying (see its log file; --stop stops it)",
+                        std::process::id()
+                    ),
+                ),
+            },
+            Effect::GiveUp(why) => {
+                self.exited = true;
+                self.fatal = Some(why);
+            }
             Effect::Exit => {
                 self.exited = true;
                 if let Some(status_file) = &self.status_file {
@@ -216,6 +254,7 @@ impl<'a> Executor<'a> {
                 Spawned::Child {
                     pid: child.pid,
                     exec_error: child.exec_error,
+                    unexecutable: child.unexecutable,
                 }
             }
             Err(e) => Spawned::Failed(e.to_string()),
@@ -357,8 +396,11 @@ impl<'a> Executor<'a> {
             manager,
             check: _,
             checked_file: _,
+            // A launcher's pipe does not survive the exec (close-on-exec).
+            launcher: _,
             context: _,
             exited: _,
+            fatal: _,
         } = self;
         let (argv, dir, own_pid_vars) = command.handover();
         let (listen_strip, listen_set) = listen_vars.handover();
@@ -391,7 +433,8 @@ impl<'a> Executor<'a> {
         log_file: Option<&'a mut LogFile>,
         context: Context<'a>,
     ) -> Result<Executor<'a>, String> {
-        let fail = |e: io::Error| format!("taking the state over failed: {e}");
+        // Every descriptor is taken over by fcntl(F_SETFD), close-on-exec again.
+        let fail = |e: io::Error| format!("taking the state over failed: fcntl(2): {e}");
         let mut command = Command::new(&services.argv, services.dir.as_deref(), signal_on_term)?;
         for name in &services.own_pid_vars {
             let known = OWN_PID_VARS.iter().find(|&&known| known == name);
@@ -417,6 +460,7 @@ impl<'a> Executor<'a> {
             log_file,
             control,
             services.manager.map(Manager::taken_over),
+            None,
             context,
         );
         executor.channels = channels;

@@ -26,6 +26,8 @@ record!(State {
     failures_before_start,
     waiters,
     upgrade,
+} transient {
+    launcher
 });
 persist!(Config {
     interval,
@@ -140,6 +142,7 @@ impl Persist for Phase {
             Phase::Running => "running",
             Phase::RestartQueued => "restart-queued",
             Phase::Stopping => "stopping",
+            Phase::GaveUp => "gave-up",
         }));
     }
     fn take(c: &mut Cursor) -> Result<Self, String> {
@@ -147,6 +150,7 @@ impl Persist for Phase {
             "running" => Ok(Phase::Running),
             "restart-queued" => Ok(Phase::RestartQueued),
             "stopping" => Ok(Phase::Stopping),
+            "gave-up" => Ok(Phase::GaveUp),
             other => Err(format!("phase: {other:?} is not a phase")),
         }
     }

@@ -1,6 +1,5 @@
 //! The loop: wait (until the state's next deadline), step, execute.
 
-use std::io;
 use std::time::Instant;
 
 use crate::signals::{Events, Meaning};
@@ -9,9 +8,10 @@ use super::event::Event;
 use super::executor::{now, Executor};
 use super::state::State;
 
-/// Runs until a stop has been handled and every worker has exited. A fresh start has
-/// been fed `Event::Start`, a resumed one `Event::Resumed`: the loop is the same.
-pub fn run(state: &mut State, executor: &mut Executor, events: &Events) -> io::Result<()> {
+/// Runs until a stop has been handled and every worker has exited, or until
+/// start_server gives up (an error). A fresh start has been fed `Event::Start`, a
+/// resumed one `Event::Resumed`: the loop is the same.
+pub fn run(state: &mut State, executor: &mut Executor, events: &Events) -> Result<(), String> {
     while !executor.exited {
         let next = state
             .next_deadline()
@@ -22,7 +22,7 @@ pub fn run(state: &mut State, executor: &mut Executor, events: &Events) -> io::R
             Err(e) => {
                 // Blind from here on: at least leave no worker running.
                 executor.feed(state, Event::Stop { sig: libc::SIGTERM });
-                return Err(e);
+                return Err(executor.give_up(format!("waiting for events failed: {e}")));
             }
         };
         // Exits first: a worker that is gone must be neither signalled nor declared
@@ -61,5 +61,8 @@ pub fn run(state: &mut State, executor: &mut Executor, events: &Events) -> io::R
         executor.fire_log_timers();
         executor.feed(state, Event::Tick);
     }
-    Ok(())
+    match executor.fatal.take() {
+        Some(why) => Err(executor.give_up(why)),
+        None => Ok(()),
+    }
 }

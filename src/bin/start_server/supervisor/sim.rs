@@ -99,6 +99,9 @@ struct World {
     stop_at: Option<Mono>,
     exited: bool,
     upgrades: u32,
+    /// What `--daemonize`'s launcher was told, and whether start_server gave up.
+    reports: u32,
+    gave_up: bool,
     /// A deadline already due at the end of the last turn.
     due: Option<(Mono, State)>,
     /// Events fed to `step` from outside it (its answers to effects aside).
@@ -150,7 +153,12 @@ fn round_trip(state: &State) -> State {
     let mut r = Reader::parse(text.as_bytes()).expect("the state parses");
     let back = State::read(&mut r).unwrap_or_else(|e| panic!("{e}\n{text}"));
     r.finish().expect("every record read");
-    assert_eq!(&back, state, "the state round-trips\n{text}");
+    // Transient fields start over in the next image.
+    let expected = State {
+        launcher: false,
+        ..state.clone()
+    };
+    assert_eq!(back, expected, "the state round-trips\n{text}");
     back
 }
 
@@ -170,6 +178,8 @@ impl World {
             stop_at: None,
             exited: false,
             upgrades: 0,
+            reports: 0,
+            gave_up: false,
             steps: 0,
             due: None,
             trace: Vec::new(),
@@ -218,6 +228,18 @@ impl World {
         let now = self.now;
         match effect {
             Effect::Log(_) | Effect::Manager(_) | Effect::ReopenLog => {}
+            Effect::Launcher(_) => {
+                self.reports += 1;
+                if self.reports > 1 {
+                    self.fail("the launcher told twice");
+                }
+            }
+            // The exec-failed child exits by itself; start_server exits too.
+            Effect::GiveUp(_) => {
+                self.procs.clear();
+                self.exited = true;
+                self.gave_up = true;
+            }
             Effect::Spawn { .. } => return Some(self.spawn(state)),
             Effect::Signal { pid, signal } => {
                 let Some(generation) = self.procs.get(&pid).map(|p| p.generation) else {
@@ -338,11 +360,12 @@ impl World {
             signalled_since_stop: false,
             told: false,
         };
-        let mut exec_error = None;
+        let (mut exec_error, mut unexecutable) = (None, false);
         match r.below(100) {
             // Exec fails: the child exits 255 at once.
             0..=4 => {
                 exec_error = Some("failed to exec ./server: No such file or directory".into());
+                unexecutable = r.chance(500);
                 proc.exit_at = Some((now, 255 << 8));
             }
             // Crashes early, or later, or exits 0 (daemonizes).
@@ -360,7 +383,11 @@ impl World {
             proc.ping_at = Some(now.after(r.millis(1500)));
         }
         self.procs.insert(pid, proc);
-        let spawned = Spawned::Child { pid, exec_error };
+        let spawned = Spawned::Child {
+            pid,
+            exec_error,
+            unexecutable,
+        };
         Event::Spawned { tunables, spawned }
     }
 
@@ -457,7 +484,7 @@ impl World {
         }
         self.feed(state, Event::Tick);
         if self.rng.chance(10) {
-            *state = round_trip(state);
+            round_trip(state);
         }
     }
 
@@ -598,6 +625,7 @@ fn run_seed(seed: u64) -> (u32, usize, Vec<String>) {
     let mut world = World::new(seed);
     let (config, tunables) = config(&mut world.rng);
     let mut state = State::new(config, tunables);
+    state.launcher = world.rng.chance(500);
     world.feed(&mut state, Event::Start);
     while world.steps < STEPS {
         world.turn(&mut state);
@@ -605,6 +633,9 @@ fn run_seed(seed: u64) -> (u32, usize, Vec<String>) {
         if world.exited {
             break;
         }
+    }
+    if world.gave_up {
+        return (world.upgrades, world.steps, world.trace);
     }
     // Then a stop (if none came), which must end with every worker signalled and
     // reaped, within bounded time.

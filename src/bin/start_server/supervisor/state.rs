@@ -120,6 +120,9 @@ pub enum Phase {
     RestartQueued,
     /// TERM or INT arrived: every worker has been signalled; exit once all are gone.
     Stopping,
+    /// Generation 1's command cannot be executed: start_server gives up at the end of
+    /// this turn, with an error.
+    GaveUp,
 }
 
 /// A `--restart` client waiting for the verdict on a restart that began after it
@@ -172,6 +175,9 @@ pub struct State {
     pub failures_before_start: u32,
     pub waiters: Vec<Waiter>,
     pub upgrade: Option<Upgrade>,
+    /// `--daemonize`'s launcher waits to hear how generation 1 went (its pipe does
+    /// not cross an upgrade's exec).
+    pub launcher: bool,
 }
 
 impl State {
@@ -188,6 +194,7 @@ impl State {
             failures_before_start: 0,
             waiters: Vec::new(),
             upgrade: None,
+            launcher: false,
         }
     }
 
@@ -206,7 +213,7 @@ impl State {
     }
 
     pub fn stopping(&self) -> bool {
-        self.phase == Phase::Stopping
+        matches!(self.phase, Phase::Stopping | Phase::GaveUp)
     }
 
     /// A restart is under way: a generation is being started, or the old workers are

@@ -19,7 +19,7 @@ use crate::signals::{self, Signal};
 use crate::sys::Pid;
 use crate::upgrade::{check, VERSION};
 
-use super::effect::{Effect, Spawned, Status, Tell};
+use super::effect::{Effect, Report, Spawned, Status, Tell};
 use super::event::Event;
 use super::state::{
     Attempt, Client, Mono, Newest, Phase, Retiring, Serving, State, Upgrade, UpgradePhase, Waiter,
@@ -34,6 +34,11 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// (systemd's default RestartSec), so that a worker that cannot start never makes
 /// start_server spin.
 pub const RETRY_FLOOR: Duration = Duration::from_millis(100);
+
+/// What to do about a worker that never said READY=1.
+const NOT_READY_HINT: &str = "it sent no READY=1 to $NOTIFY_SOCKET: if the server does not \
+    speak sd_notify, run start_server without --ready=notify (--interval then decides when a \
+    worker has started); if it only needs longer, raise --ready-timeout";
 
 /// The verdict for `--restart` clients once start_server is stopping.
 const STOPPING: &str = "FAILED start_server is stopping";
@@ -317,7 +322,7 @@ impl Step<'_> {
                 self.out.push(Effect::Exec { version });
             }
         }
-        if self.s.stopping() && self.s.old.is_empty() {
+        if self.s.phase == Phase::Stopping && self.s.old.is_empty() {
             say!(self, "exiting");
             self.out.push(Effect::Exit);
         }
@@ -366,9 +371,21 @@ impl Step<'_> {
                 say!(self, "{e}; trying again in {} secs", log::seconds(pause));
                 self.failed_start("it could not be spawned");
             }
-            Spawned::Child { pid, exec_error } => {
+            Spawned::Child {
+                pid,
+                exec_error,
+                unexecutable,
+            } => {
                 say!(self, "starting new worker {pid}");
                 if let Some(error) = exec_error {
+                    // Unlike a later generation's (a bad deploy, while the old one
+                    // serves on), the first's is a mistake in the command line: said
+                    // at once, not retried forever.
+                    if unexecutable && self.s.generation == 1 {
+                        self.s.phase = Phase::GaveUp;
+                        self.s.newest = Newest::None;
+                        return self.out.push(Effect::GiveUp(error));
+                    }
                     say!(self, "{error}");
                 }
                 let generation = self.s.generation;
@@ -392,6 +409,9 @@ impl Step<'_> {
     /// The new worker outlived `--interval`, or said `READY=1`: it is now the serving
     /// one.
     fn started(&mut self, worker: Worker, replacing: bool) {
+        if std::mem::take(&mut self.s.launcher) {
+            self.out.push(Effect::Launcher(Report::Started));
+        }
         self.s.newest = Newest::Serving(Serving {
             worker,
             started_at: self.now,
@@ -440,6 +460,8 @@ impl Step<'_> {
             "new worker {} was not ready within {timeout} secs, stopping it",
             worker.pid
         );
+        // The most common cause: a server that does not speak sd_notify at all.
+        say!(self, "{NOT_READY_HINT}");
         self.stop_now(worker, Signal::term(), false);
         // The pause before the next try counts from now, not from the spawn.
         self.s.newest = Newest::Starting(Attempt {
@@ -447,7 +469,9 @@ impl Step<'_> {
             spawned_at: self.now,
             ..attempt
         });
-        self.failed_start(&format!("not ready within {timeout} secs"));
+        self.failed_start(&format!(
+            "not ready within {timeout} secs ({NOT_READY_HINT})"
+        ));
     }
 
     /// `--watchdog`: the serving worker said no `WATCHDOG=1` in time (or said
@@ -490,6 +514,11 @@ impl Step<'_> {
     /// to `--backoff` while the failures go on.
     fn failed_start(&mut self, why: &str) {
         let generation = self.s.generation;
+        if std::mem::take(&mut self.s.launcher) {
+            let why = why.to_string();
+            self.out
+                .push(Effect::Launcher(Report::Failed { generation, why }));
+        }
         self.verdict(
             generation,
             &format!("FAILED generation {generation}: {why}"),

@@ -17,7 +17,7 @@ use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
-use super::state;
+use super::{call, state};
 use crate::signals;
 use crate::spawn;
 use crate::sys::{self, Fork, Pid};
@@ -64,20 +64,22 @@ pub struct Answer {
 
 impl Check {
     /// Runs `exe --upgrade-check` with start_server's environment, stdin on /dev/null,
-    /// stdout into a pipe, stderr into the log, and no other descriptor.
-    pub fn spawn(exe: &Path) -> io::Result<Check> {
+    /// stdout into a pipe, stderr into the log, and no other descriptor. An error
+    /// names the call that failed.
+    pub fn spawn(exe: &Path) -> Result<Check, String> {
         let path = CString::new(exe.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            .map_err(|_| "a NUL byte in the path".to_string())?;
         let argv_strings = [path.clone(), CString::new(MODE).expect("no NUL")];
         let argv = spawn::pointers(&argv_strings);
         let env: Vec<_> = std::env::vars_os().collect();
         let envp_strings = spawn::envp(&env, &[]);
         let envp = spawn::pointers(&envp_strings);
         let file = identity(exe);
-        let null = OwnedFd::from(std::fs::File::open("/dev/null")?);
-        let (output, input) = sys::pipe_cloexec()?;
+        let null = std::fs::File::open("/dev/null").map_err(call("open(2) /dev/null"))?;
+        let null = OwnedFd::from(null);
+        let (output, input) = sys::pipe_cloexec().map_err(call("pipe2(2)"))?;
         let parent = std::process::id() as Pid;
-        match sys::fork()? {
+        match sys::fork().map_err(call("fork(2)"))? {
             Fork::Child => {
                 // Between fork and exec: async-signal-safe calls only.
                 sys::child_reset_signals();

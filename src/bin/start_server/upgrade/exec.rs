@@ -10,7 +10,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use super::{REFUSED_VAR, STATE_VAR};
+use super::{call, REFUSED_VAR, STATE_VAR};
 use crate::spawn;
 use crate::sys;
 
@@ -27,7 +27,7 @@ pub fn exec(exe: &Path, state: &str, keep: &[RawFd]) -> String {
     let all: Vec<RawFd> = keep.iter().chain(&handed).copied().collect();
     if let Err(e) = inheritable(&all, true) {
         let _ = inheritable(&all, false);
-        return format!("cannot keep the descriptors open across execve: {e}");
+        return format!("cannot keep the descriptors open across execve: fcntl(F_SETFD): {e}");
     }
     let value = format!("{},{}", handed[0], handed[1]);
     let Ok(path) = CString::new(exe.as_os_str().as_bytes()) else {
@@ -39,20 +39,21 @@ pub fn exec(exe: &Path, state: &str, keep: &[RawFd]) -> String {
     );
     // Still here: the old image goes on, and keeps its descriptors to itself.
     let _ = inheritable(keep, false);
-    format!("execve {} failed: {e}", exe.display())
+    format!("execve(2) {} failed: {e}", exe.display())
 }
 
 /// The state in a memfd (close-on-exec for now), and the running image opened for the
-/// way back.
-fn prepare(state: &str) -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let memfd = sys::memfd(c"server_starter-state")?;
+/// way back. An error names the call that failed.
+fn prepare(state: &str) -> Result<(OwnedFd, OwnedFd), String> {
+    let memfd = sys::memfd(c"server_starter-state").map_err(call("memfd_create(2)"))?;
     let mut file = File::from(memfd);
-    file.write_all(state.as_bytes())?;
+    file.write_all(state.as_bytes())
+        .map_err(call("write(2) to the memfd"))?;
     // Read-only from here on: if the new image gives up, the previous one reads back
     // exactly what it wrote, whatever the new one did.
-    sys::seal(&file)?;
+    sys::seal(&file).map_err(call("fcntl(F_ADD_SEALS)"))?;
     // Executable even once replaced or deleted at its path: the open file keeps it.
-    let image = File::open("/proc/self/exe")?;
+    let image = File::open("/proc/self/exe").map_err(call("open(2) /proc/self/exe"))?;
     Ok((OwnedFd::from(file), OwnedFd::from(image)))
 }
 
