@@ -6,6 +6,8 @@
 mod common;
 mod support;
 
+use std::time::{Duration, Instant};
+
 use common::TempDir;
 use support::*;
 
@@ -711,8 +713,8 @@ fn lowest_free_fd(pid: i32) -> i32 {
 }
 
 /// An upgrade refused for lack of descriptors names the call that failed (it used to
-/// say "fork" whatever failed): with no descriptor left, opening /dev/null for the
-/// check; with one, the check's pipe.
+/// say "fork" whatever failed): with no descriptor left, opening the new image; with
+/// one, opening /dev/null for the check; with two, the check's pipe.
 #[test]
 fn an_upgrade_refused_for_lack_of_descriptors_names_the_call() {
     if !have("prlimit") {
@@ -723,9 +725,13 @@ fn an_upgrade_refused_for_lack_of_descriptors_names_the_call() {
     server.wait_line("starting new worker");
     let pid = server.pid();
     let free = lowest_free_fd(pid);
-    for (n, (spare, call)) in [(0, "open(2) /dev/null"), (1, "pipe2(2)")]
-        .into_iter()
-        .enumerate()
+    for (n, (spare, call)) in [
+        (0, "cannot open it: open(2)"),
+        (1, "open(2) /dev/null"),
+        (2, "pipe2(2)"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         // The soft limit only: it may go up again.
         let limit = free + spare;
@@ -887,4 +893,301 @@ fn the_null_device_is_a_log_file_that_is_allowed() {
     server.wait_status(&status, &[2]);
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+// ------------------------------------------------------------------ floods
+
+/// Sends `READY=1` to the abstract socket `$ARGV[0]` for `$ARGV[1]` seconds, as fast as
+/// the receiver takes them: each send waits (at most 0.1 s) while the receiver's queue
+/// is full, so that the flood costs this process only what start_server reads, and
+/// other tests running meanwhile keep their CPU. Prints how many were taken.
+const FLOOD: &str = "use Socket; use Time::HiRes qw(time); \
+                     socket(my $s, AF_UNIX, SOCK_DGRAM, 0) or die $!; \
+                     setsockopt($s, SOL_SOCKET, SO_SNDTIMEO, pack('l!l!', 0, 100000)) or die $!; \
+                     my $to = pack_sockaddr_un(\"\\0$ARGV[0]\"); my $end = time + $ARGV[1]; \
+                     my $sent = 0; while (time < $end) { $sent++ if send($s, 'READY=1', 0, $to) } \
+                     print \"$sent\\n\"";
+
+/// Another user (or, not as root, a process outside the worker) floods a worker's
+/// NOTIFY_SOCKET and the control socket, whose names anyone reads in /proc/net/unix:
+/// the log grows by a few lines, start_server spends little CPU on it, counts what it
+/// did not log, serves on, and is idle again as soon as the flood stops.
+#[test]
+fn a_flood_of_messages_that_never_count_costs_little_log_and_cpu() {
+    const SECS: u64 = 3;
+    let dir = TempDir::new("flood");
+    let status = dir.path().join("status");
+    let pid_file = dir.path().join("pid");
+    let (mut server, port) = Server::start_retrying(
+        |port| {
+            vec![
+                format!("--port=127.0.0.1:{port}"),
+                "--ready=notify".into(),
+                format!("--status-file={}", status.display()),
+                format!("--pid-file={}", pid_file.display()),
+                "--".into(),
+                perl_worker().display().to_string(),
+            ]
+        },
+        &[],
+    );
+    let worker = server.wait_status(&status, &[1])[0].1;
+    let pid = server.pid();
+    let notify = worker_env(worker, "NOTIFY_SOCKET").expect("the worker's NOTIFY_SOCKET");
+    let control = format!("server_starter/{pid}/control");
+    let log_size = |server: &Server| std::fs::metadata(server.log_path()).unwrap().len();
+    let (log_before, cpu_before, began) = (log_size(&server), cpu_seconds(pid), Instant::now());
+    let flooders: Vec<_> = [&notify[1..], &control]
+        .into_iter()
+        .map(|name| {
+            let secs = SECS.to_string();
+            let mut cmd = if is_root() {
+                let mut cmd = std::process::Command::new(AS_NOBODY[0]);
+                cmd.args(&AS_NOBODY[1..]).arg("perl");
+                cmd
+            } else {
+                std::process::Command::new("perl")
+            };
+            cmd.args(["-e", FLOOD, name, &secs])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("perl")
+        })
+        .collect();
+    let mut sent = 0u64;
+    for flooder in flooders {
+        let out = flooder.wait_with_output().expect("the flooder's count");
+        sent += String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0);
+    }
+    let wall = began.elapsed();
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let grown = log_size(&server) - log_before;
+    eprintln!(
+        "flood: {sent} datagrams taken in {:.1} s; start_server: {cpu:.2} s CPU, log +{grown} bytes",
+        wall.as_secs_f64()
+    );
+    assert!(
+        grown < 8192,
+        "the log grew by {grown} bytes: {:?}",
+        server.lines()
+    );
+    assert!(
+        cpu < 0.1 * wall.as_secs_f64() + 0.05,
+        "start_server spent {cpu:.2} s CPU in {wall:?}"
+    );
+    // The first dropped message is logged; then at most about a line a second.
+    assert!(
+        server.has_line("dropped a notification from pid ")
+            || server.has_line("ignored a control request from pid "),
+        "{:?}",
+        server.lines()
+    );
+    // What was not logged is counted, at the next event at the latest.
+    wait_until("the count of messages not logged", || {
+        server.signal(libc::SIGUSR1);
+        server.has_line("more messages on the notification and control sockets")
+    });
+    assert_eq!(read_status(&status), vec![(1, worker)]);
+    // Idle again: no timer left behind (no switch across 500 ms).
+    let mut last = context_switches(pid);
+    wait_until("start_server to be idle again", || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = context_switches(pid);
+        std::mem::replace(&mut last, now) == now
+    });
+    assert_eq!(
+        http_get(addr("127.0.0.1", port)).unwrap(),
+        (worker, 1),
+        "the worker serves on"
+    );
+    server.stop();
+}
+
+// ------------------------------------------------------------------ shared sockets
+
+/// A worker that shuts the listening socket down acts on the one socket every
+/// generation shares: the next generation must find it listening again.
+#[test]
+fn a_listener_a_worker_shut_down_listens_again_for_the_next_generation() {
+    let http = common::example("http-static").display().to_string();
+    // Generation 1 shuts the socket down for reading (the kernel then closes the
+    // listener) and exits; the ones after it serve.
+    let script = format!(
+        "if [ \"$SERVER_STARTER_GENERATION\" = 1 ]; then exec python3 -c '{}'; fi; exec {http}",
+        "import os, socket; fd = int(os.environ[\"SERVER_STARTER_PORT\"].rsplit(\"=\", 1)[1]); \
+         socket.socket(fileno=fd).shutdown(socket.SHUT_RD)"
+    );
+    let (mut server, port) = Server::start_retrying(
+        |port| {
+            vec![
+                format!("--port=127.0.0.1:{port}"),
+                "--interval=0".into(),
+                "--".into(),
+                "sh".into(),
+                "-c".into(),
+                script.clone(),
+            ]
+        },
+        &[],
+    );
+    let addr = addr("127.0.0.1", port);
+    let second = wait_generation(addr, 2);
+    let relistened = format!(
+        "socket 127.0.0.1:{port} (descriptor 3) was no longer listening (a worker shut it \
+         down?): listening on it again"
+    );
+    assert_eq!(server.count_lines(&relistened), 1, "{:?}", server.lines());
+    // Once listening, it is left alone: a HUP logs nothing more.
+    server.signal(libc::SIGHUP);
+    wait_generation(addr, 3);
+    assert_ne!(http_get(addr).unwrap().0, second);
+    assert_eq!(server.count_lines("no longer listening"), 1);
+    server.stop();
+}
+
+// ------------------------------------------------------------------ PID namespaces
+
+/// An instance in a PID namespace of its own writes its pid there (1) to the pid file.
+/// A client elsewhere must not signal its own namespace's pid 1: it signals only the
+/// process holding the pid file's lock, as its namespace sees it, and refuses in one
+/// line when that is not the pid the file names (a parent namespace), or cannot be
+/// seen at all (a sibling one). The whole scene runs in a namespace of the test's own
+/// (`--kill-child` tears it down), whose pid 1 is a shell that reports a TERM.
+#[test]
+fn clients_never_signal_another_namespace_s_pid_1() {
+    if !is_root() || !have("unshare") || !have("flock") {
+        eprintln!("skipped: needs root, unshare(1) and flock(1)");
+        return;
+    }
+    let dir = TempDir::new("pidns");
+    let pid_file = dir.path().join("pid");
+    let log = dir.path().join("log");
+    let script = r#"
+trap 'echo "TERM reached pid 1"' TERM
+S=$1; PF=$2; LOG=$3; PORT=$4
+unshare --pid --fork --mount-proc "$S" --port=127.0.0.1:$PORT --pid-file="$PF" \
+    -- sleep 600 2>"$LOG" &
+i=0
+until [ "$(cat "$PF" 2>/dev/null)" = 1 ]; do
+    i=$((i+1)); [ $i -gt 3000 ] && { echo "no pid file"; exit 1; }; sleep 0.01
+done
+for mode in --stop --restart --upgrade; do
+    "$S" $mode --pid-file="$PF" --status-file="$PF.status" --kill-timeout=1 2>&1
+    echo "parent $mode: $?"
+done
+unshare --pid --fork --mount-proc "$S" --stop --pid-file="$PF" --kill-timeout=1 2>&1
+echo "sibling --stop: $?"
+flock -n "$PF" true && echo unlocked || echo locked
+"#;
+    let port = free_port("127.0.0.1").to_string();
+    let out_file = dir.path().join("out");
+    let mut child = std::process::Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "sh",
+            "-c",
+        ])
+        .arg(script)
+        .arg("sh")
+        .arg(start_server_bin())
+        .args([&pid_file, &log])
+        .arg(&port)
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_for("the namespaced scene to finish", || {
+        child.try_wait().unwrap()
+    });
+    let out = std::fs::read_to_string(&out_file).unwrap();
+    assert!(status.success(), "{out}");
+    let path = pid_file.display();
+    let refused = format!("start_server: pid file {path} says pid 1, but its lock is held by pid ");
+    assert_eq!(out.matches(&refused).count(), 3, "{out}");
+    for mode in ["--stop", "--restart", "--upgrade"] {
+        assert!(out.contains(&format!("parent {mode}: 255\n")), "{out}");
+    }
+    assert!(
+        out.contains(&format!(
+            "start_server: pid file {path} is locked by a process in a PID namespace this \
+             one cannot see: not signalling pid 1"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("sibling --stop: 255\n"), "{out}");
+    assert!(!out.contains("TERM reached pid 1"), "{out}");
+    assert!(!out.contains("stopping now"), "{out}");
+    assert!(
+        out.ends_with("locked\n") && !out.contains("unlocked"),
+        "{out}"
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !log.contains("received"),
+        "the instance was sent nothing: {log}"
+    );
+}
+
+// ------------------------------------------------------------------ control clients
+
+/// `--restart` and `--upgrade` run by a user the instance does not take requests from
+/// (it serves its own user and root) say so at once, naming the uid, rather than
+/// waiting 10 s for an answer that never comes.
+#[test]
+fn a_user_the_instance_refuses_is_told_so_at_once() {
+    if !is_root() || !have("setpriv") {
+        eprintln!("skipped: needs root and setpriv(1)");
+        return;
+    }
+    let dir = TempDir::new("refused");
+    let pid_file = dir.path().join("pid");
+    let status = dir.path().join("status");
+    let (mut server, _) = Server::start_retrying(
+        |port| {
+            vec![
+                format!("--port=127.0.0.1:{port}"),
+                format!("--pid-file={}", pid_file.display()),
+                format!("--status-file={}", status.display()),
+                "--".into(),
+                "sleep".into(),
+                "600".into(),
+            ]
+        },
+        &[],
+    );
+    server.wait_status(&status, &[1]);
+    let pid = wait_pid_file(&pid_file);
+    for (mode, what) in [("--restart", "a restart"), ("--upgrade", "an upgrade")] {
+        let mut client = std::process::Command::new(AS_NOBODY[0]);
+        client
+            .args(&AS_NOBODY[1..])
+            .arg(start_server_bin())
+            .arg(mode)
+            .arg(format!("--pid-file={}", pid_file.display()));
+        if mode == "--restart" {
+            client.arg(format!("--status-file={}", status.display()));
+        }
+        let asked = std::time::Instant::now();
+        let out = client.output().unwrap();
+        let took = asked.elapsed();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            said,
+            format!(
+                "start_server: start_server (pid {pid}) refuses {what} from uid 65534: it \
+                 takes requests only from its own user (uid 0) and root\n"
+            )
+        );
+        assert_eq!(out.status.code(), Some(255));
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    }
+    assert!(!server.has_line("ignored a control request"));
+    assert_eq!(server.worker_pids().len(), 1, "nothing restarted");
+    server.stop();
 }

@@ -179,6 +179,17 @@ fn table() -> Vec<(&'static str, Build)> {
         ("--interval=1e10", |d| {
             row(&["--interval=1e10"], &["1e10"]).worker(d)
         }),
+        // Zero would fail every worker: none could ever start.
+        ("--ready-timeout=0", |d| {
+            row(
+                &["--ready=notify", "--ready-timeout=0"],
+                &["--ready-timeout value \"0\""],
+            )
+            .worker(d)
+        }),
+        ("--watchdog=0.0", |d| {
+            row(&["--watchdog=0.0"], &["--watchdog value \"0.0\""]).worker(d)
+        }),
         ("--kill-old-delay=abc", |d| {
             row(&["--kill-old-delay=abc"], &["abc"]).worker(d)
         }),

@@ -632,57 +632,6 @@ fn orphan_of_a_worker_that_forks_and_exits_is_reaped() {
 
 // ------------------------------------------------------------------ PID 1
 
-/// Why start_server cannot be PID 1 of a new PID namespace here, if it cannot.
-fn no_pid_namespace() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    match Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .output()
-    {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!(
-            "unshare --pid --fork --mount-proc failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Some(format!("unshare: {e}")),
-    }
-}
-
-/// The pid of `pid` in its own PID namespace (the last of /proc/PID/status's NSpid).
-fn pid_in_namespace(pid: i32) -> Option<i32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
-    line.split_whitespace().last()?.parse().ok()
-}
-
-/// The child of `parent` known as `inner` inside the namespace.
-fn child_known_as(parent: i32, inner: i32) -> i32 {
-    wait_for(
-        &format!("pid {inner} among the children of {parent}"),
-        || {
-            children(parent)
-                .into_iter()
-                .map(|(pid, _)| pid)
-                .find(|&pid| pid_in_namespace(pid) == Some(inner))
-        },
-    )
-}
-
-/// start_server as `unshare` runs it: its pid outside the namespace, once it has
-/// blocked its signals (it has started a worker). Before that, PID 1 would drop the
-/// signals from outside: a namespace's init gets none it has not asked for.
-fn namespace_init(server: &Server) -> i32 {
-    server.wait_line("starting new worker");
-    let init = wait_for("unshare's child", || {
-        child_pids(server.pid()).first().copied()
-    });
-    assert_eq!(pid_in_namespace(init), Some(1));
-    init
-}
-
 #[test]
 fn pid1_of_a_pid_namespace_acts_on_signals_from_outside_and_reaps_orphans() {
     if let Some(why) = no_pid_namespace() {

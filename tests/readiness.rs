@@ -18,11 +18,27 @@ use support::*;
 
 /// start_server with the Perl test worker on a free port, `extra` options before `--`.
 fn start(extra: &[&str], env: &[(&str, &str)]) -> (Server, std::net::SocketAddr) {
-    let (server, port) = Server::start_retrying(
+    start_through(&start_server_bin(), &[], extra, env, &[])
+}
+
+/// `start`, with start_server run by `program` (`unshare ...`, which runs the rest of
+/// its arguments, `launch`, then start_server's), and the worker by `wrapper` (a
+/// command that runs the rest of its arguments, `setpriv ...`).
+fn start_through(
+    program: &Path,
+    launch: &[&str],
+    extra: &[&str],
+    env: &[(&str, &str)],
+    wrapper: &[&str],
+) -> (Server, std::net::SocketAddr) {
+    let (server, port) = Server::start_program_retrying(
+        program,
         |port| {
-            let mut args = vec![format!("--port=127.0.0.1:{port}")];
+            let mut args: Vec<String> = launch.iter().map(|s| s.to_string()).collect();
+            args.push(format!("--port=127.0.0.1:{port}"));
             args.extend(extra.iter().map(|s| s.to_string()));
             args.push("--".into());
+            args.extend(wrapper.iter().map(|s| s.to_string()));
             args.push(perl_worker().display().to_string());
             args
         },
@@ -31,17 +47,46 @@ fn start(extra: &[&str], env: &[(&str, &str)]) -> (Server, std::net::SocketAddr)
     (server, addr("127.0.0.1", port))
 }
 
-fn arg(name: &str, path: &Path) -> String {
-    format!("--{name}={}", path.display())
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
-/// A worker's environment variable, from /proc.
-fn worker_env(pid: i32, key: &str) -> Option<String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    environ
-        .split(|&b| b == 0)
-        .filter_map(|kv| std::str::from_utf8(kv).ok())
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(String::from))
+/// A Perl script that sends its second argument to the abstract socket its first
+/// names; then, with a third, stays alive until killed (at most a minute).
+const SEND: &str = "use Socket; socket(my $s, AF_UNIX, SOCK_DGRAM, 0) or die $!; \
+                    send($s, $ARGV[1], 0, pack_sockaddr_un(\"\\0$ARGV[0]\")) or die $!; \
+                    sleep 60 if $ARGV[2]";
+
+/// Runs the user nobody's `perl -e script args...`.
+fn perl_as_nobody(script: &str, args: &[&str]) -> std::process::Child {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "perl",
+            "-e",
+        ])
+        .arg(script)
+        .args(args)
+        .spawn()
+        .expect("setpriv")
+}
+
+/// Waits for a log line holding one of `needles`; returns the one the first such
+/// line holds.
+fn first_line_of<'a>(server: &Server, needles: &[&'a str]) -> &'a str {
+    wait_for(&format!("one of {needles:?} in the log"), || {
+        server
+            .lines()
+            .iter()
+            .find_map(|l| needles.iter().copied().find(|n| l.contains(n)))
+    })
+}
+
+fn arg(name: &str, path: &Path) -> String {
+    format!("--{name}={}", path.display())
 }
 
 #[test]
@@ -177,26 +222,8 @@ fn ready_from_outside_the_worker_does_not_count() {
     ));
     // Another uid, which has exited by the time start_server reads the message.
     if unsafe { libc::geteuid() } == 0 {
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "perl",
-                "-e",
-            ])
-            .arg(
-                "use Socket; socket(my $s, AF_UNIX, SOCK_DGRAM, 0) or die $!; \
-                 send($s, 'READY=1', 0, pack_sockaddr_un(\"\\0$ARGV[0]\")) or die $!",
-            )
-            .arg(name)
-            .output()
-            .expect("setpriv");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let status = perl_as_nobody(SEND, &[name, "READY=1"]).wait().unwrap();
+        assert!(status.success(), "{status}");
         server.wait_line("sent by uid 65534, not start_server's");
     } else {
         eprintln!("skipped the other-uid sender: not root");
@@ -560,4 +587,224 @@ fn restart_falls_back_when_another_process_took_the_control_socket() {
     assert_eq!(squatters.len(), 1);
     server.stop();
     signal(squatters[0], libc::SIGKILL);
+}
+
+/// A process outside start_server's PID namespace (this test, outside the `unshare
+/// --pid` start_server runs in) is given as pid 0 by the kernel: its READY=1 never
+/// counts, though it is alive and of start_server's uid.
+#[test]
+fn ready_from_outside_the_pid_namespace_does_not_count() {
+    if let Some(why) = no_pid_namespace() {
+        eprintln!("skipping: start_server cannot run in a PID namespace of its own here: {why}");
+        return;
+    }
+    let dir = TempDir::new("pid0");
+    let status = dir.path().join("status");
+    let bin = start_server_bin().display().to_string();
+    let (mut server, addr) = start_through(
+        Path::new("unshare"),
+        &["--pid", "--fork", "--mount-proc", &bin],
+        &[
+            "--ready=notify",
+            "--ready-timeout=60",
+            &arg("status-file", &status),
+        ],
+        &[("NOT_READY_GENERATIONS", "1")],
+        &[],
+    );
+    let init = namespace_init(&server);
+    let line = server.wait_line("starting new worker");
+    let inner: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let worker = child_known_as(init, inner);
+    let socket = worker_env(worker, "NOTIFY_SOCKET").expect("the worker's NOTIFY_SOCKET");
+    send_abstract(socket.strip_prefix('@').unwrap(), b"READY=1");
+    let dropped = format!("dropped a notification from pid 0 for worker {inner}: sent from pid 0");
+    let said = first_line_of(&server, &[&dropped, "is ready (said pid 0)"]);
+    assert_eq!(said, dropped, "{:?}", server.lines());
+    assert!(read_status(&status).is_empty(), "{:?}", server.lines());
+    assert_eq!(http_get(addr).unwrap().0, inner, "the worker serves on");
+    signal(init, libc::SIGTERM);
+    assert!(server.wait_exit().success(), "{:?}", server.lines());
+}
+
+/// A worker that drops privileges (bound as root, then `setpriv` to nobody, as a
+/// server started by root does) says READY=1 as nobody: it counts, as the sender is
+/// the worker itself. A live process of nobody's that is not below the worker still
+/// does not count.
+#[test]
+fn a_worker_that_drops_privileges_becomes_ready() {
+    if !is_root() {
+        eprintln!("skipping: only root can start a worker that drops privileges");
+        return;
+    }
+    let dir = TempDir::new("setpriv");
+    let status = dir.path().join("status");
+    let (mut server, addr) = start_through(
+        &start_server_bin(),
+        &[],
+        &[
+            "--ready=notify",
+            "--ready-timeout=60",
+            "--interval=0.1",
+            &arg("status-file", &status),
+        ],
+        &[("NOT_READY_GENERATIONS", "2")],
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
+    );
+    let said = first_line_of(
+        &server,
+        &["status: serving generation 1", "sent by uid 65534"],
+    );
+    assert_eq!(said, "status: serving generation 1", "{:?}", server.lines());
+    let first = server.wait_status(&status, &[1])[0].1;
+    let uid = std::fs::read_to_string(format!("/proc/{first}/status")).unwrap();
+    assert!(uid.lines().any(|l| l.starts_with("Uid:\t65534")), "{uid}");
+    assert_eq!(http_get(addr).unwrap(), (first, 1));
+
+    // Generation 2 is never ready; nobody's process elsewhere says it is.
+    server.signal(libc::SIGHUP);
+    let line = server.wait_nth_line("starting new worker", 2);
+    let second: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let socket = wait_for("generation 2's NOTIFY_SOCKET", || {
+        worker_env(second, "NOTIFY_SOCKET")
+    });
+    let mut outsider = perl_as_nobody(SEND, &[&socket[1..], "READY=1", "stay"]);
+    server.wait_line(&format!(
+        "dropped a notification from pid {} for worker {second}: sent by uid 65534",
+        outsider.id()
+    ));
+    signal(outsider.id() as i32, libc::SIGKILL);
+    outsider.wait().unwrap();
+    assert_eq!(
+        read_status(&status),
+        vec![(1, first)],
+        "{:?}",
+        server.lines()
+    );
+    server.stop();
+}
+
+/// A worker that says WATCHDOG=trigger right after READY=1 is replaced paced as a
+/// failed start (here after 1, then 2 secs), not as fast as it starts, and the log
+/// says it was a trigger, not a silent worker.
+#[test]
+fn a_watchdog_trigger_at_once_is_paced_as_a_failed_start() {
+    let (mut server, _) = start(
+        &[
+            "--ready=notify",
+            "--watchdog=10",
+            "--interval=1",
+            "--backoff=30",
+        ],
+        &[("TRIGGER_GENERATIONS", "all")],
+    );
+    let began = Instant::now();
+    server.wait_line("failed starts in a row: 2; trying again in 2 secs");
+    let spawned = server.count_lines("starting new worker");
+    assert_eq!(spawned, 2, "{:?}", server.lines());
+    assert!(began.elapsed() >= Duration::from_millis(900));
+    assert_eq!(
+        server.count_lines("sent WATCHDOG=trigger, sending ABRT and restarting"),
+        2
+    );
+    assert!(
+        !server.has_line("sent no WATCHDOG=1"),
+        "{:?}",
+        server.lines()
+    );
+    server.stop();
+}
+
+/// EXTEND_TIMEOUT_USEC at its maximum (systemd's infinity) survives an upgrade in
+/// place: the deadline is saved saturated, not wrapped into the past (which stopped
+/// the worker at once as not ready).
+#[test]
+fn an_infinite_extend_timeout_survives_an_upgrade() {
+    let dir = TempDir::new("extend-upgrade");
+    let status = dir.path().join("status");
+    let (mut server, addr) = start(
+        &[
+            "--ready=notify",
+            "--ready-timeout=0.5",
+            &arg("status-file", &status),
+        ],
+        &[
+            ("EXTEND_USEC", "18446744073709551615"),
+            ("READY_DELAY", "6"),
+        ],
+    );
+    let spawned = Instant::now();
+    // Extended: past --ready-timeout, and not stopped.
+    wait_until("--ready-timeout to pass", || {
+        spawned.elapsed() > Duration::from_millis(800)
+    });
+    assert!(!server.has_line("not ready"), "{:?}", server.lines());
+    server.signal(libc::SIGUSR2);
+    server.wait_line("upgraded from");
+    assert!(
+        read_status(&status).is_empty(),
+        "ready before the upgrade: the test proves nothing"
+    );
+    let said = first_line_of(&server, &["status: serving generation 1", "not ready"]);
+    assert_eq!(said, "status: serving generation 1", "{:?}", server.lines());
+    wait_generation(addr, 1);
+    server.wait_status(&status, &[1]);
+    server.stop();
+}
+
+/// This test plays a service manager that never reads its socket, whose queue is
+/// full before start_server starts (filled here, so as not to depend on how many
+/// datagrams the kernel queues: ten on some, 512 on others): start_server goes on
+/// restarting and stops on TERM; its notifications are dropped, and their count
+/// logged with the next one that goes through.
+#[test]
+fn a_service_manager_that_does_not_read_never_blocks_start_server() {
+    use std::os::unix::net::UnixDatagram as Datagram;
+    let dir = TempDir::new("deaf-manager");
+    let path = dir.path().join("notify.sock");
+    let manager = Datagram::bind(&path).unwrap();
+    // From a fresh socket each time, as start_server sends: the receiver's queue
+    // fills, not the sender's buffer.
+    let send = || {
+        let socket = Datagram::unbound().unwrap();
+        socket.set_nonblocking(true).unwrap();
+        socket.send_to(b"filler", &path)
+    };
+    let mut filled = 0;
+    while send().is_ok() {
+        filled += 1;
+        assert!(filled < 100_000, "the manager's queue never fills");
+    }
+    let (mut server, _) = start(
+        &["--interval=0.1"],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    // READY=1, then RELOADING=1 and READY=1 per restart: 7 dropped.
+    for restarts in 1..=3 {
+        server.signal(libc::SIGHUP);
+        server.wait_nth_line("new worker is now running", restarts);
+    }
+    manager.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    for _ in 0..filled {
+        let n = manager.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"filler");
+    }
+    assert!(
+        manager.recv(&mut buf).is_err(),
+        "start_server got one through"
+    );
+    server.stop();
+    manager.set_nonblocking(false).unwrap();
+    assert_eq!(next_message(&manager), "STOPPING=1\nSTATUS=stopping");
+    assert!(
+        server.has_line("dropped 7 notifications to the service manager"),
+        "{:?}",
+        server.lines()
+    );
 }

@@ -777,3 +777,38 @@ fn running_service_manager() -> Result<Vec<&'static str>, String> {
     }
     Err("no systemd --user instance, and the system's needs root".into())
 }
+
+/// An adopted unix socket whose path SERVER_STARTER_PORT cannot carry (the library
+/// would refuse the workers' variable) is refused at start, in one line naming it, as
+/// `--path` refuses such a path.
+#[test]
+fn an_adopted_unix_socket_whose_path_workers_cannot_be_told_is_refused() {
+    let dir = TempDir::new("activation-name");
+    for (name, why) in [
+        (
+            "a;b.sock",
+            "';' separates the entries of SERVER_STARTER_PORT",
+        ),
+        ("a=b.sock", "'=' separates a name from its descriptor"),
+    ] {
+        let path = dir.path().join(name);
+        let socket = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut cmd = socket_activated_command(&start_server_bin(), socket.as_raw_fd());
+        cmd.args(["--", "true"]);
+        let mut server = Server::spawn(cmd);
+        assert_eq!(server.wait_exit().code(), Some(255), "{:?}", server.lines());
+        let lines = server.lines();
+        let expected = format!(
+            "start_server: inherited descriptor 3 (LISTEN_FDS) is the unix socket {}: {why}",
+            path.display()
+        );
+        assert!(
+            lines.len() == 1 && lines[0].starts_with(&expected),
+            "{lines:?}"
+        );
+        assert!(
+            path.exists(),
+            "the socket file is not start_server's to remove"
+        );
+    }
+}

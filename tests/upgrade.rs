@@ -117,10 +117,18 @@ impl Deployed {
         identity(&self.exe)
     }
 
-    /// Something else at the path, renamed over it.
+    /// Something else at the path, renamed over it (written by a child, as `install`
+    /// copies).
     fn deploy_file(&self, contents: &[u8]) {
         let new = self.exe.with_extension("new");
-        fs::write(&new, contents).unwrap();
+        let mut cat = Command::new("sh")
+            .args(["-c", "cat > \"$0\""])
+            .arg(&new)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut cat.stdin.take().unwrap(), contents).unwrap();
+        assert!(cat.wait().unwrap().success());
         fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
         fs::rename(&new, &self.exe).unwrap();
     }
@@ -177,9 +185,13 @@ impl Deployed {
     }
 }
 
+/// Copies by cp(1), so that the copy is never open for writing in this process: a
+/// child another test thread forks meanwhile would hold it open until its exec, and
+/// executing the file then fails with ETXTBSY.
 fn install(from: &Path, to: &Path) {
     let tmp = to.with_extension("tmp");
-    fs::copy(from, &tmp).unwrap();
+    let copied = Command::new("cp").arg(from).arg(&tmp).status().unwrap();
+    assert!(copied.success(), "cp {} {}", from.display(), tmp.display());
     fs::rename(&tmp, to).unwrap();
 }
 
@@ -624,18 +636,24 @@ fn usr1_reopens_the_log_file_after_an_upgrade() {
 }
 
 /// An instance without a control socket (here, one started without --pid-file, whose
-/// pid file the test writes and locks itself) is sent USR2; the client watches
-/// /proc/PID/exe.
+/// pid file the test writes and locks itself; the instance has it open, as an older
+/// start_server has its own, through a descriptor it inherited) is sent USR2; the
+/// client watches /proc/PID/exe.
 #[test]
 fn without_a_control_socket_the_client_signals_and_watches_the_image() {
     let dir = TempDir::new("upgrade-nosock");
     let exe = dir.path().join("start_server");
     install(&start_server_bin(), &exe);
     let http = http_static();
+    let pid_file = dir.path().join("pid");
+    fs::write(&pid_file, "").unwrap();
     let (mut server, port) = Server::start_program_retrying(
-        &exe,
+        Path::new("sh"),
         |port| {
             vec![
+                "-c".into(),
+                format!("exec \"$0\" \"$@\" 9<{}", pid_file.display()),
+                exe.display().to_string(),
                 format!("--port=127.0.0.1:{port}"),
                 "--interval=0.1".into(),
                 "--".into(),
@@ -646,7 +664,6 @@ fn without_a_control_socket_the_client_signals_and_watches_the_image() {
     );
     let addr = addr("127.0.0.1", port);
     let worker = wait_generation(addr, 1);
-    let pid_file = dir.path().join("pid");
     fs::write(&pid_file, format!("{}\n", server.pid())).unwrap();
     let held = fs::File::open(&pid_file).unwrap();
     // SAFETY: flock on a descriptor the test owns.
@@ -827,5 +844,195 @@ fn the_handed_state_cannot_be_written_by_the_new_image() {
     d.upgrade_ok();
     assert!(!marker.exists(), "the new image could write the state");
     assert_eq!(http_get(d.addr).unwrap(), (worker, 1));
+    d.server.stop();
+}
+
+/// `start_server --upgrade ... | true`: the client's reader is gone when it says how the
+/// upgrade went. Its exit status still says so, with no panic (EPIPE is not an error of
+/// the upgrade's).
+#[test]
+fn a_client_whose_output_is_closed_exits_by_the_outcome() {
+    let (mut d, _) = Deployed::http();
+    // start_server with `args`, its stdout a pipe whose reader is gone: (exit code,
+    // what it said on stderr).
+    let run = |args: &[&str]| {
+        let mut child = Command::new(start_server_bin())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!said.contains("panicked"), "{args:?}: {said}");
+        (out.status.code(), said)
+    };
+    let pid_file = format!("--pid-file={}", d.pid_file.display());
+    let new = d.deploy();
+    assert_eq!(run(&["--upgrade", &pid_file]), (Some(0), String::new()));
+    assert_eq!(d.image(), new);
+    d.deploy_file(b"#!/bin/sh\nexit 1\n");
+    let (code, said) = run(&["--upgrade", &pid_file]);
+    assert_eq!(code, Some(255), "{said}");
+    assert!(said.contains("exited with status 1"), "{said}");
+    d.server.stop();
+    // The same for what the other modes print.
+    for mode in ["--version", "--help"] {
+        assert_eq!(run(&[mode]), (Some(0), String::new()), "{mode}");
+    }
+}
+
+/// A deploy that switches a symbolic link (`current -> v2`) is upgraded to: the path
+/// start_server was started by is kept as given, and followed at the upgrade, not
+/// resolved once at start (which re-executed v1 and reported success).
+#[test]
+fn a_deploy_that_switches_a_symbolic_link_is_upgraded_to() {
+    let dir = TempDir::new("upgrade-link");
+    for v in ["v1", "v2"] {
+        fs::create_dir(dir.path().join(v)).unwrap();
+        install(
+            &start_server_bin(),
+            &dir.path().join(v).join("start_server"),
+        );
+    }
+    let current = dir.path().join("current");
+    std::os::unix::fs::symlink("v1", &current).unwrap();
+    let exe = current.join("start_server");
+    let pid_file = dir.path().join("pid");
+    let (mut server, port) = Server::start_program_retrying(
+        &exe,
+        |port| {
+            vec![
+                format!("--port=127.0.0.1:{port}"),
+                format!("--pid-file={}", pid_file.display()),
+                "--interval=0.1".into(),
+                "--".into(),
+                http_static(),
+            ]
+        },
+        &[],
+    );
+    let worker = wait_generation(addr("127.0.0.1", port), 1);
+    let image = || identity(Path::new(&format!("/proc/{}/exe", server.pid())));
+    assert_eq!(image(), identity(&dir.path().join("v1/start_server")));
+
+    let next = dir.path().join("current.new");
+    std::os::unix::fs::symlink("v2", &next).unwrap();
+    fs::rename(&next, &current).unwrap();
+    let out = run_within(
+        &["--upgrade", &format!("--pid-file={}", pid_file.display())],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        image(),
+        identity(&dir.path().join("v2/start_server")),
+        "runs v2"
+    );
+    assert!(server.has_line(&format!(
+        "upgrading from {VERSION} to {VERSION} ({})",
+        exe.display()
+    )));
+    assert_eq!(server.worker_pids(), vec![worker]);
+    server.stop();
+}
+
+/// The file checked is the one executed: opened once, both checked and executed from
+/// that open file. Here the path is exchanged (renameat2 RENAME_EXCHANGE) with a
+/// binary that fails the check while the check runs (it waits for the test's go): the
+/// upgrade goes ahead with the file that passed, and the other one never runs.
+#[test]
+fn the_file_checked_is_the_file_executed_whatever_the_path_holds_meanwhile() {
+    let tools = TempDir::new("upgrade-swap");
+    let real = tools.path().join("real");
+    install(&start_server_bin(), &real);
+    let gate = tools.path().join("go");
+    let checking = tools.path().join("go.checking");
+    // A start_server whose --upgrade-check waits (boundedly) for the go.
+    let source = tools.path().join("slow_check.c");
+    fs::write(
+        &source,
+        r#"#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    const char *real = getenv("SLOW_CHECK_REAL"), *gate = getenv("SLOW_CHECK_GATE");
+    const char *checking = getenv("SLOW_CHECK_CHECKING");
+    if (!real || !gate || !checking) return 100;
+    if (argc == 2 && strcmp(argv[1], "--upgrade-check") == 0) {
+        close(open(checking, O_CREAT | O_WRONLY, 0644));
+        for (int i = 0; i < 400 && access(gate, F_OK) != 0; i++) usleep(10000);
+    }
+    execv(real, argv);
+    return 101;
+}
+"#,
+    )
+    .unwrap();
+    let slow = tools.path().join("slow_check");
+    let built = Command::new("cc")
+        .arg("-o")
+        .arg(&slow)
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let env = [
+        ("SLOW_CHECK_REAL", real.display().to_string()),
+        ("SLOW_CHECK_GATE", gate.display().to_string()),
+        ("SLOW_CHECK_CHECKING", checking.display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut d = Deployed::start(&["--interval=0.1"], &[&http_static()], &env);
+    let worker = wait_generation(d.addr, 1);
+    install(&slow, &d.exe);
+    // What must never run: a binary that fails the check (and would take the
+    // instance down with it).
+    let other = d.dir.path().join("other");
+    install(Path::new("/bin/false"), &other);
+    let failing = identity(&other);
+
+    let client = Command::new(start_server_bin())
+        .args(["--upgrade", &format!("--pid-file={}", d.pid_file.display())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the check to start", || checking.exists());
+    let c = |p: &Path| std::ffi::CString::new(p.display().to_string()).unwrap();
+    let (a, b) = (c(&d.exe), c(&other));
+    // SAFETY: two NUL-terminated paths; renameat2 has no other preconditions.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(rc, 0, "renameat2: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        identity(&d.exe),
+        failing,
+        "the path now holds the failing binary"
+    );
+    fs::write(&gate, b"").unwrap();
+
+    let out = client.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains(&format!("upgraded from {VERSION} to {VERSION}")),
+        "{out:?}\nlog: {:?}",
+        d.server.lines()
+    );
+    assert!(pid_alive(d.pid()), "the instance runs on");
+    // The checked file exec'd the build under test, which now runs.
+    assert_eq!(d.image(), identity(&real));
+    assert_eq!(http_get(d.addr).unwrap(), (worker, 1));
+    assert_eq!(d.server.worker_pids(), vec![worker]);
     d.server.stop();
 }

@@ -474,6 +474,15 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     ticks as f64 / hz
 }
 
+/// A worker's environment variable, from /proc.
+pub fn worker_env(pid: i32, key: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|&b| b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(String::from))
+}
+
 /// The pids of `children(pid)`.
 pub fn child_pids(pid: i32) -> Vec<i32> {
     children(pid).into_iter().map(|c| c.0).collect()
@@ -574,6 +583,59 @@ impl ForkChild {
             grandchild,
         }
     }
+}
+
+// ------------------------------------------------------------------ PID namespaces
+
+/// Why start_server cannot be PID 1 of a new PID namespace here, if it cannot.
+pub fn no_pid_namespace() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    match Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output()
+    {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "unshare --pid --fork --mount-proc failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!("unshare: {e}")),
+    }
+}
+
+/// The pid of `pid` in its own PID namespace (the last of /proc/PID/status's NSpid).
+pub fn pid_in_namespace(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
+/// The child of `parent` known as `inner` inside the namespace.
+pub fn child_known_as(parent: i32, inner: i32) -> i32 {
+    wait_for(
+        &format!("pid {inner} among the children of {parent}"),
+        || {
+            children(parent)
+                .into_iter()
+                .map(|(pid, _)| pid)
+                .find(|&pid| pid_in_namespace(pid) == Some(inner))
+        },
+    )
+}
+
+/// start_server as `unshare` runs it: its pid outside the namespace, once it has
+/// blocked its signals (it has started a worker). Before that, PID 1 would drop the
+/// signals from outside: a namespace's init gets none it has not asked for.
+pub fn namespace_init(server: &Server) -> i32 {
+    server.wait_line("starting new worker");
+    let init = wait_for("unshare's child", || {
+        child_pids(server.pid()).first().copied()
+    });
+    assert_eq!(pid_in_namespace(init), Some(1));
+    init
 }
 
 /// A command that runs `program` as systemd passes it a socket: `fd` at descriptor 3,

@@ -15,6 +15,7 @@
 # READY_FROM=grandchild   send READY=1 from a grandchild that exits at once
 # WATCHDOG_USEC=N         send WATCHDOG=1 every N/2 us (set by --watchdog) ...
 # HUNG_GENERATIONS=2      ... except in those generations
+# TRIGGER_GENERATIONS=all send WATCHDOG=trigger right after READY=1 (all, or a list)
 use strict;
 use warnings;
 use IO::Select;
@@ -76,6 +77,8 @@ if (!in_list('NOT_READY_GENERATIONS')) {
     } else {
         notify("READY=1\nSTATUS=serving generation $gen");
     }
+    notify("WATCHDOG=trigger")
+        if in_list('TRIGGER_GENERATIONS') || ($ENV{TRIGGER_GENERATIONS} || '') eq 'all';
 }
 my $watchdog = $ENV{WATCHDOG_USEC} && !in_list('HUNG_GENERATIONS') ? $ENV{WATCHDOG_USEC} / 2e6 : undef;
 notify("WATCHDOG=1") if $watchdog;

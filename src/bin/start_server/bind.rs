@@ -27,6 +27,8 @@ pub struct Listener {
     /// For unix sockets: the file we created, to remove at exit if it is still ours.
     /// (An adopted socket's file is the manager's, and stays.)
     unix_file: Option<UnixFile>,
+    /// A TCP or unix stream socket: one that a worker's shutdown(2) can stop listening.
+    stream: bool,
 }
 
 struct UnixFile {
@@ -35,8 +37,9 @@ struct UnixFile {
     ino: u64,
 }
 
-/// All the sockets, in the plan's order (SERVER_STARTER_PORT's).
-pub struct Listeners(Vec<Listener>);
+/// All the sockets, in the plan's order (SERVER_STARTER_PORT's), and the backlog they
+/// listen with.
+pub struct Listeners(Vec<Listener>, i32);
 
 impl Listeners {
     /// Binds or adopts every socket of the plan, or none: on error, the unix socket
@@ -44,7 +47,7 @@ impl Listeners {
     /// descriptor numbers free of anything else start_server opened first (pid file,
     /// log file).
     pub fn bind(plan: Plan, backlog: i32, reserved: Reserved) -> Result<Listeners, String> {
-        let mut bound = Listeners(Vec::new());
+        let mut bound = Listeners(Vec::new(), backlog);
         let result = bound.bind_all(plan, backlog, reserved);
         match result {
             Ok(()) => Ok(bound),
@@ -87,6 +90,7 @@ impl Listeners {
                 adopted: is_adopted,
                 fdname,
                 unix_file,
+                stream: is_stream(fd),
             });
         }
         Ok(())
@@ -104,6 +108,31 @@ impl Listeners {
 
     pub fn iter(&self) -> impl Iterator<Item = &Listener> {
         self.0.iter()
+    }
+
+    /// Before each generation: a stream socket that no longer listens is listened on
+    /// again. A worker's shutdown(2) acts on the socket every generation shares, and
+    /// would leave it refusing connections for good (the next worker's accept fails
+    /// with EINVAL).
+    pub fn relisten(&self) {
+        for l in self.0.iter().filter(|l| l.stream) {
+            if sys::getsockopt_int(&l.fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).ok() != Some(0) {
+                continue;
+            }
+            match sys::listen(&l.fd, self.1) {
+                Ok(()) => log!(
+                    "socket {} (descriptor {}) was no longer listening (a worker shut it \
+                     down?): listening on it again",
+                    l.name,
+                    l.fd
+                ),
+                Err(e) => log!(
+                    "socket {} (descriptor {}) no longer listens, and listen(2) failed: {e}",
+                    l.name,
+                    l.fd
+                ),
+            }
+        }
     }
 
     /// Whether a socket sits at descriptor 0 (then a daemon keeps it as stdin).
@@ -271,12 +300,18 @@ impl Listener {
             adopted,
             fdname,
             unix_file: unix_file.map(|(path, dev, ino)| UnixFile { path, dev, ino }),
+            stream: is_stream(fd),
         }
     }
 }
 
 impl Listeners {
-    pub fn taken_over(sockets: Vec<Listener>) -> Listeners {
-        Listeners(sockets)
+    /// `backlog`: the command line's, which an upgrade keeps.
+    pub fn taken_over(sockets: Vec<Listener>, backlog: i32) -> Listeners {
+        Listeners(sockets, backlog)
     }
+}
+
+fn is_stream(fd: RawFd) -> bool {
+    sys::getsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_TYPE).ok() == Some(libc::SOCK_STREAM)
 }

@@ -242,6 +242,14 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
             })
             .transpose()
     };
+    // A zero --ready-timeout or --watchdog would fail every worker at once.
+    let positive_seconds = |name: &str| match seconds(name)? {
+        Some(d) if d.is_zero() => Err(invalid(format!(
+            "invalid --{name} value {:?}: expected more than 0 seconds",
+            last(name).unwrap_or_default()
+        ))),
+        other => Ok(other),
+    };
 
     if m.opt_present("help") {
         return Ok(Mode::Help);
@@ -360,15 +368,8 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         kill_timeout: seconds("kill-timeout")?,
         backoff: seconds("backoff")?,
         ready_notify,
-        ready_timeout: seconds("ready-timeout")?.unwrap_or(DEFAULT_READY_TIMEOUT),
-        watchdog: match seconds("watchdog")? {
-            Some(d) if d.is_zero() => {
-                return Err(invalid(
-                    "invalid --watchdog value \"0\": expected more than 0 seconds".into(),
-                ))
-            }
-            other => other,
-        },
+        ready_timeout: positive_seconds("ready-timeout")?.unwrap_or(DEFAULT_READY_TIMEOUT),
+        watchdog: positive_seconds("watchdog")?,
         backlog,
         listen_fds: m.opt_present("listen-fds"),
         command: m.free.clone(),

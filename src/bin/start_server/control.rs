@@ -123,6 +123,13 @@ fn exited(pid: Pid) -> String {
 pub fn ask(pid: Pid, request: &[u8], what: &str) -> Result<Option<OwnedFd>, String> {
     let fail =
         |e: std::io::Error| format!("failed to ask start_server (pid {pid}) for {what}: {e}");
+    let client = sys::getuid();
+    if let Some(instance) = real_uid(pid).filter(|&uid| !control_socket::serves(uid, client)) {
+        return Err(format!(
+            "start_server (pid {pid}) refuses {what} from uid {client}: it takes requests \
+             only from its own user (uid {instance}) and root"
+        ));
+    }
     let (socket, _) = sys::credential_socket(None).map_err(fail)?;
     let name = control_socket::name(pid);
     let to = SockAddr::abstract_unix(name.as_bytes()).ok_or_else(|| format!("{name}: too long"))?;
@@ -131,6 +138,13 @@ pub fn ask(pid: Pid, request: &[u8], what: &str) -> Result<Option<OwnedFd>, Stri
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(None),
         Err(e) => Err(fail(e)),
     }
+}
+
+/// The real uid of process `pid` (the one its control socket compares), if /proc says.
+fn real_uid(pid: Pid) -> Option<libc::uid_t> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    line.split_whitespace().next()?.parse().ok()
 }
 
 /// What the instance answered on the control socket.

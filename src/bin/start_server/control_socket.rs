@@ -15,6 +15,7 @@ use std::io;
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 
 use crate::sys::{self, Pid, SockAddr};
+use crate::throttle::Throttle;
 
 pub const RESTART: &[u8] = b"RESTART";
 /// The instance's first answer, at once: the client then knows it reached the instance
@@ -36,6 +37,13 @@ pub enum Ask {
 /// The socket's name for the instance `pid`, without the leading NUL.
 pub fn name(pid: Pid) -> String {
     format!("server_starter/{pid}/control")
+}
+
+/// Whether an instance running as `instance` takes requests from `client` (uids, the
+/// kernel's real ones): its own user's and root's only. The client checks it too,
+/// rather than wait for an answer that will not come.
+pub fn serves(instance: libc::uid_t, client: libc::uid_t) -> bool {
+    client == instance || client == 0
 }
 
 pub struct ControlSocket {
@@ -60,43 +68,42 @@ impl ControlSocket {
         self.fd.as_raw_fd()
     }
 
-    /// The requests waiting; anything else is dropped with a log line.
-    pub fn requests(&self) -> Vec<Request> {
+    /// The requests waiting, as many as `throttle` lets through; anything else is
+    /// dropped with a log line, which `throttle` rate-limits.
+    pub fn requests(&self, throttle: &mut Throttle) -> Vec<Request> {
         let mut requests = Vec::new();
         let mut buf = [0u8; 64];
-        loop {
-            let datagram = match sys::receive(&self.fd, &mut buf) {
-                Ok(Some(datagram)) => datagram,
-                Ok(None) => return requests,
-                Err(e) => {
-                    crate::log!("failed to read the control socket: {e}");
-                    return requests;
-                }
-            };
+        let read = throttle.read(&self.fd, &mut buf, |throttle, datagram, bytes| {
             let Some((pid, uid)) = datagram.credentials else {
-                continue;
+                return;
             };
-            if uid != sys::getuid() && uid != 0 {
-                crate::log!(
+            if !serves(sys::getuid(), uid) {
+                throttle.dropped(format_args!(
                     "ignored a control request from pid {pid}: uid {uid} is not start_server's"
-                );
-            } else {
-                let ask = match &buf[..datagram.len] {
-                    _ if datagram.truncated => None,
-                    RESTART => Some(Ask::Restart),
-                    UPGRADE => Some(Ask::Upgrade),
-                    _ => None,
-                };
-                match ask {
-                    Some(ask) => requests.push(Request {
-                        from: datagram.from,
-                        pid,
-                        ask,
-                    }),
-                    None => crate::log!("ignored a control request from pid {pid}: not understood"),
-                }
+                ));
+                return;
             }
+            let ask = match bytes {
+                _ if datagram.truncated => None,
+                RESTART => Some(Ask::Restart),
+                UPGRADE => Some(Ask::Upgrade),
+                _ => None,
+            };
+            match ask {
+                Some(ask) => requests.push(Request {
+                    from: datagram.from,
+                    pid,
+                    ask,
+                }),
+                None => throttle.dropped(format_args!(
+                    "ignored a control request from pid {pid}: not understood"
+                )),
+            }
+        });
+        if let Err(e) = read {
+            crate::log!("failed to read the control socket: {e}");
         }
+        requests
     }
 
     /// The socket of the previous image, after an upgrade in place.

@@ -68,8 +68,13 @@ pub fn take() -> Result<Vec<Inherited>, String> {
             sys::set_cloexec(n, true).map_err(|e| {
                 format!("fcntl(F_SETFD) failed for inherited descriptor {n} (LISTEN_FDS): {e}")
             })?;
+            let address = address(&fd)?;
+            // As for --path: the workers must be able to read the name back.
+            crate::port_names::check(&address.name()).map_err(|why| {
+                format!("inherited descriptor {n} (LISTEN_FDS) is the {address}: {why}")
+            })?;
             Ok(Inherited {
-                address: address(&fd)?,
+                address,
                 fd,
                 fdname: named.then(|| l.name().to_string_lossy().into_owned()),
             })

@@ -109,6 +109,13 @@ pub fn line(args: std::fmt::Arguments) {
     }
 }
 
+/// Prints `text` on stdout, for the clients' and `--help`'s output. An error is
+/// ignored: the command's outcome is its exit status, which a reader that went away
+/// (`start_server --upgrade ... | head -0`) must not turn into a panic.
+pub fn print(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 /// `log!("starting new worker {pid}")`: one line on stderr.
 #[macro_export]
 macro_rules! log {

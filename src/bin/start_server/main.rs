@@ -24,6 +24,7 @@ mod spawn;
 mod status_file;
 mod supervisor;
 mod sys;
+mod throttle;
 mod upgrade;
 
 use std::ffi::OsString;
@@ -68,14 +69,14 @@ fn main() -> ExitCode {
     };
     let result = match mode {
         Mode::Help => {
-            print!("{}", cli::HELP);
+            log::print(cli::HELP);
             Ok(())
         }
         Mode::Version => {
-            println!(
-                "{} (Server::Starter 0.35 compatible)",
+            log::print(&format!(
+                "{} (Server::Starter 0.35 compatible)\n",
                 env!("CARGO_PKG_VERSION")
-            );
+            ));
             Ok(())
         }
         Mode::Start(config) => start(*config),

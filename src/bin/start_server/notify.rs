@@ -11,6 +11,7 @@ use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::sys::{self, Pid};
+use crate::throttle::Throttle;
 
 /// Longer messages are dropped (systemd's limit too).
 const MESSAGE_MAX: usize = 4096;
@@ -66,72 +67,113 @@ impl Channel {
         self.fd.as_raw_fd()
     }
 
-    /// Every message waiting for `worker` that counts. The others are dropped with a
-    /// log line: they never disturb the supervisor.
+    /// The messages waiting for `worker` that count, as many as `throttle` lets
+    /// through. The others are dropped with a log line, which `throttle` rate-limits:
+    /// they never disturb the supervisor.
     /// `workers` are the pids of all workers, to tell an orphan from another worker.
-    pub fn drain(&self, worker: Pid, workers: &[Pid]) -> Vec<Notice> {
+    pub fn drain(&self, worker: Pid, workers: &[Pid], throttle: &mut Throttle) -> Vec<Notice> {
         let mut notices = Vec::new();
         let mut buf = [0u8; MESSAGE_MAX];
-        loop {
-            let datagram = match sys::receive(&self.fd, &mut buf) {
-                Ok(Some(datagram)) => datagram,
-                Ok(None) => return notices,
-                Err(e) => {
-                    log!("failed to read worker {worker}'s notification socket: {e}");
-                    return notices;
-                }
-            };
+        let mut refused: Option<((Pid, libc::uid_t), String)> = None;
+        let read = throttle.read(&self.fd, &mut buf, |throttle, datagram, bytes| {
             let Some((sender, uid)) = datagram.credentials else {
-                log!("dropped a notification for worker {worker} without credentials");
-                continue;
+                throttle.dropped(format_args!(
+                    "dropped a notification for worker {worker} without credentials"
+                ));
+                return;
             };
             if datagram.truncated {
-                log!("dropped a notification from pid {sender} for worker {worker}: longer than {MESSAGE_MAX} bytes");
-                continue;
+                throttle.dropped(format_args!(
+                    "dropped a notification from pid {sender} for worker {worker}: \
+                     longer than {MESSAGE_MAX} bytes"
+                ));
+                return;
             }
-            if let Err(why) = accepts(worker, sender, uid, workers) {
-                log!("dropped a notification from pid {sender} for worker {worker}: {why}");
-                continue;
+            // A flood comes from one sender: the walk up /proc is done once per read.
+            // A live process refused stays refused: none moves below the worker.
+            if refused.as_ref().is_none_or(|r| r.0 != (sender, uid)) {
+                refused = accepts(worker, sender, uid, workers)
+                    .err()
+                    .map(|why| ((sender, uid), why));
             }
-            let (said, bad) = parse(&buf[..datagram.len]);
+            if let Some((_, why)) = &refused {
+                throttle.dropped(format_args!(
+                    "dropped a notification from pid {sender} for worker {worker}: {why}"
+                ));
+                return;
+            }
+            let (said, bad) = parse(bytes);
             for why in bad {
                 log!(
                     "ignored a line of a notification from pid {sender} for worker {worker}: {why}"
                 );
             }
             notices.push(Notice { sender, said });
+        });
+        if let Err(e) = read {
+            log!("failed to read worker {worker}'s notification socket: {e}");
         }
+        notices
     }
 }
 
-/// Who may speak for a worker: a process of start_server's own uid that is the worker
-/// or below it. Below it includes an orphan of its tree, which the kernel has handed
-/// to start_server (a subreaper): it can only know this socket from the worker's
-/// environment. A sender that has exited by now (`systemd-notify` does not wait)
-/// cannot be placed any more; its message counts if its uid is ours, for the same
-/// reason. A message from another uid never counts.
+/// Who may speak for a worker: the worker itself or a live process below it,
+/// whatever its uid (a worker that drops privileges, `setpriv` or `su` to a service
+/// user, says `READY=1` as that user). A process of start_server's own uid may also
+/// be an orphan of a worker's tree, which the kernel has handed to start_server (a
+/// subreaper): it can only know this socket from the worker's environment; or a
+/// sender that has exited by now (`systemd-notify --no-block` does not wait), which
+/// cannot be placed any more: its uid has to do. Pid 0 is a sender in another PID
+/// namespace, which cannot be placed either, so never counts.
 pub fn accepts(worker: Pid, sender: Pid, uid: libc::uid_t, workers: &[Pid]) -> Result<(), String> {
-    if uid != sys::getuid() {
-        return Err(format!("sent by uid {uid}, not start_server's"));
+    if sender <= 0 {
+        return Err(format!(
+            "sent from pid {sender}, a process outside start_server's PID namespace"
+        ));
     }
+    let ours = uid == sys::getuid();
+    match place(worker, sender, workers) {
+        Place::Below => Ok(()),
+        Place::Orphan | Place::Gone if ours => Ok(()),
+        _ if !ours => Err(format!(
+            "sent by uid {uid}, not start_server's, from pid {sender}, which is not the \
+             worker nor a live process below it"
+        )),
+        _ => Err(format!("pid {sender} is neither the worker nor below it")),
+    }
+}
+
+/// Where a sender stands, from its parent chain in /proc.
+enum Place {
+    /// The worker, or a live process below it.
+    Below,
+    /// A child of start_server's that is not a worker: an orphan of some worker's tree.
+    Orphan,
+    /// Exited before its message was read.
+    Gone,
+    Elsewhere,
+}
+
+fn place(worker: Pid, sender: Pid, workers: &[Pid]) -> Place {
     let supervisor = std::process::id() as Pid;
     let mut pid = sender;
     // Bounded: a chain of parents longer than this is not worth following.
     for _ in 0..64 {
         if pid == worker {
-            return Ok(());
+            return Place::Below;
         }
         match parent_of(pid) {
-            // A child of start_server's that is not a worker: an orphan.
-            Some(parent) if parent == supervisor && !workers.contains(&pid) => return Ok(()),
+            Some(parent) if parent == supervisor && !workers.contains(&pid) => {
+                return Place::Orphan
+            }
             Some(parent) if parent > 1 && parent != supervisor => pid = parent,
             Some(_) => break,
-            // Gone (or gone mid-walk): the uid has to do.
-            None if pid == sender => return Ok(()),
+            None if pid == sender => return Place::Gone,
+            // Gone mid-walk: it can no longer be placed.
             None => break,
         }
     }
-    Err(format!("pid {sender} is neither the worker nor below it"))
+    Place::Elsewhere
 }
 
 /// The parent pid of a live process, from /proc.
@@ -212,10 +254,14 @@ mod tests {
         // Our parent is alive and not below us.
         let parent = parent_of(me).unwrap();
         assert!(accepts(me, parent, uid, &[]).is_err());
-        // Another uid, even as the worker itself.
-        assert!(accepts(me, me, uid.wrapping_add(1), &[]).is_err());
+        // The worker itself counts whatever its uid (it dropped privileges); another
+        // uid elsewhere never does.
+        assert!(accepts(me, me, uid.wrapping_add(1), &[]).is_ok());
+        assert!(accepts(me, parent, uid.wrapping_add(1), &[]).is_err());
         // A pid that does not exist: the uid decides.
         assert!(accepts(me, i32::MAX, uid, &[]).is_ok());
         assert!(accepts(me, i32::MAX, uid.wrapping_add(1), &[]).is_err());
+        // Pid 0: a sender in another PID namespace, never placed.
+        assert!(accepts(me, 0, uid, &[]).is_err());
     }
 }

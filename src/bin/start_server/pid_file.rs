@@ -9,7 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -81,7 +81,20 @@ impl PidFile {
             .set_len(0)
             .and_then(|()| self.file.rewind())
             .and_then(|()| self.file.write_all(text.as_bytes()));
-        result.map_err(|e| format!("failed to write pid file {}: {e}", self.path.display()))
+        result.map_err(|e| format!("failed to write pid file {}: {e}", self.path.display()))?;
+        self.record_lock()
+    }
+
+    /// The lock that says which process runs the instance (`running_instance`): taken
+    /// by the process that supervises, after --daemonize's forks, where the flock is
+    /// still the launcher's.
+    fn record_lock(&self) -> Result<(), String> {
+        sys::lock_record(&self.file).map_err(|e| {
+            format!(
+                "fcntl(F_SETLK) failed on pid file {}: {e}",
+                self.path.display()
+            )
+        })
     }
 
     /// For an upgrade in place: the locked descriptor, the path, and whether the file
@@ -93,11 +106,16 @@ impl PidFile {
     /// The previous image's pid file: the same open file, so the same lock, never
     /// released in between.
     pub fn taken_over(fd: OwnedFd, path: PathBuf, ours: bool) -> PidFile {
-        PidFile {
+        let pid_file = PidFile {
             file: File::from(fd),
             path,
             ours,
+        };
+        // Kept across execve; taken here for an image before this one that had none.
+        if let Err(e) = pid_file.record_lock() {
+            crate::log!("{e}");
         }
+        pid_file
     }
 
     /// At exit, or after a failed start: the file goes if it is ours, while still
@@ -204,13 +222,55 @@ pub fn find_instance(path: &Path) -> Result<Instance, String> {
             )
         })?;
     match sys::lock_exclusive(&file, false) {
-        Ok(false) => Ok(Instance::Running(pid, file)),
+        Ok(false) => holds(pid, &file, path).map(|()| Instance::Running(pid, file)),
         Ok(true) => Ok(Instance::NotRunning(format!(
             "start_server (pid {pid}) is not running: pid file {} is stale",
             path.display()
         ))),
         Err(e) => Err(format!("flock failed on pid file {}: {e}", path.display())),
     }
+}
+
+/// Whether `pid`, which the locked pid file names, is the process that runs the
+/// instance, as this process's PID namespace sees it. An instance in a namespace of
+/// its own writes its pid there (1, often), which here is another process: the one
+/// holding the file's POSIX lock, as the kernel translates its pid, says. An instance
+/// without that lock (the Perl original, an older start_server) must at least have
+/// the file open.
+fn holds(pid: Pid, file: &File, path: &Path) -> Result<(), String> {
+    let holder = sys::lock_holder(file)
+        .map_err(|e| format!("fcntl(F_GETLK) failed on pid file {}: {e}", path.display()))?;
+    let path = path.display();
+    match holder {
+        Some(holder) if holder == pid => Ok(()),
+        Some(0) => Err(format!(
+            "pid file {path} is locked by a process in a PID namespace this one cannot \
+             see: not signalling pid {pid} (run this in the instance's namespace)"
+        )),
+        Some(holder) => Err(format!(
+            "pid file {path} says pid {pid}, but its lock is held by pid {holder} (as \
+             seen from here: the instance runs in another PID namespace): not signalling \
+             pid {pid}"
+        )),
+        None if has_open(pid, file) => Ok(()),
+        None => Err(format!(
+            "pid file {path} says pid {pid}, but that process does not have it open \
+             (the instance may run in another PID namespace): not signalling pid {pid}"
+        )),
+    }
+}
+
+/// Whether process `pid` has `file` open (false if that cannot be read).
+fn has_open(pid: Pid, file: &File) -> bool {
+    let Ok(own) = file.metadata() else {
+        return false;
+    };
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        fs::metadata(entry.path()).is_ok_and(|m| m.dev() == own.dev() && m.ino() == own.ino())
+    })
 }
 
 /// Blocks until the instance holding the lock on `file` has exited.

@@ -454,6 +454,28 @@ pub fn child_execve(path: &CStr, argv: &[*const c_char], envp: &[*const c_char])
     errno()
 }
 
+/// execveat(fd, "", ..., AT_EMPTY_PATH), in a child as in start_server itself: executes
+/// the file `fd` was opened on. Returns only on failure, with errno.
+pub fn child_execve_fd(fd: RawFd, argv: &[*const c_char], envp: &[*const c_char]) -> c_int {
+    debug_assert!(argv.last().is_some_and(|p| p.is_null()));
+    debug_assert!(envp.last().is_some_and(|p| p.is_null()));
+    let empty = c"";
+    // SAFETY: the path is an empty NUL-terminated string, as AT_EMPTY_PATH requires;
+    // argv and envp are NULL-terminated arrays of NUL-terminated strings the caller
+    // keeps alive. A raw system call, async-signal-safe.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            empty.as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    errno()
+}
+
 /// In the child: writes `bytes` to `fd`, ignoring errors (used to report a failure
 /// back to the parent, which then reports it).
 pub fn child_write(fd: RawFd, bytes: &[u8]) {
@@ -928,7 +950,7 @@ pub fn connect(fd: &OwnedFd, addr: &SockAddr) -> io::Result<()> {
     check(unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr(), addr.len) }).map(drop)
 }
 
-pub fn listen(fd: &OwnedFd, backlog: c_int) -> io::Result<()> {
+pub fn listen(fd: &impl AsRawFd, backlog: c_int) -> io::Result<()> {
     // SAFETY: listen has no memory-safety preconditions.
     check(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
 }
@@ -954,6 +976,35 @@ pub fn lock_exclusive(fd: &impl AsRawFd, wait: bool) -> io::Result<bool> {
             _ => return Err(io::Error::last_os_error()),
         }
     }
+}
+
+/// A POSIX write lock (fcntl F_SETLK) on the whole file, besides the flock: the kernel
+/// tells who holds this one (`lock_holder`), as the asker's PID namespace sees it.
+/// It is this process's, not inherited by a fork, kept across execve, and released
+/// when the process closes any descriptor of the file.
+pub fn lock_record(fd: &impl AsRawFd) -> io::Result<()> {
+    let mut lock = whole_file_write_lock();
+    // SAFETY: F_SETLK reads the flock struct, which lives across the call.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLK, &mut lock) }).map(drop)
+}
+
+/// Who holds a POSIX lock on the file that would conflict with a write lock on all
+/// of it (fcntl F_GETLK): its pid as this process's PID namespace sees it, 0 if it is
+/// in a namespace this one cannot see; `None` if no one does.
+pub fn lock_holder(fd: &impl AsRawFd) -> io::Result<Option<Pid>> {
+    let mut lock = whole_file_write_lock();
+    // SAFETY: F_GETLK fills in the flock struct, which lives across the call.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETLK, &mut lock) })?;
+    Ok((lock.l_type != libc::F_UNLCK as libc::c_short).then_some(lock.l_pid))
+}
+
+fn whole_file_write_lock() -> libc::flock {
+    // SAFETY: flock is plain data; all zeroes is a valid value, and the fields that
+    // matter are set below.
+    let mut lock: libc::flock = unsafe { mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock
 }
 
 /// setsid(2): a new session, without a controlling terminal.
@@ -1046,34 +1097,25 @@ pub fn read_whole(fd: RawFd, max: usize) -> io::Result<Vec<u8>> {
     }
 }
 
-/// execve(2), in start_server itself (not a forked child): replaces the image, keeping
-/// the pid, the children and every descriptor without FD_CLOEXEC. Returns only on
-/// failure.
-pub fn execve(path: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> io::Error {
-    let errno = child_execve(path, argv, envp);
-    io::Error::from_raw_os_error(errno)
-}
-
 /// execveat(fd, "", ..., AT_EMPTY_PATH): executes the file `fd` was opened on, even if
 /// it has been replaced or deleted since. Returns only on failure.
 pub fn execve_fd(fd: RawFd, argv: &[*const c_char], envp: &[*const c_char]) -> io::Error {
-    debug_assert!(argv.last().is_some_and(|p| p.is_null()));
-    debug_assert!(envp.last().is_some_and(|p| p.is_null()));
-    let empty = c"";
-    // SAFETY: the path is an empty NUL-terminated string, as AT_EMPTY_PATH requires;
-    // argv and envp are NULL-terminated arrays of NUL-terminated strings the caller
-    // keeps alive.
-    unsafe {
-        libc::syscall(
-            libc::SYS_execveat,
-            fd,
-            empty.as_ptr(),
-            argv.as_ptr(),
-            envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    io::Error::last_os_error()
+    io::Error::from_raw_os_error(child_execve_fd(fd, argv, envp))
+}
+
+/// The path this image was executed by (the execve(2) argument, as the kernel keeps it
+/// in the auxiliary vector: a symbolic link is not resolved), if the kernel has it.
+pub fn exec_path() -> Option<std::ffi::OsString> {
+    // SAFETY: getauxval reads this process's auxiliary vector; it has no preconditions.
+    let at = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const c_char;
+    if at.is_null() {
+        return None;
+    }
+    // SAFETY: AT_EXECFN points at a NUL-terminated string the kernel placed on the
+    // initial stack, which lives as long as the process.
+    let bytes = unsafe { CStr::from_ptr(at) }.to_bytes();
+    use std::os::unix::ffi::OsStrExt;
+    Some(std::ffi::OsStr::from_bytes(bytes).to_os_string())
 }
 
 impl SockAddr {

@@ -47,6 +47,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// `STATE_FD,IMAGE_FD`: set by the previous image for the next one, and only for it.
 pub const STATE_VAR: &str = "SERVER_STARTER_UPGRADE_STATE";
+/// Set by the previous image when the new one is a script: the descriptor of the
+/// script, which its interpreter read, and the new image closes.
+pub const SCRIPT_VAR: &str = "SERVER_STARTER_UPGRADE_SCRIPT_FD";
 /// Set by a new image that could not restore the state, for the previous image it
 /// goes back to: why.
 pub const REFUSED_VAR: &str = "SERVER_STARTER_UPGRADE_REFUSED";
@@ -64,15 +67,23 @@ pub struct Context<'a> {
     pub pid_file: Option<&'a PidFile>,
 }
 
-/// The binary start_server was started from, resolved when it started; `None` if
-/// /proc/self/exe could not be read.
+/// The path this image was executed by, as given (made absolute): a symbolic link
+/// stays one, followed when an upgrade opens it, so that a deploy that switches a link
+/// (`current -> v2`) is upgraded to. Where that was an open file rather than a path
+/// (fexecve), the file's own path, which /proc/self/exe says; `None` if not known.
 pub fn own_exe() -> Option<PathBuf> {
-    std::fs::read_link("/proc/self/exe").ok().map(|path| {
-        // Replaced at its path since it was executed: the path is still where the next
-        // binary will be.
-        let bytes = path.into_os_string().into_vec();
-        let bytes = bytes.strip_suffix(b" (deleted)").unwrap_or(&bytes);
-        PathBuf::from(OsString::from_vec(bytes.to_vec()))
+    let given = sys::exec_path()
+        .map(PathBuf::from)
+        .filter(|p| !p.starts_with("/dev/fd") && !p.starts_with("/proc"))
+        .and_then(|p| std::path::absolute(p).ok());
+    given.or_else(|| {
+        std::fs::read_link("/proc/self/exe").ok().map(|path| {
+            // Replaced at its path since it was executed: the path is still where the
+            // next binary will be.
+            let bytes = path.into_os_string().into_vec();
+            let bytes = bytes.strip_suffix(b" (deleted)").unwrap_or(&bytes);
+            PathBuf::from(OsString::from_vec(bytes.to_vec()))
+        })
     })
 }
 
@@ -233,6 +244,13 @@ pub fn resume<T>(
     // Before the first line: stderr may be the log pipe, full (see log.rs).
     crate::log::follow_stderr();
     let refused = take_var(REFUSED_VAR);
+    if let Some(fd) = take_var(SCRIPT_VAR).and_then(|fd| fd.parse::<RawFd>().ok()) {
+        // Not one of the state's descriptors, nor stdio: those the state names are
+        // checked for being what it says, a script being none of them.
+        if fd > libc::STDERR_FILENO && sys::file_type(fd).ok() == Some(libc::S_IFREG) {
+            drop(sys::take_inherited_fd(fd));
+        }
+    }
     let test_refuse = take_var(TEST_REFUSE_VAR).is_some_and(|v| !v.is_empty());
     let handed = handed.to_string_lossy().into_owned();
     let fds = handed
@@ -275,6 +293,19 @@ fn go_back(image: RawFd, handed: &str, why: &str, refused: Option<String>) -> St
         "cannot go back to the previous image: execveat(2): {e}; exiting (the workers get their \
          parent-death signal)"
     )
+}
+
+/// The `--backlog` of the command line, which the next image is executed with
+/// unchanged (the state does not carry it).
+fn backlog() -> i32 {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .filter_map(|a| a.into_string().ok())
+        .collect();
+    match crate::cli::parse(&args) {
+        Ok(crate::cli::Mode::Start(config)) => config.backlog,
+        _ => libc::SOMAXCONN,
+    }
 }
 
 /// A state read and checked whole, its descriptors not yet taken over: until then,
@@ -372,7 +403,7 @@ impl<T> Plan<T> {
         // Read: no longer needed, nor the way back.
         drop(sys::adopt_fd(state_fd));
         drop(sys::adopt_fd(image_fd));
-        let listeners = Listeners::taken_over(self.listeners);
+        let listeners = Listeners::taken_over(self.listeners, backlog());
         let pid_file = match self.pid_file {
             Some((fd, path, ours)) => Some(PidFile::taken_over(
                 sys::adopt_fd(fd).map_err(fail)?,

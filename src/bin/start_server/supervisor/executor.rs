@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::RawFd;
+use std::os::unix::io::{OwnedFd, RawFd};
+use std::time::Instant;
 
 use crate::control_socket::ControlSocket;
 use crate::daemon::{self, Daemon};
@@ -22,7 +23,8 @@ use crate::notify::{Channel, Said};
 use crate::spawn::Command;
 use crate::status_file::StatusFile;
 use crate::sys::{self, Pid, SockAddr};
-use crate::upgrade::check::{self, Check};
+use crate::throttle::Throttle;
+use crate::upgrade::check::Check;
 use crate::upgrade::state::Writer;
 use crate::upgrade::{self as up, Context, VERSION};
 
@@ -47,11 +49,14 @@ pub struct Executor<'a> {
     control: Option<ControlSocket>,
     /// The notification sockets of the workers (`--ready=notify`, `--watchdog`).
     channels: BTreeMap<Pid, Channel>,
+    /// What other processes may cost through the notification and control sockets.
+    throttle: Throttle,
     /// The service manager start_server reports to, if any.
     manager: Option<Manager>,
-    /// The upgrade check running, and, once it has passed, the file it checked.
+    /// The upgrade check running, and, once it has passed, the file it checked, open:
+    /// the one executed, whatever is put at the path meanwhile.
     check: Option<Check>,
-    checked_file: Option<(u64, u64)>,
+    checked: Option<OwnedFd>,
     /// `--daemonize`'s launcher, waiting to hear how generation 1 went.
     launcher: Option<Daemon>,
     /// What an upgrade in place hands over besides the state and the services.
@@ -85,9 +90,10 @@ impl<'a> Executor<'a> {
             log_file,
             control,
             channels: BTreeMap::new(),
+            throttle: Throttle::default(),
             manager,
             check: None,
-            checked_file: None,
+            checked: None,
             launcher,
             context,
             exited: false,
@@ -149,7 +155,11 @@ impl<'a> Executor<'a> {
             },
             Effect::SpawnCheck => {
                 let exe = state.config.exe.clone().unwrap_or_default();
-                let spawned = Check::spawn(&exe);
+                // Opened once, following a symbolic link now: the file checked is the
+                // one executed.
+                let spawned = up::exec::open(&exe)
+                    .map_err(|e| format!("cannot open it: open(2): {e}"))
+                    .and_then(|image| Check::spawn(&exe, image));
                 return Some(Event::CheckSpawned(spawned.map(|check| {
                     self.check = Some(check);
                 })));
@@ -246,6 +256,8 @@ impl<'a> Executor<'a> {
             let usec = watchdog.as_micros().to_string().into();
             env.push(("WATCHDOG_USEC".into(), usec));
         }
+        // A listener a worker shut down is listened on again, for this generation.
+        self.context.listeners.relisten();
         let spawned = match self.command.spawn(&env) {
             Ok(child) => {
                 if let Some(channel) = channel {
@@ -276,9 +288,10 @@ impl<'a> Executor<'a> {
                     return None;
                 }
             };
-            if let Some(check) = self.check.take_if(|c| c.pid == pid) {
+            if let Some(mut check) = self.check.take_if(|c| c.pid == pid) {
                 let verdict = check.verdict(status).map(|answer| answer.version);
-                self.checked_file = check.file;
+                // Kept only for the exec: a refused file is closed before anyone is told.
+                self.checked = verdict.is_ok().then(|| check.image.take()).flatten();
                 // Closed before anyone is told: nothing of the check outlives it.
                 drop(check);
                 return Some(Event::Checked(verdict));
@@ -294,14 +307,14 @@ impl<'a> Executor<'a> {
     }
 
     /// Messages on the workers' notification sockets found readable.
-    pub fn notifications(&self, readable: &[RawFd]) -> Vec<Event> {
+    pub fn notifications(&mut self, readable: &[RawFd]) -> Vec<Event> {
         let workers: Vec<Pid> = self.channels.keys().copied().collect();
         let mut events = Vec::new();
         for (&pid, channel) in &self.channels {
             if !readable.contains(&channel.fd()) {
                 continue;
             }
-            for mut notice in channel.drain(pid, &workers) {
+            for mut notice in channel.drain(pid, &workers, &mut self.throttle) {
                 // A status first, so that the log reads in order of what happened.
                 notice
                     .said
@@ -317,9 +330,11 @@ impl<'a> Executor<'a> {
     }
 
     /// The control socket's requests, if it was found readable.
-    pub fn requests(&self, readable: &[RawFd]) -> Vec<Event> {
+    pub fn requests(&mut self, readable: &[RawFd]) -> Vec<Event> {
         let requests = match &self.control {
-            Some(control) if readable.contains(&control.fd()) => control.requests(),
+            Some(control) if readable.contains(&control.fd()) => {
+                control.requests(&mut self.throttle)
+            }
             _ => return Vec::new(),
         };
         requests
@@ -332,22 +347,27 @@ impl<'a> Executor<'a> {
             .collect()
     }
 
-    /// The descriptors the event wait watches besides the signals.
+    /// The descriptors the event wait watches besides the signals (those the throttle
+    /// has not set aside for now).
     pub fn watched(&self) -> Vec<RawFd> {
         let channels = self.channels.values().map(Channel::fd);
         channels
             .chain(self.control.as_ref().map(ControlSocket::fd))
+            .filter(|&fd| self.throttle.watched(fd))
             .collect()
     }
 
-    /// The executor's own deadline: a dead logger's restart.
-    pub fn log_deadline(&self) -> Option<std::time::Instant> {
-        self.log_file.as_deref().and_then(LogFile::restart_at)
+    /// The executor's own next deadline: the throttle's, a dead logger's restart.
+    pub fn deadline(&self) -> Option<Instant> {
+        let logger = self.log_file.as_deref().and_then(LogFile::restart_at);
+        logger.into_iter().chain(self.throttle.resume_at()).min()
     }
 
-    pub fn fire_log_timers(&mut self) {
+    /// At the end of a turn, before the state's deadlines: the executor's own.
+    pub fn fire_timers(&mut self) {
+        self.throttle.tick(Instant::now());
         if let Some(log_file) = self.log_file.as_deref_mut() {
-            log_file.fire_timers(std::time::Instant::now());
+            log_file.fire_timers(Instant::now());
         }
     }
 
@@ -357,16 +377,15 @@ impl<'a> Executor<'a> {
     /// if that could not be done, with why.
     fn exec(&mut self, state: &State, version: &str) -> String {
         let exe = state.config.exe.clone().unwrap_or_default();
-        let file = self.checked_file.take();
-        if file.is_none() || check::identity(&exe) != file {
-            return "it was replaced during its check (ask again)".into();
-        }
+        let Some(image) = self.checked.take() else {
+            return "the checked file was not kept open".into();
+        };
         log!("upgrading from {VERSION} to {version} ({})", exe.display());
         let mut w = Writer::new();
         up::save(&mut w, &self.context, self.log_file.as_deref());
         state.save(&mut w);
         self.services().save(&mut w);
-        up::exec::exec(&exe, &w.finish(), &self.kept_fds())
+        up::exec::exec(&image, &w.finish(), &self.kept_fds())
     }
 
     /// The descriptors of the supervisor's own that the next image needs.
@@ -393,9 +412,11 @@ impl<'a> Executor<'a> {
             log_file: _,
             control,
             channels,
+            // Rates start over in the next image.
+            throttle: _,
             manager,
             check: _,
-            checked_file: _,
+            checked: _,
             // A launcher's pipe does not survive the exec (close-on-exec).
             launcher: _,
             context: _,

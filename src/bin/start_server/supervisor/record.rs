@@ -208,6 +208,24 @@ impl Persist for Client {
 mod tests {
     use super::*;
     use crate::upgrade::state::{Reader, Writer};
+    use std::time::Duration;
+
+    /// A deadline as far off as `EXTEND_TIMEOUT_USEC=18446744073709551615` (systemd's
+    /// infinity) is the farthest one, never wrapped into the past, and crosses as it is.
+    #[test]
+    fn far_deadlines_saturate() {
+        let far = Mono(1_000_000).after(Duration::MAX);
+        assert_eq!(far, Mono(u64::MAX));
+        let mut out = Vec::new();
+        Some(far).put(&mut out);
+        let mut w = Writer::new();
+        w.put("at", &out);
+        let text = w.finish();
+        let mut r = Reader::parse(text.as_bytes()).unwrap();
+        let mut c = r.one("at").unwrap().cursor();
+        let back: Option<Mono> = Persist::take(&mut c).unwrap();
+        assert_eq!(back, Some(far), "{text}");
+    }
 
     /// The states themselves are round-tripped by the simulation (`sim`), at random
     /// points; the services, every field filled, here.

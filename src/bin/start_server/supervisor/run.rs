@@ -16,7 +16,7 @@ pub fn run(state: &mut State, executor: &mut Executor, events: &Events) -> Resul
         let next = state
             .next_deadline()
             .map(|d| Instant::now() + now().until(d));
-        let deadline = next.into_iter().chain(executor.log_deadline()).min();
+        let deadline = next.into_iter().chain(executor.deadline()).min();
         let arrived = match events.wait(deadline, &executor.watched()) {
             Ok(arrived) => arrived,
             Err(e) => {
@@ -58,7 +58,7 @@ pub fn run(state: &mut State, executor: &mut Executor, events: &Events) -> Resul
         for request in executor.requests(&arrived.readable) {
             executor.feed(state, request);
         }
-        executor.fire_log_timers();
+        executor.fire_timers();
         executor.feed(state, Event::Tick);
     }
     match executor.fatal.take() {

@@ -253,7 +253,7 @@ impl Step<'_> {
                     serving.watchdog_at = at;
                 }
             }
-            Said::WatchdogTrigger if serving => self.hung(),
+            Said::WatchdogTrigger if serving => self.hung("sent WATCHDOG=trigger"),
             // A repeated READY=1, or one from an old worker: nothing to do.
             _ => {}
         }
@@ -298,7 +298,8 @@ impl Step<'_> {
             .and_then(|s| s.watchdog_at)
             .is_some_and(|at| at <= now)
         {
-            self.hung();
+            let period = log::seconds(self.s.config.watchdog.unwrap_or_default());
+            self.hung(&format!("sent no WATCHDOG=1 for {period} secs"));
         }
         if self.s.phase == Phase::RestartQueued && !self.s.restarting() {
             self.s.phase = Phase::Running;
@@ -475,23 +476,32 @@ impl Step<'_> {
     }
 
     /// `--watchdog`: the serving worker said no `WATCHDOG=1` in time (or said
-    /// `WATCHDOG=trigger`). It gets SIGABRT, as systemd sends, then SIGKILL if it
-    /// lingers, and is replaced at once, as a worker that died unexpectedly.
-    fn hung(&mut self) {
+    /// `WATCHDOG=trigger`): `why`. It gets SIGABRT, as systemd sends, then SIGKILL if
+    /// it lingers, and is replaced, paced as a failed start: its start counts as failed
+    /// after all, so that a worker that hangs as soon as it starts is retried after the
+    /// retry floor, then `--backoff`'s doubling pauses, never in a loop.
+    fn hung(&mut self, why: &str) {
         let Newest::Serving(serving) = std::mem::replace(&mut self.s.newest, Newest::None) else {
             return;
         };
         let worker = serving.worker;
         say!(
             self,
-            "worker {} sent no WATCHDOG=1 for {} secs, sending ABRT and restarting",
-            worker.pid,
-            log::seconds(self.s.config.watchdog.unwrap_or_default())
+            "worker {} {why}, sending ABRT and restarting",
+            worker.pid
         );
         let abrt = Signal::parse("ABRT").expect("a known signal name");
         self.stop_now(worker, abrt, true);
         self.write_status();
-        self.spawn(false, false);
+        self.s.failures = self.s.failures_before_start;
+        self.s.newest = Newest::Starting(Attempt {
+            worker: None,
+            spawned_at: self.now,
+            until: self.now,
+            replacing: false,
+            reloading: false,
+        });
+        self.failed_start(&format!("worker {} {why}", worker.pid));
     }
 
     /// Signals one worker to stop now, outside a restart's order, with a KILL deadline.

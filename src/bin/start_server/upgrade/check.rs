@@ -4,6 +4,10 @@
 //! another program, a non-zero exit, no answer within `TIMEOUT`, a format it does not
 //! read) means no upgrade, and start_server goes on as it was.
 //!
+//! The file is opened once, and that open file is both checked (executed with
+//! execveat) and, once it has passed, executed as the new image: what is at the path
+//! meanwhile does not matter.
+//!
 //! The check runs while the supervisor goes on: the child is watched as any other
 //! (its exit wakes the main loop), with a deadline (`TIMEOUT`, kept in the supervisor's
 //! state) after which it gets SIGKILL.
@@ -12,7 +16,6 @@ use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::raw::c_int;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
@@ -40,11 +43,11 @@ const ANSWER_MAX: usize = 4096;
 /// this one.
 pub fn answer() {
     let formats: Vec<String> = state::READS.iter().map(u32::to_string).collect();
-    println!(
-        "{ANSWER} version={} formats={}",
+    crate::log::print(&format!(
+        "{ANSWER} version={} formats={}\n",
         env!("CARGO_PKG_VERSION"),
         formats.join(",")
-    );
+    ));
 }
 
 /// A check under way.
@@ -52,10 +55,13 @@ pub struct Check {
     pub pid: Pid,
     output: OwnedFd,
     pub killed: bool,
-    /// The file checked, as (device, inode): the one to execute, not another put at
-    /// the path since.
-    pub file: Option<(u64, u64)>,
+    /// The file checked, open: the one to execute, not another put at the path since.
+    pub image: Option<OwnedFd>,
 }
+
+/// Where the checked file is in the check: a script's interpreter reads it from there
+/// (/dev/fd/3).
+const IMAGE_FD: c_int = 3;
 
 /// What the new binary said of itself.
 pub struct Answer {
@@ -65,16 +71,16 @@ pub struct Answer {
 impl Check {
     /// Runs `exe --upgrade-check` with start_server's environment, stdin on /dev/null,
     /// stdout into a pipe, stderr into the log, and no other descriptor. An error
-    /// names the call that failed.
-    pub fn spawn(exe: &Path) -> Result<Check, String> {
+    /// names the call that failed. `image` is the file at `exe`, opened once: the
+    /// check runs it, not the path.
+    pub fn spawn(exe: &Path, image: OwnedFd) -> Result<Check, String> {
         let path = CString::new(exe.as_os_str().as_bytes())
             .map_err(|_| "a NUL byte in the path".to_string())?;
-        let argv_strings = [path.clone(), CString::new(MODE).expect("no NUL")];
+        let argv_strings = [path, CString::new(MODE).expect("no NUL")];
         let argv = spawn::pointers(&argv_strings);
         let env: Vec<_> = std::env::vars_os().collect();
         let envp_strings = spawn::envp(&env, &[]);
         let envp = spawn::pointers(&envp_strings);
-        let file = identity(exe);
         let null = std::fs::File::open("/dev/null").map_err(call("open(2) /dev/null"))?;
         let null = OwnedFd::from(null);
         let (output, input) = sys::pipe_cloexec().map_err(call("pipe2(2)"))?;
@@ -86,11 +92,14 @@ impl Check {
                 if !sys::child_set_parent_death_signal(libc::SIGKILL, parent)
                     || !sys::child_dup2(null.as_raw_fd(), libc::STDIN_FILENO)
                     || !sys::child_dup2(input.as_raw_fd(), libc::STDOUT_FILENO)
+                    || !sys::child_dup2(image.as_raw_fd(), IMAGE_FD)
+                    // Already there, dup2 leaves it close-on-exec.
+                    || sys::set_cloexec(IMAGE_FD, false).is_err()
                 {
                     sys::child_exit(127);
                 }
-                sys::child_close_from(3);
-                let errno = sys::child_execve(&path, &argv, &envp);
+                sys::child_close_from(IMAGE_FD + 1);
+                let errno = sys::child_execve_fd(IMAGE_FD, &argv, &envp);
                 let [a, b, c, d] = errno.to_ne_bytes();
                 sys::child_write(libc::STDOUT_FILENO, &[EXEC_FAILED, a, b, c, d]);
                 sys::child_exit(127)
@@ -99,7 +108,7 @@ impl Check {
                 pid,
                 output,
                 killed: false,
-                file,
+                image: Some(image),
             }),
         }
     }
@@ -138,11 +147,6 @@ impl Check {
         }
         parse(&output)
     }
-}
-
-/// The file at `path`, as (device, inode).
-pub fn identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The answer line: `server_starter upgrade-check version=V formats=1,2`.

@@ -38,7 +38,7 @@ pub fn upgrade(pid_file: &Path) -> Result<(), String> {
     };
     match control::answer(pid, &socket, &file, Some(Instant::now() + WAIT))? {
         Answer::Ok(text) => {
-            println!("start_server (pid {pid}) {text}");
+            crate::log::print(&format!("start_server (pid {pid}) {text}\n"));
             Ok(())
         }
         Answer::Failed(why) => Err(format!("upgrade failed: {why}")),
@@ -91,12 +91,12 @@ fn by_signal(pid: Pid, file: &std::fs::File) -> Result<(), String> {
             Ok(id) if id == new => {
                 let since = *since.get_or_insert(now);
                 if now >= since + SETTLE {
-                    println!(
+                    crate::log::print(&format!(
                         "start_server (pid {pid}) runs {} now (from version {version}; seen \
-                         in {}: it has no control socket to say more)",
+                         in {}: it has no control socket to say more)\n",
                         path.display(),
                         exe.display()
-                    );
+                    ));
                     return Ok(());
                 }
             }

@@ -1,5 +1,6 @@
 //! The leap itself: the state into a memfd, the descriptors the next image needs made
-//! inheritable (and only those), then execve with the same command line. And the way
+//! inheritable (and only those), then execveat of the checked file with the same
+//! command line. And the way
 //! back, for a new image that cannot restore the state: execveat on the previous
 //! image, kept open across the exec for that purpose.
 
@@ -7,39 +8,65 @@ use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use super::{call, REFUSED_VAR, STATE_VAR};
+use super::{call, REFUSED_VAR, SCRIPT_VAR, STATE_VAR};
 use crate::spawn;
 use crate::sys;
 
-/// Executes `exe` with the same command line and `state`, keeping `keep` (besides the
-/// listening sockets and stdio, which are inheritable anyway). Returns only if that
-/// failed, with why; everything is then as it was.
-pub fn exec(exe: &Path, state: &str, keep: &[RawFd]) -> String {
+/// Opens the new binary at `path` (following a symbolic link now), once: the check
+/// and the exec are both of this open file.
+pub fn open(path: &Path) -> std::io::Result<OwnedFd> {
+    File::open(path).map(OwnedFd::from)
+}
+
+/// Executes `image` (the file `open` gave, which passed its check) with the same
+/// command line and `state`, keeping `keep` (besides the listening sockets and stdio,
+/// which are inheritable anyway). Returns only if that failed, with why; everything is
+/// then as it was.
+pub fn exec(image: &OwnedFd, state: &str, keep: &[RawFd]) -> String {
     let prepared = prepare(state);
-    let (memfd, image) = match prepared {
+    let (memfd, previous) = match prepared {
         Ok(fds) => fds,
         Err(e) => return format!("cannot hand the state over: {e}"),
     };
-    let handed = [memfd.as_raw_fd(), image.as_raw_fd()];
-    let all: Vec<RawFd> = keep.iter().chain(&handed).copied().collect();
+    let handed = [memfd.as_raw_fd(), previous.as_raw_fd()];
+    let mut all: Vec<RawFd> = keep.iter().chain(&handed).copied().collect();
+    // A script's interpreter reads it from /dev/fd/N, which must then stay open across
+    // execve; the new image closes it (`SCRIPT_VAR`, set empty for a binary, which
+    // needs nothing of it, so that no stray value gets through).
+    let script = is_script(image).then(|| image.as_raw_fd());
+    all.extend(script);
+    let extra = [
+        (STATE_VAR, format!("{},{}", handed[0], handed[1])),
+        (
+            SCRIPT_VAR,
+            script.map(|fd| fd.to_string()).unwrap_or_default(),
+        ),
+    ];
     if let Err(e) = inheritable(&all, true) {
         let _ = inheritable(&all, false);
         return format!("cannot keep the descriptors open across execve: fcntl(F_SETFD): {e}");
     }
-    let value = format!("{},{}", handed[0], handed[1]);
-    let Ok(path) = CString::new(exe.as_os_str().as_bytes()) else {
-        return format!("{}: a NUL byte in the path", exe.display());
-    };
     let e = exec_with(
-        |argv, envp| sys::execve(&path, argv, envp),
-        &[(STATE_VAR, value)],
+        |argv, envp| sys::execve_fd(image.as_raw_fd(), argv, envp),
+        &extra,
     );
     // Still here: the old image goes on, and keeps its descriptors to itself.
-    let _ = inheritable(keep, false);
-    format!("execve(2) {} failed: {e}", exe.display())
+    let _ = inheritable(&all, false);
+    format!("execveat(2) of the checked file failed: {e}")
+}
+
+/// Whether the open file starts with `#!`.
+fn is_script(image: &OwnedFd) -> bool {
+    let mut magic = [0u8; 2];
+    let read = image
+        .try_clone()
+        .map(File::from)
+        .and_then(|file| file.read_exact_at(&mut magic, 0));
+    read.is_ok() && &magic == b"#!"
 }
 
 /// The state in a memfd (close-on-exec for now), and the running image opened for the

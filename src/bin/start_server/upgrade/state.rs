@@ -103,7 +103,7 @@ impl Field {
     }
 
     pub fn duration(d: Duration) -> Field {
-        Field(d.as_micros().to_string())
+        Field(saturating_micros(d).to_string())
     }
 }
 
@@ -349,23 +349,40 @@ impl Clock {
         }
     }
 
+    /// Saturating: a deadline as far off as `EXTEND_TIMEOUT_USEC=18446744073709551615`
+    /// (systemd's infinity) is saved as the farthest one, never wrapped into the past.
     fn usec_at(self, at: Instant) -> u64 {
         if at >= self.instant {
-            self.usec + (at - self.instant).as_micros() as u64
+            self.usec
+                .saturating_add(saturating_micros(at - self.instant))
         } else {
             self.usec
-                .saturating_sub((self.instant - at).as_micros() as u64)
+                .saturating_sub(saturating_micros(self.instant - at))
         }
     }
 
     fn instant_at(self, usec: u64) -> Instant {
         if usec >= self.usec {
-            self.instant + Duration::from_micros(usec - self.usec)
+            let ahead = Duration::from_micros(usec - self.usec);
+            self.instant
+                .checked_add(ahead)
+                .unwrap_or(far_future(self.instant))
         } else {
             let ago = Duration::from_micros(self.usec - usec);
             self.instant.checked_sub(ago).unwrap_or(self.instant)
         }
     }
+}
+
+/// A duration in microseconds, `u64::MAX` for any longer.
+fn saturating_micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The farthest instant a state can name, for one beyond what `Instant` can hold.
+fn far_future(now: Instant) -> Instant {
+    now.checked_add(Duration::from_micros(u64::MAX))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]
@@ -417,6 +434,24 @@ mod tests {
         let many: Vec<u64> = r.all("many").iter().map(|f| f.num(0).unwrap()).collect();
         assert_eq!(many, [1, 2]);
         r.finish().unwrap();
+    }
+
+    #[test]
+    fn far_deadlines_saturate() {
+        let far = Instant::now() + Duration::from_micros(u64::MAX);
+        let mut w = Writer::new();
+        w.put("at", &[Field::instant(far), Field::duration(Duration::MAX)]);
+        let text = w.finish();
+        assert!(
+            text.contains(&format!("at {} {}\n", u64::MAX, u64::MAX)),
+            "{text}"
+        );
+        let mut r = Reader::parse(text.as_bytes()).unwrap();
+        let at = r.one("at").unwrap();
+        // Still as far off as it can be: never wrapped into the past.
+        let back = at.opt_instant(0).unwrap().unwrap();
+        assert!(back > Instant::now() + Duration::from_secs(1 << 40));
+        assert_eq!(at.duration(1).unwrap(), Duration::from_micros(u64::MAX));
     }
 
     #[test]
