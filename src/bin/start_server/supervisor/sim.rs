@@ -21,7 +21,7 @@ use crate::upgrade::{check, VERSION};
 use super::effect::{Effect, Spawned, Status};
 use super::event::Event;
 use super::state::{Client, Config, Mono, Newest, Phase, State, UpgradePhase};
-use super::step::step;
+use super::step::{step, RETRY_FLOOR};
 
 /// Events per seed (at most: a stop may end it sooner), and in all.
 const STEPS: usize = 2_000;
@@ -102,6 +102,8 @@ struct World {
     /// What `--daemonize`'s launcher was told, and whether start_server gave up.
     reports: u32,
     gave_up: bool,
+    /// When the last worker was spawned.
+    last_spawn: Option<Mono>,
     /// A deadline already due at the end of the last turn.
     due: Option<(Mono, State)>,
     /// Events fed to `step` from outside it (its answers to effects aside).
@@ -181,6 +183,7 @@ impl World {
             reports: 0,
             gave_up: false,
             steps: 0,
+            last_spawn: None,
             due: None,
             trace: Vec::new(),
         }
@@ -240,7 +243,22 @@ impl World {
                 self.exited = true;
                 self.gave_up = true;
             }
-            Effect::Spawn { .. } => return Some(self.spawn(state)),
+            Effect::Spawn { .. } => {
+                // Never a spin: a spawn that is not a restart asked for comes a retry
+                // pause after the last one at the soonest (a crash loop, a worker that
+                // hangs or triggers its watchdog at once, failed forks).
+                let asked = state.attempt().is_some_and(|a| a.replacing);
+                if let Some(last) = self.last_spawn.filter(|_| !asked) {
+                    if now < last.after(RETRY_FLOOR) {
+                        self.fail(&format!(
+                            "a respawn {:?} after the last spawn",
+                            last.until(now)
+                        ));
+                    }
+                }
+                self.last_spawn = Some(now);
+                return Some(self.spawn(state));
+            }
             Effect::Signal { pid, signal } => {
                 let Some(generation) = self.procs.get(&pid).map(|p| p.generation) else {
                     self.fail(&format!("{} sent to {pid}, not a child", signal.name));
