@@ -488,6 +488,10 @@ impl World {
                 said.push((pid, Said::WatchdogTrigger));
             }
         }
+        // A serving worker that says it is hung, now and then at once.
+        if let Some(serving) = state.serving().filter(|_| self.rng.chance(15)) {
+            said.push((serving.worker.pid, Said::WatchdogTrigger));
+        }
         for (pid, said) in said {
             let sender = if self.rng.chance(100) {
                 pid + 1000
