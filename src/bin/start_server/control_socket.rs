@@ -24,7 +24,7 @@ pub const ACCEPTED: &str = "ACCEPTED";
 
 /// `start_server --upgrade`: acknowledged with `ACCEPTED`, then answered
 /// `OK upgraded from ...` by the new image once it has taken over, or `FAILED why`
-/// (see `supervisor::upgrade`).
+/// (see `supervisor::step`).
 pub const UPGRADE: &[u8] = b"UPGRADE";
 
 /// What a client asks for.

@@ -31,6 +31,7 @@ mod sys;
 mod throttle;
 mod upgrade;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use bind::Listeners;
@@ -44,7 +45,8 @@ use plan::Plan;
 use signals::Events;
 use spawn::Command;
 use status_file::StatusFile;
-use supervisor::{Settings, Supervisor};
+use supervisor::{Event, Executor, Services, State};
+use upgrade::{Context, Resumed};
 
 fn main() -> ExitCode {
     let mut args = Vec::new();
@@ -60,7 +62,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(handed) = upgrade::handed_over() {
-        return match upgrade::resume(handed) {
+        return match resume(handed) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => fail(255, &message),
         };
@@ -238,19 +240,7 @@ fn supervise(
     if config.watchdog.is_some() {
         command.export_own_pid("WATCHDOG_PID");
     }
-    let settings = Settings {
-        interval: config.interval,
-        signal_on_hup: config.signal_on_hup,
-        signal_on_term: config.signal_on_term,
-        port_env: listeners.env_value(),
-        kill_timeout: config.kill_timeout,
-        backoff: config.backoff,
-        ready_notify: config.ready_notify,
-        ready_timeout: config.ready_timeout,
-        watchdog: config.watchdog,
-        listen_vars,
-    };
-    let status_file = config.status_file.map(StatusFile::new);
+    let status_file = config.status_file.clone().map(StatusFile::new);
     // Only an instance with a pid file can be found by `--restart`.
     let control = match pid_file.is_some() {
         false => None,
@@ -260,19 +250,73 @@ fn supervise(
             })
             .ok(),
     };
-    let context = upgrade::Context::new(listeners, pid_file);
-    let mut supervisor = Supervisor::new(
-        settings,
-        tunables,
+    let config = supervisor::Config {
+        interval: config.interval,
+        signal_on_hup: config.signal_on_hup,
+        signal_on_term: config.signal_on_term,
+        kill_timeout: config.kill_timeout,
+        backoff: config.backoff,
+        ready_notify: config.ready_notify,
+        ready_timeout: config.ready_timeout,
+        watchdog: config.watchdog,
+        exe: upgrade::own_exe(),
+    };
+    let context = Context {
+        listeners,
+        pid_file,
+    };
+    let mut executor = Executor::new(
         command,
+        listeners.env_value(),
+        listen_vars,
         status_file,
         log_file,
         control,
         manager,
+        daemon.take(),
         context,
     );
-    supervisor.report_first_start(daemon.take());
-    supervisor.run(&events)
+    let mut state = State::new(config, tunables);
+    // A daemon's launcher waits to hear how generation 1 went.
+    state.launcher = executor.has_launcher();
+    executor.feed(&mut state, Event::Start);
+    supervisor::run(&mut state, &mut executor, &events)
+}
+
+/// The new image of an upgrade in place: the state taken over, then the same loop as
+/// `serve`'s, where the previous image left off.
+fn resume(handed: OsString) -> Result<(), String> {
+    let Resumed {
+        from,
+        listeners,
+        pid_file,
+        mut log_file,
+        rest: (mut state, services),
+        events,
+        refused,
+    } = upgrade::resume(
+        handed,
+        |r| Ok((State::read(r)?, Services::read(r)?)),
+        |(_, services): &(State, Services)| services.descriptors(),
+    )?;
+    let context = Context {
+        listeners: &listeners,
+        pid_file: pid_file.as_ref(),
+    };
+    let signal_on_term = state.config.signal_on_term.number;
+    let mut executor = Executor::resume(services, signal_on_term, log_file.as_mut(), context)?;
+    sys::become_subreaper().map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER) failed: {e}"))?;
+    executor.feed(&mut state, Event::Resumed { from, refused });
+    let result = supervisor::run(&mut state, &mut executor, &events);
+    drop(executor);
+    listeners.remove_socket_files();
+    if let Some(log_file) = log_file {
+        log_file.finish();
+    }
+    if let Some(pid_file) = pid_file {
+        pid_file.release();
+    }
+    result
 }
 
 /// Like the original, the options that have environment equivalents are exported, for

@@ -25,7 +25,7 @@ pub struct Channel {
 
 /// What a message said that start_server acts on. Other assignments (`STOPPING=1`,
 /// `RELOADING=1`, `ERRNO=`, `MAINPID=`, ...) are accepted and ignored.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Said {
     Ready,
     Watchdog,

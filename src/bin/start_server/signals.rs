@@ -191,6 +191,14 @@ impl Arrived {
             .any(|r| self::meaning(r.sig) == Some(meaning))
     }
 
+    /// The senders of the signals of `meaning`, in order.
+    pub fn of(&self, meaning: Meaning) -> impl Iterator<Item = Pid> + '_ {
+        self.signals
+            .iter()
+            .filter(move |r| self::meaning(r.sig) == Some(meaning))
+            .map(|r| r.pid)
+    }
+
     /// The first stop signal that arrived, if any.
     pub fn stop(&self) -> Option<c_int> {
         self.signals

@@ -6,13 +6,15 @@
 //!
 //! 1. `check`: the new binary is run once as `PATH --upgrade-check`, and must say its
 //!    version and that it reads this version's state format. If not, no upgrade.
-//! 2. `supervisor::upgrade`: the state (`state`'s format) is written to a memfd, and
+//! 2. the supervisor's executor: the state (`state`'s format: this module's records of
+//!    what `main` set up, then `supervisor::record`'s) is written to a memfd, and
 //!    `exec` executes the new binary with the same command line and
 //!    `SERVER_STARTER_UPGRADE_STATE=STATE_FD,IMAGE_FD` (the memfd, and the previous
 //!    image opened read-only, for the way back).
 //! 3. `resume`, in the new image, first thing: the variable leaves the environment (no
-//!    worker ever sees it), the state is read and checked whole, then taken over; the
-//!    supervisor goes on where the previous image left off. A new image that cannot
+//!    worker ever sees it), the state is read and checked whole, then taken over, and
+//!    `main` enters the same loop as at a fresh start, where the previous image left
+//!    off. A new image that cannot
 //!    read the state executes the previous image again (`exec::back`), with the same
 //!    state and `SERVER_STARTER_UPGRADE_REFUSED=why`: the workers are never left
 //!    without a supervisor.
@@ -23,10 +25,11 @@
 pub mod check;
 pub mod client;
 pub mod exec;
+pub mod record;
 pub mod state;
 
 use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
@@ -35,9 +38,10 @@ use crate::log_file::LogFile;
 use crate::log_pipe::{self, LogPipe};
 use crate::pid_file::PidFile;
 use crate::signals::{self, Events};
-use crate::supervisor::{Saved, Supervisor};
 use crate::sys;
-use state::{Field, Reader, Writer};
+use log_pipe::Handover;
+use record::{persist, record, Persist};
+use state::{Cursor, Field, Reader, Writer};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -57,30 +61,17 @@ pub const TEST_REFUSE_VAR: &str = "SERVER_STARTER_UPGRADE_TEST_REFUSE";
 /// A larger state is not one start_server wrote.
 const STATE_MAX: usize = 64 << 20;
 
-/// What an upgrade hands over besides the supervisor's own state: the path of the
-/// binary to execute and what `main` set up.
+/// What an upgrade hands over besides the supervisor's own state: what `main` set up.
 pub struct Context<'a> {
-    /// The path start_server was started by, as given (made absolute): a symbolic link
-    /// stays one, followed when an upgrade opens it, so that a deploy that switches a
-    /// link (`current -> v2`) is upgraded to. `None` if it is not known.
-    pub exe: Option<PathBuf>,
     pub listeners: &'a Listeners,
     pub pid_file: Option<&'a PidFile>,
 }
 
-impl<'a> Context<'a> {
-    pub fn new(listeners: &'a Listeners, pid_file: Option<&'a PidFile>) -> Context<'a> {
-        Context {
-            exe: started_by(),
-            listeners,
-            pid_file,
-        }
-    }
-}
-
-/// The path this image was executed by; where that was an open file rather than a
-/// path (fexecve), the file's own path, which /proc/self/exe says.
-fn started_by() -> Option<PathBuf> {
+/// The path this image was executed by, as given (made absolute): a symbolic link
+/// stays one, followed when an upgrade opens it, so that a deploy that switches a link
+/// (`current -> v2`) is upgraded to. Where that was an open file rather than a path
+/// (fexecve), the file's own path, which /proc/self/exe says; `None` if not known.
+pub fn own_exe() -> Option<PathBuf> {
     let given = sys::exec_path()
         .map(PathBuf::from)
         .filter(|p| !p.starts_with("/dev/fd") && !p.starts_with("/proc"))
@@ -96,67 +87,106 @@ fn started_by() -> Option<PathBuf> {
     })
 }
 
-/// The records of what `main` set up: the version that writes them, the path, the
+/// What `main` set up, as it crosses the exec: the version that writes the state, the
 /// sockets, the pid file, the log.
+struct Setup {
+    version: String,
+    listeners: Vec<Taken>,
+    pid_file: Option<(RawFd, PathBuf, bool)>,
+    log: Option<Log>,
+}
+
+record!(Setup {
+    version,
+    listeners,
+    pid_file,
+    log
+});
+
+/// A listening socket: its name, descriptor, whether it was adopted (and its
+/// LISTEN_FDNAMES name), the socket file start_server created.
+struct Taken {
+    name: String,
+    fd: RawFd,
+    adopted: bool,
+    fdname: Option<String>,
+    file: Option<(PathBuf, u64, u64)>,
+}
+
+persist!(Taken {
+    name,
+    fd,
+    adopted,
+    fdname,
+    file
+});
+
+/// The log: a file (descriptor, path), or a pipe to a command (`--log-file` as given,
+/// and the pipe's own state).
+enum Log {
+    File(RawFd, String),
+    Pipe(String, log_pipe::Handover),
+}
+
+persist!(Handover {
+    command,
+    read,
+    write,
+    own,
+    output,
+    logger,
+    restart_at,
+    pause,
+    redirected,
+});
+
+impl Persist for Log {
+    fn put(&self, out: &mut Vec<Field>) {
+        match self {
+            Log::File(fd, path) => {
+                out.push(Field::text("file"));
+                (*fd, path.clone()).put(out);
+            }
+            Log::Pipe(spec, handover) => {
+                out.push(Field::text("pipe"));
+                spec.put(out);
+                handover.put(out);
+            }
+        }
+    }
+    fn take(c: &mut Cursor) -> Result<Self, String> {
+        match String::take(c)?.as_str() {
+            "file" => Ok(Log::File(Persist::take(c)?, Persist::take(c)?)),
+            "pipe" => Ok(Log::Pipe(Persist::take(c)?, Persist::take(c)?)),
+            other => Err(format!("log: {other:?} is neither file nor pipe")),
+        }
+    }
+}
+
+/// The records of what `main` set up.
 pub fn save(w: &mut Writer, context: &Context, log_file: Option<&LogFile>) {
-    w.put("version", &[Field::text(VERSION)]);
-    if let Some(exe) = &context.exe {
-        w.put("exe", &[Field::bytes(exe.as_os_str().as_bytes())]);
-    }
-    for listener in context.listeners.iter() {
-        let mut fields = vec![
-            Field::text(&listener.name),
-            Field::num(listener.fd),
-            Field::flag(listener.adopted),
-            listener
-                .fdname
-                .as_deref()
-                .map_or_else(Field::none, Field::text),
-        ];
-        match listener.unix_file() {
-            Some((path, dev, ino)) => fields.extend([
-                Field::bytes(path.as_os_str().as_bytes()),
-                Field::num(dev),
-                Field::num(ino),
-            ]),
-            None => fields.extend([Field::none(), Field::none(), Field::none()]),
-        }
-        w.put("listener", &fields);
-    }
-    if let Some(pid_file) = context.pid_file {
+    let listeners = context.listeners.iter().map(|listener| Taken {
+        name: listener.name.clone(),
+        fd: listener.fd,
+        adopted: listener.adopted,
+        fdname: listener.fdname.clone(),
+        file: listener.unix_file(),
+    });
+    let pid_file = context.pid_file.map(|pid_file| {
         let (fd, path, ours) = pid_file.handover();
-        let path = Field::bytes(path.as_os_str().as_bytes());
-        w.put("pid-file", &[Field::num(fd), path, Field::flag(ours)]);
-    }
-    match log_file {
-        Some(LogFile::File { file, path }) => w.put(
-            "log-file",
-            &[Field::num(file.as_raw_fd()), Field::text(path)],
-        ),
-        Some(LogFile::Pipe { pipe, spec }) => {
-            w.put("log-pipe", &[Field::text(spec)]);
-            let h = pipe.handover();
-            let (out, err) = h.output.unzip();
-            let (logger, started) = h.logger.unzip();
-            w.put(
-                "logger",
-                &[
-                    Field::text(&h.command),
-                    Field::num(h.read),
-                    Field::num(h.write),
-                    h.own.map_or_else(Field::none, Field::num),
-                    out.map_or_else(Field::none, Field::num),
-                    err.map_or_else(Field::none, Field::num),
-                    logger.map_or_else(Field::none, Field::num),
-                    w.opt_instant(started),
-                    w.opt_instant(h.restart_at),
-                    Field::duration(h.pause),
-                    Field::flag(h.redirected),
-                ],
-            );
-        }
-        None => {}
-    }
+        (fd, path.to_path_buf(), ours)
+    });
+    let log = log_file.map(|log_file| match log_file {
+        LogFile::File { file, path } => Log::File(file.as_raw_fd(), path.clone()),
+        LogFile::Pipe { pipe, spec } => Log::Pipe(spec.clone(), pipe.handover()),
+    });
+    let setup = Setup {
+        version: VERSION.to_string(),
+        listeners: listeners.collect(),
+        pid_file,
+        log,
+    };
+    setup.save(w);
 }
 
 /// The descriptors of the log, which the next image needs.
@@ -187,9 +217,30 @@ fn take_var(key: &str) -> Option<String> {
     Some(value.to_string_lossy().into_owned())
 }
 
-/// The new image: takes the state over and supervises on, as `main::start` would
-/// after its set-up; or, unable to, goes back to the previous image.
-pub fn resume(handed: OsString) -> Result<(), String> {
+/// What `main` set up, taken over from the previous image, and the rest of the state
+/// (the supervisor's), read by the caller's `read`.
+pub struct Resumed<T> {
+    /// The version that wrote the state.
+    pub from: String,
+    pub listeners: Listeners,
+    pub pid_file: Option<PidFile>,
+    pub log_file: Option<LogFile>,
+    pub rest: T,
+    pub events: Events,
+    /// Set when this is the previous image, back after the new one refused the state:
+    /// why.
+    pub refused: Option<String>,
+}
+
+/// The new image: reads the state whole (`read` the supervisor's part, which names
+/// `descriptors`), checks it, then takes over what `main` set up; or, unable to, goes
+/// back to the previous image. The caller then supervises, as `main` does after its
+/// set-up.
+pub fn resume<T>(
+    handed: OsString,
+    read: impl FnOnce(&mut Reader) -> Result<T, String>,
+    descriptors: impl FnOnce(&T) -> Vec<(RawFd, &'static str)>,
+) -> Result<Resumed<T>, String> {
     // Before the first line: stderr may be the log pipe, full (see log.rs).
     crate::log::follow_stderr();
     let refused = take_var(REFUSED_VAR);
@@ -216,11 +267,11 @@ pub fn resume(handed: OsString) -> Result<(), String> {
     }
     let plan = match test_refuse {
         true => Err(format!("{TEST_REFUSE_VAR} is set (a test hook)")),
-        false => Plan::read(state_fd, image_fd),
+        false => Plan::read(state_fd, image_fd, read, descriptors),
     };
     match plan {
-        Ok(plan) => plan.run(state_fd, image_fd, refused),
-        Err(why) => go_back(image_fd, &handed, &why, refused),
+        Ok(plan) => plan.take_over(state_fd, image_fd, refused),
+        Err(why) => Err(go_back(image_fd, &handed, &why, refused)),
     }
 }
 
@@ -228,20 +279,20 @@ pub fn resume(handed: OsString) -> Result<(), String> {
 /// If this is that previous image already (`refused` says why the new one gave up),
 /// there is nothing to go back to: start_server exits, and the kernel sends each worker
 /// its parent-death signal (`--signal-on-term`), so that none is left unsupervised.
-fn go_back(image: RawFd, handed: &str, why: &str, refused: Option<String>) -> Result<(), String> {
+fn go_back(image: RawFd, handed: &str, why: &str, refused: Option<String>) -> String {
     if let Some(first) = refused {
-        return Err(format!(
+        return format!(
             "cannot restore the state handed back after a failed upgrade ({first}): {why}; \
              exiting (the workers get their parent-death signal)"
-        ));
+        );
     }
     log!("start_server {VERSION} cannot restore the state it was handed: {why}; going back to the previous image");
     let why = format!("the new image ({VERSION}) could not restore the state: {why}");
     let e = exec::back(image, handed, &why);
-    Err(format!(
+    format!(
         "cannot go back to the previous image: execveat(2): {e}; exiting (the workers get their \
          parent-death signal)"
-    ))
+    )
 }
 
 /// The `--backlog` of the command line, which the next image is executed with
@@ -259,87 +310,36 @@ fn backlog() -> i32 {
 
 /// A state read and checked whole, its descriptors not yet taken over: until then,
 /// going back to the previous image leaves everything as it was handed.
-struct Plan {
+struct Plan<T> {
     from: String,
-    exe: Option<PathBuf>,
     listeners: Vec<Listener>,
     pid_file: Option<(RawFd, PathBuf, bool)>,
     log_file: Option<Log>,
-    saved: Saved,
+    rest: T,
     events: Events,
 }
 
-enum Log {
-    File(RawFd, String),
-    Pipe(String, log_pipe::Handover),
-}
-
-impl Plan {
-    fn read(state_fd: RawFd, image_fd: RawFd) -> Result<Plan, String> {
+impl<T> Plan<T> {
+    fn read(
+        state_fd: RawFd,
+        image_fd: RawFd,
+        read: impl FnOnce(&mut Reader) -> Result<T, String>,
+        descriptors: impl FnOnce(&T) -> Vec<(RawFd, &'static str)>,
+    ) -> Result<Plan<T>, String> {
         let bytes = sys::read_whole(state_fd, STATE_MAX)
             .map_err(|e| format!("cannot read the state (descriptor {state_fd}): pread(2): {e}"))?;
         let mut r = Reader::parse(&bytes)?;
-        let from = r.one("version")?.expect(1)?.text(0)?;
-        let exe = match r.maybe("exe")? {
-            Some(f) => Some(PathBuf::from(OsString::from_vec(f.expect(1)?.bytes(0)?))),
-            None => None,
-        };
-        let mut listeners = Vec::new();
-        for f in r.all("listener") {
-            let f = f.expect(7)?;
-            let fdname = match f.is_none(3) {
-                true => None,
-                false => Some(f.text(3)?),
-            };
-            let file = match f.is_none(4) {
-                true => None,
-                false => Some((
-                    PathBuf::from(OsString::from_vec(f.bytes(4)?)),
-                    f.num(5)?,
-                    f.num(6)?,
-                )),
-            };
-            let (name, fd, adopted) = (f.text(0)?, f.num(1)?, f.flag(2)?);
-            listeners.push(Listener::taken_over(name, fd, adopted, fdname, file));
-        }
-        let pid_file = match r.maybe("pid-file")? {
-            Some(f) => {
-                let f = f.expect(3)?;
-                let path = PathBuf::from(OsString::from_vec(f.bytes(1)?));
-                Some((f.num(0)?, path, f.flag(2)?))
-            }
-            None => None,
-        };
-        let log_file = match (
-            r.maybe("log-file")?,
-            r.maybe("log-pipe")?,
-            r.maybe("logger")?,
-        ) {
-            (Some(f), None, None) => {
-                let f = f.expect(2)?;
-                Some(Log::File(f.num(0)?, f.text(1)?))
-            }
-            (None, Some(spec), Some(f)) => {
-                let f = f.expect(11)?;
-                Some(Log::Pipe(
-                    spec.expect(1)?.text(0)?,
-                    log_pipe::Handover {
-                        command: f.text(0)?,
-                        read: f.num(1)?,
-                        write: f.num(2)?,
-                        own: f.opt_num(3)?,
-                        output: f.opt_num(4)?.zip(f.opt_num(5)?),
-                        logger: f.opt_num(6)?.zip(f.opt_instant(7)?),
-                        restart_at: f.opt_instant(8)?,
-                        pause: f.duration(9)?,
-                        redirected: f.flag(10)?,
-                    },
-                ))
-            }
-            (None, None, None) => None,
-            _ => return Err("the log records of the state do not go together".into()),
-        };
-        let saved = Saved::read(&mut r)?;
+        let Setup {
+            version: from,
+            listeners,
+            pid_file,
+            log: log_file,
+        } = Setup::read(&mut r)?;
+        let listeners: Vec<Listener> = listeners
+            .into_iter()
+            .map(|l| Listener::taken_over(l.name, l.fd, l.adopted, l.fdname, l.file))
+            .collect();
+        let rest = read(&mut r)?;
         r.finish()?;
 
         let socket = Some(libc::S_IFSOCK);
@@ -364,8 +364,7 @@ impl Plan {
         };
         fds.extend(log_fds.into_iter().map(|fd| (fd, "the log", None)));
         fds.extend(
-            saved
-                .descriptors()
+            descriptors(&rest)
                 .into_iter()
                 .map(|(fd, what)| (fd, what, socket)),
         );
@@ -383,18 +382,22 @@ impl Plan {
         let events = Events::new().map_err(|e| format!("failed to create a signalfd: {e}"))?;
         Ok(Plan {
             from,
-            exe,
             listeners,
             pid_file,
             log_file,
-            saved,
+            rest,
             events,
         })
     }
 
     /// Takes the descriptors over (close-on-exec again, as the previous image had
-    /// them), then supervises.
-    fn run(self, state_fd: RawFd, image_fd: RawFd, refused: Option<String>) -> Result<(), String> {
+    /// them).
+    fn take_over(
+        self,
+        state_fd: RawFd,
+        image_fd: RawFd,
+        refused: Option<String>,
+    ) -> Result<Resumed<T>, String> {
         // Every descriptor is taken over by fcntl(F_SETFD), close-on-exec again.
         let fail = |e: std::io::Error| format!("taking the state over failed: fcntl(2): {e}");
         // Read: no longer needed, nor the way back.
@@ -409,7 +412,7 @@ impl Plan {
             )),
             None => None,
         };
-        let mut log_file = match self.log_file {
+        let log_file = match self.log_file {
             Some(Log::File(fd, path)) => {
                 let file = std::fs::File::from(sys::adopt_fd(fd).map_err(fail)?);
                 Some(LogFile::File { file, path })
@@ -420,37 +423,14 @@ impl Plan {
             }
             None => None,
         };
-        let context = Context {
-            exe: self.exe,
-            listeners: &listeners,
-            pid_file: pid_file.as_ref(),
-        };
-        let began = self.saved.began;
-        let (mut supervisor, clients) =
-            Supervisor::resume(self.saved, log_file.as_mut(), context).map_err(fail)?;
-        sys::become_subreaper()
-            .map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER) failed: {e}"))?;
-        let took = crate::log::millis(began.elapsed());
-        match refused {
-            None => {
-                log!("upgraded from {} to {VERSION} in {took} ms", self.from);
-                let text = format!("OK upgraded from {} to {VERSION} in {took} ms", self.from);
-                supervisor.answer_upgrade(&clients, &text);
-            }
-            Some(why) => {
-                log!("back to {VERSION}: {why}");
-                supervisor.answer_upgrade(&clients, &format!("FAILED {why}"));
-            }
-        }
-        let result = supervisor.run(&self.events);
-        drop(supervisor);
-        listeners.remove_socket_files();
-        if let Some(log_file) = log_file {
-            log_file.finish();
-        }
-        if let Some(pid_file) = pid_file {
-            pid_file.release();
-        }
-        result
+        Ok(Resumed {
+            from: self.from,
+            listeners,
+            pid_file,
+            log_file,
+            rest: self.rest,
+            events: self.events,
+            refused,
+        })
     }
 }

@@ -9,7 +9,8 @@
 //! meanwhile does not matter.
 //!
 //! The check runs while the supervisor goes on: the child is watched as any other
-//! (its exit wakes the main loop), with a deadline after which it gets SIGKILL.
+//! (its exit wakes the main loop), with a deadline (`TIMEOUT`, kept in the supervisor's
+//! state) after which it gets SIGKILL.
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -18,7 +19,7 @@ use std::os::raw::c_int;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{call, state};
 use crate::signals;
@@ -50,8 +51,6 @@ pub fn answer() {
 pub struct Check {
     pub pid: Pid,
     output: OwnedFd,
-    /// When it gets SIGKILL.
-    pub deadline: Instant,
     pub killed: bool,
     /// The file checked, open: the one to execute, not another put at the path since.
     pub image: Option<OwnedFd>,
@@ -93,7 +92,6 @@ impl Check {
         Ok(Check {
             pid: spawned.pid,
             output,
-            deadline: Instant::now() + TIMEOUT,
             killed: false,
             image: Some(image),
             exec_error: spawned.failed.map(|(_, error)| error),

@@ -4,8 +4,10 @@
 //! ```text
 //! server_starter-state 1
 //! version 0.1.0
-//! listener 127.0.0.1:8080 3 -
-//! current 4242 1 81234567
+//! listeners 1 127.0.0.1:8080 3 0 - -
+//! pid_file + 4 /run/app.pid 1
+//! generation 3
+//! newest serving 4242 3 81234567 82234567 -
 //! ...
 //! end
 //! ```
@@ -13,7 +15,9 @@
 //! The first line names the format; an image reads only the formats its
 //! `--upgrade-check` lists. Then one record per line: a key and its fields, separated
 //! by single spaces, each field percent-encoded (`%20` for a space, `%25` for `%`, any
-//! byte outside printable ASCII as `%XX`), `-` for "none". Instants are CLOCK_MONOTONIC
+//! byte outside printable ASCII as `%XX`), `-` for "none" (and `+` before a value
+//! that may be none), a count before a list, a word before an enum's fields; which
+//! records and fields there are is declared once (`record`). Instants are CLOCK_MONOTONIC
 //! microseconds, which go on counting across execve. The last line is `end`, so that a
 //! state cut short is told from a complete one.
 //!
@@ -36,14 +40,12 @@ const MAGIC: &str = "server_starter-state";
 /// Writes records, in order, after the header line.
 pub struct Writer {
     text: String,
-    clock: Clock,
 }
 
 impl Writer {
     pub fn new() -> Writer {
         Writer {
             text: format!("{MAGIC} {FORMAT}\n"),
-            clock: Clock::now(),
         }
     }
 
@@ -55,15 +57,6 @@ impl Writer {
             self.text.push_str(&field.0);
         }
         self.text.push('\n');
-    }
-
-    /// An instant as a field, in CLOCK_MONOTONIC microseconds.
-    pub fn instant(&self, at: Instant) -> Field {
-        Field(self.clock.usec_at(at).to_string())
-    }
-
-    pub fn opt_instant(&self, at: Option<Instant>) -> Field {
-        at.map_or_else(Field::none, |at| self.instant(at))
     }
 
     pub fn finish(mut self) -> String {
@@ -111,10 +104,6 @@ impl Field {
 
     pub fn duration(d: Duration) -> Field {
         Field(saturating_micros(d).to_string())
-    }
-
-    pub fn opt_duration(d: Option<Duration>) -> Field {
-        d.map_or_else(Field::none, Field::duration)
     }
 }
 
@@ -194,18 +183,6 @@ impl Reader {
         }
     }
 
-    /// The record of `key`, if there is one (at most one).
-    pub fn maybe(&mut self, key: &'static str) -> Result<Option<Fields<'static>>, String> {
-        let mut all = self.all(key);
-        match all.len() {
-            0 => Ok(None),
-            1 => Ok(Some(all.remove(0))),
-            n => Err(format!(
-                "the state has {n} {key:?} records, at most one expected"
-            )),
-        }
-    }
-
     /// Every record must have been taken: one left over is a key this build does not
     /// know, and the state is not understood.
     pub fn finish(self) -> Result<(), String> {
@@ -217,19 +194,6 @@ impl Reader {
 }
 
 impl Fields<'_> {
-    /// Checks the field count.
-    pub fn expect(self, count: usize) -> Result<Self, String> {
-        if self.fields.len() == count {
-            Ok(self)
-        } else {
-            Err(self.error(&format!("{} fields, {count} expected", self.fields.len())))
-        }
-    }
-
-    pub fn count(&self) -> usize {
-        self.fields.len()
-    }
-
     fn error(&self, why: &str) -> String {
         format!("state record {} {}: {why}", self.key, self.fields.join(" "))
     }
@@ -299,16 +263,73 @@ impl Fields<'_> {
         self.num(i).map(Duration::from_micros)
     }
 
-    pub fn opt_duration(&self, i: usize) -> Result<Option<Duration>, String> {
-        Ok(self.opt_num(i)?.map(Duration::from_micros))
-    }
-
-    pub fn instant(&self, i: usize) -> Result<Instant, String> {
-        Ok(self.clock.instant_at(self.num(i)?))
-    }
-
     pub fn opt_instant(&self, i: usize) -> Result<Option<Instant>, String> {
         Ok(self.opt_num(i)?.map(|usec| self.clock.instant_at(usec)))
+    }
+}
+
+/// Reads the fields of one record one after the other, for values that take several
+/// (see `supervisor::record`).
+pub struct Cursor<'a> {
+    fields: Fields<'a>,
+    at: usize,
+}
+
+impl<'a> Fields<'a> {
+    pub fn cursor(self) -> Cursor<'a> {
+        Cursor {
+            fields: self,
+            at: 0,
+        }
+    }
+}
+
+impl Cursor<'_> {
+    /// The next field, read by `read` (a `Fields` method).
+    pub fn next<T>(
+        &mut self,
+        read: impl FnOnce(&Fields, usize) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let value = read(&self.fields, self.at)?;
+        self.at += 1;
+        Ok(value)
+    }
+
+    /// The next field as a presence mark: `-` for none, `+` for a value that follows.
+    pub fn present(&mut self) -> Result<bool, String> {
+        let at = self.at;
+        self.at += 1;
+        match self.fields.raw(at)? {
+            "-" => Ok(false),
+            "+" => Ok(true),
+            _ => Err(self
+                .fields
+                .error(&format!("field {} is neither - nor +", at + 1))),
+        }
+    }
+
+    /// Every field must have been read.
+    pub fn finish(self) -> Result<(), String> {
+        match self.fields.fields.len() == self.at {
+            true => Ok(()),
+            false => Err(self.fields.error(&format!(
+                "{} fields, {} expected",
+                self.fields.fields.len(),
+                self.at
+            ))),
+        }
+    }
+}
+
+impl Field {
+    /// An instant, in CLOCK_MONOTONIC microseconds.
+    pub fn instant(at: Instant) -> Field {
+        Field(Clock::now().usec_at(at).to_string())
+    }
+
+    /// The presence mark of a value that follows (see `Cursor::present`).
+    pub fn some() -> Field {
+        Field("+".into())
     }
 }
 
@@ -386,7 +407,7 @@ mod tests {
         );
         w.put(
             "at",
-            &[w.instant(soon), w.instant(past), w.opt_instant(None)],
+            &[Field::instant(soon), Field::instant(past), Field::none()],
         );
         w.put("many", &[Field::num(1)]);
         w.put("many", &[Field::num(2)]);
@@ -395,7 +416,7 @@ mod tests {
         assert!(text.contains("thing a%20b%25c%0A 42 1 - % %2D\n"), "{text}");
 
         let mut r = Reader::parse(text.as_bytes()).unwrap();
-        let thing = r.one("thing").unwrap().expect(6).unwrap();
+        let thing = r.one("thing").unwrap();
         assert_eq!(thing.text(0).unwrap(), "a b%c\n");
         assert_eq!(thing.num::<u64>(1).unwrap(), 42);
         assert!(thing.flag(2).unwrap());
@@ -407,8 +428,8 @@ mod tests {
             let d = if a > b { a - b } else { b - a };
             d < Duration::from_millis(1)
         };
-        assert!(close(at.instant(0).unwrap(), soon));
-        assert!(close(at.instant(1).unwrap(), past));
+        assert!(close(at.opt_instant(0).unwrap().unwrap(), soon));
+        assert!(close(at.opt_instant(1).unwrap().unwrap(), past));
         assert_eq!(at.opt_instant(2).unwrap(), None);
         let many: Vec<u64> = r.all("many").iter().map(|f| f.num(0).unwrap()).collect();
         assert_eq!(many, [1, 2]);
@@ -419,7 +440,7 @@ mod tests {
     fn far_deadlines_saturate() {
         let far = Instant::now() + Duration::from_micros(u64::MAX);
         let mut w = Writer::new();
-        w.put("at", &[w.instant(far), Field::duration(Duration::MAX)]);
+        w.put("at", &[Field::instant(far), Field::duration(Duration::MAX)]);
         let text = w.finish();
         assert!(
             text.contains(&format!("at {} {}\n", u64::MAX, u64::MAX)),
@@ -428,7 +449,8 @@ mod tests {
         let mut r = Reader::parse(text.as_bytes()).unwrap();
         let at = r.one("at").unwrap();
         // Still as far off as it can be: never wrapped into the past.
-        assert!(at.instant(0).unwrap() > Instant::now() + Duration::from_secs(1 << 40));
+        let back = at.opt_instant(0).unwrap().unwrap();
+        assert!(back > Instant::now() + Duration::from_secs(1 << 40));
         assert_eq!(at.duration(1).unwrap(), Duration::from_micros(u64::MAX));
     }
 
@@ -444,8 +466,13 @@ mod tests {
 
         let mut r =
             Reader::parse(b"server_starter-state 1\nnew-thing 1\ngeneration 3 4\nend\n").unwrap();
-        let generation = r.one("generation").unwrap();
-        assert!(generation.expect(1).err().unwrap().contains("2 fields"));
+        let mut generation = r.one("generation").unwrap().cursor();
+        generation.next(|f, i| f.num::<u64>(i)).unwrap();
+        assert!(generation
+            .finish()
+            .err()
+            .unwrap()
+            .contains("2 fields, 1 expected"));
         assert!(r.one("missing").err().unwrap().contains("no \"missing\""));
         assert!(r.finish().err().unwrap().contains("new-thing"));
 

@@ -1,0 +1,265 @@
+//! What the supervisor knows, as plain data: its settings, the generations and their
+//! workers, what is under way (a restart, a stop, an upgrade), the `--restart` clients
+//! waiting, the failures in a row. No descriptor, no clock: `step` changes it, the
+//! executor reads it, and an upgrade in place hands it whole to the next image
+//! (`record`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::envdir::Tunables;
+use crate::signals::Signal;
+use crate::sys::Pid;
+
+/// CLOCK_MONOTONIC in microseconds: the supervisor's time, passed to `step` by the
+/// executor (or fabricated by the simulation), and the same across execve.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mono(pub u64);
+
+impl Mono {
+    pub fn after(self, d: Duration) -> Mono {
+        Mono(
+            self.0
+                .saturating_add(d.as_micros().min(u64::MAX.into()) as u64),
+        )
+    }
+
+    /// How long from `self` to `later` (zero if it has passed).
+    pub fn until(self, later: Mono) -> Duration {
+        Duration::from_micros(later.0.saturating_sub(self.0))
+    }
+}
+
+/// Where a `--restart` or `--upgrade` client waits for its answer: its socket address,
+/// in the kernel's format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Client(pub Vec<u8>);
+
+/// The settings the supervisor decides with (the command line's).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub interval: Duration,
+    pub signal_on_hup: Signal,
+    pub signal_on_term: Signal,
+    /// `--kill-timeout`: how long a signalled worker may take to exit before SIGKILL.
+    pub kill_timeout: Option<Duration>,
+    /// `--backoff`: the longest pause between failed starts, which double up to it.
+    pub backoff: Option<Duration>,
+    /// `--ready=notify`: a worker has started when it says `READY=1`, not when it
+    /// outlives the interval.
+    pub ready_notify: bool,
+    /// `--ready-timeout`: how long a worker may take to say `READY=1`.
+    pub ready_timeout: Duration,
+    /// `--watchdog`: how long a started worker may go without saying `WATCHDOG=1`.
+    pub watchdog: Option<Duration>,
+    /// The binary an upgrade executes, resolved at start; `None` if it was not known.
+    pub exe: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Worker {
+    pub pid: Pid,
+    pub generation: u64,
+    pub spawned_at: Mono,
+}
+
+/// The newest generation: nothing yet (or stopping), being started, or serving.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Newest {
+    None,
+    Starting(Attempt),
+    Serving(Serving),
+}
+
+/// A generation being started. A worker has *started* when it is still alive after
+/// `--interval`, or, with `--ready=notify`, when it says `READY=1`. If it dies first
+/// (or is not ready in time), the attempt is retried, paced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    /// The spawned worker; `None` once it has died (or could not be forked): the next
+    /// try is at `until`.
+    pub worker: Option<Worker>,
+    /// When the last try was made, from which the pause before the next is counted.
+    pub spawned_at: Mono,
+    /// When the worker counts as started, or when to try again.
+    pub until: Mono,
+    /// Whether it replaces running workers (a restart), which are signalled once it
+    /// has started.
+    pub replacing: bool,
+    /// The service manager was told of this restart, and not yet of its outcome.
+    pub reloading: bool,
+}
+
+/// The started worker of the newest generation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Serving {
+    pub worker: Worker,
+    pub started_at: Mono,
+    /// `--watchdog`: it is hung unless it says `WATCHDOG=1` before this.
+    pub watchdog_at: Option<Mono>,
+}
+
+/// A worker of an older generation (or any worker, once stopping): signalled to stop,
+/// or about to be (`kill_old_at`), and waited for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Retiring {
+    pub generation: u64,
+    /// Whether the status file lists it: not a worker that never became ready.
+    pub listed: bool,
+    /// When it gets SIGKILL, and the grace it had since its stop signal; `None` until
+    /// it has been signalled (or with no `--kill-timeout`).
+    pub kill: Option<(Mono, Duration)>,
+}
+
+/// What is under way besides serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// A HUP arrived while a restart was under way: one more restart follows it.
+    RestartQueued,
+    /// TERM or INT arrived: every worker has been signalled; exit once all are gone.
+    Stopping,
+    /// Generation 1's command cannot be executed: start_server gives up at the end of
+    /// this turn, with an error.
+    GaveUp,
+}
+
+/// A `--restart` client waiting for the verdict on a restart that began after it
+/// asked: the first generation above `after` to start, or to fail.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Waiter {
+    pub to: Client,
+    pub after: u64,
+}
+
+/// An upgrade in place under way (USR2, or `--upgrade` clients).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upgrade {
+    /// When it was asked for.
+    pub began: Mono,
+    /// The `--upgrade` clients waiting for the outcome.
+    pub clients: Vec<Client>,
+    pub phase: UpgradePhase,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum UpgradePhase {
+    /// The new binary is run as `--upgrade-check`; it gets SIGKILL at `deadline`
+    /// (`None` once it has).
+    Checking { deadline: Option<Mono> },
+    /// It passed, saying its version: executed at the end of this turn of the loop.
+    Passed { version: String },
+    /// Being executed: the state is handed over as it is now.
+    Executing,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct State {
+    pub config: Config,
+    /// What the environment (and --envdir) said at the last spawn.
+    pub tunables: Tunables,
+    /// The last generation number given out; every spawn attempt takes the next one.
+    pub generation: u64,
+    pub newest: Newest,
+    /// Workers of older generations, by pid.
+    pub old: BTreeMap<Pid, Retiring>,
+    /// When to signal the old workers, during `--kill-old-delay`.
+    pub kill_old_at: Option<Mono>,
+    pub phase: Phase,
+    /// Failed starts in a row, for the pause before the next try.
+    pub failures: u32,
+    /// `failures` before the current worker's start reset it: at an `--interval` below
+    /// `RETRY_FLOOR`, a worker declared started that dies within a retry pause is a
+    /// failed start after all, and the count goes on from there.
+    pub failures_before_start: u32,
+    pub waiters: Vec<Waiter>,
+    pub upgrade: Option<Upgrade>,
+    /// `--daemonize`'s launcher waits to hear how generation 1 went (its pipe does
+    /// not cross an upgrade's exec).
+    pub launcher: bool,
+}
+
+impl State {
+    pub fn new(config: Config, tunables: Tunables) -> State {
+        State {
+            config,
+            tunables,
+            generation: 0,
+            newest: Newest::None,
+            old: BTreeMap::new(),
+            kill_old_at: None,
+            phase: Phase::Running,
+            failures: 0,
+            failures_before_start: 0,
+            waiters: Vec::new(),
+            upgrade: None,
+            launcher: false,
+        }
+    }
+
+    pub fn attempt(&self) -> Option<&Attempt> {
+        match &self.newest {
+            Newest::Starting(attempt) => Some(attempt),
+            _ => None,
+        }
+    }
+
+    pub fn serving(&self) -> Option<&Serving> {
+        match &self.newest {
+            Newest::Serving(serving) => Some(serving),
+            _ => None,
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        matches!(self.phase, Phase::Stopping | Phase::GaveUp)
+    }
+
+    /// A restart is under way: a generation is being started, or the old workers are
+    /// about to be signalled.
+    pub fn restarting(&self) -> bool {
+        self.attempt().is_some() || self.kill_old_at.is_some()
+    }
+
+    /// With auto-restart on, when the serving worker is due for replacement: once the
+    /// interval has passed and no old worker remains, or at twice the interval anyway.
+    /// (The original checks every second; this is a timer at the exact moment.)
+    pub fn auto_restart_at(&self) -> Option<Mono> {
+        let interval = self.tunables.auto_restart?;
+        let serving = self.serving()?;
+        if self.stopping() || self.kill_old_at.is_some() {
+            return None;
+        }
+        Some(match self.old.is_empty() {
+            true => serving.started_at.after(interval),
+            false => serving.started_at.after(interval * 2),
+        })
+    }
+
+    /// The one deadline the event loop sleeps until, if any: with none, it sleeps until
+    /// an event comes.
+    pub fn next_deadline(&self) -> Option<Mono> {
+        let attempt = self.attempt().map(|a| a.until);
+        let watchdog = self.serving().and_then(|s| s.watchdog_at);
+        let kill = self.old.values().filter_map(|o| o.kill.map(|k| k.0)).min();
+        let check = match &self.upgrade {
+            Some(Upgrade {
+                phase: UpgradePhase::Checking { deadline },
+                ..
+            }) => *deadline,
+            _ => None,
+        };
+        [
+            attempt,
+            self.kill_old_at,
+            self.auto_restart_at(),
+            kill,
+            watchdog,
+            check,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}

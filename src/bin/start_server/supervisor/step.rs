@@ -1,0 +1,815 @@
+//! `step`: what each event leads to. It reads no clock (`now` is given) and makes no
+//! system call: it changes the state and returns what is to be done, in order.
+//!
+//! A worker is spawned into an *attempt*. It has *started* when it is still alive after
+//! `--interval`, or, with `--ready=notify`, when it says `READY=1`: it becomes the
+//! serving worker and, if it replaces others (a restart), the old workers are
+//! signalled, after `--kill-old-delay`. If it dies first (or is not ready in time), the
+//! attempt is retried, paced, while the old workers go on serving. Each transition
+//! ("started", "failed to start", "stop the old ones", ...) is one method below,
+//! whatever event led to it.
+
+use std::os::raw::c_int;
+use std::time::Duration;
+
+use crate::control_socket::{Ask, ACCEPTED};
+use crate::log;
+use crate::notify::Said;
+use crate::signals::{self, Signal};
+use crate::sys::Pid;
+use crate::upgrade::{check, VERSION};
+
+use super::effect::{Effect, Report, Spawned, Status, Tell};
+use super::event::Event;
+use super::state::{
+    Attempt, Client, Mono, Newest, Phase, Retiring, Serving, State, Upgrade, UpgradePhase, Waiter,
+    Worker,
+};
+
+/// How long a worker that was told to stop without `--kill-timeout` (because it was
+/// not ready in time, or hung) has before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The shortest pause between two tries after a failed start, even at `--interval=0`
+/// (systemd's default RestartSec), so that a worker that cannot start never makes
+/// start_server spin.
+pub const RETRY_FLOOR: Duration = Duration::from_millis(100);
+
+/// What to do about a worker that never said READY=1.
+const NOT_READY_HINT: &str = "it sent no READY=1 to $NOTIFY_SOCKET: if the server does not \
+    speak sd_notify, run start_server without --ready=notify (--interval then decides when a \
+    worker has started); if it only needs longer, raise --ready-timeout";
+
+/// The verdict for `--restart` clients once start_server is stopping.
+const STOPPING: &str = "FAILED start_server is stopping";
+
+/// Applies `event`, which happened at `now`, to `state`: what is to be done.
+pub fn step(state: &mut State, event: Event, now: Mono) -> Vec<Effect> {
+    let mut step = Step {
+        s: state,
+        now,
+        out: Vec::new(),
+    };
+    step.event(event);
+    step.out
+}
+
+struct Step<'a> {
+    s: &'a mut State,
+    now: Mono,
+    out: Vec<Effect>,
+}
+
+/// `say!(self, "...")`: one log line, as an effect.
+macro_rules! say {
+    ($step:expr, $($arg:tt)*) => {
+        $step.out.push(Effect::Log(format!($($arg)*)))
+    };
+}
+
+impl Step<'_> {
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Start => self.spawn(false, false),
+            Event::Exited { pid, status } => self.exited(pid, status),
+            Event::Ignored { sig, pid } => {
+                say!(
+                    self,
+                    "received {} from pid {pid}, ignoring it",
+                    signals::name(sig)
+                )
+            }
+            Event::Notified { pid, sender, said } => self.notified(pid, sender, said),
+            Event::Stop { sig } => self.stop(sig),
+            Event::Reopen => self.out.push(Effect::ReopenLog),
+            Event::Upgrade { pid, client } => self.upgrade(pid, client),
+            Event::Restart => self.hup(),
+            Event::Request { pid, from, ask } => self.request(pid, from, ask),
+            Event::Tick => self.tick(),
+            Event::Spawned { tunables, spawned } => self.spawned(tunables, spawned),
+            Event::CheckSpawned(result) => self.check_spawned(result),
+            Event::Checked(verdict) => self.checked(verdict),
+            Event::ExecFailed(why) => {
+                if let Some(upgrade) = self.s.upgrade.take() {
+                    self.refuse(&upgrade.clients, &why);
+                }
+            }
+            Event::Resumed { from, refused } => self.resumed(&from, refused),
+        }
+    }
+
+    // ------------------------------------------------------------ events
+
+    fn hup(&mut self) {
+        if self.s.stopping() {
+            return;
+        }
+        if self.s.restarting() {
+            self.s.phase = Phase::RestartQueued;
+        } else {
+            say!(self, "received HUP, spawning a new worker");
+            self.restart();
+        }
+    }
+
+    /// A stop signal: signal every worker, then wait for all of them to exit. Unlike
+    /// the original, which ignores them, a repeated stop signal signals the workers
+    /// still running again.
+    fn stop(&mut self, sig: c_int) {
+        if !self.s.stopping() {
+            self.s.phase = Phase::Stopping;
+            self.out.push(Effect::Manager(Tell::Stopping));
+            self.verdict(u64::MAX, STOPPING);
+            self.abandon_upgrade("start_server is stopping");
+            self.s.kill_old_at = None;
+            let newest = match std::mem::replace(&mut self.s.newest, Newest::None) {
+                Newest::Starting(attempt) => attempt.worker,
+                Newest::Serving(serving) => Some(serving.worker),
+                Newest::None => None,
+            };
+            if let Some(worker) = newest {
+                self.retire(worker);
+            }
+        }
+        // As in the original, INT is passed on as TERM; the other stop signals become
+        // --signal-on-term, as TERM does.
+        let send = match sig == libc::SIGINT {
+            true => Signal::term(),
+            false => self.s.config.signal_on_term.clone(),
+        };
+        say!(
+            self,
+            "received {}, sending {} to all workers:{}",
+            signals::name(sig),
+            send.name,
+            self.old_pids()
+        );
+        self.signal_old(&send);
+    }
+
+    /// A `--restart` client: a HUP, and a wait for its verdict. An `--upgrade`
+    /// client: a USR2.
+    fn request(&mut self, pid: Pid, from: Client, ask: Ask) {
+        self.reply(&from, ACCEPTED);
+        if ask == Ask::Upgrade {
+            return self.upgrade(pid, Some(from));
+        }
+        say!(self, "received a restart request from pid {pid}");
+        self.s.waiters.push(Waiter {
+            to: from,
+            after: self.s.generation,
+        });
+        match self.s.stopping() {
+            true => self.verdict(u64::MAX, STOPPING),
+            false => self.hup(),
+        }
+    }
+
+    /// A child exited: a worker, or an orphan of one (reparented to start_server as
+    /// subreaper), which is ignored.
+    fn exited(&mut self, pid: Pid, status: Status) {
+        if let Newest::Starting(attempt) = &mut self.s.newest {
+            if attempt.worker.is_some_and(|w| w.pid == pid) {
+                attempt.worker = None;
+                say!(
+                    self,
+                    "new worker {pid} seems to have failed to start, exit status:{status}"
+                );
+                self.hint_if_daemonizing(pid, status);
+                return self.failed_start(&exit_text(status));
+            }
+        }
+        if let Some(serving) = self.s.serving().filter(|s| s.worker.pid == pid) {
+            let worker = serving.worker;
+            self.s.newest = Newest::None;
+            // The file never lists a dead worker for the interval a respawn takes.
+            self.write_status();
+            say!(
+                self,
+                "worker {pid} died unexpectedly with status:{status}, restarting"
+            );
+            // One that dies before a retry pause has passed is a crash loop: paced as
+            // a failed start, whether or not it was declared started.
+            if self.now < worker.spawned_at.after(self.retry_base()) {
+                self.s.failures = self.s.failures_before_start;
+                self.hint_if_daemonizing(pid, status);
+                self.s.newest = Newest::Starting(Attempt {
+                    worker: None,
+                    spawned_at: worker.spawned_at,
+                    until: self.now,
+                    replacing: false,
+                    reloading: false,
+                });
+                self.failed_start(&exit_text(status));
+            } else {
+                self.spawn(false, false);
+            }
+            return;
+        }
+        if let Some(old) = self.s.old.remove(&pid) {
+            match self.s.stopping() || !old.listed {
+                true => say!(self, "worker {pid} died, status:{status}"),
+                false => say!(self, "old worker {pid} died, status:{status}"),
+            }
+            self.write_status();
+            self.settle();
+        }
+    }
+
+    /// One thing a worker (`pid`, through `sender`) said.
+    fn notified(&mut self, pid: Pid, sender: Pid, said: Said) {
+        let starting = self
+            .s
+            .attempt()
+            .is_some_and(|a| a.worker.is_some_and(|w| w.pid == pid));
+        let serving = self.s.serving().is_some_and(|s| s.worker.pid == pid);
+        let config = &self.s.config;
+        match said {
+            Said::Status(status) => say!(self, "worker {pid} status: {status}"),
+            Said::Ready if starting && config.ready_notify => {
+                let Newest::Starting(attempt) = std::mem::replace(&mut self.s.newest, Newest::None)
+                else {
+                    unreachable!("a worker is starting")
+                };
+                if sender != pid {
+                    say!(self, "worker {pid} is ready (said pid {sender})");
+                }
+                if let Some(worker) = attempt.worker {
+                    self.started(worker, attempt.replacing);
+                }
+            }
+            Said::ExtendTimeout(by) if starting && config.ready_notify => {
+                let ready_timeout = config.ready_timeout;
+                let now = self.now;
+                if let Newest::Starting(attempt) = &mut self.s.newest {
+                    // As systemd does: the last extension counts, and the deadline is
+                    // never sooner than --ready-timeout allowed.
+                    attempt.until = attempt.spawned_at.after(ready_timeout).max(now.after(by));
+                }
+            }
+            Said::Watchdog if serving => {
+                let at = config.watchdog.map(|w| self.now.after(w));
+                if let Newest::Serving(serving) = &mut self.s.newest {
+                    serving.watchdog_at = at;
+                }
+            }
+            Said::WatchdogTrigger if serving => self.hung("sent WATCHDOG=trigger"),
+            // A repeated READY=1, or one from an old worker: nothing to do.
+            _ => {}
+        }
+    }
+
+    /// The end of a turn: the deadlines due fire (a worker counts as started or is
+    /// retried, the old workers are signalled, lingering ones killed, a hung one
+    /// replaced, auto-restart), then a checked upgrade is executed, then, once stopped
+    /// with every worker gone, start_server exits.
+    fn tick(&mut self) {
+        let now = self.now;
+        if self.s.attempt().is_some_and(|a| a.until <= now) {
+            let Newest::Starting(attempt) = std::mem::replace(&mut self.s.newest, Newest::None)
+            else {
+                unreachable!("an attempt is under way")
+            };
+            match attempt.worker {
+                Some(worker) if self.s.config.ready_notify => self.not_ready(worker, attempt),
+                Some(worker) => self.started(worker, attempt.replacing),
+                None => self.spawn(attempt.replacing, false),
+            }
+        }
+        if self.s.kill_old_at.is_some_and(|at| at <= now) {
+            self.s.kill_old_at = None;
+            self.kill_old_workers();
+        }
+        self.kill_lingering();
+        if let Some(Upgrade {
+            phase: UpgradePhase::Checking { deadline },
+            ..
+        }) = &mut self.s.upgrade
+        {
+            // A check that has not answered in time is killed; its exit is the refusal.
+            if deadline.is_some_and(|d| d <= now) {
+                *deadline = None;
+                self.out.push(Effect::KillCheck { forget: false });
+            }
+        }
+        if self
+            .s
+            .serving()
+            .and_then(|s| s.watchdog_at)
+            .is_some_and(|at| at <= now)
+        {
+            let period = log::seconds(self.s.config.watchdog.unwrap_or_default());
+            self.hung(&format!("sent no WATCHDOG=1 for {period} secs"));
+        }
+        if self.s.phase == Phase::RestartQueued && !self.s.restarting() {
+            self.s.phase = Phase::Running;
+            say!(self, "received HUP, spawning a new worker");
+            self.restart();
+        } else if self.s.auto_restart_at().is_some_and(|at| at <= now) {
+            let interval = log::seconds(self.s.tunables.auto_restart.unwrap_or_default());
+            match self.s.old.is_empty() {
+                true => say!(self, "autorestart triggered (interval={interval})"),
+                false => say!(self, "autorestart triggered (forced, interval={interval})"),
+            }
+            self.restart();
+        }
+        // Last, once every event of this turn has been acted on: what arrives from now
+        // on waits in the kernel (blocked signals, queued datagrams, exits) for the new
+        // image.
+        if let Some(upgrade) = &mut self.s.upgrade {
+            if let UpgradePhase::Passed { version } = &upgrade.phase {
+                let version = version.clone();
+                upgrade.phase = UpgradePhase::Executing;
+                self.out.push(Effect::Exec { version });
+            }
+        }
+        if self.s.phase == Phase::Stopping && self.s.old.is_empty() {
+            say!(self, "exiting");
+            self.out.push(Effect::Exit);
+        }
+    }
+
+    // ------------------------------------------------------------ transitions
+
+    fn restart(&mut self) {
+        if let Newest::Serving(serving) = std::mem::replace(&mut self.s.newest, Newest::None) {
+            self.retire(serving.worker);
+        }
+        self.out.push(Effect::Manager(Tell::Reloading(format!(
+            "restarting: starting generation {}",
+            self.s.generation + 1
+        ))));
+        self.spawn(true, true);
+    }
+
+    /// A new generation is tried: the executor answers with `Event::Spawned`.
+    fn spawn(&mut self, replacing: bool, reloading: bool) {
+        self.s.generation += 1;
+        self.s.newest = Newest::Starting(Attempt {
+            worker: None,
+            spawned_at: self.now,
+            until: self.now,
+            replacing,
+            reloading,
+        });
+        self.out.push(Effect::Spawn {
+            generation: self.s.generation,
+            tunables: self.s.tunables,
+        });
+    }
+
+    fn spawned(&mut self, tunables: Option<crate::envdir::Tunables>, spawned: Spawned) {
+        if let Some(tunables) = tunables {
+            self.s.tunables = tunables;
+        }
+        match spawned {
+            Spawned::NoChannel(e) => {
+                say!(self, "failed to create a notification socket: {e}");
+                self.failed_start(&format!("no notification socket: {e}"));
+            }
+            Spawned::Failed(e) => {
+                let pause = self.pause_after(self.s.failures.saturating_add(1));
+                say!(self, "{e}; trying again in {} secs", log::seconds(pause));
+                self.failed_start("it could not be spawned");
+            }
+            Spawned::Child {
+                pid,
+                exec_error,
+                unexecutable,
+            } => {
+                say!(self, "starting new worker {pid}");
+                if let Some(error) = exec_error {
+                    // Unlike a later generation's (a bad deploy, while the old one
+                    // serves on), the first's is a mistake in the command line: said
+                    // at once, not retried forever.
+                    if unexecutable && self.s.generation == 1 {
+                        self.s.phase = Phase::GaveUp;
+                        self.s.newest = Newest::None;
+                        return self.out.push(Effect::GiveUp(error));
+                    }
+                    say!(self, "{error}");
+                }
+                let generation = self.s.generation;
+                let config = &self.s.config;
+                let wait = match config.ready_notify {
+                    true => config.ready_timeout,
+                    false => config.interval,
+                };
+                if let Newest::Starting(attempt) = &mut self.s.newest {
+                    attempt.worker = Some(Worker {
+                        pid,
+                        generation,
+                        spawned_at: attempt.spawned_at,
+                    });
+                    attempt.until = attempt.spawned_at.after(wait);
+                }
+            }
+        }
+    }
+
+    /// The new worker outlived `--interval`, or said `READY=1`: it is now the serving
+    /// one.
+    fn started(&mut self, worker: Worker, replacing: bool) {
+        if std::mem::take(&mut self.s.launcher) {
+            self.out.push(Effect::Launcher(Report::Started));
+        }
+        self.s.newest = Newest::Serving(Serving {
+            worker,
+            started_at: self.now,
+            watchdog_at: self.s.config.watchdog.map(|w| self.now.after(w)),
+        });
+        self.s.failures_before_start = self.s.failures;
+        self.s.failures = 0;
+        self.write_status();
+        self.settle();
+        self.out.push(Effect::Manager(Tell::Ready(format!(
+            "generation {} serving (worker {})",
+            worker.generation, worker.pid
+        ))));
+        if !replacing {
+            return;
+        }
+        let old = match self.s.old.is_empty() {
+            true => "none".to_string(),
+            false => self.old_pids(),
+        };
+        say!(
+            self,
+            "new worker is now running, sending {} to old workers:{old}",
+            self.s.config.signal_on_hup.name
+        );
+        let delay = self.s.tunables.kill_old_delay;
+        if delay.is_zero() {
+            self.kill_old_workers();
+        } else {
+            say!(
+                self,
+                "sleeping {} secs before killing old workers",
+                log::seconds(delay)
+            );
+            self.s.kill_old_at = Some(self.now.after(delay));
+        }
+    }
+
+    /// `--ready=notify`: the new worker did not say `READY=1` within
+    /// `--ready-timeout`. It is stopped (TERM, then KILL if it lingers) and counts as a
+    /// failed start, while the old generation goes on serving.
+    fn not_ready(&mut self, worker: Worker, attempt: Attempt) {
+        let timeout = log::seconds(self.s.config.ready_timeout);
+        say!(
+            self,
+            "new worker {} was not ready within {timeout} secs, stopping it",
+            worker.pid
+        );
+        // The most common cause: a server that does not speak sd_notify at all.
+        say!(self, "{NOT_READY_HINT}");
+        self.stop_now(worker, Signal::term(), false);
+        // The pause before the next try counts from now, not from the spawn.
+        self.s.newest = Newest::Starting(Attempt {
+            worker: None,
+            spawned_at: self.now,
+            ..attempt
+        });
+        self.failed_start(&format!(
+            "not ready within {timeout} secs ({NOT_READY_HINT})"
+        ));
+    }
+
+    /// `--watchdog`: the serving worker said no `WATCHDOG=1` in time (or said
+    /// `WATCHDOG=trigger`): `why`. It gets SIGABRT, as systemd sends, then SIGKILL if
+    /// it lingers, and is replaced, paced as a failed start: its start counts as failed
+    /// after all, so that a worker that hangs as soon as it starts is retried after the
+    /// retry floor, then `--backoff`'s doubling pauses, never in a loop.
+    fn hung(&mut self, why: &str) {
+        let Newest::Serving(serving) = std::mem::replace(&mut self.s.newest, Newest::None) else {
+            return;
+        };
+        let worker = serving.worker;
+        say!(
+            self,
+            "worker {} {why}, sending ABRT and restarting",
+            worker.pid
+        );
+        let abrt = Signal::parse("ABRT").expect("a known signal name");
+        self.stop_now(worker, abrt, true);
+        self.write_status();
+        self.s.failures = self.s.failures_before_start;
+        self.s.newest = Newest::Starting(Attempt {
+            worker: None,
+            spawned_at: self.now,
+            until: self.now,
+            replacing: false,
+            reloading: false,
+        });
+        self.failed_start(&format!("worker {} {why}", worker.pid));
+    }
+
+    /// Signals one worker to stop now, outside a restart's order, with a KILL deadline.
+    fn stop_now(&mut self, worker: Worker, signal: Signal, listed: bool) {
+        self.out.push(Effect::Signal {
+            pid: worker.pid,
+            signal,
+        });
+        let grace = self.s.config.kill_timeout.unwrap_or(STOP_GRACE);
+        let retiring = Retiring {
+            generation: worker.generation,
+            listed,
+            kill: Some((self.now.after(grace), grace)),
+        };
+        self.s.old.insert(worker.pid, retiring);
+    }
+
+    /// The attempt's worker died before it had started, or could not be spawned: the
+    /// next try comes after the interval, never sooner than `RETRY_FLOOR`, doubling up
+    /// to `--backoff` while the failures go on.
+    fn failed_start(&mut self, why: &str) {
+        let generation = self.s.generation;
+        if std::mem::take(&mut self.s.launcher) {
+            let why = why.to_string();
+            self.out
+                .push(Effect::Launcher(Report::Failed { generation, why }));
+        }
+        self.verdict(
+            generation,
+            &format!("FAILED generation {generation}: {why}"),
+        );
+        if self.s.attempt().is_some_and(|a| a.reloading) {
+            let serving = match self.s.old.iter().rev().find(|(_, old)| old.listed) {
+                Some((pid, old)) => {
+                    format!("generation {} serves on (worker {pid})", old.generation)
+                }
+                None => "no generation serves".into(),
+            };
+            self.out.push(Effect::Manager(Tell::Ready(format!(
+                "restart failed: generation {generation} {why}; {serving}"
+            ))));
+        }
+        self.s.failures = self.s.failures.saturating_add(1);
+        let delay = self.pause_after(self.s.failures);
+        if let Newest::Starting(attempt) = &mut self.s.newest {
+            attempt.reloading = false;
+            attempt.until = attempt.spawned_at.after(delay);
+        }
+        if delay != self.s.config.interval {
+            say!(
+                self,
+                "failed starts in a row: {}; trying again in {} secs",
+                self.s.failures,
+                log::seconds(delay)
+            );
+        }
+    }
+
+    /// The pause after `failures` (at least 1) failed starts in a row.
+    fn pause_after(&self, failures: u32) -> Duration {
+        let base = self.retry_base();
+        match self.s.config.backoff {
+            Some(max) => {
+                let doublings = failures.saturating_sub(1).min(30);
+                base.saturating_mul(1 << doublings).min(max.max(base))
+            }
+            None => base,
+        }
+    }
+
+    /// The pause after one failed start.
+    fn retry_base(&self) -> Duration {
+        self.s.config.interval.max(RETRY_FLOOR)
+    }
+
+    fn kill_old_workers(&mut self) {
+        say!(self, "killing old workers");
+        let signal = self.s.config.signal_on_hup.clone();
+        self.signal_old(&signal);
+    }
+
+    /// SIGKILL for the signalled workers still running at their deadline
+    /// (`--kill-timeout`, or `STOP_GRACE` for one that failed to start or hung).
+    fn kill_lingering(&mut self) {
+        let now = self.now;
+        let kill = Signal::parse("KILL").expect("a known signal name");
+        for (&pid, old) in self.s.old.iter_mut() {
+            let Some((_, grace)) = old.kill.filter(|k| k.0 <= now) else {
+                continue;
+            };
+            old.kill = None;
+            self.out.push(Effect::Log(format!(
+                "worker {pid} still running {} secs after it was told to stop, sending KILL",
+                log::seconds(grace)
+            )));
+            self.out.push(Effect::Signal {
+                pid,
+                signal: kill.clone(),
+            });
+        }
+    }
+
+    /// Moves a worker to the old ones, which are signalled and waited for.
+    fn retire(&mut self, worker: Worker) {
+        let retiring = Retiring {
+            generation: worker.generation,
+            listed: true,
+            kill: None,
+        };
+        self.s.old.insert(worker.pid, retiring);
+    }
+
+    /// A restart succeeded once its generation runs alone: no older worker is left.
+    fn settle(&mut self) {
+        let Some(serving) = self.s.serving() else {
+            return;
+        };
+        let generation = serving.worker.generation;
+        if self.s.old.values().all(|old| !old.listed) {
+            self.verdict(generation, &format!("OK generation {generation}"));
+        }
+    }
+
+    /// Answers the clients waiting for a generation up to `generation`.
+    fn verdict(&mut self, generation: u64, text: &str) {
+        let (answered, waiting) = std::mem::take(&mut self.s.waiters)
+            .into_iter()
+            .partition(|waiter| waiter.after < generation);
+        self.s.waiters = waiting;
+        for waiter in answered {
+            self.reply(&waiter.to, text);
+        }
+    }
+
+    /// Sends `signal` to every old worker; with `--kill-timeout`, each gets SIGKILL
+    /// that long after the first stop signal it was sent.
+    fn signal_old(&mut self, signal: &Signal) {
+        let kill = self.s.config.kill_timeout.map(|t| (self.now.after(t), t));
+        for (&pid, old) in self.s.old.iter_mut() {
+            self.out.push(Effect::Signal {
+                pid,
+                signal: signal.clone(),
+            });
+            old.kill = old.kill.or(kill);
+        }
+    }
+
+    fn old_pids(&self) -> String {
+        let pids: Vec<String> = self.s.old.keys().map(|pid| pid.to_string()).collect();
+        pids.join(",")
+    }
+
+    fn write_status(&mut self) {
+        let mut workers: Vec<(u64, Pid)> = self
+            .s
+            .old
+            .iter()
+            .filter(|(_, old)| old.listed)
+            .map(|(&pid, old)| (old.generation, pid))
+            .collect();
+        workers.extend(
+            self.s
+                .serving()
+                .map(|s| (s.worker.generation, s.worker.pid)),
+        );
+        self.out.push(Effect::WriteStatus(workers));
+    }
+
+    fn reply(&mut self, to: &Client, text: &str) {
+        self.out.push(Effect::Reply {
+            to: to.clone(),
+            text: text.to_string(),
+        });
+    }
+
+    /// A worker that exits 0 before it has started most likely forked into the
+    /// background, leaving a child that start_server reaps (as subreaper) but does not
+    /// supervise. Said for a death within a retry pause at an `--interval` below the
+    /// floor too, which counts as a failed start.
+    fn hint_if_daemonizing(&mut self, pid: Pid, status: Status) {
+        if status == 0 {
+            say!(
+                self,
+                "worker {pid} exited with status 0 before it had started: a server that \
+                 daemonizes itself (forks and exits) cannot be supervised; run it in the \
+                 foreground"
+            );
+        }
+    }
+
+    // ------------------------------------------------------------ upgrade in place
+
+    /// USR2 from `pid`, or an `--upgrade` client's request (`client`, from `pid`): the
+    /// binary at start_server's path is checked (while the supervisor goes on), then,
+    /// at the end of the turn in which it passed, executed with this state.
+    fn upgrade(&mut self, pid: Pid, client: Option<Client>) {
+        let who = match client {
+            None => format!("received USR2 from pid {pid}"),
+            Some(_) => format!("received an upgrade request from pid {pid}"),
+        };
+        if self.s.stopping() {
+            say!(self, "{who}, but start_server is stopping");
+            return self.answer(client.as_slice(), STOPPING);
+        }
+        if let Some(upgrade) = &mut self.s.upgrade {
+            upgrade.clients.extend(client);
+            return say!(self, "{who}, joining the upgrade under way");
+        }
+        let Some(exe) = &self.s.config.exe else {
+            say!(
+                self,
+                "{who}, but the path of start_server's binary was not known at start"
+            );
+            let why = "FAILED the path of start_server's binary is unknown";
+            return self.answer(client.as_slice(), why);
+        };
+        say!(self, "{who}, checking {}", exe.display());
+        self.s.upgrade = Some(Upgrade {
+            began: self.now,
+            clients: client.into_iter().collect(),
+            phase: UpgradePhase::Checking { deadline: None },
+        });
+        self.out.push(Effect::SpawnCheck);
+    }
+
+    fn check_spawned(&mut self, result: Result<(), String>) {
+        let Some(upgrade) = &mut self.s.upgrade else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                let deadline = Some(self.now.after(check::TIMEOUT));
+                upgrade.phase = UpgradePhase::Checking { deadline };
+            }
+            Err(why) => {
+                let clients = std::mem::take(&mut upgrade.clients);
+                self.s.upgrade = None;
+                self.refuse(&clients, &why);
+            }
+        }
+    }
+
+    /// The check exited: the exec comes at the end of this turn of the loop.
+    fn checked(&mut self, verdict: Result<String, String>) {
+        let Some(upgrade) = &mut self.s.upgrade else {
+            return;
+        };
+        match verdict {
+            Ok(version) => upgrade.phase = UpgradePhase::Passed { version },
+            Err(why) => {
+                let clients = std::mem::take(&mut upgrade.clients);
+                self.s.upgrade = None;
+                self.refuse(&clients, &why);
+            }
+        }
+    }
+
+    /// TERM while an upgrade is under way: no upgrade.
+    fn abandon_upgrade(&mut self, why: &str) {
+        if let Some(upgrade) = self.s.upgrade.take() {
+            if let UpgradePhase::Checking { .. } = upgrade.phase {
+                self.out.push(Effect::KillCheck { forget: true });
+            }
+            self.refuse(&upgrade.clients, why);
+        }
+    }
+
+    /// The first event of a new image (or of the previous one, back after the new one
+    /// refused the state): the `--upgrade` clients learn how it went.
+    fn resumed(&mut self, from: &str, refused: Option<String>) {
+        let clients = self.s.upgrade.take().map(|u| (u.began, u.clients));
+        let (began, clients) = clients.unwrap_or((self.now, Vec::new()));
+        match refused {
+            None => {
+                let took = log::millis(began.until(self.now));
+                say!(self, "upgraded from {from} to {VERSION} in {took} ms");
+                let text = format!("OK upgraded from {from} to {VERSION} in {took} ms");
+                self.answer(&clients, &text);
+            }
+            Some(why) => {
+                say!(self, "back to {VERSION}: {why}");
+                self.answer(&clients, &format!("FAILED {why}"));
+            }
+        }
+    }
+
+    fn refuse(&mut self, clients: &[Client], why: &str) {
+        let exe = match &self.s.config.exe {
+            Some(exe) => exe.display().to_string(),
+            None => "?".into(),
+        };
+        say!(self, "not upgrading to {exe}: {why}");
+        self.answer(clients, &format!("FAILED {why}"));
+    }
+
+    fn answer(&mut self, clients: &[Client], text: &str) {
+        for client in clients {
+            self.reply(client, text);
+        }
+    }
+}
+
+/// A wait status in words, for a `--restart` verdict (the log keeps the original's raw
+/// number).
+fn exit_text(status: Status) -> String {
+    if libc::WIFSIGNALED(status) {
+        format!("killed by SIG{}", signals::name(libc::WTERMSIG(status)))
+    } else {
+        format!("exited with status {}", libc::WEXITSTATUS(status))
+    }
+}
