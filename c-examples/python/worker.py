@@ -30,6 +30,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 
 NAME_MAX = 272  # SERVER_STARTER_NAME_MAX in server_starter.h
 
@@ -167,8 +168,12 @@ def main():
     Handler.body = ("hello from pid %d generation %d\n" % (os.getpid(), generation)).encode()
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # The handlers only record the signal: Event.set() from a handler can deadlock on
+    # the lock the main thread holds inside Event.wait(), and the worker then never
+    # exits after its TERM.
+    signalled = []
+    signal.signal(signal.SIGTERM, lambda *_: signalled.append(1))
+    signal.signal(signal.SIGINT, lambda *_: signalled.append(1))
 
     servers, threads = [], []
     for l in listeners(lib):
@@ -186,9 +191,13 @@ def main():
     notify(lib, "READY=1")
 
     keep_alive = watchdog_interval()
-    while not stop.wait(keep_alive or 1):
-        if keep_alive:
+    next_ping = time.monotonic() + (keep_alive or 0)
+    while not signalled:
+        if keep_alive and time.monotonic() >= next_ping:
             notify(lib, "WATCHDOG=1")
+            next_ping += keep_alive
+        time.sleep(0.05)
+    stop.set()
     print("worker.py: pid %d draining" % os.getpid(), file=sys.stderr, flush=True)
     notify(lib, "STOPPING=1")
     for server in servers:

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import socket
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -70,7 +71,11 @@ def main():
     generation = int(os.environ.get("SERVER_STARTER_GENERATION", "0"))
     worker.Handler.body = ("hello from pid %d generation %d\n" % (os.getpid(), generation)).encode()
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # The handler only records the TERM: Event.set() from a handler can deadlock on
+    # the lock the main thread holds inside Event.wait() (seen: a worker that never
+    # exited after its TERM).
+    terms = []
+    signal.signal(signal.SIGTERM, lambda *_: terms.append(1))
 
     servers, threads = [], []
     for fd in fds:
@@ -84,8 +89,9 @@ def main():
         t.start()
         threads.append(t)
 
-    while not stop.wait(1):
-        pass
+    while not terms:
+        time.sleep(0.05)
+    stop.set()
     for server in servers:
         server.shutdown()
         server.server_close()
