@@ -62,7 +62,7 @@ header:
 	SERVER_STARTER_UPDATE_HEADER=1 $(CARGO) build --lib
 
 test: all examples
-	START_SERVER=$(CURDIR)/$(BIN) $(CARGO) test --locked -- --test-threads=8
+	START_SERVER=$(CURDIR)/$(BIN) $(CARGO) test --locked --no-fail-fast -- --test-threads=8
 
 # Side-by-side benchmarks against the Perl original (installed from Debian when
 # missing); prints one markdown table, also kept in build/bench/results.md.
