@@ -113,6 +113,9 @@ fn listen_fds_worker_finds_the_sockets_with_libsystemd_and_the_library_reads_eit
                 &format!("--port=[::1]:{v6}"),
                 &format!("--path={s}"),
                 "--interval=0.1",
+                // The subject is the variables, not the drain: a worker still draining
+                // a connection is not waited for past 5 s.
+                "--kill-timeout=5",
                 "--",
             ]);
             args.extend(sd_worker());
