@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 use common::TempDir;
 use support::*;
 
-/// Whether `program` is on PATH.
-fn have(program: &str) -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {program} >/dev/null")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// A wrapper running start_server as nobody, whom RLIMIT_NPROC and file permissions
 /// bind (root ignores both).
 const AS_NOBODY: [&str; 4] = [
@@ -27,11 +19,6 @@ const AS_NOBODY: [&str; 4] = [
     "--regid=65534",
     "--clear-groups",
 ];
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn mkfifo(path: &std::path::Path) {
     let c_path = std::ffi::CString::new(path.display().to_string()).unwrap();

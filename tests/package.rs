@@ -32,8 +32,7 @@ const SLOW: Duration = Duration::from_secs(180);
 
 /// Why this machine cannot run these tests, if it cannot.
 fn cannot_run() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         return Some("dpkg installs as root only".into());
     }
     for (program, package) in [
@@ -45,11 +44,7 @@ fn cannot_run() -> Option<String> {
         ("pkg-config", "pkg-config"),
         ("readelf", "binutils"),
     ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {program}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
+        if !have(program) {
             return Some(format!(
                 "{program} is not installed (apt-get install {package})"
             ));

@@ -47,11 +47,6 @@ fn start_through(
     (server, addr("127.0.0.1", port))
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A Perl script that sends its second argument to the abstract socket its first
 /// names; then, with a third, stays alive until killed (at most a minute).
 const SEND: &str = "use Socket; socket(my $s, AF_UNIX, SOCK_DGRAM, 0) or die $!; \

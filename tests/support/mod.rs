@@ -106,6 +106,19 @@ pub fn free_port(ip: &str) -> u16 {
     }
 }
 
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether `program` is on PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 pub fn pid_alive(pid: i32) -> bool {
     // A zombie still answers kill(0): look at its state too.
     stat_fields(pid)

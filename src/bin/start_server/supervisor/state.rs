@@ -53,7 +53,8 @@ pub struct Config {
     pub ready_timeout: Duration,
     /// `--watchdog`: how long a started worker may go without saying `WATCHDOG=1`.
     pub watchdog: Option<Duration>,
-    /// The binary an upgrade executes, resolved at start; `None` if it was not known.
+    /// The path start_server was started by (`AT_EXECFN`, made absolute), which an
+    /// upgrade opens, following a symbolic link then; `None` if it was not known.
     pub exe: Option<PathBuf>,
 }
 
