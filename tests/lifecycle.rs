@@ -816,11 +816,11 @@ fn pid1_in_an_empty_root_holding_the_dockerfile_recipe() {
     let addr = addr("127.0.0.1", port);
     let init = namespace_init(&server);
     let zombies = ZombieWatch::start(init);
-    let first = wait_generation(addr, 1);
+    let first = server.wait_generation(addr, 1);
     server.wait_line("start_server (pid:1) starting now...");
 
     signal(init, libc::SIGHUP);
-    let second = wait_generation(addr, 2);
+    let second = server.wait_generation(addr, 2);
     server.wait_line(&format!("old worker {first} died, status:0"));
     signal(init, libc::SIGUSR1);
     server.wait_line("received USR1, but there is no --log-file to reopen");

@@ -289,6 +289,22 @@ impl Server {
         self.inner.log_text().lines().map(String::from).collect()
     }
 
+    /// Like [`wait_generation`], but a timeout shows what start_server said meanwhile.
+    pub fn wait_generation(&self, addr: SocketAddr, generation: u64) -> i32 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match http_get(addr) {
+                Ok((pid, g)) if g == generation => return pid,
+                answer => assert!(
+                    Instant::now() < deadline,
+                    "generation {generation} did not answer at {addr} (last answer {answer:?}); start_server said: {:?}",
+                    self.lines()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn has_line(&self, needle: &str) -> bool {
         self.lines().iter().any(|l| l.contains(needle))
     }
