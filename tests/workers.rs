@@ -11,6 +11,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -501,4 +502,81 @@ fn an_upgrade_mid_roll_finishes_the_roll() {
     wait_gone(&old);
     assert_eq!(server.pid(), wait_pid_file(&dir.path().join("pid")));
     server.stop();
+}
+
+/// Each worker has its own notification socket and, with `--listen-fds`, its own
+/// `LISTEN_PID`.
+#[test]
+fn each_worker_has_its_own_notify_socket_and_listen_pid() {
+    let dir = TempDir::new("workers");
+    let extra = ["--workers=3", "--ready=notify", "--listen-fds"];
+    let (mut server, _, status) = start(&dir, &extra, &[]);
+    let slots = wait_workers(&status, 3, 0);
+    let mut sockets = BTreeSet::new();
+    for (_, pid) in slots.values() {
+        let own = worker_env(*pid, "LISTEN_PID");
+        assert_eq!(own, Some(pid.to_string()), "worker {pid}");
+        sockets.insert(worker_env(*pid, "NOTIFY_SOCKET").expect("a NOTIFY_SOCKET"));
+    }
+    assert_eq!(sockets.len(), 3, "{sockets:?}");
+    server.stop();
+}
+
+/// Under a service manager: READY=1 once all N workers have started, RELOADING=1
+/// when a rolling restart begins, READY=1 only once it has rolled out.
+#[test]
+fn the_service_manager_hears_ready_once_the_roll_ends() {
+    let dir = TempDir::new("workers");
+    let path = dir.path().join("notify.sock");
+    let manager = UnixDatagram::bind(&path).unwrap();
+    let socket = path.display().to_string();
+    let extra = ["--workers=3", "--rolling=1", "--interval=0.3"];
+    let (mut server, _, status) = start(&dir, &extra, &[("NOTIFY_SOCKET", &socket)]);
+    let ready = next_message(&manager);
+    let first = wait_workers(&status, 3, 0);
+    let pids: Vec<String> = first.values().map(|s| s.1.to_string()).collect();
+    let said: BTreeSet<&str> = ready
+        .strip_prefix("READY=1\nSTATUS=generation 1 serving (workers ")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .map(|rest| rest.split(',').collect())
+        .unwrap_or_default();
+    assert_eq!(said, pids.iter().map(String::as_str).collect(), "{ready:?}");
+    server.signal(libc::SIGHUP);
+    assert!(next_message(&manager).starts_with("RELOADING=1\n"));
+    let ready = next_message(&manager);
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=generation 2 serving (workers "),
+        "{ready}"
+    );
+    // Said once the last slot's new worker had started, not before.
+    assert_eq!(
+        server.count_lines("is now running, sending TERM to old worker"),
+        3
+    );
+    server.wait_line("generation 2 rolled out");
+    server.stop();
+    assert_eq!(next_message(&manager), "STOPPING=1\nSTATUS=stopping");
+}
+
+/// TERM during a canary's trial stops every worker: the old generation's and the
+/// canary.
+#[test]
+fn term_during_a_canary_stops_every_worker() {
+    let dir = TempDir::new("workers");
+    let extra = ["--workers=2", "--canary=60", "--interval=0.3"];
+    let (mut server, _, status) = start(&dir, &extra, &[]);
+    let old = wait_workers(&status, 2, 0);
+    server.signal(libc::SIGHUP);
+    server.wait_line("on trial for 60 secs");
+    let listed = read_status(&status);
+    assert_eq!(
+        listed.len(),
+        3,
+        "the canary is listed beside the old: {listed:?}"
+    );
+    server.stop();
+    for (_, pid) in listed {
+        assert!(!pid_alive(pid), "worker {pid} outlived start_server");
+    }
+    assert!(old.values().all(|s| !pid_alive(s.1)));
 }

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
@@ -374,6 +374,16 @@ fn hello(mut stream: impl Read + Write) -> std::io::Result<(i32, u64)> {
         Some((pid, generation)) if response.starts_with("HTTP/1.") => Ok((pid, generation as u64)),
         _ => Err(std::io::Error::other(format!("bad response: {response:?}"))),
     }
+}
+
+/// Reads the next datagram a service manager's socket received, within PATIENCE.
+pub fn next_message(socket: &UnixDatagram) -> String {
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a notification within the deadline");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// One HTTP/1.0 request over TCP: the (pid, generation) that answered.
