@@ -580,3 +580,34 @@ fn term_during_a_canary_stops_every_worker() {
     }
     assert!(old.values().all(|s| !pid_alive(s.1)));
 }
+
+/// Sixteen workers cost start_server no wake-up while idle (after a rolling restart
+/// too), and each less than 20 kB of private memory.
+#[test]
+fn sixteen_idle_workers_cost_no_wakeup_and_little_memory() {
+    let dir = TempDir::new("workers");
+    let sleeper = ["sleep", "600"];
+    let (mut one, _, status) = start_command(&dir, &["--interval=0.2"], &[], &sleeper);
+    wait_workers_any(&status);
+    let dir16 = TempDir::new("workers");
+    let extra = ["--workers=16", "--rolling=4", "--interval=0.2"];
+    let (mut sixteen, _, status16) = start_command(&dir16, &extra, &[], &sleeper);
+    wait_workers(&status16, 16, 0);
+    sixteen.signal(libc::SIGHUP);
+    wait_workers(&status16, 16, 1);
+    sixteen.wait_line("generation 2 rolled out");
+    let switches = idle_context_switches(sixteen.pid(), Duration::from_secs(2));
+    let (base, many) = (private_kb(one.pid()), private_kb(sixteen.pid()));
+    let per_worker = many.saturating_sub(base) / 15;
+    eprintln!(
+        "--workers=16 idle: {switches} context switches in 2 s; private memory {many} kB \
+         ({base} kB with one worker): {per_worker} kB per worker"
+    );
+    assert_eq!(switches, 0, "start_server woke up while idle");
+    assert!(
+        base > 0 && per_worker < 20,
+        "{many} kB for 16 workers, {base} kB for one"
+    );
+    sixteen.stop();
+    one.stop();
+}

@@ -575,6 +575,31 @@ pub fn ppid(pid: i32) -> Option<i32> {
     stat_fields(pid)?.get(1)?.parse().ok()
 }
 
+/// Once `pid` has settled (no context switch across 200 ms), how many it makes in
+/// the `window` that follows: 0 for a process asleep until an event comes.
+pub fn idle_context_switches(pid: i32, window: Duration) -> u64 {
+    let mut last = context_switches(pid);
+    wait_until("the process to settle", || {
+        thread::sleep(Duration::from_millis(200));
+        let now = context_switches(pid);
+        std::mem::replace(&mut last, now) == now
+    });
+    let before = context_switches(pid);
+    // The measurement window.
+    thread::sleep(window);
+    context_switches(pid) - before
+}
+
+/// Private memory of `pid` (clean and dirty, from smaps_rollup), in kB.
+pub fn private_kb(pid: i32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    rollup
+        .lines()
+        .filter(|l| l.starts_with("Private_"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Voluntary plus involuntary context switches of `pid` so far: how often it woke up.
 pub fn context_switches(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
