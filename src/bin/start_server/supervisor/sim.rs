@@ -751,6 +751,12 @@ impl World {
             self.fail("a deadline due that its turn did not act on");
         }
         self.due = due;
+        // No --restart client waits once nothing is under way: every one heard OK or
+        // FAILED.
+        let quiet = !state.restarting() && state.settled() && state.phase == Phase::Running;
+        if quiet && state.old.values().all(|o| !o.listed) && !state.waiters.is_empty() {
+            self.fail("a --restart client waits with nothing under way");
+        }
         if state.phase == Phase::RestartQueued && !state.restarting() {
             self.fail("a queued restart with nothing under way: it would never come");
         }

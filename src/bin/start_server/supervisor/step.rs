@@ -1,12 +1,13 @@
 //! `step`: what each event leads to. It reads no clock (`now` is given) and makes no
 //! system call: it changes the state and returns what is to be done, in order.
 //!
-//! A worker is spawned into an *attempt*. It has *started* when it is still alive after
-//! `--interval`, or, with `--ready=notify`, when it says `READY=1`: it becomes the
-//! serving worker and, if it replaces others (a restart), the old workers are
-//! signalled, after `--kill-old-delay`. If it dies first (or is not ready in time), the
-//! attempt is retried, paced, while the old workers go on serving. Each transition
-//! ("started", "failed to start", "stop the old ones", ...) is one method below,
+//! Each of the `--workers` slots is supervised alone. A worker is spawned into its
+//! slot's *attempt*. It has *started* when it is still alive after `--interval`, or,
+//! with `--ready=notify`, when it says `READY=1`: it becomes the slot's serving worker,
+//! and the one it replaces (in a restart) an old worker, signalled as `roll` says. If
+//! it dies first (or is not ready in time), the attempt is retried, paced by that
+//! slot's failures, while the old workers go on serving. Each transition ("started",
+//! "failed to start", "stop the old ones", ...) is one method, here or in `roll`,
 //! whatever event led to it.
 
 use std::os::raw::c_int;
