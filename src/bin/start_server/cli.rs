@@ -60,6 +60,10 @@ pub struct Config {
     pub listen_fds: bool,
     /// `--workers`, if given: how many workers a generation has.
     pub workers: Option<u32>,
+    /// `--rolling`: how many new workers a restart starts at a time.
+    pub rolling: Option<u32>,
+    /// `--canary`: how long a restart's first new worker serves on trial.
+    pub canary: Option<Duration>,
     pub command: Vec<String>,
 }
 
@@ -117,6 +121,8 @@ const OPTIONS: &[(&str, bool)] = &[
     ("listen-fds", false),
     ("upgrade", false),
     ("workers", true),
+    ("rolling", true),
+    ("canary", true),
 ];
 
 /// How many of `OPTIONS` are the original's.
@@ -184,6 +190,11 @@ Options:
   --workers=N             run N workers of the command per generation, each told
                           its slot in SERVER_STARTER_WORKER (1..N) and supervised
                           alone (default: 1)
+  --rolling=K             restart K workers at a time, each new one that has
+                          started retiring one old one (default: all at once)
+  --canary=seconds        a restart first starts one new worker, which must
+                          serve that long beside the old generation; if it
+                          fails, the restart is rolled back (FAILED)
   --backlog=size          listen backlog (default: SOMAXCONN)
   --listen-fds            also hand the sockets to the workers as systemd socket
                           activation does (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES),
@@ -228,6 +239,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         "backoff",
         "ready-timeout",
         "watchdog",
+        "canary",
     ] {
         if let Some(value) = m.opt_strs(name).into_iter().find(|v| decimal(v).is_none()) {
             return Err(usage(format!(
@@ -339,17 +351,17 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
             }
         },
     };
-    let workers = match last("workers") {
-        None => None,
+    let count = |name: &str| match last(name) {
+        None => Ok(None),
         Some(text) => match text.trim().parse::<u32>() {
-            Ok(n) if (1..=MAX_WORKERS).contains(&n) => Some(n),
-            _ => {
-                return Err(invalid(format!(
-                    "invalid --workers value {text:?}: expected a number from 1 to {MAX_WORKERS}"
-                )))
-            }
+            Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(Some(n)),
+            _ => Err(invalid(format!(
+                "invalid --{name} value {text:?}: expected a number from 1 to {MAX_WORKERS}"
+            ))),
         },
     };
+    let workers = count("workers")?;
+    let rolling = count("rolling")?;
     let ready_notify = match last("ready").as_deref().map(str::trim) {
         None | Some("interval") => false,
         Some("notify") => true,
@@ -390,6 +402,8 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         backlog,
         listen_fds: m.opt_present("listen-fds"),
         workers,
+        rolling,
+        canary: positive_seconds("canary")?,
         command: m.free.clone(),
     };
     if config.command.is_empty() {
@@ -712,14 +726,15 @@ mod tests {
         assert!(error(&["--backlog=x", "--", "x"])
             .message
             .contains("backlog"));
-        for bad in ["0", "-2", "x", "1025", ""] {
-            let e = error(&[&format!("--workers={bad}"), "--", "x"]);
-            assert_eq!(e.status, 255);
-            assert!(
-                e.message.contains(&format!("--workers value {bad:?}")),
-                "{e:?}"
-            );
+        for option in ["workers", "rolling"] {
+            for bad in ["0", "-2", "x", "1025", ""] {
+                let e = error(&[&format!("--{option}={bad}"), "--", "x"]);
+                assert_eq!(e.status, 255);
+                let named = format!("--{option} value {bad:?}");
+                assert!(e.message.contains(&named), "{e:?}");
+            }
         }
+        assert!(error(&["--canary=0", "--", "x"]).message.contains("canary"));
         assert!(error(&["--daemonize", "--", "x"])
             .message
             .contains("--log-file"));

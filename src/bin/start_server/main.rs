@@ -262,6 +262,8 @@ fn supervise(
         exe: upgrade::own_exe(),
         workers: config.workers.unwrap_or(1),
         name_slots: config.workers.is_some(),
+        rolling: config.rolling,
+        canary: config.canary,
     };
     let context = Context {
         listeners,

@@ -9,19 +9,19 @@ use crate::envdir::Tunables;
 use crate::signals::Signal;
 use crate::sys::Pid;
 
-use super::state::Client;
+use super::state::{Client, Place};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// One line of start_server's log.
     Log(String),
-    /// Spawn a worker of `generation` in `slot` (0-based), its environment read afresh
+    /// Spawn a worker of `generation` for `place`, its environment read afresh
     /// (`tunables` are kept if --envdir cannot be read): answered with
     /// `Event::Spawned`.
     Spawn {
         generation: u64,
         tunables: Tunables,
-        slot: usize,
+        place: Place,
     },
     /// Send `signal` to the worker `pid` (a failure is logged, naming the worker).
     Signal { pid: Pid, signal: Signal },

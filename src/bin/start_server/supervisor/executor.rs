@@ -31,7 +31,7 @@ use crate::upgrade::{self as up, Context, VERSION};
 use super::effect::{Effect, Report, Spawned, Tell};
 use super::event::Event;
 use super::record::Services;
-use super::state::{Client, Mono, State};
+use super::state::{Client, Mono, Place, State};
 use super::step::step;
 
 /// The variables `Command::export_own_pid` is given, which an upgrade's state names.
@@ -131,8 +131,8 @@ impl<'a> Executor<'a> {
             Effect::Spawn {
                 generation,
                 tunables,
-                slot,
-            } => return Some(self.spawn(state, generation, tunables, slot)),
+                place,
+            } => return Some(self.spawn(state, generation, tunables, place)),
             Effect::Signal { pid, signal } => {
                 if let Err(e) = sys::kill(pid, signal.number) {
                     log!("failed to send {} to worker {pid}: {e}", signal.name);
@@ -215,7 +215,7 @@ impl<'a> Executor<'a> {
         state: &State,
         generation: u64,
         previous: envdir::Tunables,
-        slot: usize,
+        place: Place,
     ) -> Event {
         let mut env = envdir::current();
         let tunables = match envdir::tunables(&env) {
@@ -249,10 +249,8 @@ impl<'a> Executor<'a> {
         let config = &state.config;
         if config.name_slots {
             env.retain(|(k, _)| k != "SERVER_STARTER_WORKER");
-            env.push((
-                "SERVER_STARTER_WORKER".into(),
-                (slot + 1).to_string().into(),
-            ));
+            let slot = (place.slot() + 1).to_string();
+            env.push(("SERVER_STARTER_WORKER".into(), slot.into()));
         }
         // A worker's own notification socket, when it needs one.
         let channel = match config.ready_notify || config.watchdog.is_some() {
@@ -261,7 +259,7 @@ impl<'a> Executor<'a> {
                 Err(e) => {
                     let spawned = Spawned::NoChannel(e.to_string());
                     return Event::Spawned {
-                        slot,
+                        place,
                         tunables,
                         spawned,
                     };
@@ -292,7 +290,7 @@ impl<'a> Executor<'a> {
             Err(e) => Spawned::Failed(e.to_string()),
         };
         Event::Spawned {
-            slot,
+            place,
             tunables,
             spawned,
         }
