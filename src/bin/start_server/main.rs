@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 mod bind;
+mod build_id;
 mod cli;
 mod control;
 mod control_socket;
@@ -78,12 +79,16 @@ fn main() -> ExitCode {
         }
         Mode::Version => {
             log::print(&format!(
-                "{} (Server::Starter 0.35 compatible)\n",
-                env!("CARGO_PKG_VERSION")
+                "{} (Server::Starter 0.35 compatible)\nbuild {}\n",
+                env!("CARGO_PKG_VERSION"),
+                build_id::id()
             ));
             Ok(())
         }
-        Mode::Start(config) => start(*config),
+        Mode::Start(config) => {
+            log::set_format(config.log_format);
+            start(*config)
+        }
         Mode::Restart {
             pid_file,
             status_file,
@@ -98,6 +103,12 @@ fn main() -> ExitCode {
             }
         }
         Mode::Upgrade { pid_file } => upgrade::client::upgrade(&pid_file),
+        Mode::Status { pid_file, json } => {
+            return match control::status(&pid_file, json) {
+                Ok(status) => ExitCode::from(status),
+                Err((status, message)) => fail(status, &message),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,7 +118,8 @@ fn main() -> ExitCode {
 
 fn fail(status: u8, message: &str) -> ExitCode {
     // Through the log's writer: a supervisor's last line must not hang it either.
-    log::line(format_args!("start_server: {message}"));
+    let line = log::Line::new("error", format!("start_server: {message}"));
+    log::write_line(&line.level(log::Level::Error));
     ExitCode::from(status)
 }
 
@@ -260,6 +272,7 @@ fn supervise(
         ready_timeout: config.ready_timeout,
         watchdog: config.watchdog,
         exe: upgrade::own_exe(),
+        log_format: config.log_format,
     };
     let context = Context {
         listeners,
@@ -299,6 +312,7 @@ fn resume(handed: OsString) -> Result<(), String> {
         |r| Ok((State::read(r)?, Services::read(r)?)),
         |(_, services): &(State, Services)| services.descriptors(),
     )?;
+    log::set_format(state.config.log_format);
     let context = Context {
         listeners: &listeners,
         pid_file: pid_file.as_ref(),

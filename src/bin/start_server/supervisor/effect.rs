@@ -9,7 +9,7 @@ use crate::envdir::Tunables;
 use crate::signals::Signal;
 use crate::sys::Pid;
 
-use super::state::Client;
+use super::state::{Client, Exe};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
@@ -24,6 +24,10 @@ pub enum Effect {
     WriteStatus(Vec<(u64, Pid)>),
     /// Answer a `--restart` or `--upgrade` client.
     Reply { to: Client, text: String },
+    /// Answer a `--status` client: the executor gathers what only it can know (the
+    /// clock of the day, each worker's executable as it is now on disk) and renders
+    /// the state (`report`).
+    Status { to: Client, json: bool },
     /// Tell the service manager, if there is one.
     Manager(Tell),
     /// USR1: open the log file anew.
@@ -73,6 +77,8 @@ pub enum Spawned {
         pid: Pid,
         exec_error: Option<String>,
         unexecutable: bool,
+        /// The file it was executed from, as it was then (if it could be told).
+        exe: Option<Exe>,
     },
     /// No notification socket could be made for it: no child.
     NoChannel(String),

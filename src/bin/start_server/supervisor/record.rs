@@ -5,13 +5,14 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::envdir::Tunables;
+use crate::log::Format;
 use crate::signals::Signal;
 use crate::upgrade::record::{persist, record, Persist};
 use crate::upgrade::state::{Cursor, Field};
 
 use super::state::{
-    Attempt, Client, Config, Mono, Newest, Phase, Retiring, Serving, State, Upgrade, UpgradePhase,
-    Waiter, Worker,
+    Attempt, Client, Config, Exe, FileId, LastRestart, Mono, Newest, Phase, Retiring, Serving,
+    State, Upgrade, UpgradePhase, Waiter, Worker,
 };
 
 record!(State {
@@ -26,6 +27,11 @@ record!(State {
     failures_before_start,
     waiters,
     upgrade,
+    started_at,
+    last_restart,
+    refills,
+    last_exit,
+    exes,
 } transient {
     launcher
 });
@@ -39,6 +45,7 @@ persist!(Config {
     ready_timeout,
     watchdog,
     exe,
+    log_format,
 });
 persist!(Tunables {
     auto_restart,
@@ -68,6 +75,13 @@ persist!(Retiring {
     kill
 });
 persist!(Waiter { to, after });
+persist!(Exe { path, file });
+persist!(FileId { dev, ino, mtime });
+persist!(LastRestart {
+    began,
+    after,
+    outcome
+});
 persist!(Upgrade {
     began,
     clients,
@@ -185,6 +199,16 @@ impl Persist for UpgradePhase {
 }
 
 // ---------------------------------------------------------------- plain values
+
+impl Persist for Format {
+    fn put(&self, out: &mut Vec<Field>) {
+        out.push(Field::text(self.name()));
+    }
+    fn take(c: &mut Cursor) -> Result<Self, String> {
+        let name = String::take(c)?;
+        Format::parse(&name).ok_or_else(|| format!("log format: {name:?} is not one"))
+    }
+}
 
 impl Persist for Mono {
     fn put(&self, out: &mut Vec<Field>) {

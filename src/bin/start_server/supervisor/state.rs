@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::envdir::Tunables;
+use crate::log::Format;
 use crate::signals::Signal;
 use crate::sys::Pid;
 
@@ -56,6 +57,9 @@ pub struct Config {
     /// The path start_server was started by (`AT_EXECFN`, made absolute), which an
     /// upgrade opens, following a symbolic link then; `None` if it was not known.
     pub exe: Option<PathBuf>,
+    /// `--log-format`, kept for the next image of an upgrade in place, which does not
+    /// read the command line.
+    pub log_format: Format,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +159,34 @@ pub enum UpgradePhase {
     Executing,
 }
 
+/// The file a worker was executed from, as it was at the spawn: the path (the command's
+/// program, found through PATH), and the file's identity then, to tell whether what
+/// is at the path now is another build (`--status`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exe {
+    pub path: PathBuf,
+    pub file: Option<FileId>,
+}
+
+/// A file's identity: device, inode, modification time (nanoseconds, as bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub mtime: u64,
+}
+
+/// The last restart (HUP, `--restart`, auto-restart), for `--status`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LastRestart {
+    pub began: Mono,
+    /// The last generation given out when it began: the restart's tries are newer.
+    pub after: u64,
+    /// How its last try went, once one has: when, which generation, and why it failed
+    /// (`None`: it started).
+    pub outcome: Option<(Mono, u64, Option<String>)>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct State {
     pub config: Config,
@@ -176,6 +208,15 @@ pub struct State {
     pub failures_before_start: u32,
     pub waiters: Vec<Waiter>,
     pub upgrade: Option<Upgrade>,
+    /// When start_server started (the first image's start, across upgrades).
+    pub started_at: Mono,
+    pub last_restart: Option<LastRestart>,
+    /// How many times the serving worker died (or hung) and was replaced, and the last
+    /// exit status of a newest generation's worker.
+    pub refills: u32,
+    pub last_exit: Option<i32>,
+    /// Each worker's executable as it was at its spawn, by pid.
+    pub exes: BTreeMap<Pid, Exe>,
     /// `--daemonize`'s launcher waits to hear how generation 1 went (its pipe does
     /// not cross an upgrade's exec).
     pub launcher: bool,
@@ -195,6 +236,11 @@ impl State {
             failures_before_start: 0,
             waiters: Vec::new(),
             upgrade: None,
+            started_at: Mono::default(),
+            last_restart: None,
+            refills: 0,
+            last_exit: None,
+            exes: BTreeMap::new(),
             launcher: false,
         }
     }

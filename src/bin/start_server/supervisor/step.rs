@@ -22,8 +22,8 @@ use crate::upgrade::{check, VERSION};
 use super::effect::{Effect, Report, Spawned, Status, Tell};
 use super::event::Event;
 use super::state::{
-    Attempt, Client, Mono, Newest, Phase, Retiring, Serving, State, Upgrade, UpgradePhase, Waiter,
-    Worker,
+    Attempt, Client, LastRestart, Mono, Newest, Phase, Retiring, Serving, State, Upgrade,
+    UpgradePhase, Waiter, Worker,
 };
 
 /// How long a worker that was told to stop without `--kill-timeout` (because it was
@@ -70,7 +70,10 @@ macro_rules! say {
 impl Step<'_> {
     fn event(&mut self, event: Event) {
         match event {
-            Event::Start => self.spawn(false, false),
+            Event::Start => {
+                self.s.started_at = self.now;
+                self.spawn(false, false)
+            }
             Event::Exited { pid, status } => self.exited(pid, status),
             Event::Ignored { sig, pid } => {
                 say!(
@@ -150,6 +153,11 @@ impl Step<'_> {
     /// A `--restart` client: a HUP, and a wait for its verdict. An `--upgrade`
     /// client: a USR2.
     fn request(&mut self, pid: Pid, from: Client, ask: Ask) {
+        // A question, answered at once from the state, unlogged: a health probe asks
+        // every few seconds.
+        if let Ask::Status { json } = ask {
+            return self.out.push(Effect::Status { to: from, json });
+        }
         self.reply(&from, ACCEPTED);
         if ask == Ask::Upgrade {
             return self.upgrade(pid, Some(from));
@@ -168,9 +176,11 @@ impl Step<'_> {
     /// A child exited: a worker, or an orphan of one (reparented to start_server as
     /// subreaper), which is ignored.
     fn exited(&mut self, pid: Pid, status: Status) {
+        self.s.exes.remove(&pid);
         if let Newest::Starting(attempt) = &mut self.s.newest {
             if attempt.worker.is_some_and(|w| w.pid == pid) {
                 attempt.worker = None;
+                self.s.last_exit = Some(status);
                 say!(
                     self,
                     "new worker {pid} seems to have failed to start, exit status:{status}"
@@ -182,6 +192,8 @@ impl Step<'_> {
         if let Some(serving) = self.s.serving().filter(|s| s.worker.pid == pid) {
             let worker = serving.worker;
             self.s.newest = Newest::None;
+            self.s.refills = self.s.refills.saturating_add(1);
+            self.s.last_exit = Some(status);
             // The file never lists a dead worker for the interval a respawn takes.
             self.write_status();
             say!(
@@ -332,6 +344,11 @@ impl Step<'_> {
     // ------------------------------------------------------------ transitions
 
     fn restart(&mut self) {
+        self.s.last_restart = Some(LastRestart {
+            began: self.now,
+            after: self.s.generation,
+            outcome: None,
+        });
         if let Newest::Serving(serving) = std::mem::replace(&mut self.s.newest, Newest::None) {
             self.retire(serving.worker);
         }
@@ -376,6 +393,7 @@ impl Step<'_> {
                 pid,
                 exec_error,
                 unexecutable,
+                exe,
             } => {
                 say!(self, "starting new worker {pid}");
                 if let Some(error) = exec_error {
@@ -390,6 +408,7 @@ impl Step<'_> {
                     say!(self, "{error}");
                 }
                 let generation = self.s.generation;
+                self.s.exes.extend(exe.map(|exe| (pid, exe)));
                 let config = &self.s.config;
                 let wait = match config.ready_notify {
                     true => config.ready_timeout,
@@ -485,6 +504,7 @@ impl Step<'_> {
             return;
         };
         let worker = serving.worker;
+        self.s.refills = self.s.refills.saturating_add(1);
         say!(
             self,
             "worker {} {why}, sending ABRT and restarting",
@@ -533,6 +553,7 @@ impl Step<'_> {
             generation,
             &format!("FAILED generation {generation}: {why}"),
         );
+        self.outcome(generation, Some(why));
         if self.s.attempt().is_some_and(|a| a.reloading) {
             let serving = match self.s.old.iter().rev().find(|(_, old)| old.listed) {
                 Some((pid, old)) => {
@@ -622,6 +643,18 @@ impl Step<'_> {
         let generation = serving.worker.generation;
         if self.s.old.values().all(|old| !old.listed) {
             self.verdict(generation, &format!("OK generation {generation}"));
+            self.outcome(generation, None);
+        }
+    }
+
+    /// A try of the last restart has its outcome: `why` it failed, or `None`.
+    fn outcome(&mut self, generation: u64, why: Option<&str>) {
+        let now = self.now;
+        if let Some(last) = self.s.last_restart.as_mut() {
+            let known = last.outcome.as_ref().is_some_and(|o| o.1 == generation);
+            if generation > last.after && !(known && why.is_none()) {
+                last.outcome = Some((now, generation, why.map(str::to_string)));
+            }
         }
     }
 
