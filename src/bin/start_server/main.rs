@@ -273,6 +273,8 @@ fn supervise(
         watchdog: config.watchdog,
         exe: upgrade::own_exe(),
         log_format: config.log_format,
+        workers: config.workers.unwrap_or(1),
+        name_slots: config.workers.is_some(),
     };
     let context = Context {
         listeners,

@@ -11,27 +11,24 @@ use crate::upgrade::record::{persist, record, Persist};
 use crate::upgrade::state::{Cursor, Field};
 
 use super::state::{
-    Attempt, Client, Config, Exe, FileId, LastRestart, Mono, Newest, Phase, Retiring, Serving,
-    State, Upgrade, UpgradePhase, Waiter, Worker,
+    Attempt, Client, Config, Exe, FileId, LastRestart, Mono, Origin, Phase, Retiring, Roll,
+    Serving, Slot, State, Upgrade, UpgradePhase, Waiter, Worker,
 };
 
 record!(State {
     config,
     tunables,
     generation,
-    newest,
+    slots,
     old,
     kill_old_at,
     phase,
-    failures,
-    failures_before_start,
+    roll,
     waiters,
     upgrade,
     started_at,
     last_restart,
-    refills,
-    last_exit,
-    exes,
+    origins,
 } transient {
     launcher
 });
@@ -45,6 +42,8 @@ persist!(Config {
     ready_timeout,
     watchdog,
     exe,
+    workers,
+    name_slots,
     log_format,
 });
 persist!(Tunables {
@@ -57,12 +56,20 @@ persist!(Worker {
     generation,
     spawned_at
 });
+persist!(Slot {
+    serving,
+    starting,
+    failures,
+    failures_before_start,
+    refills,
+    last_exit,
+});
 persist!(Attempt {
+    generation,
     worker,
     spawned_at,
     until,
     replacing,
-    reloading,
 });
 persist!(Serving {
     worker,
@@ -72,9 +79,19 @@ persist!(Serving {
 persist!(Retiring {
     generation,
     listed,
-    kill
+    kill,
+    signal_at,
+});
+persist!(Roll {
+    generation,
+    reloading
 });
 persist!(Waiter { to, after });
+persist!(Origin {
+    slot,
+    spawned_at,
+    exe
+});
 persist!(Exe { path, file });
 persist!(FileId { dev, ino, mtime });
 persist!(LastRestart {
@@ -125,30 +142,6 @@ record!(Services {
 });
 
 // ---------------------------------------------------------------- enums
-
-impl Persist for Newest {
-    fn put(&self, out: &mut Vec<Field>) {
-        match self {
-            Newest::None => out.push(Field::text("none")),
-            Newest::Starting(attempt) => {
-                out.push(Field::text("starting"));
-                attempt.put(out);
-            }
-            Newest::Serving(serving) => {
-                out.push(Field::text("serving"));
-                serving.put(out);
-            }
-        }
-    }
-    fn take(c: &mut Cursor) -> Result<Self, String> {
-        match String::take(c)?.as_str() {
-            "none" => Ok(Newest::None),
-            "starting" => Ok(Newest::Starting(Persist::take(c)?)),
-            "serving" => Ok(Newest::Serving(Persist::take(c)?)),
-            other => Err(format!("newest: {other:?} is not a phase")),
-        }
-    }
-}
 
 impl Persist for Phase {
     fn put(&self, out: &mut Vec<Field>) {

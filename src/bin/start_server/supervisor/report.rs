@@ -32,17 +32,16 @@ pub struct Facts<'a> {
 struct Row<'a> {
     pid: Pid,
     generation: u64,
+    slot: Option<u32>,
     state: &'static str,
     since: Mono,
     exe: Option<(&'a std::path::Path, Option<bool>)>,
 }
 
-/// Whether a started generation serves: what `--status` exits 0 for. During a restart
-/// the previous generation does, until the new one has started; a stopping
-/// start_server serves no more.
+/// Whether a started generation serves: what `--status` exits 0 for. A slot's worker
+/// serves until its replacement has started; a stopping start_server serves no more.
 pub fn serving(state: &State) -> bool {
-    let previous = state.attempt().is_some() && state.old.values().any(|o| o.listed);
-    !state.stopping() && (state.serving().is_some() || previous)
+    !state.stopping() && state.serving().next().is_some()
 }
 
 /// The report: `(serving, text)`.
@@ -81,66 +80,61 @@ impl Report<'_> {
 
     fn rows(&self) -> Vec<Row<'_>> {
         let s = self.state;
-        let exe = |pid: Pid| {
-            s.exes.get(&pid).map(|exe| {
+        let row = |pid: Pid, generation: u64, state: &'static str, since: Option<Mono>| {
+            let origin = s.origins.get(&pid);
+            let exe = origin.and_then(|o| o.exe.as_ref()).map(|exe| {
                 let changed = self.facts.changed.iter().find(|c| c.0 == pid);
                 (exe.path.as_path(), changed.and_then(|c| c.1))
-            })
+            });
+            Row {
+                pid,
+                generation,
+                slot: origin.map(|o| o.slot),
+                state,
+                since: since.or(origin.map(|o| o.spawned_at)).unwrap_or_default(),
+                exe,
+            }
         };
         let mut rows = Vec::new();
-        let stopping = s.stopping();
-        // Old workers not yet told to stop serve on while a restart is under way.
-        let restarting = s.restarting();
+        for (_, attempt) in s.attempts() {
+            if let Some(w) = attempt.worker {
+                rows.push(row(w.pid, w.generation, "starting", Some(w.spawned_at)));
+            }
+        }
+        for (_, serving) in s.serving() {
+            let w = serving.worker;
+            rows.push(row(w.pid, w.generation, "ready", Some(serving.started_at)));
+        }
         for (&pid, old) in &s.old {
-            let state = match !stopping && restarting && old.listed && old.kill.is_none() {
+            // Not yet told to stop (`--kill-old-delay`): it serves on until then.
+            let waiting = s.kill_old_at.is_some() || old.signal_at.is_some();
+            let state = match waiting && old.listed && !s.stopping() {
                 true => "ready",
                 false => "draining",
             };
-            let since = s.last_restart.as_ref().map_or(s.started_at, |r| r.began);
-            rows.push(Row {
-                pid,
-                generation: old.generation,
-                state,
-                since,
-                exe: exe(pid),
-            });
+            rows.push(row(pid, old.generation, state, None));
         }
-        if let Some(attempt) = s.attempt() {
-            if let Some(worker) = attempt.worker {
-                rows.push(Row {
-                    pid: worker.pid,
-                    generation: worker.generation,
-                    state: "starting",
-                    since: worker.spawned_at,
-                    exe: exe(worker.pid),
-                });
-            }
-        }
-        if let Some(serving) = s.serving() {
-            rows.push(Row {
-                pid: serving.worker.pid,
-                generation: serving.worker.generation,
-                state: "ready",
-                since: serving.started_at,
-                exe: exe(serving.worker.pid),
-            });
-        }
-        rows.sort_by_key(|r| (r.generation, r.pid));
+        rows.sort_by_key(|r| (r.generation, r.slot, r.pid));
         rows
     }
 
     /// Each generation with a worker, oldest first, and its state: starting, serving
     /// (a worker ready) or draining.
     fn generations(&self, rows: &[Row]) -> Vec<(u64, &'static str)> {
+        // A generation with a ready worker serves; else one with a worker starting is
+        // starting; else it drains.
+        const RANKED: [&str; 3] = ["draining", "starting", "serving"];
+        let rank = |state: &str| RANKED.iter().position(|&r| r == state);
         let mut out: Vec<(u64, &'static str)> = Vec::new();
         for row in rows {
             let state = match row.state {
                 "ready" => "serving",
-                other => other,
+                "starting" => "starting",
+                _ => "draining",
             };
             match out.last_mut() {
                 Some(last) if last.0 == row.generation => {
-                    if state == "serving" {
+                    if rank(state) > rank(last.1) {
                         last.1 = state;
                     }
                 }
@@ -187,8 +181,8 @@ impl Report<'_> {
 
     /// When a failed start is tried again.
     fn next_try(&self) -> Option<Mono> {
-        let attempt = self.state.attempt()?;
-        attempt.worker.is_none().then_some(attempt.until)
+        let waiting = self.state.attempts().filter(|(_, a)| a.worker.is_none());
+        waiting.map(|(_, a)| a.until).min()
     }
 
     fn upgrade(&self) -> Option<(String, &'static str)> {
@@ -229,6 +223,12 @@ impl Report<'_> {
             out.extend(value.map(|v| (name, secs(v))));
         }
         out
+    }
+
+    /// The refills of a worker's slot, and the last exit status in it.
+    fn slot(&self, row: &Row) -> (Option<u32>, Option<i32>) {
+        let slot = row.slot.and_then(|i| self.state.slots.get(i as usize));
+        (slot.map(|s| s.refills), slot.and_then(|s| s.last_exit))
     }
 
     fn uptime(&self) -> Duration {
@@ -289,12 +289,8 @@ impl Report<'_> {
         if let Some((began, phase)) = self.upgrade() {
             out += &format!("upgrade in place: {phase}, since {began}\n");
         }
-        out += &format!(
-            "refills: {}, last exit status: {}\n",
-            s.refills,
-            s.last_exit.map_or("-".into(), |e| e.to_string())
-        );
-        out += "\n    PID   GEN  SLOT  STATE     SINCE                     EXECUTABLE\n";
+        out += "\n    PID   GEN  SLOT  STATE     SINCE                     REFILLS  \
+                LAST-EXIT  EXECUTABLE\n";
         for row in &rows {
             let exe = match row.exe {
                 None => "-".to_string(),
@@ -302,13 +298,17 @@ impl Report<'_> {
                 Some((path, None)) => format!("{} (cannot be read now)", path.display()),
                 Some((path, Some(false))) => path.display().to_string(),
             };
+            let (refills, last_exit) = self.slot(row);
+            let dash = |n: Option<String>| n.unwrap_or_else(|| "-".into());
             out += &format!(
-                "{:>7} {:>5} {:>5}  {:<9} {:<25} {exe}\n",
+                "{:>7} {:>5} {:>5}  {:<9} {:<25} {:>7}  {:>9}  {exe}\n",
                 row.pid,
                 row.generation,
-                0,
+                dash(row.slot.map(|i| (i + 1).to_string())),
                 row.state,
-                self.time(row.since)
+                self.time(row.since),
+                dash(refills.map(|n| n.to_string())),
+                dash(last_exit.map(exit_text)),
             );
         }
         out
@@ -328,14 +328,15 @@ impl Report<'_> {
                     ),
                     None => ("null".into(), "null".into()),
                 };
+                let (refills, last_exit) = self.slot(row);
                 object(&[
                     ("pid", row.pid.to_string()),
                     ("generation", row.generation.to_string()),
-                    ("slot", "0".into()),
+                    ("slot", number(row.slot.map(|i| i + 1))),
                     ("state", text(row.state)),
                     ("since", text(&self.time(row.since))),
-                    ("refills", s.refills.to_string()),
-                    ("last_exit_status", number(s.last_exit)),
+                    ("refills", number(refills)),
+                    ("last_exit", last_exit.map_or("null".into(), exit_json)),
                     ("executable", path),
                     ("executable_changed", changed),
                 ])
@@ -390,8 +391,6 @@ impl Report<'_> {
             ("generation", s.generation.to_string()),
             ("generations", array(&generations)),
             ("workers", array(&workers)),
-            ("refills", s.refills.to_string()),
-            ("last_exit_status", number(s.last_exit)),
             ("last_restart", last_restart),
             ("next_try", at(self.next_try())),
             ("next_auto_restart", at(s.auto_restart_at())),
@@ -399,6 +398,22 @@ impl Report<'_> {
         ]);
         out.push('\n');
         out
+    }
+}
+
+/// A raw wait status as the report says it: `exit 3`, `signal 9`.
+fn exit_text(status: i32) -> String {
+    match libc::WIFSIGNALED(status) {
+        true => format!("signal {}", libc::WTERMSIG(status)),
+        false => format!("exit {}", libc::WEXITSTATUS(status)),
+    }
+}
+
+/// `{"code":3}` or `{"signal":9}`.
+fn exit_json(status: i32) -> String {
+    match libc::WIFSIGNALED(status) {
+        true => object(&[("signal", libc::WTERMSIG(status).to_string())]),
+        false => object(&[("code", libc::WEXITSTATUS(status).to_string())]),
     }
 }
 
