@@ -123,7 +123,13 @@ impl ControlSocket {
 
     /// Sends a verdict; a client that has gone away meanwhile is no error, nor one
     /// that reads nothing (the send does not wait: its queue full, the answer is lost).
-    pub fn reply(&self, to: &SockAddr, verdict: &str) -> std::io::Result<()> {
-        sys::send_to(&self.fd, to, verdict.as_bytes())
+    /// Each is sent from a socket of its own, gone once sent: what waits unread in a
+    /// client's queue is charged to the socket that sent it, and a client that never
+    /// reads would otherwise fill the control socket's send buffer and silence every
+    /// answer to everyone. The client believes the sender's pid (SCM_CREDENTIALS),
+    /// which is the same from any socket of start_server's.
+    pub fn reply(&self, to: &SockAddr, verdict: &str) -> io::Result<()> {
+        let socket = sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK)?;
+        sys::send_to(&socket, to, verdict.as_bytes())
     }
 }
