@@ -127,6 +127,24 @@ pub fn format() -> Format {
     }
 }
 
+/// The events that are warnings: something failed, or needs a look.
+const WARNINGS: &[&str] = &[
+    "backoff",
+    "envdir-unreadable",
+    "exec-failed",
+    "hint",
+    "log-dropped",
+    "signal-failed",
+    "spawn-failed",
+    "start-failed",
+    "status-file-failed",
+    "upgrade-refused",
+    "worker-died",
+    "worker-hung",
+    "worker-killed",
+    "worker-not-ready",
+];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
     Info,
@@ -153,9 +171,15 @@ pub struct Line {
 }
 
 impl Line {
+    /// A line reporting `event`, at the level that event has.
     pub fn new(event: &'static str, text: String) -> Line {
+        let level = match event {
+            "error" => Level::Error,
+            _ if WARNINGS.contains(&event) => Level::Warning,
+            _ => Level::Info,
+        };
         Line {
-            level: Level::Info,
+            level,
             event,
             generation: None,
             fields: Vec::new(),
@@ -165,6 +189,15 @@ impl Line {
 
     pub fn level(mut self, level: Level) -> Line {
         self.level = level;
+        self
+    }
+
+    /// A numeric field; `generation` is the line's generation.
+    pub fn set(mut self, name: &'static str, value: i64) -> Line {
+        match name {
+            "generation" => self.generation = u64::try_from(value).ok(),
+            _ => self.fields.push((name, Value::Number(value))),
+        }
         self
     }
 

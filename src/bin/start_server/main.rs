@@ -182,7 +182,7 @@ fn start(config: Config) -> Result<(), String> {
 }
 
 fn starting_now() {
-    log!("start_server (pid:{}) starting now...", std::process::id());
+    log!(event "starting", "start_server (pid:{}) starting now...", std::process::id());
 }
 
 /// With the sockets bound: detach if asked to, then supervise until stopped. A daemon's

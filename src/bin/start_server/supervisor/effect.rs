@@ -6,6 +6,7 @@
 use std::os::raw::c_int;
 
 use crate::envdir::Tunables;
+use crate::log::Line;
 use crate::signals::Signal;
 use crate::sys::Pid;
 
@@ -14,7 +15,7 @@ use super::state::{Client, Exe};
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// One line of start_server's log.
-    Log(String),
+    Log(Line),
     /// Spawn a worker of `generation` in `slot` (0-based), its environment read afresh
     /// (`tunables` are kept if --envdir cannot be read): answered with
     /// `Event::Spawned`.

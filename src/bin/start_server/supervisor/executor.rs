@@ -127,7 +127,7 @@ impl<'a> Executor<'a> {
 
     fn execute(&mut self, state: &State, effect: Effect) -> Option<Event> {
         match effect {
-            Effect::Log(line) => log!("{line}"),
+            Effect::Log(line) => log::write_line(&line),
             // Nothing more is started once start_server gives up.
             Effect::Spawn { .. } if self.fatal.is_some() => {}
             Effect::Spawn {
@@ -137,13 +137,13 @@ impl<'a> Executor<'a> {
             } => return Some(self.spawn(state, generation, tunables, slot)),
             Effect::Signal { pid, signal } => {
                 if let Err(e) = sys::kill(pid, signal.number) {
-                    log!("failed to send {} to worker {pid}: {e}", signal.name);
+                    log!(event "signal-failed", "failed to send {} to worker {pid}: {e}", signal.name);
                 }
             }
             Effect::WriteStatus(workers) => {
                 if let Some(status_file) = &mut self.status_file {
                     if let Err(e) = status_file.write(&workers) {
-                        log!("{e}");
+                        log!(event "status-file-failed", "{e}");
                     }
                 }
             }
@@ -164,7 +164,9 @@ impl<'a> Executor<'a> {
             },
             Effect::ReopenLog => match &mut self.log_file {
                 Some(log_file) => log_file.reopen(),
-                None => log!("received USR1, but there is no --log-file to reopen"),
+                None => {
+                    log!(event "log-reopen", "received USR1, but there is no --log-file to reopen")
+                }
             },
             Effect::SpawnCheck => {
                 let exe = state.config.exe.clone().unwrap_or_default();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::control_socket::{Ask, ACCEPTED};
 use crate::envdir::Tunables;
-use crate::log;
+use crate::log::{self, Line};
 use crate::notify::Said;
 use crate::signals::{self, Signal};
 use crate::sys::Pid;
@@ -61,10 +61,18 @@ struct Step<'a> {
     out: Vec<Effect>,
 }
 
-/// `say!(self, "...")`: one log line, as an effect.
+/// `say!(self, "...")`: one log line, as an effect;
+/// `say!(self, "worker-exited", {generation: g, worker: pid}; "...")`: one that names
+/// its event (`log::Line`) and numeric fields, for `--log-format=json`.
 macro_rules! say {
+    ($step:expr, $event:literal, { $($key:ident : $val:expr),* $(,)? }; $($arg:tt)*) => {
+        $step.out.push(Effect::Log(
+            Line::new($event, format!($($arg)*))
+                $(.set(stringify!($key), i64::try_from($val).unwrap_or(i64::MAX)))*
+        ))
+    };
     ($step:expr, $($arg:tt)*) => {
-        $step.out.push(Effect::Log(format!($($arg)*)))
+        $step.out.push(Effect::Log(Line::new("log", format!($($arg)*))))
     };
 }
 
@@ -76,6 +84,7 @@ impl Step<'_> {
             Event::Ignored { sig, pid } => {
                 say!(
                     self,
+                    "signal-ignored", {signal: sig, sender: pid};
                     "received {} from pid {pid}, ignoring it",
                     signals::name(sig)
                 )
@@ -112,7 +121,7 @@ impl Step<'_> {
         if self.s.restarting() {
             self.s.phase = Phase::RestartQueued;
         } else {
-            say!(self, "received HUP, spawning a new worker");
+            say!(self, "restart", {}; "received HUP, spawning a new worker");
             self.restart();
         }
     }
@@ -143,6 +152,7 @@ impl Step<'_> {
         };
         say!(
             self,
+            "stop", {signal: sig};
             "received {}, sending {} to all workers:{}",
             signals::name(sig),
             send.name,
@@ -163,7 +173,7 @@ impl Step<'_> {
         if ask == Ask::Upgrade {
             return self.upgrade(pid, Some(from));
         }
-        say!(self, "received a restart request from pid {pid}");
+        say!(self, "restart-request", {sender: pid}; "received a restart request from pid {pid}");
         self.s.waiters.push(Waiter {
             to: from,
             after: self.s.generation,
@@ -190,11 +200,14 @@ impl Step<'_> {
                 .is_some_and(|w| is(&w))
         };
         if let Some(i) = self.s.slots.iter().position(starting) {
+            let mut generation = 0;
             if let Some(attempt) = &mut self.s.slots[i].starting {
                 attempt.worker = None;
+                generation = attempt.generation;
             }
             say!(
                 self,
+                "start-failed", {generation: generation, worker: pid, status: status};
                 "new worker {pid} seems to have failed to start, exit status:{status}"
             );
             self.hint_if_daemonizing(pid, status);
@@ -206,7 +219,11 @@ impl Step<'_> {
             let worker = slot.serving.take().expect("a serving worker").worker;
             // Its replacement is on its way: it was an old worker already.
             if slot.starting.is_some() {
-                say!(self, "old worker {pid} died, status:{status}");
+                say!(
+                    self,
+                    "worker-exited", {generation: worker.generation, worker: pid, status: status};
+                    "old worker {pid} died, status:{status}"
+                );
                 self.write_status();
                 return self.settle();
             }
@@ -215,6 +232,7 @@ impl Step<'_> {
             self.write_status();
             say!(
                 self,
+                "worker-died", {generation: worker.generation, worker: pid, status: status};
                 "worker {pid} died unexpectedly with status:{status}, restarting"
             );
             // One that dies before a retry pause has passed is a crash loop: paced as
@@ -237,9 +255,18 @@ impl Step<'_> {
             return;
         }
         if let Some(old) = self.s.old.remove(&pid) {
+            let generation = old.generation;
             match self.s.stopping() || !old.listed {
-                true => say!(self, "worker {pid} died, status:{status}"),
-                false => say!(self, "old worker {pid} died, status:{status}"),
+                true => say!(
+                    self,
+                    "worker-exited", {generation: generation, worker: pid, status: status};
+                    "worker {pid} died, status:{status}"
+                ),
+                false => say!(
+                    self,
+                    "worker-exited", {generation: generation, worker: pid, status: status};
+                    "old worker {pid} died, status:{status}"
+                ),
             }
             self.write_status();
             self.settle();
@@ -259,11 +286,17 @@ impl Step<'_> {
         });
         let config = &self.s.config;
         match (said, starting, serving) {
-            (Said::Status(status), _, _) => say!(self, "worker {pid} status: {status}"),
+            (Said::Status(status), _, _) => {
+                say!(self, "worker-status", {worker: pid}; "worker {pid} status: {status}")
+            }
             (Said::Ready, Some(i), _) if config.ready_notify => {
                 let attempt = self.s.slots[i].starting.take().expect("a worker starting");
                 if sender != pid {
-                    say!(self, "worker {pid} is ready (said pid {sender})");
+                    say!(
+                        self,
+                        "worker-ready", {worker: pid, sender: sender};
+                        "worker {pid} is ready (said pid {sender})"
+                    );
                 }
                 if let Some(worker) = attempt.worker {
                     self.started(i, worker);
@@ -337,13 +370,19 @@ impl Step<'_> {
         }
         if self.s.phase == Phase::RestartQueued && !self.s.restarting() {
             self.s.phase = Phase::Running;
-            say!(self, "received HUP, spawning a new worker");
+            say!(self, "restart", {}; "received HUP, spawning a new worker");
             self.restart();
         } else if self.s.auto_restart_at().is_some_and(|at| at <= now) {
             let interval = log::seconds(self.s.tunables.auto_restart.unwrap_or_default());
             match self.s.old.is_empty() {
-                true => say!(self, "autorestart triggered (interval={interval})"),
-                false => say!(self, "autorestart triggered (forced, interval={interval})"),
+                true => {
+                    say!(self, "auto-restart", {}; "autorestart triggered (interval={interval})")
+                }
+                false => say!(
+                    self,
+                    "auto-restart", {};
+                    "autorestart triggered (forced, interval={interval})"
+                ),
             }
             self.restart();
         }
@@ -358,7 +397,7 @@ impl Step<'_> {
             }
         }
         if self.s.phase == Phase::Stopping && self.s.old.is_empty() {
-            say!(self, "exiting");
+            say!(self, "exiting", {}; "exiting");
             self.out.push(Effect::Exit);
         }
     }
@@ -433,12 +472,21 @@ impl Step<'_> {
         };
         match spawned {
             Spawned::NoChannel(e) => {
-                say!(self, "failed to create a notification socket: {e}");
+                say!(
+                    self,
+                    "spawn-failed", {generation: generation, slot: i + 1};
+                    "failed to create a notification socket: {e}"
+                );
                 self.failed_start(i, &format!("no notification socket: {e}"));
             }
             Spawned::Failed(e) => {
                 let pause = self.pause_after(self.s.slots[i].failures.saturating_add(1));
-                say!(self, "{e}; trying again in {} secs", log::seconds(pause));
+                say!(
+                    self,
+                    "spawn-failed", {generation: generation, slot: i + 1};
+                    "{e}; trying again in {} secs",
+                    log::seconds(pause)
+                );
                 self.failed_start(i, "it could not be spawned");
             }
             Spawned::Child {
@@ -447,7 +495,11 @@ impl Step<'_> {
                 unexecutable,
                 exe,
             } => {
-                say!(self, "starting new worker {pid}");
+                say!(
+                    self,
+                    "worker-spawned", {generation: generation, worker: pid, slot: i + 1};
+                    "starting new worker {pid}"
+                );
                 if let Some(error) = exec_error {
                     // Unlike a later generation's (a bad deploy, while the old one
                     // serves on), the first's is a mistake in the command line: said
@@ -458,7 +510,7 @@ impl Step<'_> {
                         self.s.origins.clear();
                         return self.out.push(Effect::GiveUp(error));
                     }
-                    say!(self, "{error}");
+                    say!(self, "exec-failed", {generation: generation, worker: pid}; "{error}");
                 }
                 let origin = Origin {
                     slot: i as u32,
@@ -527,6 +579,7 @@ impl Step<'_> {
         };
         say!(
             self,
+            "generation-started", {generation: worker.generation};
             "new worker is now running, sending {} to old workers:{old}",
             self.s.config.signal_on_hup.name
         );
@@ -536,6 +589,7 @@ impl Step<'_> {
         } else {
             say!(
                 self,
+                "kill-old-delay", {};
                 "sleeping {} secs before killing old workers",
                 log::seconds(delay)
             );
@@ -550,11 +604,12 @@ impl Step<'_> {
         let timeout = log::seconds(self.s.config.ready_timeout);
         say!(
             self,
+            "worker-not-ready", {generation: worker.generation, worker: worker.pid};
             "new worker {} was not ready within {timeout} secs, stopping it",
             worker.pid
         );
         // The most common cause: a server that does not speak sd_notify at all.
-        say!(self, "{NOT_READY_HINT}");
+        say!(self, "hint", {generation: worker.generation}; "{NOT_READY_HINT}");
         self.stop_now(worker, Signal::term(), false);
         // The pause before the next try counts from now, not from the spawn.
         self.s.slots[i].starting = Some(Attempt {
@@ -580,6 +635,7 @@ impl Step<'_> {
         let worker = serving.worker;
         say!(
             self,
+            "worker-hung", {generation: worker.generation, worker: worker.pid};
             "worker {} {why}, sending ABRT and restarting",
             worker.pid
         );
@@ -660,6 +716,7 @@ impl Step<'_> {
         if delay != self.s.config.interval {
             say!(
                 self,
+                "backoff", {generation: generation, slot: i + 1, failures: failures};
                 "failed starts in a row: {failures}; trying again in {} secs",
                 log::seconds(delay)
             );
@@ -688,7 +745,7 @@ impl Step<'_> {
     }
 
     fn kill_old_workers(&mut self) {
-        say!(self, "killing old workers");
+        say!(self, "old-workers-signalled", {}; "killing old workers");
         let signal = self.s.config.signal_on_hup.clone();
         self.signal_old(&signal);
     }
@@ -703,10 +760,13 @@ impl Step<'_> {
                 continue;
             };
             old.kill = None;
-            self.out.push(Effect::Log(format!(
+            let text = format!(
                 "worker {pid} still running {} secs after it was told to stop, sending KILL",
                 log::seconds(grace)
-            )));
+            );
+            let line = Line::new("worker-killed", text).set("worker", pid.into());
+            self.out
+                .push(Effect::Log(line.set("generation", old.generation as i64)));
             self.out.push(Effect::Signal {
                 pid,
                 signal: kill.clone(),
@@ -809,6 +869,7 @@ impl Step<'_> {
         if status == 0 {
             say!(
                 self,
+                "hint", {worker: pid};
                 "worker {pid} exited with status 0 before it had started: a server that \
                  daemonizes itself (forks and exits) cannot be supervised; run it in the \
                  foreground"
@@ -827,22 +888,23 @@ impl Step<'_> {
             Some(_) => format!("received an upgrade request from pid {pid}"),
         };
         if self.s.stopping() {
-            say!(self, "{who}, but start_server is stopping");
+            say!(self, "upgrade-refused", {sender: pid}; "{who}, but start_server is stopping");
             return self.answer(client.as_slice(), STOPPING);
         }
         if let Some(upgrade) = &mut self.s.upgrade {
             upgrade.clients.extend(client);
-            return say!(self, "{who}, joining the upgrade under way");
+            return say!(self, "upgrade", {sender: pid}; "{who}, joining the upgrade under way");
         }
         let Some(exe) = &self.s.config.exe else {
             say!(
                 self,
+                "upgrade-refused", {sender: pid};
                 "{who}, but the path of start_server's binary was not known at start"
             );
             let why = "FAILED the path of start_server's binary is unknown";
             return self.answer(client.as_slice(), why);
         };
-        say!(self, "{who}, checking {}", exe.display());
+        say!(self, "upgrade", {sender: pid}; "{who}, checking {}", exe.display());
         self.s.upgrade = Some(Upgrade {
             began: self.now,
             clients: client.into_iter().collect(),
@@ -901,12 +963,12 @@ impl Step<'_> {
         match refused {
             None => {
                 let took = log::millis(began.until(self.now));
-                say!(self, "upgraded from {from} to {VERSION} in {took} ms");
+                say!(self, "upgraded", {}; "upgraded from {from} to {VERSION} in {took} ms");
                 let text = format!("OK upgraded from {from} to {VERSION} in {took} ms");
                 self.answer(&clients, &text);
             }
             Some(why) => {
-                say!(self, "back to {VERSION}: {why}");
+                say!(self, "upgrade-refused", {}; "back to {VERSION}: {why}");
                 self.answer(&clients, &format!("FAILED {why}"));
             }
         }
@@ -917,7 +979,7 @@ impl Step<'_> {
             Some(exe) => exe.display().to_string(),
             None => "?".into(),
         };
-        say!(self, "not upgrading to {exe}: {why}");
+        say!(self, "upgrade-refused", {}; "not upgrading to {exe}: {why}");
         self.answer(clients, &format!("FAILED {why}"));
     }
 
