@@ -215,11 +215,12 @@ Options:
   --upgrade               have the instance of --pid-file re-execute its binary
                           in place (SIGUSR2), keeping its sockets and workers,
                           and say whether it now runs the new one
-  --status[=json]         print how the instance of --pid-file is (generations,
-                          workers, the last restart), as a table or JSON; exit
-                          status 0 if a started generation serves, 2 if none
-                          does, 3 if none runs, 4 if refused, 5 if no answer
-                          (only the exact spelling: --stat is --status-file)
+  --status                print how the instance of --pid-file is (generations,
+                          workers, the last restart); exit status 0 if a
+                          started generation serves, 2 if none does, 3 if none
+                          runs, 4 if refused, 5 if no answer (only the exact
+                          spelling: --stat is --status-file)
+  --status=json           the same as one JSON document
   --log-format=FORMAT     start_server's own lines: plain (the default), timestamp
                           (RFC 3339 UTC time first) or json (one object a line)
   --help                  print this help
