@@ -20,6 +20,7 @@ const SERVING: i32 = 0;
 const NOT_SERVING: i32 = 2;
 const NOT_RUNNING: i32 = 3;
 const REFUSED: i32 = 4;
+const NO_ANSWER: i32 = 5;
 
 /// start_server with `--pid-file` in `dir`, on a free port, running the Perl test
 /// worker (`worker`: another copy of it) with `extra` options and `env`.
@@ -330,6 +331,35 @@ fn with_no_instance_not_running() {
     let out = status(&dir, true);
     assert_eq!(out.status.code(), Some(NOT_RUNNING));
     assert!(one_line(&out).contains("stale"));
+}
+
+/// An instance without a control socket (the Perl original) cannot be asked: 5, in
+/// one line.
+#[test]
+fn an_instance_without_a_control_socket_cannot_be_asked() {
+    const PERL: &str = "/usr/bin/start_server";
+    if !Path::new(PERL).exists() {
+        eprintln!("skipped: {PERL} (the Perl original) is missing");
+        return;
+    }
+    let dir = TempDir::new("st-perl");
+    let pid_file = dir.path().join("pid");
+    let mut server = Server::start_program(
+        Path::new(PERL),
+        &[
+            &format!("--pid-file={}", pid_file.display()),
+            "--",
+            "sleep",
+            "60",
+        ],
+        &[],
+    );
+    server.wait_line("starting new worker");
+    wait_until("the pid file", || pid_file.exists());
+    let out = status(&dir, false);
+    assert_eq!(out.status.code(), Some(NO_ANSWER), "{}", text(&out.stderr));
+    assert!(one_line(&out).contains("has no control socket"));
+    server.stop();
 }
 
 /// Milliseconds, with a tenth.
