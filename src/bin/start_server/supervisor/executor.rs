@@ -226,7 +226,7 @@ impl<'a> Executor<'a> {
     /// worker's executable as it is on disk now.
     fn facts(&self, state: &State) -> report::Facts<'static> {
         let exes = state.origins.iter();
-        let exes = exes.filter_map(|(&pid, origin)| origin.exe.as_ref().map(|exe| (pid, exe)));
+        let exes = exes.filter_map(|origin| origin.exe.as_ref().map(|exe| (origin.pid, exe)));
         let changed = exes.map(|(pid, exe)| {
             let now = file_id(&exe.path);
             let changed = now.zip(exe.file).map(|(now, then)| now != then);

@@ -88,6 +88,7 @@ persist!(Roll {
 });
 persist!(Waiter { to, after });
 persist!(Origin {
+    pid,
     slot,
     spawned_at,
     exe

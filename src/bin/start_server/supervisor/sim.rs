@@ -325,7 +325,7 @@ impl World {
                     self.fail(&format!("a status for {:?}, which did not ask now", to.0));
                 }
                 // Rendered as the executor does, with whatever the world's disk says.
-                let changed = state.origins.keys().map(|&pid| {
+                let changed = state.origins.iter().map(|o| o.pid).map(|pid| {
                     let changed = self.rng.pick(&[None, Some(true), Some(false)]);
                     (pid, changed)
                 });
@@ -727,8 +727,8 @@ impl World {
             _ => {}
         }
         // Origins are known of workers only, and of every one.
-        let origins: BTreeSet<&Pid> = state.origins.keys().collect();
-        if origins != known.keys().collect() {
+        let origins: Vec<Pid> = state.origins.iter().map(|o| o.pid).collect();
+        if origins.len() != known.len() || origins.iter().any(|p| !known.contains_key(p)) {
             self.fail(&format!("origins of {origins:?}, workers {known:?}"));
         }
         if state.stopping() && (state.upgrade.is_some() || !state.slots.is_empty()) {

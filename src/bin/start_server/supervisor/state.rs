@@ -195,6 +195,7 @@ pub enum UpgradePhase {
 /// spawned, and the file it was executed from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Origin {
+    pub pid: Pid,
     pub slot: u32,
     pub spawned_at: Mono,
     pub exe: Option<Exe>,
@@ -249,8 +250,8 @@ pub struct State {
     /// When start_server started (the first image's start, across upgrades).
     pub started_at: Mono,
     pub last_restart: Option<LastRestart>,
-    /// Every worker's origin, by pid, as long as it is waited for.
-    pub origins: BTreeMap<Pid, Origin>,
+    /// Every worker's origin, as long as it is waited for.
+    pub origins: Vec<Origin>,
     /// `--daemonize`'s launcher waits to hear how generation 1 went (its pipe does
     /// not cross an upgrade's exec).
     pub launcher: bool,
@@ -271,9 +272,13 @@ impl State {
             upgrade: None,
             started_at: Mono::default(),
             last_restart: None,
-            origins: BTreeMap::new(),
+            origins: Vec::new(),
             launcher: false,
         }
+    }
+
+    pub fn origin(&self, pid: Pid) -> Option<&Origin> {
+        self.origins.iter().find(|o| o.pid == pid)
     }
 
     /// The workers being started, with their slots (0-based).

@@ -187,7 +187,8 @@ impl Step<'_> {
     /// A child exited: a worker, or an orphan of one (reparented to start_server as
     /// subreaper), which is ignored.
     fn exited(&mut self, pid: Pid, status: Status) {
-        if let Some(origin) = self.s.origins.remove(&pid) {
+        let known = self.s.origins.iter().position(|o| o.pid == pid);
+        if let Some(origin) = known.map(|i| self.s.origins.swap_remove(i)) {
             if let Some(slot) = self.s.slots.get_mut(origin.slot as usize) {
                 slot.last_exit = Some(status);
             }
@@ -513,11 +514,12 @@ impl Step<'_> {
                     say!(self, "exec-failed", {generation: generation, worker: pid}; "{error}");
                 }
                 let origin = Origin {
+                    pid,
                     slot: i as u32,
                     spawned_at: self.now,
                     exe,
                 };
-                self.s.origins.insert(pid, origin);
+                self.s.origins.push(origin);
                 let config = &self.s.config;
                 let wait = match config.ready_notify {
                     true => config.ready_timeout,
