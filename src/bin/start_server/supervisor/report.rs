@@ -216,6 +216,7 @@ impl Report<'_> {
             ("signal-on-hup", c.signal_on_hup.name.clone()),
             ("signal-on-term", c.signal_on_term.name.clone()),
             ("kill-old-delay", secs(t.kill_old_delay)),
+            ("workers", c.workers.to_string()),
         ];
         if c.ready_notify {
             out.push(("ready-timeout", secs(c.ready_timeout)));
