@@ -459,3 +459,140 @@ fn span(d: Duration) -> String {
         _ => format!("{}s", secs),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envdir::Tunables;
+    use crate::log::Format;
+    use crate::signals::Signal;
+    use crate::supervisor::state::{
+        Attempt, Config, Exe, LastRestart, Origin, Retiring, Serving, Slot, Upgrade, Worker,
+    };
+
+    /// Generation 2 starting in slot 1 while generation 1 serves there, slot 2 refilled
+    /// after a crash, an old worker draining, a restart whose last try failed, an
+    /// upgrade being checked: each shows, at its time of day.
+    #[test]
+    fn a_restart_under_way_as_shown() {
+        let secs = Duration::from_secs;
+        let config = Config {
+            interval: secs(1),
+            signal_on_hup: Signal::term(),
+            signal_on_term: Signal::term(),
+            kill_timeout: Some(secs(20)),
+            backoff: None,
+            ready_notify: true,
+            ready_timeout: secs(90),
+            watchdog: None,
+            exe: None,
+            workers: 2,
+            name_slots: true,
+            log_format: Format::Plain,
+        };
+        let tunables = Tunables {
+            auto_restart: None,
+            kill_old_delay: Duration::ZERO,
+        };
+        let mut state = State::new(config, tunables);
+        let at = |s: u64| Mono(s * 1_000_000);
+        let worker = |pid, generation, s| Worker {
+            pid,
+            generation,
+            spawned_at: at(s),
+        };
+        state.started_at = at(100);
+        state.generation = 3;
+        let serving = |w: Worker, s| Serving {
+            worker: w,
+            started_at: at(s),
+            watchdog_at: None,
+        };
+        state.slots = vec![
+            Slot {
+                serving: Some(serving(worker(11, 1, 100), 101)),
+                starting: Some(Attempt {
+                    generation: 3,
+                    worker: Some(worker(13, 3, 160)),
+                    spawned_at: at(160),
+                    until: at(250),
+                    replacing: true,
+                }),
+                last_exit: Some(3 << 8),
+                ..Slot::default()
+            },
+            Slot {
+                serving: Some(serving(worker(12, 1, 130), 131)),
+                refills: 1,
+                last_exit: Some(libc::SIGKILL),
+                ..Slot::default()
+            },
+        ];
+        let retiring = Retiring {
+            generation: 0,
+            listed: true,
+            kill: Some((at(170), secs(20))),
+            signal_at: None,
+        };
+        state.old.insert(9, retiring);
+        let origin = |pid, slot, s| Origin {
+            pid,
+            slot,
+            spawned_at: at(s),
+            exe: Some(Exe {
+                path: "/srv/app/server".into(),
+                file: None,
+            }),
+        };
+        state.origins = vec![
+            origin(11, 0, 100),
+            origin(12, 1, 130),
+            origin(13, 0, 160),
+            origin(9, 0, 50),
+        ];
+        state.last_restart = Some(LastRestart {
+            began: at(150),
+            after: 1,
+            outcome: Some((at(155), 2, Some("exited with status 3".into()))),
+        });
+        state.upgrade = Some(Upgrade {
+            began: at(158),
+            clients: Vec::new(),
+            phase: UpgradePhase::Checking { deadline: None },
+        });
+        let facts = Facts {
+            pid: 7,
+            version: "0.1.0",
+            build: "git:abc",
+            // 2026-12-05T13:29:30.000Z at 200 s.
+            wall: secs(1_796_477_370),
+            changed: vec![(11, Some(true)), (12, Some(false))],
+        };
+        let (serving, table) = render(&state, at(200), &facts, false);
+        assert!(serving);
+        let expected = [
+            "start_server pid 7, version 0.1.0 (build git:abc), up 1m40s (upgrading)",
+            "generations: 0 draining, 1 serving, 3 starting",
+            "last restart: 2026-12-05T13:28:40.000Z, retrying (generation 2): exited with status 3",
+            "upgrade in place: checking, since 2026-12-05T13:28:48.000Z",
+            "      9     0     1  draining  2026-12-05T13:27:00.000Z        0     exit 3  /srv/app/server (cannot be read now)",
+            "     11     1     1  ready     2026-12-05T13:27:51.000Z        0     exit 3  /srv/app/server (changed on disk)",
+            "     12     1     2  ready     2026-12-05T13:28:21.000Z        1   signal 9  /srv/app/server",
+            "     13     3     1  starting  2026-12-05T13:28:50.000Z        0     exit 3  /srv/app/server (cannot be read now)",
+        ];
+        for line in expected {
+            assert!(table.lines().any(|l| l == line), "{line:?} in\n{table}");
+        }
+        let (_, json) = render(&state, at(200), &facts, true);
+        for part in [
+            r#"{"version":1,"pid":7,"#,
+            r#""state":"upgrading","serving":true,"#,
+            r#""generations":[{"generation":0,"state":"draining"},{"generation":1,"state":"serving"},{"generation":3,"state":"starting"}]"#,
+            r#"{"pid":12,"generation":1,"slot":2,"state":"ready","since":"2026-12-05T13:28:21.000Z","refills":1,"last_exit":{"signal":9},"executable":"/srv/app/server","executable_changed":false}"#,
+            r#""last_restart":{"began":"2026-12-05T13:28:40.000Z","verdict":"retrying","generation":2,"at":"2026-12-05T13:28:45.000Z","reason":"exited with status 3"}"#,
+            r#""upgrade":{"began":"2026-12-05T13:28:48.000Z","phase":"checking"}}"#,
+        ] {
+            assert!(json.contains(part), "{part} in\n{json}");
+        }
+    }
+}
