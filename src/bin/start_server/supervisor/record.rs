@@ -91,6 +91,7 @@ persist!(Origin {
     pid,
     slot,
     spawned_at,
+    retired_at,
     exe
 });
 persist!(Exe { path, file });

@@ -91,7 +91,9 @@ impl Report<'_> {
                 generation,
                 slot: origin.map(|o| o.slot),
                 state,
-                since: since.or(origin.map(|o| o.spawned_at)).unwrap_or_default(),
+                since: since
+                    .or(origin.map(|o| o.retired_at.unwrap_or(o.spawned_at)))
+                    .unwrap_or_default(),
                 exe,
             }
         };
@@ -539,6 +541,7 @@ mod tests {
             pid,
             slot,
             spawned_at: at(s),
+            retired_at: None,
             exe: Some(Exe {
                 path: "/srv/app/server".into(),
                 file: None,

@@ -198,6 +198,8 @@ pub struct Origin {
     pub pid: Pid,
     pub slot: u32,
     pub spawned_at: Mono,
+    /// When it became an old worker (replaced, or told to stop).
+    pub retired_at: Option<Mono>,
     pub exe: Option<Exe>,
 }
 

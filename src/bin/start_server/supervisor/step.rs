@@ -517,6 +517,7 @@ impl Step<'_> {
                     pid,
                     slot: i as u32,
                     spawned_at: self.now,
+                    retired_at: None,
                     exe,
                 };
                 self.s.origins.push(origin);
@@ -671,6 +672,7 @@ impl Step<'_> {
             signal_at: None,
         };
         self.s.old.insert(worker.pid, retiring);
+        self.retired(worker.pid);
     }
 
     /// Slot `i`'s worker died before it had started, or could not be spawned: the next
@@ -785,6 +787,7 @@ impl Step<'_> {
             signal_at: None,
         };
         self.s.old.insert(worker.pid, retiring);
+        self.retired(worker.pid);
     }
 
     /// A restart succeeded once its generation runs alone: every slot's worker has
@@ -799,6 +802,14 @@ impl Step<'_> {
         if self.s.old.values().all(|old| !old.listed) {
             self.verdict(generation, &format!("OK generation {generation}"));
             self.outcome(generation, None);
+        }
+    }
+
+    /// For `--status`: since when the worker `pid` is an old one.
+    fn retired(&mut self, pid: Pid) {
+        let now = self.now;
+        if let Some(origin) = self.s.origins.iter_mut().find(|o| o.pid == pid) {
+            origin.retired_at = Some(now);
         }
     }
 
