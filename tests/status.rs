@@ -331,6 +331,15 @@ fn with_no_instance_not_running() {
     let out = status(&dir, true);
     assert_eq!(out.status.code(), Some(NOT_RUNNING));
     assert!(one_line(&out).contains("stale"));
+    // Its line follows --log-format too.
+    let pid_file = format!("--pid-file={}", dir.path().join("pid").display());
+    let out = run_within(&["--status", &pid_file, "--log-format=json"], PATIENCE);
+    assert_eq!(out.status.code(), Some(NOT_RUNNING));
+    let line = one_line(&out);
+    assert!(
+        line.starts_with(r#"{"time":""#) && line.contains(r#","level":"error","event":"error","#),
+        "{line}"
+    );
 }
 
 /// An instance without a control socket (the Perl original) cannot be asked: 5, in

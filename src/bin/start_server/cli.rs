@@ -228,6 +228,12 @@ Options:
 ";
 
 pub fn parse(args: &[String]) -> Result<Mode, Error> {
+    parse_with_log_format(args, &mut Format::Plain)
+}
+
+/// `parse`, and `--log-format`'s value into `format`, whatever the mode: the lines of
+/// `--restart`, `--status` and the others follow it too.
+pub fn parse_with_log_format(args: &[String], format: &mut Format) -> Result<Mode, Error> {
     let args = expand_abbreviations(args)?;
     let mut opts = Options::new();
     opts.parsing_style(ParsingStyle::StopAtFirstFree);
@@ -283,6 +289,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         other => Ok(other),
     };
 
+    *format = log_format(last("log-format"))?;
     if m.opt_present("help") {
         return Ok(Mode::Help);
     }
@@ -432,7 +439,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         watchdog: positive_seconds("watchdog")?,
         backlog,
         listen_fds: m.opt_present("listen-fds"),
-        log_format: log_format(last("log-format"))?,
+        log_format: *format,
         workers,
         command: m.free.clone(),
     };

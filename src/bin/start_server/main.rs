@@ -68,7 +68,10 @@ fn main() -> ExitCode {
             Err(message) => fail(255, &message),
         };
     }
-    let mode = match cli::parse(&args) {
+    let mut format = log::Format::Plain;
+    let parsed = cli::parse_with_log_format(&args, &mut format);
+    log::set_format(format);
+    let mode = match parsed {
         Ok(mode) => mode,
         Err(e) => return fail(e.status, &e.message),
     };
@@ -85,10 +88,7 @@ fn main() -> ExitCode {
             ));
             Ok(())
         }
-        Mode::Start(config) => {
-            log::set_format(config.log_format);
-            start(*config)
-        }
+        Mode::Start(config) => start(*config),
         Mode::Restart {
             pid_file,
             status_file,
