@@ -726,6 +726,15 @@ impl World {
             }
             _ => {}
         }
+        // The last restart's outcome is one of its own tries', never later than now.
+        if let Some(r) = &state.last_restart {
+            if r.outcome
+                .as_ref()
+                .is_some_and(|o| o.1 <= r.after || o.0 > self.now)
+            {
+                self.fail(&format!("the last restart {r:?} has another's outcome"));
+            }
+        }
         // Origins are known of workers only, and of every one.
         let origins: Vec<Pid> = state.origins.iter().map(|o| o.pid).collect();
         if origins.len() != known.len() || origins.iter().any(|p| !known.contains_key(p)) {
