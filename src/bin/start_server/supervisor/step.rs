@@ -66,13 +66,15 @@ struct Step<'a> {
 /// its event (`log::Line`) and numeric fields, for `--log-format=json`.
 macro_rules! say {
     ($step:expr, $event:literal, { $($key:ident : $val:expr),* $(,)? }; $($arg:tt)*) => {
-        $step.out.push(Effect::Log(
-            Line::new($event, format!($($arg)*))
+        $step.out.push($crate::supervisor::effect::Effect::Log(
+            $crate::log::Line::new($event, format!($($arg)*))
                 $(.set(stringify!($key), i64::try_from($val).unwrap_or(i64::MAX)))*
         ))
     };
     ($step:expr, $($arg:tt)*) => {
-        $step.out.push(Effect::Log(Line::new("log", format!($($arg)*))))
+        $step.out.push($crate::supervisor::effect::Effect::Log(
+            $crate::log::Line::new("log", format!($($arg)*)),
+        ))
     };
 }
 
