@@ -359,22 +359,9 @@ fn idle_with_kill_timeout_never_wakes_up() {
     server.signal(libc::SIGHUP);
     server.wait_line(&format!("old worker {first} died, status:15"));
     server.wait_status(&status, &[2]);
-    let pid = server.pid();
-    // Settled: back in ppoll for good (no switch across 200 ms).
-    let mut last = context_switches(pid);
-    wait_until("start_server to settle", || {
-        thread::sleep(Duration::from_millis(200));
-        let now = context_switches(pid);
-        std::mem::replace(&mut last, now) == now
-    });
-    let (before, from) = (context_switches(pid), Instant::now());
-    // The measurement window.
-    thread::sleep(Duration::from_secs(2));
-    let (switches, window) = (context_switches(pid) - before, from.elapsed());
-    eprintln!(
-        "idle with --kill-timeout=1 after a restart: {switches} context switches in {}",
-        secs(window)
-    );
+    // Settled: back in ppoll for good.
+    let switches = idle_context_switches(server.pid(), Duration::from_secs(2));
+    eprintln!("idle with --kill-timeout=1 after a restart: {switches} context switches in 2 s");
     assert_eq!(switches, 0, "start_server woke up while idle");
     assert!(!server.has_line("sending KILL"), "{:?}", server.lines());
     server.stop();

@@ -505,16 +505,6 @@ fn gunicorn_is_switched_at_its_own_readiness_under_load() {
     server.stop();
 }
 
-/// Reads the next datagram a service manager's socket received, within PATIENCE.
-fn next_message(socket: &UnixDatagram) -> String {
-    socket.set_read_timeout(Some(common::PATIENCE)).unwrap();
-    let mut buf = [0u8; 4096];
-    let n = socket
-        .recv(&mut buf)
-        .expect("a notification within the deadline");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
 fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

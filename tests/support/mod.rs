@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
@@ -376,6 +376,16 @@ fn hello(mut stream: impl Read + Write) -> std::io::Result<(i32, u64)> {
     }
 }
 
+/// Reads the next datagram a service manager's socket received, within PATIENCE.
+pub fn next_message(socket: &UnixDatagram) -> String {
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a notification within the deadline");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 /// One HTTP/1.0 request over TCP: the (pid, generation) that answered.
 pub fn http_get(addr: SocketAddr) -> std::io::Result<(i32, u64)> {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
@@ -563,6 +573,31 @@ pub fn child_pids(pid: i32) -> Vec<i32> {
 
 pub fn ppid(pid: i32) -> Option<i32> {
     stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// Once `pid` has settled (no context switch across 200 ms), how many it makes in
+/// the `window` that follows: 0 for a process asleep until an event comes.
+pub fn idle_context_switches(pid: i32, window: Duration) -> u64 {
+    let mut last = context_switches(pid);
+    wait_until("the process to settle", || {
+        thread::sleep(Duration::from_millis(200));
+        let now = context_switches(pid);
+        std::mem::replace(&mut last, now) == now
+    });
+    let before = context_switches(pid);
+    // The measurement window.
+    thread::sleep(window);
+    context_switches(pid) - before
+}
+
+/// Private memory of `pid` (clean and dirty, from smaps_rollup), in kB.
+pub fn private_kb(pid: i32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    rollup
+        .lines()
+        .filter(|l| l.starts_with("Private_"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Voluntary plus involuntary context switches of `pid` so far: how often it woke up.

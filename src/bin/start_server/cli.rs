@@ -69,6 +69,10 @@ pub struct Config {
     pub log_format: Format,
     /// `--workers`, if given: how many workers a generation has.
     pub workers: Option<u32>,
+    /// `--rolling`: how many new workers a restart starts at a time.
+    pub rolling: Option<u32>,
+    /// `--canary`: how long a restart's first new worker serves on trial.
+    pub canary: Option<Duration>,
     pub command: Vec<String>,
 }
 
@@ -129,6 +133,8 @@ const OPTIONS: &[(&str, bool)] = &[
     // Its value is optional (`--status`, `--status=json`): see `OPTIONAL_VALUE`.
     ("status", false),
     ("workers", true),
+    ("rolling", true),
+    ("canary", true),
 ];
 
 /// The option whose value is optional: given only as `--status=VALUE`, never as the
@@ -200,6 +206,11 @@ Options:
   --workers=N             run N workers of the command per generation, each told
                           its slot in SERVER_STARTER_WORKER (1..N) and supervised
                           alone (default: 1)
+  --rolling=K             restart K workers at a time, each new one that has
+                          started retiring one old one (default: all at once)
+  --canary=seconds        a restart first starts one new worker, which must
+                          serve that long beside the old generation; if it
+                          fails, the restart is rolled back (FAILED)
   --backlog=size          listen backlog (default: SOMAXCONN)
   --listen-fds            also hand the sockets to the workers as systemd socket
                           activation does (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES),
@@ -260,6 +271,7 @@ pub fn parse_with_log_format(args: &[String], format: &mut Format) -> Result<Mod
         "backoff",
         "ready-timeout",
         "watchdog",
+        "canary",
     ] {
         if let Some(value) = m.opt_strs(name).into_iter().find(|v| decimal(v).is_none()) {
             return Err(usage(format!(
@@ -389,17 +401,17 @@ pub fn parse_with_log_format(args: &[String], format: &mut Format) -> Result<Mod
             }
         },
     };
-    let workers = match last("workers") {
-        None => None,
+    let count = |name: &str| match last(name) {
+        None => Ok(None),
         Some(text) => match text.trim().parse::<u32>() {
-            Ok(n) if (1..=MAX_WORKERS).contains(&n) => Some(n),
-            _ => {
-                return Err(invalid(format!(
-                    "invalid --workers value {text:?}: expected a number from 1 to {MAX_WORKERS}"
-                )))
-            }
+            Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(Some(n)),
+            _ => Err(invalid(format!(
+                "invalid --{name} value {text:?}: expected a number from 1 to {MAX_WORKERS}"
+            ))),
         },
     };
+    let workers = count("workers")?;
+    let rolling = count("rolling")?;
     let ready_notify = match last("ready").as_deref().map(str::trim) {
         None | Some("interval") => false,
         Some("notify") => true,
@@ -441,6 +453,8 @@ pub fn parse_with_log_format(args: &[String], format: &mut Format) -> Result<Mod
         listen_fds: m.opt_present("listen-fds"),
         log_format: *format,
         workers,
+        rolling,
+        canary: positive_seconds("canary")?,
         command: m.free.clone(),
     };
     if config.command.is_empty() {
@@ -804,14 +818,15 @@ mod tests {
         assert!(error(&["--backlog=x", "--", "x"])
             .message
             .contains("backlog"));
-        for bad in ["0", "-2", "x", "1025", ""] {
-            let e = error(&[&format!("--workers={bad}"), "--", "x"]);
-            assert_eq!(e.status, 255);
-            assert!(
-                e.message.contains(&format!("--workers value {bad:?}")),
-                "{e:?}"
-            );
+        for option in ["workers", "rolling"] {
+            for bad in ["0", "-2", "x", "1025", ""] {
+                let e = error(&[&format!("--{option}={bad}"), "--", "x"]);
+                assert_eq!(e.status, 255);
+                let named = format!("--{option} value {bad:?}");
+                assert!(e.message.contains(&named), "{e:?}");
+            }
         }
+        assert!(error(&["--canary=0", "--", "x"]).message.contains("canary"));
         assert!(error(&["--daemonize", "--", "x"])
             .message
             .contains("--log-file"));

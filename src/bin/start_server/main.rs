@@ -275,6 +275,8 @@ fn supervise(
         log_format: config.log_format,
         workers: config.workers.unwrap_or(1),
         name_slots: config.workers.is_some(),
+        rolling: config.rolling,
+        canary: config.canary,
     };
     let context = Context {
         listeners,

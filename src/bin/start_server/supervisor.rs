@@ -4,7 +4,8 @@
 //!   what is under way, deadlines, waiting clients);
 //! - `event`: what happens to it (a signal, a child's exit, a notification, a control
 //!   request, the end of a turn with its due deadlines, the answer to an effect);
-//! - `step`: what each event leads to, with no system call and no clock;
+//! - `step`: what each event leads to, with no system call and no clock; `roll`, its
+//!   restarts (all at once, `--rolling`, `--canary` and its rollback);
 //! - `effect`: what `step` asks for (spawn, signal, write the status file, reply, tell
 //!   the service manager, log, exec the new image, exit);
 //! - `executor`: carries the effects out, owns every descriptor, reads the events;
@@ -17,6 +18,7 @@ mod event;
 mod executor;
 mod record;
 mod report;
+mod roll;
 mod run;
 #[cfg(test)]
 mod sim;

@@ -10,19 +10,19 @@ use crate::log::Line;
 use crate::signals::Signal;
 use crate::sys::Pid;
 
-use super::state::{Client, Exe};
+use super::state::{Client, Exe, Place};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// One line of start_server's log.
     Log(Line),
-    /// Spawn a worker of `generation` in `slot` (0-based), its environment read afresh
+    /// Spawn a worker of `generation` for `place`, its environment read afresh
     /// (`tunables` are kept if --envdir cannot be read): answered with
     /// `Event::Spawned`.
     Spawn {
         generation: u64,
         tunables: Tunables,
-        slot: usize,
+        place: Place,
     },
     /// Send `signal` to the worker `pid` (a failure is logged, naming the worker).
     Signal { pid: Pid, signal: Signal },

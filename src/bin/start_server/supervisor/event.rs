@@ -9,7 +9,7 @@ use crate::notify::Said;
 use crate::sys::Pid;
 
 use super::effect::{Spawned, Status};
-use super::state::Client;
+use super::state::{Client, Place};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -34,10 +34,10 @@ pub enum Event {
     /// The end of a turn of the loop: the deadlines due at `now` fire, then an upgrade
     /// that passed its check is executed.
     Tick,
-    /// The answer to `Effect::Spawn` for `slot`: the settings read from the
+    /// The answer to `Effect::Spawn` for `place`: the settings read from the
     /// environment (`None` if they could not be), and the child.
     Spawned {
-        slot: usize,
+        place: Place,
         tunables: Option<Tunables>,
         spawned: Spawned,
     },

@@ -33,7 +33,7 @@ use super::effect::{Effect, Report, Spawned, Tell};
 use super::event::Event;
 use super::record::Services;
 use super::report;
-use super::state::{Client, Exe, FileId, Mono, State};
+use super::state::{Client, Exe, FileId, Mono, Place, State};
 use super::step::step;
 
 /// The variables `Command::export_own_pid` is given, which an upgrade's state names.
@@ -133,8 +133,8 @@ impl<'a> Executor<'a> {
             Effect::Spawn {
                 generation,
                 tunables,
-                slot,
-            } => return Some(self.spawn(state, generation, tunables, slot)),
+                place,
+            } => return Some(self.spawn(state, generation, tunables, place)),
             Effect::Signal { pid, signal } => {
                 if let Err(e) = sys::kill(pid, signal.number) {
                     log!(event "signal-failed", "failed to send {} to worker {pid}: {e}", signal.name);
@@ -250,7 +250,7 @@ impl<'a> Executor<'a> {
         state: &State,
         generation: u64,
         previous: envdir::Tunables,
-        slot: usize,
+        place: Place,
     ) -> Event {
         let mut env = envdir::current();
         let tunables = match envdir::tunables(&env) {
@@ -288,10 +288,8 @@ impl<'a> Executor<'a> {
         let config = &state.config;
         if config.name_slots {
             env.retain(|(k, _)| k != "SERVER_STARTER_WORKER");
-            env.push((
-                "SERVER_STARTER_WORKER".into(),
-                (slot + 1).to_string().into(),
-            ));
+            let slot = (place.slot() + 1).to_string();
+            env.push(("SERVER_STARTER_WORKER".into(), slot.into()));
         }
         // A worker's own notification socket, when it needs one.
         let channel = match config.ready_notify || config.watchdog.is_some() {
@@ -300,7 +298,7 @@ impl<'a> Executor<'a> {
                 Err(e) => {
                     let spawned = Spawned::NoChannel(e.to_string());
                     return Event::Spawned {
-                        slot,
+                        place,
                         tunables,
                         spawned,
                     };
@@ -337,7 +335,7 @@ impl<'a> Executor<'a> {
             Err(e) => Spawned::Failed(e.to_string()),
         };
         Event::Spawned {
-            slot,
+            place,
             tunables,
             spawned,
         }

@@ -11,7 +11,7 @@ use crate::upgrade::record::{persist, record, Persist};
 use crate::upgrade::state::{Cursor, Field};
 
 use super::state::{
-    Attempt, Client, Config, Exe, FileId, LastRestart, Mono, Origin, Phase, Retiring, Roll,
+    Attempt, Canary, Client, Config, Exe, FileId, LastRestart, Mono, Origin, Phase, Retiring, Roll,
     Serving, Slot, State, Upgrade, UpgradePhase, Waiter, Worker,
 };
 
@@ -45,6 +45,8 @@ persist!(Config {
     workers,
     name_slots,
     log_format,
+    rolling,
+    canary,
 });
 persist!(Tunables {
     auto_restart,
@@ -84,7 +86,8 @@ persist!(Retiring {
 });
 persist!(Roll {
     generation,
-    reloading
+    reloading,
+    canary
 });
 persist!(Waiter { to, after });
 persist!(Origin {
@@ -144,6 +147,34 @@ record!(Services {
 });
 
 // ---------------------------------------------------------------- enums
+
+impl Persist for Canary {
+    fn put(&self, out: &mut Vec<Field>) {
+        match self {
+            Canary::Passed => out.push(Field::text("passed")),
+            Canary::Starting(attempt) => {
+                out.push(Field::text("starting"));
+                attempt.put(out);
+            }
+            Canary::Trial { serving, until } => {
+                out.push(Field::text("trial"));
+                serving.put(out);
+                until.put(out);
+            }
+        }
+    }
+    fn take(c: &mut Cursor) -> Result<Self, String> {
+        match String::take(c)?.as_str() {
+            "passed" => Ok(Canary::Passed),
+            "starting" => Ok(Canary::Starting(Persist::take(c)?)),
+            "trial" => Ok(Canary::Trial {
+                serving: Persist::take(c)?,
+                until: Persist::take(c)?,
+            }),
+            other => Err(format!("canary: {other:?} is not a phase")),
+        }
+    }
+}
 
 impl Persist for Phase {
     fn put(&self, out: &mut Vec<Field>) {
@@ -244,6 +275,124 @@ mod tests {
         let mut c = r.one("at").unwrap().cursor();
         let back: Option<Mono> = Persist::take(&mut c).unwrap();
         assert_eq!(back, Some(far), "{text}");
+    }
+
+    /// A state with four workers mid-roll (`--rolling=2 --canary`): two slots with a
+    /// new worker serving, one whose replacement is starting beside its old worker,
+    /// one still to roll, an old worker waiting out `--kill-old-delay`, another
+    /// signalled, crosses an upgrade as it is (the simulation round-trips states at
+    /// random points too).
+    #[test]
+    fn a_rolling_restart_round_trips() {
+        let worker = |pid, generation| Worker {
+            pid,
+            generation,
+            spawned_at: Mono(1_000 + pid as u64),
+        };
+        let serving = |pid, generation| Serving {
+            worker: worker(pid, generation),
+            started_at: Mono(2_000 + pid as u64),
+            watchdog_at: Some(Mono(9_000)),
+        };
+        let config = Config {
+            interval: Duration::from_millis(500),
+            signal_on_hup: Signal::parse("QUIT").unwrap(),
+            signal_on_term: Signal::term(),
+            kill_timeout: Some(Duration::from_secs(3)),
+            backoff: None,
+            ready_notify: true,
+            ready_timeout: Duration::from_secs(90),
+            watchdog: Some(Duration::from_secs(2)),
+            exe: Some("/usr/bin/start_server".into()),
+            workers: 4,
+            name_slots: true,
+            rolling: Some(2),
+            canary: Some(Duration::from_secs(10)),
+            log_format: Format::Json,
+        };
+        let tunables = Tunables {
+            auto_restart: None,
+            kill_old_delay: Duration::from_secs(1),
+        };
+        let mut state = State::new(config, tunables);
+        state.generation = 8;
+        let starting = Attempt {
+            generation: 8,
+            worker: Some(worker(107, 8)),
+            spawned_at: Mono(5_000),
+            until: Mono(95_000),
+            replacing: true,
+        };
+        state.slots = vec![
+            Slot {
+                serving: Some(serving(105, 7)),
+                ..Slot::default()
+            },
+            Slot {
+                serving: Some(serving(106, 7)),
+                failures: 1,
+                failures_before_start: 2,
+                ..Slot::default()
+            },
+            Slot {
+                serving: Some(Serving {
+                    watchdog_at: None,
+                    ..serving(103, 6)
+                }),
+                starting: Some(starting),
+                failures: 3,
+                ..Slot::default()
+            },
+            Slot {
+                serving: Some(serving(104, 6)),
+                ..Slot::default()
+            },
+        ];
+        let retiring = |kill, signal_at| Retiring {
+            generation: 6,
+            listed: true,
+            kill,
+            signal_at,
+        };
+        let kill = Some((Mono(8_000), Duration::from_secs(3)));
+        state.old.insert(101, retiring(None, Some(Mono(6_000))));
+        state.old.insert(102, retiring(kill, None));
+        state.roll = Some(Roll {
+            generation: 7,
+            reloading: false,
+            canary: Canary::Passed,
+        });
+        state.waiters.push(Waiter {
+            to: Client(b"\0client".to_vec()),
+            after: 6,
+        });
+        let mut w = Writer::new();
+        state.save(&mut w);
+        let text = w.finish();
+        let mut r = Reader::parse(text.as_bytes()).unwrap();
+        assert_eq!(State::read(&mut r).unwrap(), state, "{text}");
+        r.finish().unwrap();
+        // A canary on trial, and one being started, too.
+        for canary in [
+            Canary::Trial {
+                serving: serving(108, 9),
+                until: Mono(20_000),
+            },
+            Canary::Starting(Attempt {
+                generation: 9,
+                worker: None,
+                spawned_at: Mono(7_000),
+                until: Mono(7_000),
+                replacing: true,
+            }),
+        ] {
+            state.roll.as_mut().unwrap().canary = canary;
+            let mut w = Writer::new();
+            state.save(&mut w);
+            let text = w.finish();
+            let mut r = Reader::parse(text.as_bytes()).unwrap();
+            assert_eq!(State::read(&mut r).unwrap(), state, "{text}");
+        }
     }
 
     /// The states themselves are round-tripped by the simulation (`sim`), at random

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::log::{self, json_string};
 use crate::sys::Pid;
 
-use super::state::{Mono, Phase, State, UpgradePhase};
+use super::state::{Canary, Mono, Phase, State, UpgradePhase};
 
 /// The JSON document's schema version.
 pub const SCHEMA: u32 = 1;
@@ -107,6 +107,19 @@ impl Report<'_> {
             let w = serving.worker;
             rows.push(row(w.pid, w.generation, "ready", Some(serving.started_at)));
         }
+        // `--canary`: the restart's first worker, being started or on trial.
+        match s.canary() {
+            Some(Canary::Starting(attempt)) => {
+                if let Some(w) = attempt.worker {
+                    rows.push(row(w.pid, w.generation, "starting", Some(w.spawned_at)));
+                }
+            }
+            Some(Canary::Trial { serving, .. }) => {
+                let w = serving.worker;
+                rows.push(row(w.pid, w.generation, "canary", Some(serving.started_at)));
+            }
+            _ => {}
+        }
         for (&pid, old) in &s.old {
             // Not yet told to stop (`--kill-old-delay`): it serves on until then.
             let waiting = s.kill_old_at.is_some() || old.signal_at.is_some();
@@ -132,13 +145,14 @@ impl Report<'_> {
     fn generations(&self, rows: &[Row]) -> Vec<(u64, &'static str)> {
         // A generation with a ready worker serves; else one with a worker starting is
         // starting; else it drains.
-        const RANKED: [&str; 3] = ["draining", "starting", "serving"];
+        const RANKED: [&str; 4] = ["draining", "starting", "canary", "serving"];
         let rank = |state: &str| RANKED.iter().position(|&r| r == state);
         let mut out: Vec<(u64, &'static str)> = Vec::new();
         for row in rows {
             let state = match row.state {
                 "ready" => "serving",
                 "starting" => "starting",
+                "canary" => "canary",
                 _ => "draining",
             };
             match out.last_mut() {
@@ -490,6 +504,8 @@ mod tests {
             exe: None,
             workers: 2,
             name_slots: true,
+            rolling: None,
+            canary: None,
             log_format: Format::Plain,
         };
         let tunables = Tunables {

@@ -22,12 +22,15 @@ use crate::upgrade::{check, VERSION};
 use super::effect::{Effect, Spawned, Status};
 use super::event::Event;
 use super::report;
-use super::state::{Client, Config, Exe, FileId, Mono, Phase, State, UpgradePhase};
+use super::state::{Canary, Client, Config, Exe, FileId, Mono, Phase, Place, State, UpgradePhase};
 use super::step::{step, RETRY_FLOOR};
 
 /// Events per seed (at most: a stop may end it sooner), and in all.
 const STEPS: usize = 2_000;
 const TOTAL: usize = 200_000;
+
+/// The events a failure's report shows.
+const SIM_TRACE: usize = 140;
 
 /// splitmix64: small, fast, and the same sequence for the same seed everywhere.
 struct Rng(u64);
@@ -86,6 +89,9 @@ struct CheckProc {
 /// The simulated world, and what it has seen.
 struct World {
     rng: Rng,
+    /// A started worker died or was found hung since the last restart began: fewer
+    /// than N serve, not by start_server's doing.
+    degraded: bool,
     now: Mono,
     procs: BTreeMap<Pid, Proc>,
     next_pid: Pid,
@@ -135,6 +141,8 @@ fn config(rng: &mut Rng) -> (Config, Tunables) {
         workers: 1 + rng.below(4) as u32,
         name_slots: rng.chance(500),
         log_format: rng.pick(&[Format::Plain, Format::Timestamp, Format::Json]),
+        rolling: rng.pick(&[None, None, Some(1), Some(2)]),
+        canary: rng.pick(&[None, None, Some(secs(2000))]),
     };
     let tunables = Tunables {
         auto_restart: rng.pick(&[None, Some(secs(30_000))]),
@@ -147,12 +155,24 @@ fn config(rng: &mut Rng) -> (Config, Tunables) {
 fn workers(state: &State) -> BTreeMap<Pid, u64> {
     let starting = state.attempts().filter_map(|(_, a)| a.worker);
     let serving = state.serving().map(|(_, s)| s.worker);
-    let newest = starting.chain(serving).map(|w| (w.pid, w.generation));
+    let canary = state.canary_worker();
+    let newest = starting.chain(serving).chain(canary);
+    let newest = newest.map(|w| (w.pid, w.generation));
     let old = state.old.iter().map(|(&pid, old)| (pid, old.generation));
     let all: Vec<(Pid, u64)> = newest.chain(old).collect();
     let known: BTreeMap<Pid, u64> = all.iter().copied().collect();
     assert_eq!(known.len(), all.len(), "a worker known twice: {all:?}");
     known
+}
+
+/// The started workers: those serving in a slot, and a canary on trial.
+fn started(state: &State) -> Vec<Pid> {
+    let canary = match state.canary() {
+        Some(Canary::Trial { serving, .. }) => Some(serving.worker.pid),
+        _ => None,
+    };
+    let serving = state.serving().map(|(_, s)| s.worker.pid);
+    serving.chain(canary).collect()
 }
 
 /// The state written as an upgrade writes it, and read back.
@@ -176,6 +196,7 @@ impl World {
     fn new(seed: u64) -> World {
         World {
             rng: Rng(seed),
+            degraded: false,
             now: Mono(1_000_000),
             procs: BTreeMap::new(),
             next_pid: 100,
@@ -199,7 +220,7 @@ impl World {
     }
 
     fn fail(&self, why: &str) -> ! {
-        let trace = self.trace[self.trace.len().saturating_sub(40)..].join("\n");
+        let trace = self.trace[self.trace.len().saturating_sub(SIM_TRACE)..].join("\n");
         panic!("{why} (at {} us)\nlast events:\n{trace}", self.now.0)
     }
 
@@ -230,7 +251,32 @@ impl World {
     fn nested(&mut self, state: &mut State, event: Event) {
         self.trace.push(format!("{:?} <- {event:?}", self.now));
         let exit = matches!(event, Event::Exited { .. });
+        if let Event::Exited { pid, .. } = event {
+            self.degraded |= started(state).contains(&pid);
+        }
+        let rolling = state.roll.is_some();
+        let canary = state.canary_worker().map(|w| w.pid);
         let effects = step(state, event, self.now);
+        if !rolling && state.roll.is_some() {
+            self.degraded = false;
+        }
+        // A worker found hung leaves its slot in this step, whatever the order of the
+        // effects.
+        let abrt = |e: &Effect| matches!(e, Effect::Signal { signal, .. } if signal.number == libc::SIGABRT);
+        self.degraded |= effects.iter().any(abrt);
+        // Until the canary has passed (it then serves in slot 1), no old worker is
+        // signalled: a rollback leaves the old generation untouched.
+        let promoted = canary.is_some_and(|c| state.serving().any(|(_, s)| s.worker.pid == c));
+        if canary.is_some() && !promoted {
+            let on_hup = &state.config.signal_on_hup;
+            let told = |pid: &Pid| self.procs.get(pid).is_none_or(|p| p.told);
+            let signalled = effects.iter().any(
+                |e| matches!(e, Effect::Signal { pid, signal } if signal == on_hup && !told(pid)),
+            );
+            if signalled {
+                self.fail("an old worker signalled while the canary was on trial");
+            }
+        }
         for (_, serving) in state.serving() {
             self.max_started = self.max_started.max(serving.worker.generation);
         }
@@ -272,12 +318,17 @@ impl World {
             }
             // Nothing is started once start_server has given up (the executor's rule).
             Effect::Spawn { .. } if self.gave_up => {}
-            Effect::Spawn { slot, .. } => {
+            Effect::Spawn { place, .. } => {
                 // Never a spin: a spawn in a slot that is not a restart asked for comes
                 // a retry pause after the slot's last one at the soonest (a crash loop,
                 // a worker that hangs or triggers its watchdog at once, failed forks).
+                let slot = match place {
+                    Place::Slot(i) => i,
+                    // Paced apart from slot 1's own workers.
+                    Place::Canary => usize::MAX,
+                };
                 let attempt = state.slots.get(slot).and_then(|s| s.starting.as_ref());
-                let asked = attempt.is_some_and(|a| a.replacing);
+                let asked = place == Place::Canary || attempt.is_some_and(|a| a.replacing);
                 if let Some(&last) = self.last_spawn.get(&slot).filter(|_| !asked) {
                     if now < last.after(RETRY_FLOOR) {
                         self.fail(&format!(
@@ -287,7 +338,7 @@ impl World {
                     }
                 }
                 self.last_spawn.insert(slot, now);
-                return Some(self.spawn(state, slot));
+                return Some(self.spawn(state, place));
             }
             Effect::Signal { pid, signal } => {
                 let Some(generation) = self.procs.get(&pid).map(|p| p.generation) else {
@@ -298,6 +349,21 @@ impl World {
                     self.fail(&format!(
                         "generation {generation} signalled before a newer one started"
                     ));
+                }
+                // Capacity never drops below N by start_server's doing: an old worker
+                // is signalled only when N started workers serve besides it.
+                let n = state.config.workers as usize;
+                if signal == state.config.signal_on_hup && !told && !self.degraded {
+                    let started = started(state);
+                    let serving = started
+                        .iter()
+                        .filter(|&&p| p != pid && !self.procs[&p].told);
+                    let serving = serving.count();
+                    if serving < n {
+                        self.fail(&format!(
+                            "worker {pid} signalled with {serving} of {n} serving ({started:?})"
+                        ));
+                    }
                 }
                 let delay = self.rng.millis(500);
                 let stopping = state.stopping();
@@ -408,13 +474,13 @@ impl World {
     }
 
     /// A fork: it fails, or makes a worker of some temper.
-    fn spawn(&mut self, state: &State, slot: usize) -> Event {
+    fn spawn(&mut self, state: &State, place: Place) -> Event {
         let tunables = (!self.rng.chance(20)).then_some(state.tunables);
         if self.rng.chance(30) {
             let spawned =
                 Spawned::Failed("fork(2) failed: Resource temporarily unavailable".into());
             return Event::Spawned {
-                slot,
+                place,
                 tunables,
                 spawned,
             };
@@ -422,15 +488,20 @@ impl World {
         if self.rng.chance(10) {
             let spawned = Spawned::NoChannel("Too many open files".into());
             return Event::Spawned {
-                slot,
+                place,
                 tunables,
                 spawned,
             };
         }
-        let generation = state.slots[slot]
-            .starting
-            .as_ref()
-            .expect("a spawn for a slot being started")
+        let attempt = match place {
+            Place::Slot(i) => state.slots[i].starting.as_ref(),
+            Place::Canary => match state.canary() {
+                Some(Canary::Starting(attempt)) => Some(attempt),
+                _ => None,
+            },
+        };
+        let generation = attempt
+            .expect("a spawn for a worker being started")
             .generation;
         let pid = self.next_pid;
         self.next_pid += 1;
@@ -485,7 +556,7 @@ impl World {
             exe,
         };
         Event::Spawned {
-            slot,
+            place,
             tunables,
             spawned,
         }
@@ -676,19 +747,26 @@ impl World {
         // --kill-old-delay and those replacing them).
         let n = state.config.workers.max(1) as usize;
         if !state.stopping() {
+            // With --rolling=K, N+K at most; at once, N old and N new (one of
+            // which may be a canary that passed).
             let untold = self.procs.values().filter(|p| !p.told).count();
-            if untold > 2 * n {
-                self.fail(&format!("{untold} workers serve, for {n} slots"));
+            let most = match state.config.rolling {
+                Some(k) => n + k as usize,
+                None => 2 * n + 1,
+            };
+            if untold > most {
+                self.fail(&format!("{untold} workers serve or start, for {n} slots"));
             }
             // Every slot is supervised: it has a worker serving, or one on its way.
             if state.slots.len() != n {
                 self.fail(&format!("{} slots for --workers={n}", state.slots.len()));
             }
-            if let Some(i) = state
-                .slots
-                .iter()
-                .position(|s| s.serving.is_none() && s.starting.is_none())
-            {
+            // (Slot 1's may wait for the canary, which takes it if it passes.)
+            let canary = state.canary_worker().is_some();
+            let empty = |(i, s): &(usize, &super::state::Slot)| {
+                s.serving.is_none() && s.starting.is_none() && !(*i == 0 && canary)
+            };
+            if let Some((i, _)) = state.slots.iter().enumerate().find(empty) {
                 self.fail(&format!(
                     "slot {} has no worker, and none on its way",
                     i + 1
@@ -755,6 +833,12 @@ impl World {
             self.fail("a deadline due that its turn did not act on");
         }
         self.due = due;
+        // No --restart client waits once nothing is under way: every one heard OK or
+        // FAILED.
+        let quiet = !state.restarting() && state.settled() && state.phase == Phase::Running;
+        if quiet && state.old.values().all(|o| !o.listed) && !state.waiters.is_empty() {
+            self.fail("a --restart client waits with nothing under way");
+        }
         if state.phase == Phase::RestartQueued && !state.restarting() {
             self.fail("a queued restart with nothing under way: it would never come");
         }

@@ -64,6 +64,12 @@ pub struct Config {
     /// `--log-format`, kept for the next image of an upgrade in place, which does not
     /// read the command line.
     pub log_format: Format,
+    /// `--rolling`: at most this many new workers starting at once in a restart, each
+    /// retiring one old worker once it has started.
+    pub rolling: Option<u32>,
+    /// `--canary`: a restart first starts one new worker, which must serve this long
+    /// beside the old generation before the rest follows.
+    pub canary: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +118,14 @@ pub struct Attempt {
     pub replacing: bool,
 }
 
+impl Attempt {
+    /// `EXTEND_TIMEOUT_USEC`: as systemd does, the last extension counts, and the
+    /// deadline is never sooner than `--ready-timeout` allowed.
+    pub fn extend(&mut self, ready_timeout: Duration, now: Mono, by: Duration) {
+        self.until = self.spawned_at.after(ready_timeout).max(now.after(by));
+    }
+}
+
 /// A started worker.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Serving {
@@ -122,8 +136,9 @@ pub struct Serving {
     pub watchdog_at: Option<Mono>,
 }
 
-/// A restart under way: a new generation started in every slot; the old workers are
-/// signalled once all have started.
+/// A restart under way: a new generation rolled out over the slots, all at once (the
+/// old workers signalled once all have started) or `--rolling` at a time (each
+/// retiring one), after a `--canary` if asked for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Roll {
     /// The generation the restart started; a worker retried after a failed start takes
@@ -131,6 +146,39 @@ pub struct Roll {
     pub generation: u64,
     /// The service manager was told of this restart, and not yet of its outcome.
     pub reloading: bool,
+    pub canary: Canary,
+}
+
+/// `--canary`: where the restart's first new worker is in its trial. It is no slot's
+/// yet: the old worker of slot 1 serves on beside it, and is replaced by it only once
+/// it has passed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Canary {
+    /// No canary, or it passed: the rest of the generation follows.
+    Passed,
+    /// Being started, beside the whole old generation.
+    Starting(Attempt),
+    /// Started: it serves beside the old generation until `until`, then takes slot 1
+    /// and the rest follows; if it fails before, the restart is rolled back.
+    Trial { serving: Serving, until: Mono },
+}
+
+/// Where a worker being started goes: a slot (0-based), or the canary's trial (slot
+/// 1's worker to be).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    Slot(usize),
+    Canary,
+}
+
+impl Place {
+    /// The slot (0-based) the worker is told (`SERVER_STARTER_WORKER`, 1-based).
+    pub fn slot(self) -> usize {
+        match self {
+            Place::Slot(i) => i,
+            Place::Canary => 0,
+        }
+    }
 }
 
 /// A worker of an older generation (or any worker, once stopping): signalled to stop,
@@ -295,6 +343,20 @@ impl State {
         slots.filter_map(|(i, slot)| slot.serving.as_ref().map(|s| (i, s)))
     }
 
+    /// The canary, being started or on trial, if any.
+    pub fn canary(&self) -> Option<&Canary> {
+        self.roll.as_ref().map(|r| &r.canary)
+    }
+
+    /// The canary's worker, if one runs.
+    pub fn canary_worker(&self) -> Option<Worker> {
+        match self.canary()? {
+            Canary::Passed => None,
+            Canary::Starting(attempt) => attempt.worker,
+            Canary::Trial { serving, .. } => Some(serving.worker),
+        }
+    }
+
     /// Every slot has a started worker and none is being started: the generation
     /// runs whole.
     pub fn settled(&self) -> bool {
@@ -309,10 +371,13 @@ impl State {
         matches!(self.phase, Phase::Stopping | Phase::GaveUp)
     }
 
-    /// A restart is under way: a worker is being started, or the old workers are
-    /// about to be signalled.
+    /// A restart is under way: a worker is being started, or old workers are about to
+    /// be signalled.
     pub fn restarting(&self) -> bool {
-        self.attempts().next().is_some() || self.roll.is_some() || self.kill_old_at.is_some()
+        self.attempts().next().is_some()
+            || self.roll.is_some()
+            || self.kill_old_at.is_some()
+            || self.old.values().any(|o| o.signal_at.is_some())
     }
 
     /// With auto-restart on, when the serving workers are due for replacement: once
@@ -338,6 +403,14 @@ impl State {
         let watchdog = self.serving().filter_map(|(_, s)| s.watchdog_at).min();
         let kill = self.old.values().filter_map(|o| o.kill.map(|k| k.0)).min();
         let signal = self.old.values().filter_map(|o| o.signal_at).min();
+        let canary = match self.canary() {
+            Some(Canary::Starting(attempt)) => Some(attempt.until),
+            Some(Canary::Trial { serving, until }) => {
+                let at = serving.watchdog_at.into_iter().chain([*until]);
+                at.min()
+            }
+            _ => None,
+        };
         let check = match &self.upgrade {
             Some(Upgrade {
                 phase: UpgradePhase::Checking { deadline },
@@ -352,6 +425,7 @@ impl State {
             kill,
             signal,
             watchdog,
+            canary,
             check,
         ]
         .into_iter()

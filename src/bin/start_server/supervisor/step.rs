@@ -1,12 +1,13 @@
 //! `step`: what each event leads to. It reads no clock (`now` is given) and makes no
 //! system call: it changes the state and returns what is to be done, in order.
 //!
-//! A worker is spawned into an *attempt*. It has *started* when it is still alive after
-//! `--interval`, or, with `--ready=notify`, when it says `READY=1`: it becomes the
-//! serving worker and, if it replaces others (a restart), the old workers are
-//! signalled, after `--kill-old-delay`. If it dies first (or is not ready in time), the
-//! attempt is retried, paced, while the old workers go on serving. Each transition
-//! ("started", "failed to start", "stop the old ones", ...) is one method below,
+//! Each of the `--workers` slots is supervised alone. A worker is spawned into its
+//! slot's *attempt*. It has *started* when it is still alive after `--interval`, or,
+//! with `--ready=notify`, when it says `READY=1`: it becomes the slot's serving worker,
+//! and the one it replaces (in a restart) an old worker, signalled as `roll` says. If
+//! it dies first (or is not ready in time), the attempt is retried, paced by that
+//! slot's failures, while the old workers go on serving. Each transition ("started",
+//! "failed to start", "stop the old ones", ...) is one method, here or in `roll`,
 //! whatever event led to it.
 
 use std::os::raw::c_int;
@@ -23,8 +24,8 @@ use crate::upgrade::{check, VERSION};
 use super::effect::{Effect, Report, Spawned, Status, Tell};
 use super::event::Event;
 use super::state::{
-    Attempt, Client, LastRestart, Mono, Origin, Phase, Retiring, Roll, Serving, Slot, State,
-    Upgrade, UpgradePhase, Waiter, Worker,
+    Attempt, Canary, Client, Mono, Origin, Phase, Place, Retiring, Serving, Slot, State, Upgrade,
+    UpgradePhase, Waiter, Worker,
 };
 
 /// How long a worker that was told to stop without `--kill-timeout` (because it was
@@ -37,7 +38,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 pub const RETRY_FLOOR: Duration = Duration::from_millis(100);
 
 /// What to do about a worker that never said READY=1.
-const NOT_READY_HINT: &str = "it sent no READY=1 to $NOTIFY_SOCKET: if the server does not \
+pub(super) const NOT_READY_HINT: &str =
+    "it sent no READY=1 to $NOTIFY_SOCKET: if the server does not \
     speak sd_notify, run start_server without --ready=notify (--interval then decides when a \
     worker has started); if it only needs longer, raise --ready-timeout";
 
@@ -55,10 +57,12 @@ pub fn step(state: &mut State, event: Event, now: Mono) -> Vec<Effect> {
     step.out
 }
 
-struct Step<'a> {
-    s: &'a mut State,
-    now: Mono,
-    out: Vec<Effect>,
+/// One event's step: the state, the moment, and the effects so far. Its methods are
+/// the transitions, here and in `roll` (restarts).
+pub(super) struct Step<'a> {
+    pub(super) s: &'a mut State,
+    pub(super) now: Mono,
+    pub(super) out: Vec<Effect>,
 }
 
 /// `say!(self, "...")`: one log line, as an effect;
@@ -77,6 +81,7 @@ macro_rules! say {
         ))
     };
 }
+pub(super) use say;
 
 impl Step<'_> {
     fn event(&mut self, event: Event) {
@@ -99,10 +104,10 @@ impl Step<'_> {
             Event::Request { pid, from, ask } => self.request(pid, from, ask),
             Event::Tick => self.tick(),
             Event::Spawned {
-                slot,
+                place,
                 tunables,
                 spawned,
-            } => self.spawned(slot, tunables, spawned),
+            } => self.spawned(place, tunables, spawned),
             Event::CheckSpawned(result) => self.check_spawned(result),
             Event::Checked(verdict) => self.checked(verdict),
             Event::ExecFailed(why) => {
@@ -138,6 +143,9 @@ impl Step<'_> {
             self.verdict(u64::MAX, STOPPING);
             self.abandon_upgrade("start_server is stopping");
             self.s.kill_old_at = None;
+            if let Some(canary) = self.s.canary_worker() {
+                self.retire(canary);
+            }
             self.s.roll = None;
             for slot in std::mem::take(&mut self.s.slots) {
                 let starting = slot.starting.and_then(|a| a.worker);
@@ -195,6 +203,9 @@ impl Step<'_> {
                 slot.last_exit = Some(status);
             }
         }
+        if self.s.canary_worker().is_some_and(|w| w.pid == pid) {
+            return self.canary_exited(pid, status);
+        }
         let is = |w: &Worker| w.pid == pid;
         let starting = |slot: &Slot| {
             slot.starting
@@ -233,6 +244,13 @@ impl Step<'_> {
             slot.refills = slot.refills.saturating_add(1);
             // The file never lists a dead worker for the interval a respawn takes.
             self.write_status();
+            if self.canary_takes(i) {
+                return say!(
+                    self,
+                    "worker {pid} died unexpectedly with status:{status}; the canary will \
+                     take its slot"
+                );
+            }
             say!(
                 self,
                 "worker-died", {generation: worker.generation, worker: pid, status: status};
@@ -278,6 +296,9 @@ impl Step<'_> {
 
     /// One thing a worker (`pid`, through `sender`) said.
     fn notified(&mut self, pid: Pid, sender: Pid, said: Said) {
+        if self.s.canary_worker().is_some_and(|w| w.pid == pid) {
+            return self.canary_said(pid, sender, said);
+        }
         let starting = self.s.slots.iter().position(|slot| {
             let worker = slot.starting.as_ref().and_then(|a| a.worker);
             worker.is_some_and(|w| w.pid == pid)
@@ -309,9 +330,7 @@ impl Step<'_> {
                 let ready_timeout = config.ready_timeout;
                 let now = self.now;
                 if let Some(attempt) = &mut self.s.slots[i].starting {
-                    // As systemd does: the last extension counts, and the deadline is
-                    // never sooner than --ready-timeout allowed.
-                    attempt.until = attempt.spawned_at.after(ready_timeout).max(now.after(by));
+                    attempt.extend(ready_timeout, now, by);
                 }
             }
             (Said::Watchdog, _, Some(i)) => {
@@ -332,7 +351,15 @@ impl Step<'_> {
     /// with every worker gone, start_server exits.
     fn tick(&mut self) {
         let now = self.now;
-        for i in 0..self.s.slots.len() {
+        // Those due as the turn ends: one started meanwhile (a rolling restart's next)
+        // waits for its spawn's answer.
+        let due: Vec<usize> = self
+            .s
+            .attempts()
+            .filter(|(_, a)| a.until <= now)
+            .map(|(i, _)| i)
+            .collect();
+        for i in due {
             let Some(slot) = self.s.slots.get_mut(i) else {
                 break;
             };
@@ -345,10 +372,12 @@ impl Step<'_> {
                 None => self.spawn(i, None, attempt.replacing),
             }
         }
+        self.canary_tick();
         if self.s.kill_old_at.is_some_and(|at| at <= now) {
             self.s.kill_old_at = None;
             self.kill_old_workers();
         }
+        self.signal_due();
         self.kill_lingering();
         if let Some(Upgrade {
             phase: UpgradePhase::Checking { deadline },
@@ -419,62 +448,45 @@ impl Step<'_> {
         }
     }
 
-    /// A new generation in every slot; each slot's worker serves until its
-    /// replacement has started, and is signalled once all have.
-    fn restart(&mut self) {
-        self.s.last_restart = Some(LastRestart {
-            began: self.now,
-            after: self.s.generation,
-            outcome: None,
+    /// A worker is tried in slot `i`, of `generation` (`None`: the next number, as
+    /// every try takes but those a start or a restart starts together): the executor
+    /// answers with `Event::Spawned`.
+    pub(super) fn spawn(&mut self, i: usize, generation: Option<u64>, replacing: bool) {
+        let attempt = self.attempt(generation, replacing);
+        self.s.slots[i].starting = Some(attempt);
+        self.out.push(Effect::Spawn {
+            generation: self.s.generation,
+            tunables: self.s.tunables,
+            place: Place::Slot(i),
         });
-        let generation = self.s.generation + 1;
-        self.out.push(Effect::Manager(Tell::Reloading(format!(
-            "restarting: starting generation {generation}"
-        ))));
-        self.s.roll = Some(Roll {
-            generation,
-            reloading: true,
-        });
-        for i in 0..self.s.slots.len() {
-            if let Some(serving) = &mut self.s.slots[i].serving {
-                serving.watchdog_at = None;
-            }
-            let shared = (i > 0).then_some(generation);
-            self.spawn(i, shared, true);
-        }
     }
 
-    /// A worker is tried in slot `i`, of `generation` (`None`: the next number, as
-    /// every try takes but those a restart starts together): the executor answers
-    /// with `Event::Spawned`.
-    fn spawn(&mut self, i: usize, generation: Option<u64>, replacing: bool) {
-        let generation = generation.unwrap_or_else(|| {
-            self.s.generation += 1;
-            self.s.generation
-        });
-        self.s.slots[i].starting = Some(Attempt {
+    /// A new attempt, of `generation` or of the next number.
+    pub(super) fn attempt(&mut self, generation: Option<u64>, replacing: bool) -> Attempt {
+        let generation = generation.unwrap_or(self.s.generation + 1);
+        self.s.generation = self.s.generation.max(generation);
+        Attempt {
             generation,
             worker: None,
             spawned_at: self.now,
             until: self.now,
             replacing,
-        });
-        self.out.push(Effect::Spawn {
-            generation,
-            tunables: self.s.tunables,
-            slot: i,
-        });
+        }
     }
 
-    fn spawned(&mut self, i: usize, tunables: Option<Tunables>, spawned: Spawned) {
+    fn spawned(&mut self, place: Place, tunables: Option<Tunables>, spawned: Spawned) {
         if let Some(tunables) = tunables {
             self.s.tunables = tunables;
         }
-        let Some(generation) = self.slot_attempt(i).map(|a| a.generation) else {
+        let Some(generation) = self.attempt_at(place).map(|a| a.generation) else {
             return;
         };
-        match spawned {
-            Spawned::NoChannel(e) => {
+        match (spawned, place) {
+            (Spawned::NoChannel(e), Place::Canary) | (Spawned::Failed(e), Place::Canary) => {
+                say!(self, "{e}");
+                self.rollback(&format!("could not be spawned: {e}"));
+            }
+            (Spawned::NoChannel(e), Place::Slot(i)) => {
                 say!(
                     self,
                     "spawn-failed", {generation: generation, slot: i + 1};
@@ -482,7 +494,7 @@ impl Step<'_> {
                 );
                 self.failed_start(i, &format!("no notification socket: {e}"));
             }
-            Spawned::Failed(e) => {
+            (Spawned::Failed(e), Place::Slot(i)) => {
                 let pause = self.pause_after(self.s.slots[i].failures.saturating_add(1));
                 say!(
                     self,
@@ -492,15 +504,18 @@ impl Step<'_> {
                 );
                 self.failed_start(i, "it could not be spawned");
             }
-            Spawned::Child {
-                pid,
-                exec_error,
-                unexecutable,
-                exe,
-            } => {
+            (
+                Spawned::Child {
+                    pid,
+                    exec_error,
+                    unexecutable,
+                    exe,
+                },
+                _,
+            ) => {
                 say!(
                     self,
-                    "worker-spawned", {generation: generation, worker: pid, slot: i + 1};
+                    "worker-spawned", {generation: generation, worker: pid, slot: place.slot() + 1};
                     "starting new worker {pid}"
                 );
                 if let Some(error) = exec_error {
@@ -515,20 +530,19 @@ impl Step<'_> {
                     }
                     say!(self, "exec-failed", {generation: generation, worker: pid}; "{error}");
                 }
-                let origin = Origin {
+                self.s.origins.push(Origin {
                     pid,
-                    slot: i as u32,
+                    slot: place.slot() as u32,
                     spawned_at: self.now,
                     retired_at: None,
                     exe,
-                };
-                self.s.origins.push(origin);
+                });
                 let config = &self.s.config;
                 let wait = match config.ready_notify {
                     true => config.ready_timeout,
                     false => config.interval,
                 };
-                if let Some(attempt) = &mut self.s.slots[i].starting {
+                if let Some(attempt) = self.attempt_at(place) {
                     attempt.worker = Some(Worker {
                         pid,
                         generation,
@@ -541,65 +555,14 @@ impl Step<'_> {
     }
 
     /// The new worker of slot `i` outlived `--interval`, or said `READY=1`: it is now
-    /// the slot's serving one, and the worker it replaces is an old one. Once every
-    /// slot's has started, a restart signals the old workers.
+    /// the slot's serving one (`roll::install`).
     fn started(&mut self, i: usize, worker: Worker) {
-        let slot = &mut self.s.slots[i];
-        let replaced = slot.serving.replace(Serving {
+        let serving = Serving {
             worker,
             started_at: self.now,
             watchdog_at: self.s.config.watchdog.map(|w| self.now.after(w)),
-        });
-        slot.failures_before_start = slot.failures;
-        slot.failures = 0;
-        if let Some(replaced) = replaced {
-            self.retire(replaced.worker);
-        }
-        if self.s.attempts().next().is_some() {
-            return self.write_status();
-        }
-        if std::mem::take(&mut self.s.launcher) {
-            self.out.push(Effect::Launcher(Report::Started));
-        }
-        let roll = self.s.roll.take();
-        self.write_status();
-        self.settle();
-        let pids: Vec<String> = self
-            .s
-            .serving()
-            .map(|(_, s)| s.worker.pid.to_string())
-            .collect();
-        let s = if pids.len() == 1 { "" } else { "s" };
-        self.out.push(Effect::Manager(Tell::Ready(format!(
-            "generation {} serving (worker{s} {})",
-            worker.generation,
-            pids.join(",")
-        ))));
-        if roll.is_none() {
-            return;
-        }
-        let old = match self.s.old.is_empty() {
-            true => "none".to_string(),
-            false => self.old_pids(),
         };
-        say!(
-            self,
-            "generation-started", {generation: worker.generation};
-            "new worker is now running, sending {} to old workers:{old}",
-            self.s.config.signal_on_hup.name
-        );
-        let delay = self.s.tunables.kill_old_delay;
-        if delay.is_zero() {
-            self.kill_old_workers();
-        } else {
-            say!(
-                self,
-                "kill-old-delay", {};
-                "sleeping {} secs before killing old workers",
-                log::seconds(delay)
-            );
-            self.s.kill_old_at = Some(self.now.after(delay));
-        }
+        self.install(i, serving);
     }
 
     /// `--ready=notify`: the new worker of slot `i` did not say `READY=1` within
@@ -647,6 +610,9 @@ impl Step<'_> {
         let abrt = Signal::parse("ABRT").expect("a known signal name");
         self.stop_now(worker, abrt, true);
         self.write_status();
+        if self.canary_takes(i) {
+            return;
+        }
         let slot = &mut self.s.slots[i];
         slot.failures = slot.failures_before_start;
         slot.refills = slot.refills.saturating_add(1);
@@ -661,7 +627,7 @@ impl Step<'_> {
     }
 
     /// Signals one worker to stop now, outside a restart's order, with a KILL deadline.
-    fn stop_now(&mut self, worker: Worker, signal: Signal, listed: bool) {
+    pub(super) fn stop_now(&mut self, worker: Worker, signal: Signal, listed: bool) {
         self.out.push(Effect::Signal {
             pid: worker.pid,
             signal,
@@ -680,34 +646,25 @@ impl Step<'_> {
     /// Slot `i`'s worker died before it had started, or could not be spawned: the next
     /// try comes after the interval, never sooner than `RETRY_FLOOR`, doubling up to
     /// `--backoff` while the failures in that slot go on.
-    fn failed_start(&mut self, i: usize, why: &str) {
-        let Some(generation) = self.slot_attempt(i).map(|a| a.generation) else {
+    pub(super) fn failed_start(&mut self, i: usize, why: &str) {
+        let Some(attempt) = self.slot_attempt(i) else {
             return;
         };
+        let (generation, replacing) = (attempt.generation, attempt.replacing);
         if std::mem::take(&mut self.s.launcher) {
             let why = why.to_string();
             self.out
                 .push(Effect::Launcher(Report::Failed { generation, why }));
         }
-        self.verdict(
-            generation,
-            &format!("FAILED generation {generation}: {why}"),
-        );
-        self.outcome(generation, Some(why));
-        if let Some(roll) = self.s.roll.as_mut().filter(|r| r.reloading) {
+        // A refill's failure during a restart is not the restart's.
+        if replacing || self.s.roll.is_none() {
+            let text = format!("FAILED generation {generation}: {why}");
+            self.verdict(generation, &text);
+            self.outcome(generation, Some(why));
+        }
+        if let Some(roll) = self.s.roll.as_mut().filter(|r| r.reloading && replacing) {
             roll.reloading = false;
-            let listed = self.s.old.iter().filter(|(_, old)| old.listed);
-            let listed = listed.map(|(&pid, old)| (pid, old.generation));
-            let serving = self
-                .s
-                .serving()
-                .map(|(_, s)| (s.worker.pid, s.worker.generation));
-            let serving = match listed.chain(serving).max() {
-                Some((pid, generation)) => {
-                    format!("generation {generation} serves on (worker {pid})")
-                }
-                None => "no generation serves".into(),
-            };
+            let serving = self.serves_on();
             self.out.push(Effect::Manager(Tell::Ready(format!(
                 "restart failed: generation {generation} {why}; {serving}"
             ))));
@@ -729,12 +686,36 @@ impl Step<'_> {
         }
     }
 
+    /// What serves on after a failed restart, for the service manager.
+    pub(super) fn serves_on(&self) -> String {
+        let listed = self.s.old.iter().filter(|(_, old)| old.listed);
+        let listed = listed.map(|(&pid, old)| (pid, old.generation));
+        let serving = self
+            .s
+            .serving()
+            .map(|(_, s)| (s.worker.pid, s.worker.generation));
+        match listed.chain(serving).max() {
+            Some((pid, generation)) => format!("generation {generation} serves on (worker {pid})"),
+            None => "no generation serves".into(),
+        }
+    }
+
     fn slot_attempt(&self, i: usize) -> Option<&Attempt> {
         self.s.slots.get(i).and_then(|slot| slot.starting.as_ref())
     }
 
+    fn attempt_at(&mut self, place: Place) -> Option<&mut Attempt> {
+        match place {
+            Place::Slot(i) => self.s.slots.get_mut(i)?.starting.as_mut(),
+            Place::Canary => match &mut self.s.roll.as_mut()?.canary {
+                Canary::Starting(attempt) => Some(attempt),
+                _ => None,
+            },
+        }
+    }
+
     /// The pause after `failures` (at least 1) failed starts in a row.
-    fn pause_after(&self, failures: u32) -> Duration {
+    pub(super) fn pause_after(&self, failures: u32) -> Duration {
         let base = self.retry_base();
         match self.s.config.backoff {
             Some(max) => {
@@ -746,11 +727,11 @@ impl Step<'_> {
     }
 
     /// The pause after one failed start.
-    fn retry_base(&self) -> Duration {
+    pub(super) fn retry_base(&self) -> Duration {
         self.s.config.interval.max(RETRY_FLOOR)
     }
 
-    fn kill_old_workers(&mut self) {
+    pub(super) fn kill_old_workers(&mut self) {
         say!(self, "old-workers-signalled", {}; "killing old workers");
         let signal = self.s.config.signal_on_hup.clone();
         self.signal_old(&signal);
@@ -781,7 +762,7 @@ impl Step<'_> {
     }
 
     /// Moves a worker to the old ones, which are signalled and waited for.
-    fn retire(&mut self, worker: Worker) {
+    pub(super) fn retire(&mut self, worker: Worker) {
         let retiring = Retiring {
             generation: worker.generation,
             listed: true,
@@ -794,7 +775,7 @@ impl Step<'_> {
 
     /// A restart succeeded once its generation runs alone: every slot's worker has
     /// started and no older worker is left.
-    fn settle(&mut self) {
+    pub(super) fn settle(&mut self) {
         if !self.s.settled() || self.s.roll.is_some() {
             return;
         }
@@ -808,7 +789,7 @@ impl Step<'_> {
     }
 
     /// For `--status`: since when the worker `pid` is an old one.
-    fn retired(&mut self, pid: Pid) {
+    pub(super) fn retired(&mut self, pid: Pid) {
         let now = self.now;
         if let Some(origin) = self.s.origins.iter_mut().find(|o| o.pid == pid) {
             origin.retired_at = Some(now);
@@ -816,7 +797,7 @@ impl Step<'_> {
     }
 
     /// A try of the last restart has its outcome: `why` it failed, or `None`.
-    fn outcome(&mut self, generation: u64, why: Option<&str>) {
+    pub(super) fn outcome(&mut self, generation: u64, why: Option<&str>) {
         let now = self.now;
         if let Some(last) = self.s.last_restart.as_mut() {
             let known = last.outcome.as_ref().is_some_and(|o| o.1 == generation);
@@ -827,7 +808,7 @@ impl Step<'_> {
     }
 
     /// Answers the clients waiting for a generation up to `generation`.
-    fn verdict(&mut self, generation: u64, text: &str) {
+    pub(super) fn verdict(&mut self, generation: u64, text: &str) {
         let (answered, waiting) = std::mem::take(&mut self.s.waiters)
             .into_iter()
             .partition(|waiter| waiter.after < generation);
@@ -851,12 +832,12 @@ impl Step<'_> {
         }
     }
 
-    fn old_pids(&self) -> String {
+    pub(super) fn old_pids(&self) -> String {
         let pids: Vec<String> = self.s.old.keys().map(|pid| pid.to_string()).collect();
         pids.join(",")
     }
 
-    fn write_status(&mut self) {
+    pub(super) fn write_status(&mut self) {
         let mut workers: Vec<(u64, Pid)> = self
             .s
             .old
@@ -865,7 +846,11 @@ impl Step<'_> {
             .map(|(&pid, old)| (old.generation, pid))
             .collect();
         let serving = self.s.serving().map(|(_, s)| s.worker);
-        workers.extend(serving.map(|w| (w.generation, w.pid)));
+        let canary = match self.s.canary() {
+            Some(Canary::Trial { serving, .. }) => Some(serving.worker),
+            _ => None,
+        };
+        workers.extend(serving.chain(canary).map(|w| (w.generation, w.pid)));
         self.out.push(Effect::WriteStatus(workers));
     }
 
@@ -880,7 +865,7 @@ impl Step<'_> {
     /// background, leaving a child that start_server reaps (as subreaper) but does not
     /// supervise. Said for a death within a retry pause at an `--interval` below the
     /// floor too, which counts as a failed start.
-    fn hint_if_daemonizing(&mut self, pid: Pid, status: Status) {
+    pub(super) fn hint_if_daemonizing(&mut self, pid: Pid, status: Status) {
         if status == 0 {
             say!(
                 self,
@@ -1007,7 +992,7 @@ impl Step<'_> {
 
 /// A wait status in words, for a `--restart` verdict (the log keeps the original's raw
 /// number).
-fn exit_text(status: Status) -> String {
+pub(super) fn exit_text(status: Status) -> String {
     if libc::WIFSIGNALED(status) {
         format!("killed by SIG{}", signals::name(libc::WTERMSIG(status)))
     } else {
