@@ -101,10 +101,10 @@ SCHEMA = obj({
     "state": one_of("running", "restarting", "upgrading", "stopping"),
     "serving": boolean, "options": options, "generation": integer,
     "generations": array(obj({"generation": integer,
-                              "state": one_of("starting", "serving", "draining")})),
+                              "state": one_of("starting", "canary", "serving", "draining")})),
     "workers": array(obj({
         "pid": integer, "generation": integer, "slot": opt(integer),
-        "state": one_of("starting", "ready", "draining"), "since": time,
+        "state": one_of("starting", "canary", "ready", "draining"), "since": time,
         "refills": opt(integer), "last_exit": opt(exit_status),
         "executable": opt(string), "executable_changed": opt(boolean)})),
     "last_restart": opt(obj({
@@ -291,6 +291,37 @@ fn a_worker_whose_executable_was_replaced_is_marked_stale() {
         &["workers.0.executable_changed", "workers.0.generation"],
         "generation 2 alone",
         |c, v| c == SERVING && v == ["false", "2"],
+    );
+    server.stop();
+}
+
+/// `--canary`: the restart's first worker on trial shows as the canary, beside the
+/// old generation serving.
+#[test]
+fn a_canary_on_trial() {
+    let dir = TempDir::new("st-canary");
+    let (mut server, addr) = start(
+        &dir,
+        &["--ready=notify", "--workers=2", "--canary=60"],
+        &[],
+        None,
+    );
+    wait_generation(addr, 1);
+    server.signal(libc::SIGHUP);
+    let values = wait_status(
+        &dir,
+        &["generations", "workers"],
+        "a canary on trial",
+        |code, v| code == SERVING && v[1].contains(r#""state": "canary""#),
+    );
+    assert_eq!(
+        values[0],
+        r#"[{"generation": 1, "state": "serving"}, {"generation": 2, "state": "canary"}]"#
+    );
+    let table = text(&status(&dir, false).stdout);
+    assert!(
+        table.contains("generations: 1 serving, 2 canary"),
+        "{table}"
     );
     server.stop();
 }
