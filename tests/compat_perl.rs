@@ -44,16 +44,15 @@ fn normalized(log: &str) -> Vec<String> {
 }
 
 /// Start, HUP, TERM: what each implementation logs and leaves in its status file.
-fn lifecycle(program: &Path, tag: &str) -> (Vec<String>, Vec<Vec<u64>>) {
+fn lifecycle(program: &Path, tag: &str, extra: &[&str]) -> (Vec<String>, Vec<Vec<u64>>) {
     let dir = TempDir::new(tag);
     let status: PathBuf = dir.path().join("status");
-    let args = vec![
+    let mut args = vec![
         "--interval=1".to_string(),
         format!("--status-file={}", status.display()),
-        "--".to_string(),
-        "sleep".to_string(),
-        "60".to_string(),
     ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["--", "sleep", "60"].map(String::from));
     let mut server = start(program, &args, &dir, "log");
     let mut seen = Vec::new();
     let generations = |want: &[u64]| {
@@ -73,10 +72,27 @@ fn lifecycle(program: &Path, tag: &str) -> (Vec<String>, Vec<Vec<u64>>) {
 
 #[test]
 fn same_log_lines_and_status_file_as_the_original() {
-    let ours = std::thread::spawn(|| lifecycle(&start_server_bin(), "ours"));
-    let perl = lifecycle(Path::new(PERL), "perl");
+    let ours = std::thread::spawn(|| lifecycle(&start_server_bin(), "ours", &[]));
+    let plain =
+        std::thread::spawn(|| lifecycle(&start_server_bin(), "plain", &["--log-format=plain"]));
+    let stamped = std::thread::spawn(|| {
+        lifecycle(&start_server_bin(), "stamped", &["--log-format=timestamp"])
+    });
+    let perl = lifecycle(Path::new(PERL), "perl", &[]);
     let ours = ours.join().unwrap();
     assert_eq!(ours, perl);
+    // --log-format=plain is the default, byte for byte; timestamp, the same lines
+    // after a time (numbers normalized: N-N-NTN:N:N.NZ).
+    assert_eq!(plain.join().unwrap(), perl);
+    let (stamped, seen) = stamped.join().unwrap();
+    let unstamped: Vec<String> = stamped
+        .iter()
+        .map(|l| {
+            let rest = l.strip_prefix("N-N-NTN:N:N.NZ ");
+            rest.unwrap_or_else(|| panic!("no time: {l:?}")).to_string()
+        })
+        .collect();
+    assert_eq!((unstamped, seen), perl);
     assert_eq!(
         ours.0,
         vec![

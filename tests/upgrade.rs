@@ -25,6 +25,18 @@ use support::*;
 /// The log lines say which version upgraded to which: here, this build to itself.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The version and build of the binary under test, as the upgrade's log line names
+/// each side: `0.1.0 (build git:...)` (the build from `--version`'s second line).
+fn built() -> String {
+    let out = run_within(&["--version"], common::PATIENCE);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let build = text
+        .lines()
+        .find_map(|l| l.strip_prefix("build "))
+        .expect("a build line");
+    format!("{VERSION} (build {build})")
+}
+
 /// A start_server run from a copy of the build at `exe`, with a pid file and a status
 /// file, serving `worker` on a free port.
 struct Deployed {
@@ -308,7 +320,8 @@ fn an_upgrade_under_load_keeps_the_pid_the_sockets_and_the_workers() {
     assert_eq!(descriptors(d.pid()), before, "the same descriptors");
     let lines = d.server.lines();
     let exe = d.exe.display();
-    assert!(lines.contains(&format!("upgrading from {VERSION} to {VERSION} ({exe})")));
+    let me = built();
+    assert!(lines.contains(&format!("upgrading from {me} to {me} ({exe})")));
     d.assert_locked();
 
     // The next generation number, through the new image; the handover never reaches a
@@ -930,10 +943,8 @@ fn a_deploy_that_switches_a_symbolic_link_is_upgraded_to() {
         identity(&dir.path().join("v2/start_server")),
         "runs v2"
     );
-    assert!(server.has_line(&format!(
-        "upgrading from {VERSION} to {VERSION} ({})",
-        exe.display()
-    )));
+    let me = built();
+    assert!(server.has_line(&format!("upgrading from {me} to {me} ({})", exe.display())));
     assert_eq!(server.worker_pids(), vec![worker]);
     server.stop();
 }

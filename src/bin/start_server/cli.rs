@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use getopts::{Options, ParsingStyle};
 
+use crate::log::Format;
 use crate::port_names;
 use crate::port_spec::{self, PortSpec};
 use crate::signals::Signal;
@@ -33,6 +34,12 @@ pub enum Mode {
     Upgrade {
         pid_file: PathBuf,
     },
+    /// `--status`: ask the instance how it is, print it (as JSON with `--status=json`),
+    /// and exit with a status a health probe reads.
+    Status {
+        pid_file: PathBuf,
+        json: bool,
+    },
 }
 
 pub struct Config {
@@ -58,6 +65,8 @@ pub struct Config {
     pub backlog: i32,
     /// Also hand the sockets to the workers as systemd does (LISTEN_FDS).
     pub listen_fds: bool,
+    /// `--log-format`: how start_server's own lines are written.
+    pub log_format: Format,
     /// `--workers`, if given: how many workers a generation has.
     pub workers: Option<u32>,
     /// `--rolling`: how many new workers a restart starts at a time.
@@ -120,10 +129,17 @@ const OPTIONS: &[(&str, bool)] = &[
     ("watchdog", true),
     ("listen-fds", false),
     ("upgrade", false),
+    ("log-format", true),
+    // Its value is optional (`--status`, `--status=json`): see `OPTIONAL_VALUE`.
+    ("status", false),
     ("workers", true),
     ("rolling", true),
     ("canary", true),
 ];
+
+/// The option whose value is optional: given only as `--status=VALUE`, never as the
+/// next argument.
+const OPTIONAL_VALUE: &str = "status";
 
 /// How many of `OPTIONS` are the original's.
 const ORIGINAL_OPTIONS: usize = 19;
@@ -133,7 +149,7 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// New options taken only in full, so that every abbreviation still means what it
 /// means to the original (`-l` is `--log-file`).
-const NOT_ABBREVIATED: &[&str] = &["listen-fds"];
+const NOT_ABBREVIATED: &[&str] = &["listen-fds", "status"];
 
 pub const HELP: &str = "\
 Usage: start_server [options] -- server-prog server-arg1 server-arg2 ...
@@ -210,16 +226,32 @@ Options:
   --upgrade               have the instance of --pid-file re-execute its binary
                           in place (SIGUSR2), keeping its sockets and workers,
                           and say whether it now runs the new one
+  --status                print how the instance of --pid-file is (generations,
+                          workers, the last restart); exit status 0 if a
+                          started generation serves, 2 if none does, 3 if none
+                          runs, 4 if refused, 5 if no answer (only the exact
+                          spelling: --stat is --status-file)
+  --status=json           the same as one JSON document
+  --log-format=FORMAT     start_server's own lines: plain (the default), timestamp
+                          (RFC 3339 UTC time first) or json (one object a line)
   --help                  print this help
   --version               print the version number
 ";
 
 pub fn parse(args: &[String]) -> Result<Mode, Error> {
+    parse_with_log_format(args, &mut Format::Plain)
+}
+
+/// `parse`, and `--log-format`'s value into `format`, whatever the mode: the lines of
+/// `--restart`, `--status` and the others follow it too.
+pub fn parse_with_log_format(args: &[String], format: &mut Format) -> Result<Mode, Error> {
     let args = expand_abbreviations(args)?;
     let mut opts = Options::new();
     opts.parsing_style(ParsingStyle::StopAtFirstFree);
     for &(name, takes_value) in OPTIONS {
-        if takes_value {
+        if name == OPTIONAL_VALUE {
+            opts.optflagopt("", name, "", "VALUE");
+        } else if takes_value {
             opts.optmulti("", name, "", "VALUE");
         } else {
             opts.optflagmulti("", name, "");
@@ -269,6 +301,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         other => Ok(other),
     };
 
+    *format = log_format(last("log-format"))?;
     if m.opt_present("help") {
         return Ok(Mode::Help);
     }
@@ -285,6 +318,23 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
                 "--restart option requires --pid-file to be set as well (and --status-file \
                  for an instance without a control socket)"
                     .into(),
+            )),
+        };
+    }
+    if m.opt_present("status") {
+        let json = match m.opt_str("status").as_deref() {
+            None => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "invalid --status value {other:?}: expected json (or none, for a table)"
+                )))
+            }
+        };
+        return match path("pid-file") {
+            Some(pid_file) => Ok(Mode::Status { pid_file, json }),
+            None => Err(invalid(
+                "--status option requires --pid-file to be set as well".into(),
             )),
         };
     }
@@ -401,6 +451,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         watchdog: positive_seconds("watchdog")?,
         backlog,
         listen_fds: m.opt_present("listen-fds"),
+        log_format: *format,
         workers,
         rolling,
         canary: positive_seconds("canary")?,
@@ -410,6 +461,18 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         return Err(invalid("server program not specified".into()));
     }
     Ok(Mode::Start(Box::new(config)))
+}
+
+/// `--log-format`'s value, checked wherever it is given.
+pub fn log_format(value: Option<String>) -> Result<Format, Error> {
+    let Some(value) = value else {
+        return Ok(Format::Plain);
+    };
+    Format::parse(value.trim()).ok_or_else(|| {
+        invalid(format!(
+            "invalid --log-format value {value:?}: expected plain, timestamp or json"
+        ))
+    })
 }
 
 /// What Getopt::Long says for the same mistake, so that the original's users see the
@@ -663,6 +726,35 @@ mod tests {
         assert_eq!(closest_option("x"), None);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    /// `--status` exactly is the new option (the original took it for `--status-file`);
+    /// every other abbreviation of `--status-file` still is that.
+    #[test]
+    fn status_exactly_and_abbreviations_of_status_file() {
+        let status = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            match parse(&args) {
+                Ok(Mode::Status { pid_file, json }) => (pid_file, json),
+                _ => panic!("{args:?} is not a status"),
+            }
+        };
+        assert_eq!(status(&["--status", "--pid-file=p"]), ("p".into(), false));
+        assert_eq!(status(&["-status=json", "--pid=p"]), ("p".into(), true));
+        let c = start(&["--stat=/tmp/s", "--statu", "/tmp/t", "--", "prog"]);
+        assert_eq!(c.status_file, Some(PathBuf::from("/tmp/t")));
+        assert!(error(&["--status=xml", "--pid-file=p"])
+            .message
+            .contains("\"xml\""));
+        assert!(error(&["--status"]).message.contains("--pid-file"));
+        assert_eq!(start(&["--", "prog"]).log_format, Format::Plain);
+        let c = start(&["--log-format=json", "--log", "/tmp/l", "--", "prog"]);
+        assert_eq!(
+            (c.log_format, c.log_file.as_deref()),
+            (Format::Json, Some("/tmp/l"))
+        );
+        let e = error(&["--log-format=yaml", "--", "prog"]);
+        assert!(e.message.contains("\"yaml\""), "{}", e.message);
     }
 
     #[test]

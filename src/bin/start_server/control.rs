@@ -123,12 +123,8 @@ fn exited(pid: Pid) -> String {
 pub fn ask(pid: Pid, request: &[u8], what: &str) -> Result<Option<OwnedFd>, String> {
     let fail =
         |e: std::io::Error| format!("failed to ask start_server (pid {pid}) for {what}: {e}");
-    let client = sys::getuid();
-    if let Some(instance) = real_uid(pid).filter(|&uid| !control_socket::serves(uid, client)) {
-        return Err(format!(
-            "start_server (pid {pid}) refuses {what} from uid {client}: it takes requests \
-             only from its own user (uid {instance}) and root"
-        ));
+    if let Some(why) = refusal(pid, what) {
+        return Err(why);
     }
     let (socket, _) = sys::credential_socket(None).map_err(fail)?;
     let name = control_socket::name(pid);
@@ -138,6 +134,16 @@ pub fn ask(pid: Pid, request: &[u8], what: &str) -> Result<Option<OwnedFd>, Stri
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(None),
         Err(e) => Err(fail(e)),
     }
+}
+
+/// Why the instance `pid` will not take a request from this user, if it will not.
+fn refusal(pid: Pid, what: &str) -> Option<String> {
+    let client = sys::getuid();
+    let instance = real_uid(pid).filter(|&uid| !control_socket::serves(uid, client))?;
+    Some(format!(
+        "start_server (pid {pid}) refuses {what} from uid {client}: it takes requests \
+         only from its own user (uid {instance}) and root"
+    ))
 }
 
 /// The real uid of process `pid` (the one its control socket compares), if /proc says.
@@ -200,6 +206,85 @@ pub fn answer(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(Answer::Silent);
         }
+    }
+}
+
+/// `--status`'s exit statuses besides 0 (a started generation serves) and
+/// `NOT_RUNNING` (no instance runs with the pid file): a health probe's answers.
+pub const NOT_SERVING: u8 = 2;
+pub const REFUSED: u8 = 4;
+pub const NO_ANSWER: u8 = 5;
+
+/// How long `--status` waits for the answer, which an instance sends at once.
+const STATUS_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The largest answer read: a report of some hundred workers.
+const STATUS_MAX: usize = 1 << 20;
+
+/// Asks the instance how it is, prints the answer, and returns the exit status: 0 if a
+/// started generation serves, `NOT_SERVING` if none does; the error, with its status,
+/// if it cannot be asked.
+pub fn status(pid_file: &Path, json: bool) -> Result<u8, (u8, String)> {
+    let (pid, file) = match pid_file::find_instance(pid_file).map_err(|e| (NO_ANSWER, e))? {
+        Instance::Running(pid, file) => (pid, file),
+        Instance::NotRunning(why) => return Err((NOT_RUNNING, format!("not running: {why}"))),
+    };
+    let request = match json {
+        true => control_socket::STATUS_JSON,
+        false => control_socket::STATUS,
+    };
+    if let Some(why) = refusal(pid, "its status") {
+        return Err((REFUSED, why));
+    }
+    let socket = match ask(pid, request, "its status") {
+        Ok(Some(socket)) => socket,
+        Ok(None) => {
+            return Err((
+                NO_ANSWER,
+                format!(
+                    "start_server (pid {pid}) has no control socket (an older start_server)                      to ask for its status"
+                ),
+            ))
+        }
+        Err(e) => return Err((NO_ANSWER, e)),
+    };
+    let mut buf = vec![0u8; STATUS_MAX];
+    let deadline = Instant::now() + STATUS_PATIENCE;
+    let silent = || {
+        format!(
+            "start_server (pid {pid}) did not answer within {} secs",
+            crate::log::seconds(STATUS_PATIENCE)
+        )
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err((NO_ANSWER, silent()));
+        }
+        let _ = sys::wait_readable(&[socket.as_raw_fd()], Some(left.min(POLL)));
+        let received = sys::receive(&socket, &mut buf).map_err(|e| {
+            let why = format!("failed to read the answer of start_server (pid {pid}): {e}");
+            (NO_ANSWER, why)
+        })?;
+        let Some(reply) = received else {
+            if !pid_file::still_locked(&file) {
+                return Err((NOT_RUNNING, format!("start_server (pid {pid}) exited")));
+            }
+            continue;
+        };
+        if reply.credentials.map(|(sender, _)| sender) != Some(pid) {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&buf[..reply.len]);
+        let (head, report) = text.split_once('\n').unwrap_or((&text, ""));
+        crate::log::print(report);
+        return match head {
+            control_socket::SERVING => Ok(0),
+            _ => {
+                crate::log!("start_server (pid {pid}) runs, but no started generation serves");
+                Ok(NOT_SERVING)
+            }
+        };
     }
 }
 

@@ -27,11 +27,19 @@ pub const ACCEPTED: &str = "ACCEPTED";
 /// (see `supervisor::step`).
 pub const UPGRADE: &[u8] = b"UPGRADE";
 
+/// `start_server --status`: answered at once, with one datagram: a first line,
+/// `SERVING` or `NOT-SERVING`, then the report, as a table or (`STATUS json`) JSON.
+pub const STATUS: &[u8] = b"STATUS";
+pub const STATUS_JSON: &[u8] = b"STATUS json";
+pub const SERVING: &str = "SERVING";
+pub const NOT_SERVING: &str = "NOT-SERVING";
+
 /// What a client asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ask {
     Restart,
     Upgrade,
+    Status { json: bool },
 }
 
 /// The socket's name for the instance `pid`, without the leading NUL.
@@ -87,6 +95,8 @@ impl ControlSocket {
                 _ if datagram.truncated => None,
                 RESTART => Some(Ask::Restart),
                 UPGRADE => Some(Ask::Upgrade),
+                STATUS => Some(Ask::Status { json: false }),
+                STATUS_JSON => Some(Ask::Status { json: true }),
                 _ => None,
             };
             match ask {
@@ -111,8 +121,15 @@ impl ControlSocket {
         ControlSocket { fd }
     }
 
-    /// Sends a verdict; a client that has gone away meanwhile is no error.
-    pub fn reply(&self, to: &SockAddr, verdict: &str) {
-        let _ = sys::send_to(&self.fd, to, verdict.as_bytes());
+    /// Sends a verdict; a client that has gone away meanwhile is no error, nor one
+    /// that reads nothing (the send does not wait: its queue full, the answer is lost).
+    /// Each is sent from a socket of its own, gone once sent: what waits unread in a
+    /// client's queue is charged to the socket that sent it, and a client that never
+    /// reads would otherwise fill the control socket's send buffer and silence every
+    /// answer to everyone. The client believes the sender's pid (SCM_CREDENTIALS),
+    /// which is the same from any socket of start_server's.
+    pub fn reply(&self, to: &SockAddr, verdict: &str) -> io::Result<()> {
+        let socket = sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK)?;
+        sys::send_to(&socket, to, verdict.as_bytes())
     }
 }

@@ -73,20 +73,20 @@ impl LogFile {
     /// module's documentation) is refused: the log goes on to the old file.
     pub fn reopen(&mut self) {
         let LogFile::File { file, path } = self else {
-            crate::log!("received USR1, but the log is a pipe to a command: nothing to reopen");
+            crate::log!(event "log-reopen", "received USR1, but the log is a pipe to a command: nothing to reopen");
             return;
         };
-        crate::log!("received USR1, reopening log file {path}");
+        crate::log!(event "log-reopen", "received USR1, reopening log file {path}");
         match open_append(path) {
             Ok(new) => {
                 *file = new;
                 match self.redirect() {
-                    Ok(()) => crate::log!("log file reopened"),
+                    Ok(()) => crate::log!(event "log-reopen", "log file reopened"),
                     Err(e) => crate::log!("{e}"),
                 }
             }
             Err(e) => {
-                crate::log!("failed to reopen log file {path}: {e}; logging on to the old one")
+                crate::log!(event "log-reopen", "failed to reopen log file {path}: {e}; logging on to the old one")
             }
         }
     }

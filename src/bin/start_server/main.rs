@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 mod bind;
+mod build_id;
 mod cli;
 mod control;
 mod control_socket;
@@ -67,7 +68,10 @@ fn main() -> ExitCode {
             Err(message) => fail(255, &message),
         };
     }
-    let mode = match cli::parse(&args) {
+    let mut format = log::Format::Plain;
+    let parsed = cli::parse_with_log_format(&args, &mut format);
+    log::set_format(format);
+    let mode = match parsed {
         Ok(mode) => mode,
         Err(e) => return fail(e.status, &e.message),
     };
@@ -78,8 +82,9 @@ fn main() -> ExitCode {
         }
         Mode::Version => {
             log::print(&format!(
-                "{} (Server::Starter 0.35 compatible)\n",
-                env!("CARGO_PKG_VERSION")
+                "{} (Server::Starter 0.35 compatible)\nbuild {}\n",
+                env!("CARGO_PKG_VERSION"),
+                build_id::id()
             ));
             Ok(())
         }
@@ -98,6 +103,12 @@ fn main() -> ExitCode {
             }
         }
         Mode::Upgrade { pid_file } => upgrade::client::upgrade(&pid_file),
+        Mode::Status { pid_file, json } => {
+            return match control::status(&pid_file, json) {
+                Ok(status) => ExitCode::from(status),
+                Err((status, message)) => fail(status, &message),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,7 +118,8 @@ fn main() -> ExitCode {
 
 fn fail(status: u8, message: &str) -> ExitCode {
     // Through the log's writer: a supervisor's last line must not hang it either.
-    log::line(format_args!("start_server: {message}"));
+    let line = log::Line::new("error", format!("start_server: {message}"));
+    log::write_line(&line.level(log::Level::Error));
     ExitCode::from(status)
 }
 
@@ -170,7 +182,7 @@ fn start(config: Config) -> Result<(), String> {
 }
 
 fn starting_now() {
-    log!("start_server (pid:{}) starting now...", std::process::id());
+    log!(event "starting", "start_server (pid:{}) starting now...", std::process::id());
 }
 
 /// With the sockets bound: detach if asked to, then supervise until stopped. A daemon's
@@ -260,6 +272,7 @@ fn supervise(
         ready_timeout: config.ready_timeout,
         watchdog: config.watchdog,
         exe: upgrade::own_exe(),
+        log_format: config.log_format,
         workers: config.workers.unwrap_or(1),
         name_slots: config.workers.is_some(),
         rolling: config.rolling,
@@ -303,6 +316,7 @@ fn resume(handed: OsString) -> Result<(), String> {
         |r| Ok((State::read(r)?, Services::read(r)?)),
         |(_, services): &(State, Services)| services.descriptors(),
     )?;
+    log::set_format(state.config.log_format);
     let context = Context {
         listeners: &listeners,
         pid_file: pid_file.as_ref(),

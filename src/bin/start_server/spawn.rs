@@ -4,7 +4,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::os::raw::c_int;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use crate::sys::SpawnError;
 use crate::sys::{self, CStrArray, ChildSpec, Pid, Program, Stage};
@@ -104,6 +104,25 @@ impl Command {
                 CString::new([dir, b"/", program].concat()).ok()
             })
             .collect()
+    }
+
+    /// The file execvp would execute for `env`'s PATH (the first candidate that is a
+    /// regular, executable file), relative to `--dir` where it is relative, made
+    /// absolute: what `--status` watches for a new build.
+    pub fn program_file(&self, env: &[(OsString, OsString)]) -> Option<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        self.candidates(env).into_iter().find_map(|candidate| {
+            let path = Path::new(OsStr::from_bytes(candidate.as_bytes()));
+            let path = match (&self.dir, path.is_relative()) {
+                (Some(dir), true) => Path::new(OsStr::from_bytes(dir.as_bytes())).join(path),
+                _ => path.to_path_buf(),
+            };
+            let meta = std::fs::metadata(&path).ok()?;
+            let executable = meta.is_file() && meta.permissions().mode() & 0o111 != 0;
+            executable
+                .then(|| std::path::absolute(&path).ok())
+                .flatten()
+        })
     }
 
     /// Forks and execs the command with `env` (later entries override earlier ones).

@@ -10,12 +10,14 @@
 //!   the service manager, log, exec the new image, exit);
 //! - `executor`: carries the effects out, owns every descriptor, reads the events;
 //! - `run`: the loop: wait, step, execute;
+//! - `report`: `--status`'s answer, rendered from the state;
 //! - `record`: the state handed to a new image on an upgrade in place, declared once.
 
 mod effect;
 mod event;
 mod executor;
 mod record;
+mod report;
 mod roll;
 mod run;
 #[cfg(test)]

@@ -6,15 +6,16 @@
 use std::os::raw::c_int;
 
 use crate::envdir::Tunables;
+use crate::log::Line;
 use crate::signals::Signal;
 use crate::sys::Pid;
 
-use super::state::{Client, Place};
+use super::state::{Client, Exe, Place};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// One line of start_server's log.
-    Log(String),
+    Log(Line),
     /// Spawn a worker of `generation` for `place`, its environment read afresh
     /// (`tunables` are kept if --envdir cannot be read): answered with
     /// `Event::Spawned`.
@@ -29,6 +30,10 @@ pub enum Effect {
     WriteStatus(Vec<(u64, Pid)>),
     /// Answer a `--restart` or `--upgrade` client.
     Reply { to: Client, text: String },
+    /// Answer a `--status` client: the executor gathers what only it can know (the
+    /// clock of the day, each worker's executable as it is now on disk) and renders
+    /// the state (`report`).
+    Status { to: Client, json: bool },
     /// Tell the service manager, if there is one.
     Manager(Tell),
     /// USR1: open the log file anew.
@@ -78,6 +83,8 @@ pub enum Spawned {
         pid: Pid,
         exec_error: Option<String>,
         unexecutable: bool,
+        /// The file it was executed from, as it was then (if it could be told).
+        exe: Option<Exe>,
     },
     /// No notification socket could be made for it: no child.
     NoChannel(String),

@@ -12,7 +12,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::{OwnedFd, RawFd};
 use std::time::Instant;
 
-use crate::control_socket::ControlSocket;
+use crate::build_id;
+use crate::control_socket::{self, ControlSocket};
 use crate::daemon::{self, Daemon};
 use crate::envdir;
 use crate::listen_fds::WorkerVars;
@@ -31,7 +32,8 @@ use crate::upgrade::{self as up, Context, VERSION};
 use super::effect::{Effect, Report, Spawned, Tell};
 use super::event::Event;
 use super::record::Services;
-use super::state::{Client, Mono, Place, State};
+use super::report;
+use super::state::{Client, Exe, FileId, Mono, Place, State};
 use super::step::step;
 
 /// The variables `Command::export_own_pid` is given, which an upgrade's state names.
@@ -125,7 +127,7 @@ impl<'a> Executor<'a> {
 
     fn execute(&mut self, state: &State, effect: Effect) -> Option<Event> {
         match effect {
-            Effect::Log(line) => log!("{line}"),
+            Effect::Log(line) => log::write_line(&line),
             // Nothing more is started once start_server gives up.
             Effect::Spawn { .. } if self.fatal.is_some() => {}
             Effect::Spawn {
@@ -135,17 +137,25 @@ impl<'a> Executor<'a> {
             } => return Some(self.spawn(state, generation, tunables, place)),
             Effect::Signal { pid, signal } => {
                 if let Err(e) = sys::kill(pid, signal.number) {
-                    log!("failed to send {} to worker {pid}: {e}", signal.name);
+                    log!(event "signal-failed", "failed to send {} to worker {pid}: {e}", signal.name);
                 }
             }
             Effect::WriteStatus(workers) => {
                 if let Some(status_file) = &mut self.status_file {
                     if let Err(e) = status_file.write(&workers) {
-                        log!("{e}");
+                        log!(event "status-file-failed", "{e}");
                     }
                 }
             }
             Effect::Reply { to, text } => self.reply(&to, &text),
+            Effect::Status { to, json } => {
+                let (serving, report) = report::render(state, now(), &self.facts(state), json);
+                let head = match serving {
+                    true => control_socket::SERVING,
+                    false => control_socket::NOT_SERVING,
+                };
+                self.reply(&to, &format!("{head}\n{report}"));
+            }
             Effect::Manager(tell) => match (&self.manager, tell) {
                 (None, _) => {}
                 (Some(manager), Tell::Ready(status)) => manager.ready(&status),
@@ -154,7 +164,9 @@ impl<'a> Executor<'a> {
             },
             Effect::ReopenLog => match &mut self.log_file {
                 Some(log_file) => log_file.reopen(),
-                None => log!("received USR1, but there is no --log-file to reopen"),
+                None => {
+                    log!(event "log-reopen", "received USR1, but there is no --log-file to reopen")
+                }
             },
             Effect::SpawnCheck => {
                 let exe = state.config.exe.clone().unwrap_or_default();
@@ -202,9 +214,32 @@ impl<'a> Executor<'a> {
         None
     }
 
+    /// A client that has gone away, or reads nothing, is no error: an answer is sent
+    /// without waiting, or lost.
     fn reply(&self, to: &Client, text: &str) {
         if let (Some(control), Some(to)) = (&self.control, SockAddr::from_bytes(&to.0)) {
-            control.reply(&to, text);
+            let _ = control.reply(&to, text);
+        }
+    }
+
+    /// What `--status` needs besides the state: the time of day, the build, and each
+    /// worker's executable as it is on disk now.
+    fn facts(&self, state: &State) -> report::Facts<'static> {
+        let exes = state.origins.iter();
+        let exes = exes.filter_map(|origin| origin.exe.as_ref().map(|exe| (origin.pid, exe)));
+        let changed = exes.map(|(pid, exe)| {
+            let now = file_id(&exe.path);
+            let changed = now.zip(exe.file).map(|(now, then)| now != then);
+            (pid, changed)
+        });
+        report::Facts {
+            pid: std::process::id() as Pid,
+            version: VERSION,
+            build: build_id::id(),
+            wall: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+            changed: changed.collect(),
         }
     }
 
@@ -221,7 +256,11 @@ impl<'a> Executor<'a> {
         let tunables = match envdir::tunables(&env) {
             Ok(tunables) => Some(tunables),
             Err(e) => {
-                log!("{e}; keeping the previous settings");
+                let line = log::Line::new(
+                    "envdir-unreadable",
+                    format!("{e}; keeping the previous settings"),
+                );
+                log::write_line(&line.level(log::Level::Warning).generation(generation));
                 None
             }
         };
@@ -276,6 +315,11 @@ impl<'a> Executor<'a> {
         }
         // A listener a worker shut down is listened on again, for this generation.
         self.context.listeners.relisten();
+        // Before the fork: what a deploy replaces after it is another file.
+        let exe = self.command.program_file(&env).map(|path| Exe {
+            file: file_id(&path),
+            path,
+        });
         let spawned = match self.command.spawn(&env) {
             Ok(child) => {
                 if let Some(channel) = channel {
@@ -285,6 +329,7 @@ impl<'a> Executor<'a> {
                     pid: child.pid,
                     exec_error: child.exec_error,
                     unexecutable: child.unexecutable,
+                    exe,
                 }
             }
             Err(e) => Spawned::Failed(e.to_string()),
@@ -311,7 +356,10 @@ impl<'a> Executor<'a> {
                 }
             };
             if let Some(mut check) = self.check.take_if(|c| c.pid == pid) {
-                let verdict = check.verdict(status).map(|answer| answer.version);
+                let verdict = check.verdict(status).map(|answer| match answer.build {
+                    Some(build) => format!("{} (build {build})", answer.version),
+                    None => answer.version,
+                });
                 // Kept only for the exec: a refused file is closed before anyone is told.
                 self.checked = verdict.is_ok().then(|| check.image.take()).flatten();
                 // Closed before anyone is told: nothing of the check outlives it.
@@ -402,7 +450,17 @@ impl<'a> Executor<'a> {
         let Some(image) = self.checked.take() else {
             return "the checked file was not kept open".into();
         };
-        log!("upgrading from {VERSION} to {version} ({})", exe.display());
+        let text = format!(
+            "upgrading from {} to {version} ({})",
+            build_id::identity(),
+            exe.display()
+        );
+        let line = log::Line::new("upgrading", text)
+            .text_field("from_version", VERSION)
+            .text_field("from_build", build_id::id())
+            .text_field("to", version)
+            .text_field("path", exe.display().to_string());
+        log::write_line(&line);
         let mut w = Writer::new();
         up::save(&mut w, &self.context, self.log_file.as_deref());
         state.save(&mut w);
@@ -521,6 +579,21 @@ impl Services {
             .map(|&(_, fd, _)| (fd, "a notification socket"));
         control.into_iter().chain(channels).collect()
     }
+}
+
+/// The identity of the file at `path` now (following a symbolic link), if it can be
+/// read.
+fn file_id(path: &std::path::Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mtime = (meta.mtime() as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(meta.mtime_nsec() as u64);
+    Some(FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        mtime,
+    })
 }
 
 /// The supervisor's clock.

@@ -5,13 +5,14 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::envdir::Tunables;
+use crate::log::Format;
 use crate::signals::Signal;
 use crate::upgrade::record::{persist, record, Persist};
 use crate::upgrade::state::{Cursor, Field};
 
 use super::state::{
-    Attempt, Canary, Client, Config, Mono, Phase, Retiring, Roll, Serving, Slot, State, Upgrade,
-    UpgradePhase, Waiter, Worker,
+    Attempt, Canary, Client, Config, Exe, FileId, LastRestart, Mono, Origin, Phase, Retiring, Roll,
+    Serving, Slot, State, Upgrade, UpgradePhase, Waiter, Worker,
 };
 
 record!(State {
@@ -25,6 +26,9 @@ record!(State {
     roll,
     waiters,
     upgrade,
+    started_at,
+    last_restart,
+    origins,
 } transient {
     launcher
 });
@@ -40,6 +44,7 @@ persist!(Config {
     exe,
     workers,
     name_slots,
+    log_format,
     rolling,
     canary,
 });
@@ -58,6 +63,8 @@ persist!(Slot {
     starting,
     failures,
     failures_before_start,
+    refills,
+    last_exit,
 });
 persist!(Attempt {
     generation,
@@ -83,6 +90,20 @@ persist!(Roll {
     canary
 });
 persist!(Waiter { to, after });
+persist!(Origin {
+    pid,
+    slot,
+    spawned_at,
+    retired_at,
+    exe
+});
+persist!(Exe { path, file });
+persist!(FileId { dev, ino, mtime });
+persist!(LastRestart {
+    began,
+    after,
+    outcome
+});
 persist!(Upgrade {
     began,
     clients,
@@ -205,6 +226,16 @@ impl Persist for UpgradePhase {
 
 // ---------------------------------------------------------------- plain values
 
+impl Persist for Format {
+    fn put(&self, out: &mut Vec<Field>) {
+        out.push(Field::text(self.name()));
+    }
+    fn take(c: &mut Cursor) -> Result<Self, String> {
+        let name = String::take(c)?;
+        Format::parse(&name).ok_or_else(|| format!("log format: {name:?} is not one"))
+    }
+}
+
 impl Persist for Mono {
     fn put(&self, out: &mut Vec<Field>) {
         self.0.put(out);
@@ -277,6 +308,7 @@ mod tests {
             name_slots: true,
             rolling: Some(2),
             canary: Some(Duration::from_secs(10)),
+            log_format: Format::Json,
         };
         let tunables = Tunables {
             auto_restart: None,

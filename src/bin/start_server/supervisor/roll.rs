@@ -20,12 +20,18 @@ use crate::signals::Signal;
 use crate::sys::Pid;
 
 use super::effect::{Effect, Report, Status, Tell};
-use super::state::{Canary, Place, Retiring, Roll, Serving, Worker};
+use super::state::{Canary, LastRestart, Place, Retiring, Roll, Serving, Worker};
 use super::step::{exit_text, say, Step, NOT_READY_HINT};
+use crate::log::Line;
 
 impl Step<'_> {
     /// HUP, `--restart` or auto-restart: a new generation.
     pub(super) fn restart(&mut self) {
+        self.s.last_restart = Some(LastRestart {
+            began: self.now,
+            after: self.s.generation,
+            outcome: None,
+        });
         let generation = self.s.generation + 1;
         self.out.push(Effect::Manager(Tell::Reloading(format!(
             "restarting: starting generation {generation}"
@@ -183,6 +189,7 @@ impl Step<'_> {
             signal_at: Some(self.now.after(delay)),
         };
         self.s.old.insert(old.pid, retiring);
+        self.retired(old.pid);
         self.signal_due();
     }
 
@@ -197,8 +204,10 @@ impl Step<'_> {
             if old.signal_at.take_if(|at| *at <= now).is_none() {
                 continue;
             }
-            self.out
-                .push(Effect::Log(format!("killing old worker {pid}")));
+            self.out.push(Effect::Log(
+                Line::new("old-workers-signalled", format!("killing old worker {pid}"))
+                    .set("worker", pid.into()),
+            ));
             self.out.push(Effect::Signal {
                 pid,
                 signal: signal.clone(),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::control_socket::{Ask, ACCEPTED};
 use crate::envdir::Tunables;
+use crate::log::Format;
 use crate::notify::Said;
 use crate::signals::Signal;
 use crate::sys::Pid;
@@ -20,7 +21,8 @@ use crate::upgrade::{check, VERSION};
 
 use super::effect::{Effect, Spawned, Status};
 use super::event::Event;
-use super::state::{Canary, Client, Config, Mono, Phase, Place, State, UpgradePhase};
+use super::report;
+use super::state::{Canary, Client, Config, Exe, FileId, Mono, Phase, Place, State, UpgradePhase};
 use super::step::{step, RETRY_FLOOR};
 
 /// Events per seed (at most: a stop may end it sooner), and in all.
@@ -96,9 +98,12 @@ struct World {
     check: Option<CheckProc>,
     /// Children nothing waits for (a forgotten check): their exits come all the same.
     orphans: Vec<(Pid, Mono)>,
-    /// The verdicts each client (`--restart`'s, `--upgrade`'s) got, ACCEPTED aside.
+    /// The verdicts each client (`--restart`'s, `--upgrade`'s) got, ACCEPTED aside,
+    /// and the answers each `--status` client got.
     replies: BTreeMap<Vec<u8>, Vec<String>>,
     clients: BTreeSet<Vec<u8>>,
+    /// `--status` clients asking in this event, answered within it.
+    asking: BTreeSet<Vec<u8>>,
     next_client: u32,
     /// The newest generation seen started (serving, or listed in the status file).
     max_started: u64,
@@ -135,6 +140,7 @@ fn config(rng: &mut Rng) -> (Config, Tunables) {
             .then(|| "/sim/start_server".into()),
         workers: 1 + rng.below(4) as u32,
         name_slots: rng.chance(500),
+        log_format: rng.pick(&[Format::Plain, Format::Timestamp, Format::Json]),
         rolling: rng.pick(&[None, None, Some(1), Some(2)]),
         canary: rng.pick(&[None, None, Some(secs(2000))]),
     };
@@ -198,6 +204,7 @@ impl World {
             orphans: Vec::new(),
             replies: BTreeMap::new(),
             clients: BTreeSet::new(),
+            asking: BTreeSet::new(),
             next_client: 0,
             max_started: 0,
             stop_at: None,
@@ -224,7 +231,20 @@ impl World {
         if self.trace.len() > 400 {
             self.trace.drain(..200);
         }
+        if let Event::Request {
+            from,
+            ask: Ask::Status { .. },
+            ..
+        } = &event
+        {
+            self.asking.insert(from.0.clone());
+        }
         self.nested(state, event);
+        // A status is answered at once: within the event that asked.
+        if let Some(client) = self.asking.pop_first() {
+            let got = self.replies.get(&client).map_or(0, Vec::len);
+            self.fail(&format!("status client {client:?} got {got} answers"));
+        }
         self.check_invariants(state);
     }
 
@@ -366,6 +386,32 @@ impl World {
                     }
                 }
             }
+            Effect::Status { to, json } => {
+                if !self.asking.remove(&to.0) {
+                    self.fail(&format!("a status for {:?}, which did not ask now", to.0));
+                }
+                // Rendered as the executor does, with whatever the world's disk says.
+                let changed = state.origins.iter().map(|o| o.pid).map(|pid| {
+                    let changed = self.rng.pick(&[None, Some(true), Some(false)]);
+                    (pid, changed)
+                });
+                let facts = report::Facts {
+                    pid: 1,
+                    version: VERSION,
+                    build: "git:sim",
+                    wall: Duration::from_secs(1_796_477_370),
+                    changed: changed.collect(),
+                };
+                let (serving, text) = report::render(state, now, &facts, json);
+                if serving != report::serving(state) || text.is_empty() {
+                    self.fail("a status that does not say whether it serves");
+                }
+                if json && !balanced(&text) {
+                    self.fail(&format!("a status that is not JSON: {text}"));
+                }
+                let replies = self.replies.entry(to.0.clone()).or_default();
+                replies.push(text);
+            }
             Effect::Reply { to, text } => {
                 if text != ACCEPTED {
                     let replies = self.replies.entry(to.0.clone()).or_default();
@@ -473,6 +519,14 @@ impl World {
             told: false,
         };
         let (mut exec_error, mut unexecutable) = (None, false);
+        let exe = r.chance(900).then(|| Exe {
+            path: "/sim/server".into(),
+            file: r.chance(900).then_some(FileId {
+                dev: 1,
+                ino: pid as u64,
+                mtime: 0,
+            }),
+        });
         match r.below(100) {
             // Exec fails: the child exits 255 at once.
             0..=4 => {
@@ -499,6 +553,7 @@ impl World {
             pid,
             exec_error,
             unexecutable,
+            exe,
         };
         Event::Spawned {
             place,
@@ -631,7 +686,14 @@ impl World {
                 from: self.client(),
                 ask: Ask::Upgrade,
             },
-            70..=79 => Event::Reopen,
+            70..=74 => Event::Reopen,
+            75..=79 => Event::Request {
+                pid: sender,
+                from: self.status_client(),
+                ask: Ask::Status {
+                    json: self.rng.chance(500),
+                },
+            },
             80..=97 => Event::Ignored {
                 sig: libc::SIGALRM,
                 pid: sender,
@@ -651,6 +713,12 @@ impl World {
         }
         let sig = self.rng.pick(&[libc::SIGTERM, libc::SIGINT]);
         Event::Stop { sig }
+    }
+
+    /// A `--status` client: answered at once, not a verdict to wait for.
+    fn status_client(&mut self) -> Client {
+        self.next_client += 1;
+        Client(format!("status-{}", self.next_client).into_bytes())
     }
 
     fn client(&mut self) -> Client {
@@ -736,6 +804,20 @@ impl World {
             }
             _ => {}
         }
+        // The last restart's outcome is one of its own tries', never later than now.
+        if let Some(r) = &state.last_restart {
+            if r.outcome
+                .as_ref()
+                .is_some_and(|o| o.1 <= r.after || o.0 > self.now)
+            {
+                self.fail(&format!("the last restart {r:?} has another's outcome"));
+            }
+        }
+        // Origins are known of workers only, and of every one.
+        let origins: Vec<Pid> = state.origins.iter().map(|o| o.pid).collect();
+        if origins.len() != known.len() || origins.iter().any(|p| !known.contains_key(p)) {
+            self.fail(&format!("origins of {origins:?}, workers {known:?}"));
+        }
         if state.stopping() && (state.upgrade.is_some() || !state.slots.is_empty()) {
             self.fail("stopping, yet starting or upgrading");
         }
@@ -766,6 +848,29 @@ impl World {
             }
         }
     }
+}
+
+/// Whether `text` is one JSON value's worth of brackets and strings: every `{`/`[`
+/// closed in order, outside strings, nothing left open. (The document's fields are
+/// checked by tests/status.rs with a real parser.)
+fn balanced(text: &str) -> bool {
+    let mut open = Vec::new();
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.trim_end().chars() {
+        match (in_string, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (true, false, '"') => in_string = false,
+            (true, false, c) if (c as u32) < 0x20 => return false,
+            (true, ..) => {}
+            (false, _, '"') => in_string = true,
+            (false, _, '{' | '[') => open.push(c),
+            (false, _, '}') if open.pop() != Some('{') => return false,
+            (false, _, ']') if open.pop() != Some('[') => return false,
+            _ => {}
+        }
+    }
+    open.is_empty() && !in_string && text.ends_with("}\n")
 }
 
 /// One seed: upgrades done, events stepped, and the last of them.

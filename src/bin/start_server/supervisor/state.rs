@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::envdir::Tunables;
+use crate::log::Format;
 use crate::signals::Signal;
 use crate::sys::Pid;
 
@@ -60,6 +61,9 @@ pub struct Config {
     pub workers: u32,
     /// `--workers` was given: each worker is told its slot (`SERVER_STARTER_WORKER`).
     pub name_slots: bool,
+    /// `--log-format`, kept for the next image of an upgrade in place, which does not
+    /// read the command line.
+    pub log_format: Format,
     /// `--rolling`: at most this many new workers starting at once in a restart, each
     /// retiring one old worker once it has started.
     pub rolling: Option<u32>,
@@ -89,6 +93,10 @@ pub struct Slot {
     /// `RETRY_FLOOR`, a worker declared started that dies within a retry pause is a
     /// failed start after all, and the count goes on from there.
     pub failures_before_start: u32,
+    /// How many times the slot was refilled (its started worker died or hung and was
+    /// replaced), and the last exit status of a worker in it (raw), for `--status`.
+    pub refills: u32,
+    pub last_exit: Option<i32>,
 }
 
 /// A worker being started. It has *started* when it is still alive after
@@ -231,6 +239,46 @@ pub enum UpgradePhase {
     Executing,
 }
 
+/// Where a worker came from, for `--status`: its slot (0-based), when it was
+/// spawned, and the file it was executed from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Origin {
+    pub pid: Pid,
+    pub slot: u32,
+    pub spawned_at: Mono,
+    /// When it became an old worker (replaced, or told to stop).
+    pub retired_at: Option<Mono>,
+    pub exe: Option<Exe>,
+}
+
+/// The file a worker was executed from, as it was at the spawn: the path (the command's
+/// program, found through PATH), and the file's identity then, to tell whether what
+/// is at the path now is another build.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exe {
+    pub path: PathBuf,
+    pub file: Option<FileId>,
+}
+
+/// A file's identity: device, inode, modification time (nanoseconds, as bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub mtime: u64,
+}
+
+/// The last restart (HUP, `--restart`, auto-restart), for `--status`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LastRestart {
+    pub began: Mono,
+    /// The last generation given out when it began: the restart's tries are newer.
+    pub after: u64,
+    /// How its last try went, once one has: when, which generation, and why it failed
+    /// (`None`: it started).
+    pub outcome: Option<(Mono, u64, Option<String>)>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct State {
     pub config: Config,
@@ -249,6 +297,11 @@ pub struct State {
     pub roll: Option<Roll>,
     pub waiters: Vec<Waiter>,
     pub upgrade: Option<Upgrade>,
+    /// When start_server started (the first image's start, across upgrades).
+    pub started_at: Mono,
+    pub last_restart: Option<LastRestart>,
+    /// Every worker's origin, as long as it is waited for.
+    pub origins: Vec<Origin>,
     /// `--daemonize`'s launcher waits to hear how generation 1 went (its pipe does
     /// not cross an upgrade's exec).
     pub launcher: bool,
@@ -267,8 +320,15 @@ impl State {
             roll: None,
             waiters: Vec::new(),
             upgrade: None,
+            started_at: Mono::default(),
+            last_restart: None,
+            origins: Vec::new(),
             launcher: false,
         }
+    }
+
+    pub fn origin(&self, pid: Pid) -> Option<&Origin> {
+        self.origins.iter().find(|o| o.pid == pid)
     }
 
     /// The workers being started, with their slots (0-based).

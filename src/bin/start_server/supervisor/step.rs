@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::control_socket::{Ask, ACCEPTED};
 use crate::envdir::Tunables;
-use crate::log;
+use crate::log::{self, Line};
 use crate::notify::Said;
 use crate::signals::{self, Signal};
 use crate::sys::Pid;
@@ -24,7 +24,7 @@ use crate::upgrade::{check, VERSION};
 use super::effect::{Effect, Report, Spawned, Status, Tell};
 use super::event::Event;
 use super::state::{
-    Attempt, Canary, Client, Mono, Phase, Place, Retiring, Serving, Slot, State, Upgrade,
+    Attempt, Canary, Client, Mono, Origin, Phase, Place, Retiring, Serving, Slot, State, Upgrade,
     UpgradePhase, Waiter, Worker,
 };
 
@@ -65,10 +65,20 @@ pub(super) struct Step<'a> {
     pub(super) out: Vec<Effect>,
 }
 
-/// `say!(self, "...")`: one log line, as an effect.
+/// `say!(self, "...")`: one log line, as an effect;
+/// `say!(self, "worker-exited", {generation: g, worker: pid}; "...")`: one that names
+/// its event (`log::Line`) and numeric fields, for `--log-format=json`.
 macro_rules! say {
+    ($step:expr, $event:literal, { $($key:ident : $val:expr),* $(,)? }; $($arg:tt)*) => {
+        $step.out.push($crate::supervisor::effect::Effect::Log(
+            $crate::log::Line::new($event, format!($($arg)*))
+                $(.set(stringify!($key), i64::try_from($val).unwrap_or(i64::MAX)))*
+        ))
+    };
     ($step:expr, $($arg:tt)*) => {
-        $step.out.push($crate::supervisor::effect::Effect::Log(format!($($arg)*)))
+        $step.out.push($crate::supervisor::effect::Effect::Log(
+            $crate::log::Line::new("log", format!($($arg)*)),
+        ))
     };
 }
 pub(super) use say;
@@ -81,6 +91,7 @@ impl Step<'_> {
             Event::Ignored { sig, pid } => {
                 say!(
                     self,
+                    "signal-ignored", {signal: sig, sender: pid};
                     "received {} from pid {pid}, ignoring it",
                     signals::name(sig)
                 )
@@ -117,7 +128,7 @@ impl Step<'_> {
         if self.s.restarting() {
             self.s.phase = Phase::RestartQueued;
         } else {
-            say!(self, "received HUP, spawning a new worker");
+            say!(self, "restart", {}; "received HUP, spawning a new worker");
             self.restart();
         }
     }
@@ -151,6 +162,7 @@ impl Step<'_> {
         };
         say!(
             self,
+            "stop", {signal: sig};
             "received {}, sending {} to all workers:{}",
             signals::name(sig),
             send.name,
@@ -162,11 +174,16 @@ impl Step<'_> {
     /// A `--restart` client: a HUP, and a wait for its verdict. An `--upgrade`
     /// client: a USR2.
     fn request(&mut self, pid: Pid, from: Client, ask: Ask) {
+        // A question, answered at once from the state, unlogged: a health probe asks
+        // every few seconds.
+        if let Ask::Status { json } = ask {
+            return self.out.push(Effect::Status { to: from, json });
+        }
         self.reply(&from, ACCEPTED);
         if ask == Ask::Upgrade {
             return self.upgrade(pid, Some(from));
         }
-        say!(self, "received a restart request from pid {pid}");
+        say!(self, "restart-request", {sender: pid}; "received a restart request from pid {pid}");
         self.s.waiters.push(Waiter {
             to: from,
             after: self.s.generation,
@@ -180,6 +197,12 @@ impl Step<'_> {
     /// A child exited: a worker, or an orphan of one (reparented to start_server as
     /// subreaper), which is ignored.
     fn exited(&mut self, pid: Pid, status: Status) {
+        let known = self.s.origins.iter().position(|o| o.pid == pid);
+        if let Some(origin) = known.map(|i| self.s.origins.swap_remove(i)) {
+            if let Some(slot) = self.s.slots.get_mut(origin.slot as usize) {
+                slot.last_exit = Some(status);
+            }
+        }
         if self.s.canary_worker().is_some_and(|w| w.pid == pid) {
             return self.canary_exited(pid, status);
         }
@@ -191,11 +214,14 @@ impl Step<'_> {
                 .is_some_and(|w| is(&w))
         };
         if let Some(i) = self.s.slots.iter().position(starting) {
+            let mut generation = 0;
             if let Some(attempt) = &mut self.s.slots[i].starting {
                 attempt.worker = None;
+                generation = attempt.generation;
             }
             say!(
                 self,
+                "start-failed", {generation: generation, worker: pid, status: status};
                 "new worker {pid} seems to have failed to start, exit status:{status}"
             );
             self.hint_if_daemonizing(pid, status);
@@ -207,10 +233,15 @@ impl Step<'_> {
             let worker = slot.serving.take().expect("a serving worker").worker;
             // Its replacement is on its way: it was an old worker already.
             if slot.starting.is_some() {
-                say!(self, "old worker {pid} died, status:{status}");
+                say!(
+                    self,
+                    "worker-exited", {generation: worker.generation, worker: pid, status: status};
+                    "old worker {pid} died, status:{status}"
+                );
                 self.write_status();
                 return self.settle();
             }
+            slot.refills = slot.refills.saturating_add(1);
             // The file never lists a dead worker for the interval a respawn takes.
             self.write_status();
             if self.canary_takes(i) {
@@ -222,6 +253,7 @@ impl Step<'_> {
             }
             say!(
                 self,
+                "worker-died", {generation: worker.generation, worker: pid, status: status};
                 "worker {pid} died unexpectedly with status:{status}, restarting"
             );
             // One that dies before a retry pause has passed is a crash loop: paced as
@@ -244,9 +276,18 @@ impl Step<'_> {
             return;
         }
         if let Some(old) = self.s.old.remove(&pid) {
+            let generation = old.generation;
             match self.s.stopping() || !old.listed {
-                true => say!(self, "worker {pid} died, status:{status}"),
-                false => say!(self, "old worker {pid} died, status:{status}"),
+                true => say!(
+                    self,
+                    "worker-exited", {generation: generation, worker: pid, status: status};
+                    "worker {pid} died, status:{status}"
+                ),
+                false => say!(
+                    self,
+                    "worker-exited", {generation: generation, worker: pid, status: status};
+                    "old worker {pid} died, status:{status}"
+                ),
             }
             self.write_status();
             self.settle();
@@ -269,11 +310,17 @@ impl Step<'_> {
         });
         let config = &self.s.config;
         match (said, starting, serving) {
-            (Said::Status(status), _, _) => say!(self, "worker {pid} status: {status}"),
+            (Said::Status(status), _, _) => {
+                say!(self, "worker-status", {worker: pid}; "worker {pid} status: {status}")
+            }
             (Said::Ready, Some(i), _) if config.ready_notify => {
                 let attempt = self.s.slots[i].starting.take().expect("a worker starting");
                 if sender != pid {
-                    say!(self, "worker {pid} is ready (said pid {sender})");
+                    say!(
+                        self,
+                        "worker-ready", {worker: pid, sender: sender};
+                        "worker {pid} is ready (said pid {sender})"
+                    );
                 }
                 if let Some(worker) = attempt.worker {
                     self.started(i, worker);
@@ -355,13 +402,19 @@ impl Step<'_> {
         }
         if self.s.phase == Phase::RestartQueued && !self.s.restarting() {
             self.s.phase = Phase::Running;
-            say!(self, "received HUP, spawning a new worker");
+            say!(self, "restart", {}; "received HUP, spawning a new worker");
             self.restart();
         } else if self.s.auto_restart_at().is_some_and(|at| at <= now) {
             let interval = log::seconds(self.s.tunables.auto_restart.unwrap_or_default());
             match self.s.old.is_empty() {
-                true => say!(self, "autorestart triggered (interval={interval})"),
-                false => say!(self, "autorestart triggered (forced, interval={interval})"),
+                true => {
+                    say!(self, "auto-restart", {}; "autorestart triggered (interval={interval})")
+                }
+                false => say!(
+                    self,
+                    "auto-restart", {};
+                    "autorestart triggered (forced, interval={interval})"
+                ),
             }
             self.restart();
         }
@@ -376,7 +429,7 @@ impl Step<'_> {
             }
         }
         if self.s.phase == Phase::Stopping && self.s.old.is_empty() {
-            say!(self, "exiting");
+            say!(self, "exiting", {}; "exiting");
             self.out.push(Effect::Exit);
         }
     }
@@ -385,6 +438,7 @@ impl Step<'_> {
 
     /// The first generation: a worker in every slot.
     fn start(&mut self) {
+        self.s.started_at = self.now;
         let workers = self.s.config.workers.max(1) as usize;
         self.s.slots = vec![Slot::default(); workers];
         self.spawn(0, None, false);
@@ -433,12 +487,21 @@ impl Step<'_> {
                 self.rollback(&format!("could not be spawned: {e}"));
             }
             (Spawned::NoChannel(e), Place::Slot(i)) => {
-                say!(self, "failed to create a notification socket: {e}");
+                say!(
+                    self,
+                    "spawn-failed", {generation: generation, slot: i + 1};
+                    "failed to create a notification socket: {e}"
+                );
                 self.failed_start(i, &format!("no notification socket: {e}"));
             }
             (Spawned::Failed(e), Place::Slot(i)) => {
                 let pause = self.pause_after(self.s.slots[i].failures.saturating_add(1));
-                say!(self, "{e}; trying again in {} secs", log::seconds(pause));
+                say!(
+                    self,
+                    "spawn-failed", {generation: generation, slot: i + 1};
+                    "{e}; trying again in {} secs",
+                    log::seconds(pause)
+                );
                 self.failed_start(i, "it could not be spawned");
             }
             (
@@ -446,10 +509,15 @@ impl Step<'_> {
                     pid,
                     exec_error,
                     unexecutable,
+                    exe,
                 },
                 _,
             ) => {
-                say!(self, "starting new worker {pid}");
+                say!(
+                    self,
+                    "worker-spawned", {generation: generation, worker: pid, slot: place.slot() + 1};
+                    "starting new worker {pid}"
+                );
                 if let Some(error) = exec_error {
                     // Unlike a later generation's (a bad deploy, while the old one
                     // serves on), the first's is a mistake in the command line: said
@@ -457,10 +525,18 @@ impl Step<'_> {
                     if unexecutable && generation == 1 {
                         self.s.phase = Phase::GaveUp;
                         self.s.slots.clear();
+                        self.s.origins.clear();
                         return self.out.push(Effect::GiveUp(error));
                     }
-                    say!(self, "{error}");
+                    say!(self, "exec-failed", {generation: generation, worker: pid}; "{error}");
                 }
+                self.s.origins.push(Origin {
+                    pid,
+                    slot: place.slot() as u32,
+                    spawned_at: self.now,
+                    retired_at: None,
+                    exe,
+                });
                 let config = &self.s.config;
                 let wait = match config.ready_notify {
                     true => config.ready_timeout,
@@ -496,11 +572,12 @@ impl Step<'_> {
         let timeout = log::seconds(self.s.config.ready_timeout);
         say!(
             self,
+            "worker-not-ready", {generation: worker.generation, worker: worker.pid};
             "new worker {} was not ready within {timeout} secs, stopping it",
             worker.pid
         );
         // The most common cause: a server that does not speak sd_notify at all.
-        say!(self, "{NOT_READY_HINT}");
+        say!(self, "hint", {generation: worker.generation}; "{NOT_READY_HINT}");
         self.stop_now(worker, Signal::term(), false);
         // The pause before the next try counts from now, not from the spawn.
         self.s.slots[i].starting = Some(Attempt {
@@ -526,6 +603,7 @@ impl Step<'_> {
         let worker = serving.worker;
         say!(
             self,
+            "worker-hung", {generation: worker.generation, worker: worker.pid};
             "worker {} {why}, sending ABRT and restarting",
             worker.pid
         );
@@ -537,6 +615,7 @@ impl Step<'_> {
         }
         let slot = &mut self.s.slots[i];
         slot.failures = slot.failures_before_start;
+        slot.refills = slot.refills.saturating_add(1);
         slot.starting = Some(Attempt {
             generation: worker.generation,
             worker: None,
@@ -561,6 +640,7 @@ impl Step<'_> {
             signal_at: None,
         };
         self.s.old.insert(worker.pid, retiring);
+        self.retired(worker.pid);
     }
 
     /// Slot `i`'s worker died before it had started, or could not be spawned: the next
@@ -580,6 +660,7 @@ impl Step<'_> {
         if replacing || self.s.roll.is_none() {
             let text = format!("FAILED generation {generation}: {why}");
             self.verdict(generation, &text);
+            self.outcome(generation, Some(why));
         }
         if let Some(roll) = self.s.roll.as_mut().filter(|r| r.reloading && replacing) {
             roll.reloading = false;
@@ -598,6 +679,7 @@ impl Step<'_> {
         if delay != self.s.config.interval {
             say!(
                 self,
+                "backoff", {generation: generation, slot: i + 1, failures: failures};
                 "failed starts in a row: {failures}; trying again in {} secs",
                 log::seconds(delay)
             );
@@ -650,7 +732,7 @@ impl Step<'_> {
     }
 
     pub(super) fn kill_old_workers(&mut self) {
-        say!(self, "killing old workers");
+        say!(self, "old-workers-signalled", {}; "killing old workers");
         let signal = self.s.config.signal_on_hup.clone();
         self.signal_old(&signal);
     }
@@ -665,10 +747,13 @@ impl Step<'_> {
                 continue;
             };
             old.kill = None;
-            self.out.push(Effect::Log(format!(
+            let text = format!(
                 "worker {pid} still running {} secs after it was told to stop, sending KILL",
                 log::seconds(grace)
-            )));
+            );
+            let line = Line::new("worker-killed", text).set("worker", pid.into());
+            self.out
+                .push(Effect::Log(line.set("generation", old.generation as i64)));
             self.out.push(Effect::Signal {
                 pid,
                 signal: kill.clone(),
@@ -685,6 +770,7 @@ impl Step<'_> {
             signal_at: None,
         };
         self.s.old.insert(worker.pid, retiring);
+        self.retired(worker.pid);
     }
 
     /// A restart succeeded once its generation runs alone: every slot's worker has
@@ -698,6 +784,26 @@ impl Step<'_> {
         };
         if self.s.old.values().all(|old| !old.listed) {
             self.verdict(generation, &format!("OK generation {generation}"));
+            self.outcome(generation, None);
+        }
+    }
+
+    /// For `--status`: since when the worker `pid` is an old one.
+    pub(super) fn retired(&mut self, pid: Pid) {
+        let now = self.now;
+        if let Some(origin) = self.s.origins.iter_mut().find(|o| o.pid == pid) {
+            origin.retired_at = Some(now);
+        }
+    }
+
+    /// A try of the last restart has its outcome: `why` it failed, or `None`.
+    pub(super) fn outcome(&mut self, generation: u64, why: Option<&str>) {
+        let now = self.now;
+        if let Some(last) = self.s.last_restart.as_mut() {
+            let known = last.outcome.as_ref().is_some_and(|o| o.1 == generation);
+            if generation > last.after && !(known && why.is_none()) {
+                last.outcome = Some((now, generation, why.map(str::to_string)));
+            }
         }
     }
 
@@ -763,6 +869,7 @@ impl Step<'_> {
         if status == 0 {
             say!(
                 self,
+                "hint", {worker: pid};
                 "worker {pid} exited with status 0 before it had started: a server that \
                  daemonizes itself (forks and exits) cannot be supervised; run it in the \
                  foreground"
@@ -781,22 +888,23 @@ impl Step<'_> {
             Some(_) => format!("received an upgrade request from pid {pid}"),
         };
         if self.s.stopping() {
-            say!(self, "{who}, but start_server is stopping");
+            say!(self, "upgrade-refused", {sender: pid}; "{who}, but start_server is stopping");
             return self.answer(client.as_slice(), STOPPING);
         }
         if let Some(upgrade) = &mut self.s.upgrade {
             upgrade.clients.extend(client);
-            return say!(self, "{who}, joining the upgrade under way");
+            return say!(self, "upgrade", {sender: pid}; "{who}, joining the upgrade under way");
         }
         let Some(exe) = &self.s.config.exe else {
             say!(
                 self,
+                "upgrade-refused", {sender: pid};
                 "{who}, but the path of start_server's binary was not known at start"
             );
             let why = "FAILED the path of start_server's binary is unknown";
             return self.answer(client.as_slice(), why);
         };
-        say!(self, "{who}, checking {}", exe.display());
+        say!(self, "upgrade", {sender: pid}; "{who}, checking {}", exe.display());
         self.s.upgrade = Some(Upgrade {
             began: self.now,
             clients: client.into_iter().collect(),
@@ -855,12 +963,12 @@ impl Step<'_> {
         match refused {
             None => {
                 let took = log::millis(began.until(self.now));
-                say!(self, "upgraded from {from} to {VERSION} in {took} ms");
+                say!(self, "upgraded", {}; "upgraded from {from} to {VERSION} in {took} ms");
                 let text = format!("OK upgraded from {from} to {VERSION} in {took} ms");
                 self.answer(&clients, &text);
             }
             Some(why) => {
-                say!(self, "back to {VERSION}: {why}");
+                say!(self, "upgrade-refused", {}; "back to {VERSION}: {why}");
                 self.answer(&clients, &format!("FAILED {why}"));
             }
         }
@@ -871,7 +979,7 @@ impl Step<'_> {
             Some(exe) => exe.display().to_string(),
             None => "?".into(),
         };
-        say!(self, "not upgrading to {exe}: {why}");
+        say!(self, "upgrade-refused", {}; "not upgrading to {exe}: {why}");
         self.answer(clients, &format!("FAILED {why}"));
     }
 

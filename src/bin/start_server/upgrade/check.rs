@@ -41,9 +41,10 @@ const ANSWER_MAX: usize = 4096;
 pub fn answer() {
     let formats: Vec<String> = state::READS.iter().map(u32::to_string).collect();
     crate::log::print(&format!(
-        "{ANSWER} version={} formats={}\n",
+        "{ANSWER} version={} formats={} build={}\n",
         env!("CARGO_PKG_VERSION"),
-        formats.join(",")
+        formats.join(","),
+        crate::build_id::id()
     ));
 }
 
@@ -65,6 +66,8 @@ const IMAGE_FD: c_int = 3;
 /// What the new binary said of itself.
 pub struct Answer {
     pub version: String,
+    /// Its build id (`--version`'s), if it says it.
+    pub build: Option<String>,
 }
 
 impl Check {
@@ -142,10 +145,12 @@ pub fn parse(output: &[u8]) -> Result<Answer, String> {
     };
     let rest = line.strip_prefix(ANSWER).ok_or_else(not_ours)?;
     let mut version = None;
+    let mut build = None;
     let mut formats = Vec::new();
     for word in rest.split_whitespace() {
         match word.split_once('=') {
             Some(("version", v)) => version = Some(v.to_string()),
+            Some(("build", b)) => build = Some(b.to_string()),
             Some(("formats", list)) => {
                 formats = list.split(',').filter_map(|f| f.parse().ok()).collect()
             }
@@ -161,7 +166,7 @@ pub fn parse(output: &[u8]) -> Result<Answer, String> {
             state::FORMAT
         ));
     }
-    Ok(Answer { version })
+    Ok(Answer { version, build })
 }
 
 #[cfg(test)]
@@ -171,7 +176,10 @@ mod tests {
     #[test]
     fn answers() {
         let ok = parse(b"server_starter upgrade-check version=0.2.0 formats=1,2 more=x\n");
-        assert_eq!(ok.unwrap().version, "0.2.0");
+        let ok = ok.unwrap();
+        assert_eq!((ok.version.as_str(), ok.build), ("0.2.0", None));
+        let ok = parse(b"server_starter upgrade-check version=0.3.0 formats=1 build=git:ab12\n");
+        assert_eq!(ok.unwrap().build.as_deref(), Some("git:ab12"));
         let e = |out: &[u8]| parse(out).err().unwrap();
         assert!(e(b"").contains("not a start_server"));
         assert!(e(b"Unknown option: upgrade-check\n").contains("Unknown option"));
