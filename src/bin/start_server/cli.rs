@@ -10,6 +10,7 @@ use getopts::{Options, ParsingStyle};
 use crate::port_names;
 use crate::port_spec::{self, PortSpec};
 use crate::signals::Signal;
+use crate::supervisor::Ready;
 
 /// What start_server was asked to do.
 pub enum Mode {
@@ -52,7 +53,7 @@ pub struct Config {
     pub kill_old_delay: Option<Duration>,
     pub kill_timeout: Option<Duration>,
     pub backoff: Option<Duration>,
-    pub ready_notify: bool,
+    pub ready: Ready,
     pub ready_timeout: Duration,
     pub watchdog: Option<Duration>,
     pub backlog: i32,
@@ -170,8 +171,11 @@ Options:
   --ready=notify          a new worker has started when it sends READY=1 to the
                           NOTIFY_SOCKET it is given (sd_notify), not when it
                           outlives --interval (--ready=interval, the default)
-  --ready-timeout=seconds how long a worker may take to send READY=1 before it is
-                          stopped and counts as a failed start (default: 90)
+  --ready=listening       a new worker has started when it, or a process below
+                          it, waits for connections on a listener (seen in /proc)
+  --ready-timeout=seconds how long a worker may take to send READY=1 (or to wait
+                          for connections) before it is stopped and counts as a
+                          failed start (default: 90)
   --watchdog=seconds      a started worker that sends no WATCHDOG=1 for that long
                           is hung: killed (ABRT) and replaced (WATCHDOG_USEC)
   --backlog=size          listen backlog (default: SOMAXCONN)
@@ -329,12 +333,13 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
             }
         },
     };
-    let ready_notify = match last("ready").as_deref().map(str::trim) {
-        None | Some("interval") => false,
-        Some("notify") => true,
+    let ready = match last("ready").as_deref().map(str::trim) {
+        None | Some("interval") => Ready::Interval,
+        Some("notify") => Ready::Notify,
+        Some("listening") => Ready::Listening,
         Some(other) => {
             return Err(invalid(format!(
-                "invalid --ready value {other:?}: expected notify or interval"
+                "invalid --ready value {other:?}: expected interval, notify or listening"
             )))
         }
     };
@@ -363,7 +368,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         kill_old_delay: seconds("kill-old-delay")?,
         kill_timeout: seconds("kill-timeout")?,
         backoff: seconds("backoff")?,
-        ready_notify,
+        ready,
         ready_timeout: positive_seconds("ready-timeout")?.unwrap_or(DEFAULT_READY_TIMEOUT),
         watchdog: positive_seconds("watchdog")?,
         backlog,

@@ -18,6 +18,9 @@ pub enum Effect {
     /// Spawn a worker of `generation`, its environment read afresh (`tunables` are
     /// kept if --envdir cannot be read): answered with `Event::Spawned`.
     Spawn { generation: u64, tunables: Tunables },
+    /// `--ready=listening`: look whether worker `pid`, or a process below it, waits
+    /// for connections: answered with `Event::Probed`.
+    Probe { pid: Pid },
     /// Send `signal` to the worker `pid` (a failure is logged, naming the worker).
     Signal { pid: Pid, signal: Signal },
     /// The status file lists exactly these workers, as (generation, pid).

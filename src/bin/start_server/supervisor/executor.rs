@@ -16,6 +16,7 @@ use crate::control_socket::ControlSocket;
 use crate::daemon::{self, Daemon};
 use crate::envdir;
 use crate::listen_fds::WorkerVars;
+use crate::listening::{self, Probe};
 use crate::log;
 use crate::log_file::LogFile;
 use crate::manager::Manager;
@@ -31,7 +32,7 @@ use crate::upgrade::{self as up, Context, VERSION};
 use super::effect::{Effect, Report, Spawned, Tell};
 use super::event::Event;
 use super::record::Services;
-use super::state::{Client, Mono, State};
+use super::state::{Client, Mono, Ready, State};
 use super::step::step;
 
 /// The variables `Command::export_own_pid` is given, which an upgrade's state names.
@@ -130,6 +131,10 @@ impl<'a> Executor<'a> {
                 generation,
                 tunables,
             } => return Some(self.spawn(state, generation, tunables)),
+            Effect::Probe { pid } => {
+                let probe = self.probe(pid);
+                return Some(Event::Probed { pid, probe });
+            }
             Effect::Signal { pid, signal } => {
                 if let Err(e) = sys::kill(pid, signal.number) {
                     log!("failed to send {} to worker {pid}: {e}", signal.name);
@@ -239,7 +244,7 @@ impl<'a> Executor<'a> {
         env.push(("SERVER_STARTER_GENERATION".into(), generation));
         let config = &state.config;
         // A worker's own notification socket, when it needs one.
-        let channel = match config.ready_notify || config.watchdog.is_some() {
+        let channel = match config.ready == Ready::Notify || config.watchdog.is_some() {
             true => match Channel::new() {
                 Ok(channel) => Some(channel),
                 Err(e) => {
@@ -272,6 +277,20 @@ impl<'a> Executor<'a> {
             Err(e) => Spawned::Failed(e.to_string()),
         };
         Event::Spawned { tunables, spawned }
+    }
+
+    /// `--ready=listening`: whether worker `pid`, or a process below it, waits for
+    /// connections on one of the listeners (known by their sockets' inodes).
+    fn probe(&self, pid: Pid) -> Probe {
+        let listeners: Vec<u64> = self
+            .context
+            .listeners
+            .iter()
+            .filter_map(|l| sys::inode(l.fd).ok())
+            .collect();
+        let mut tree = vec![pid];
+        tree.extend(sys::descendants(pid));
+        listening::probe(&tree, &listeners, &listening::Proc)
     }
 
     // ------------------------------------------------------------ event sources

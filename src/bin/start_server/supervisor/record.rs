@@ -10,8 +10,8 @@ use crate::upgrade::record::{persist, record, Persist};
 use crate::upgrade::state::{Cursor, Field};
 
 use super::state::{
-    Attempt, Client, Config, Mono, Newest, Phase, Retiring, Serving, State, Upgrade, UpgradePhase,
-    Waiter, Worker,
+    Attempt, Client, Config, Mono, Newest, Phase, Probing, Ready, Retiring, Serving, State,
+    Upgrade, UpgradePhase, Waiter, Worker,
 };
 
 record!(State {
@@ -35,7 +35,7 @@ persist!(Config {
     signal_on_term,
     kill_timeout,
     backoff,
-    ready_notify,
+    ready,
     ready_timeout,
     watchdog,
     exe,
@@ -56,7 +56,9 @@ persist!(Attempt {
     until,
     replacing,
     reloading,
+    probe,
 });
+persist!(Probing { at, pause });
 persist!(Serving {
     worker,
     started_at,
@@ -132,6 +134,24 @@ impl Persist for Newest {
             "starting" => Ok(Newest::Starting(Persist::take(c)?)),
             "serving" => Ok(Newest::Serving(Persist::take(c)?)),
             other => Err(format!("newest: {other:?} is not a phase")),
+        }
+    }
+}
+
+impl Persist for Ready {
+    fn put(&self, out: &mut Vec<Field>) {
+        out.push(Field::text(match self {
+            Ready::Interval => "interval",
+            Ready::Notify => "notify",
+            Ready::Listening => "listening",
+        }));
+    }
+    fn take(c: &mut Cursor) -> Result<Self, String> {
+        match String::take(c)?.as_str() {
+            "interval" => Ok(Ready::Interval),
+            "notify" => Ok(Ready::Notify),
+            "listening" => Ok(Ready::Listening),
+            other => Err(format!("ready: {other:?} is not a readiness rule")),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::control_socket::{Ask, ACCEPTED};
 use crate::envdir::Tunables;
+use crate::listening::Probe;
 use crate::notify::Said;
 use crate::signals::Signal;
 use crate::sys::Pid;
@@ -20,7 +21,7 @@ use crate::upgrade::{check, VERSION};
 
 use super::effect::{Effect, Spawned, Status};
 use super::event::Event;
-use super::state::{Client, Config, Mono, Newest, Phase, State, UpgradePhase};
+use super::state::{Client, Config, Mono, Newest, Phase, Ready, State, UpgradePhase};
 use super::step::{step, RETRY_FLOOR};
 
 /// Events per seed (at most: a stop may end it sooner), and in all.
@@ -62,6 +63,12 @@ struct Proc {
     generation: u64,
     /// It says READY=1 then (with --ready=notify).
     ready_at: Option<Mono>,
+    /// It waits for connections from then on (with --ready=listening); or /proc cannot
+    /// tell (`blind`).
+    listens_at: Option<Mono>,
+    blind: bool,
+    /// A look at its tree found it waiting (or blind): it may be declared started.
+    seen_waiting: bool,
     /// It exits then, with that status; until reaped, it is still a child.
     exit_at: Option<(Mono, Status)>,
     /// It exits soon after a stop signal; if not, only KILL ends it.
@@ -121,7 +128,7 @@ fn config(rng: &mut Rng) -> (Config, Tunables) {
         signal_on_term: Signal::term(),
         kill_timeout: rng.pick(&[None, Some(secs(3000))]),
         backoff: rng.pick(&[None, Some(secs(10_000))]),
-        ready_notify: rng.chance(500),
+        ready: rng.pick(&[Ready::Interval, Ready::Notify, Ready::Listening]),
         ready_timeout: rng.pick(&[secs(1000), secs(5000)]),
         watchdog: rng.pick(&[None, Some(secs(2000))]),
         exe: rng
@@ -259,6 +266,23 @@ impl World {
                 self.last_spawn = Some(now);
                 return Some(self.spawn(state));
             }
+            Effect::Probe { pid } => {
+                // Only a starting worker is looked at.
+                let starting = state.attempt().and_then(|a| a.worker).map(|w| w.pid);
+                if starting != Some(pid) || state.config.ready != Ready::Listening {
+                    self.fail(&format!("a look at {pid}, which is not starting"));
+                }
+                let Some(proc) = self.procs.get_mut(&pid) else {
+                    self.fail(&format!("a look at {pid}, not a child"));
+                };
+                let probe = match proc.listens_at {
+                    _ if proc.blind => Probe::Blind("process 1 cannot be read".into()),
+                    Some(at) if at <= now => Probe::Waiting("accept4(3)".into()),
+                    _ => Probe::NotYet,
+                };
+                proc.seen_waiting |= probe != Probe::NotYet;
+                return Some(Event::Probed { pid, probe });
+            }
             Effect::Signal { pid, signal } => {
                 let Some(generation) = self.procs.get(&pid).map(|p| p.generation) else {
                     self.fail(&format!("{} sent to {pid}, not a child", signal.name));
@@ -371,6 +395,9 @@ impl World {
         let mut proc = Proc {
             generation: state.generation,
             ready_at: None,
+            listens_at: None,
+            blind: r.chance(30),
+            seen_waiting: false,
             exit_at: None,
             obeys: config.kill_timeout.is_none() || !r.chance(150),
             ping_at: None,
@@ -394,8 +421,11 @@ impl World {
             26..=32 => proc.hangs = true,
             _ => {}
         }
-        if config.ready_notify && !proc.hangs {
+        if config.ready == Ready::Notify && !proc.hangs {
             proc.ready_at = Some(now.after(r.millis(3000)));
+        }
+        if config.ready == Ready::Listening && !proc.hangs {
+            proc.listens_at = Some(now.after(r.millis(3000)));
         }
         if config.watchdog.is_some() && !proc.hangs {
             proc.ping_at = Some(now.after(r.millis(1500)));
@@ -615,6 +645,34 @@ impl World {
                 self.fail("waiting for a check that will never exit")
             }
             _ => {}
+        }
+        // --ready=listening: a worker is declared started only once a look at its tree
+        // found it waiting for connections (or found that /proc cannot tell); and its
+        // tree is looked at only while it starts.
+        if let Some(serving) = state.serving() {
+            let pid = serving.worker.pid;
+            let seen = self.procs.get(&pid).is_some_and(|p| p.seen_waiting);
+            if state.config.ready == Ready::Listening && !seen {
+                self.fail(&format!(
+                    "worker {pid} started before a look found it waiting"
+                ));
+            }
+        }
+        if let Some(attempt) = state.attempt() {
+            if attempt.probe.is_some() && attempt.worker.is_none() {
+                self.fail("a look at a starting worker due, with no worker starting");
+            }
+            // And none forgotten: a starting worker is looked at until it is found
+            // waiting, unless /proc was found blind.
+            let pid = attempt.worker.map(|w| w.pid);
+            let blind = pid.is_some_and(|pid| self.procs.get(&pid).is_some_and(|p| p.blind));
+            if state.config.ready == Ready::Listening
+                && pid.is_some()
+                && attempt.probe.is_none()
+                && !blind
+            {
+                self.fail("a starting worker that nothing looks at");
+            }
         }
         if state.stopping() && (state.upgrade.is_some() || state.newest != Newest::None) {
             self.fail("stopping, yet starting or upgrading");

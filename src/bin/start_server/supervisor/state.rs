@@ -46,16 +46,27 @@ pub struct Config {
     pub kill_timeout: Option<Duration>,
     /// `--backoff`: the longest pause between failed starts, which double up to it.
     pub backoff: Option<Duration>,
-    /// `--ready=notify`: a worker has started when it says `READY=1`, not when it
-    /// outlives the interval.
-    pub ready_notify: bool,
-    /// `--ready-timeout`: how long a worker may take to say `READY=1`.
+    /// `--ready`: when a new worker has started.
+    pub ready: Ready,
+    /// `--ready-timeout`: how long a worker may take to say `READY=1` (or to wait for
+    /// connections).
     pub ready_timeout: Duration,
     /// `--watchdog`: how long a started worker may go without saying `WATCHDOG=1`.
     pub watchdog: Option<Duration>,
     /// The path start_server was started by (`AT_EXECFN`, made absolute), which an
     /// upgrade opens, following a symbolic link then; `None` if it was not known.
     pub exe: Option<PathBuf>,
+}
+
+/// `--ready`: when a new worker has started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// It is still alive after `--interval` (the original's rule).
+    Interval,
+    /// It said `READY=1`.
+    Notify,
+    /// It, or a process below it, waits for connections on a listener (`listening`).
+    Listening,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +101,17 @@ pub struct Attempt {
     pub replacing: bool,
     /// The service manager was told of this restart, and not yet of its outcome.
     pub reloading: bool,
+    /// `--ready=listening`: when the worker's tree is looked at next; `None` with no
+    /// worker, under another `--ready`, or once /proc was found unable to tell.
+    pub probe: Option<Probing>,
+}
+
+/// The looks at a starting worker's tree (`--ready=listening`): the next, and the
+/// pause after it, which doubles from `step::PROBE_FIRST` up to `step::PROBE_MAX`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Probing {
+    pub at: Mono,
+    pub pause: Duration,
 }
 
 /// The started worker of the newest generation.
@@ -242,6 +264,7 @@ impl State {
     /// an event comes.
     pub fn next_deadline(&self) -> Option<Mono> {
         let attempt = self.attempt().map(|a| a.until);
+        let probe = self.attempt().and_then(|a| a.probe).map(|p| p.at);
         let watchdog = self.serving().and_then(|s| s.watchdog_at);
         let kill = self.old.values().filter_map(|o| o.kill.map(|k| k.0)).min();
         let check = match &self.upgrade {
@@ -253,6 +276,7 @@ impl State {
         };
         [
             attempt,
+            probe,
             self.kill_old_at,
             self.auto_restart_at(),
             kill,

@@ -13,6 +13,7 @@ use std::os::raw::c_int;
 use std::time::Duration;
 
 use crate::control_socket::{Ask, ACCEPTED};
+use crate::listening::Probe;
 use crate::log;
 use crate::notify::Said;
 use crate::signals::{self, Signal};
@@ -22,8 +23,8 @@ use crate::upgrade::{check, VERSION};
 use super::effect::{Effect, Report, Spawned, Status, Tell};
 use super::event::Event;
 use super::state::{
-    Attempt, Client, Mono, Newest, Phase, Retiring, Serving, State, Upgrade, UpgradePhase, Waiter,
-    Worker,
+    Attempt, Client, Mono, Newest, Phase, Probing, Ready, Retiring, Serving, State, Upgrade,
+    UpgradePhase, Waiter, Worker,
 };
 
 /// How long a worker that was told to stop without `--kill-timeout` (because it was
@@ -34,6 +35,19 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// (systemd's default RestartSec), so that a worker that cannot start never makes
 /// start_server spin.
 pub const RETRY_FLOOR: Duration = Duration::from_millis(100);
+
+/// `--ready=listening`: the first look at a new worker's tree comes this long after
+/// its spawn, and the pause between looks doubles up to `PROBE_MAX`, which bounds how
+/// long after the server waits for connections it counts as started: often enough for
+/// a fast server to take over within a few milliseconds, few enough looks for a slow
+/// one that they cost nothing noticeable (none at all once it has started).
+pub const PROBE_FIRST: Duration = Duration::from_millis(1);
+pub const PROBE_MAX: Duration = Duration::from_millis(5);
+
+/// What to do about a worker that never waited for connections.
+const NOT_LISTENING_HINT: &str = "it never waited for connections on its listeners: if \
+    the server waits in a way /proc does not show (io_uring, polling with a zero timeout), \
+    use --ready=notify or --ready=interval; if it only needs longer, raise --ready-timeout";
 
 /// What to do about a worker that never said READY=1.
 const NOT_READY_HINT: &str = "it sent no READY=1 to $NOTIFY_SOCKET: if the server does not \
@@ -87,6 +101,7 @@ impl Step<'_> {
             Event::Request { pid, from, ask } => self.request(pid, from, ask),
             Event::Tick => self.tick(),
             Event::Spawned { tunables, spawned } => self.spawned(tunables, spawned),
+            Event::Probed { pid, probe } => self.probed(pid, probe),
             Event::CheckSpawned(result) => self.check_spawned(result),
             Event::Checked(verdict) => self.checked(verdict),
             Event::ExecFailed(why) => {
@@ -171,6 +186,7 @@ impl Step<'_> {
         if let Newest::Starting(attempt) = &mut self.s.newest {
             if attempt.worker.is_some_and(|w| w.pid == pid) {
                 attempt.worker = None;
+                attempt.probe = None;
                 say!(
                     self,
                     "new worker {pid} seems to have failed to start, exit status:{status}"
@@ -199,6 +215,7 @@ impl Step<'_> {
                     until: self.now,
                     replacing: false,
                     reloading: false,
+                    probe: None,
                 });
                 self.failed_start(&exit_text(status));
             } else {
@@ -226,7 +243,7 @@ impl Step<'_> {
         let config = &self.s.config;
         match said {
             Said::Status(status) => say!(self, "worker {pid} status: {status}"),
-            Said::Ready if starting && config.ready_notify => {
+            Said::Ready if starting && config.ready == Ready::Notify => {
                 let Newest::Starting(attempt) = std::mem::replace(&mut self.s.newest, Newest::None)
                 else {
                     unreachable!("a worker is starting")
@@ -238,7 +255,7 @@ impl Step<'_> {
                     self.started(worker, attempt.replacing);
                 }
             }
-            Said::ExtendTimeout(by) if starting && config.ready_notify => {
+            Said::ExtendTimeout(by) if starting && config.ready == Ready::Notify => {
                 let ready_timeout = config.ready_timeout;
                 let now = self.now;
                 if let Newest::Starting(attempt) = &mut self.s.newest {
@@ -270,12 +287,14 @@ impl Step<'_> {
             else {
                 unreachable!("an attempt is under way")
             };
+            let waits_for_word = self.s.config.ready == Ready::Notify || attempt.probe.is_some();
             match attempt.worker {
-                Some(worker) if self.s.config.ready_notify => self.not_ready(worker, attempt),
+                Some(worker) if waits_for_word => self.not_ready(worker, attempt),
                 Some(worker) => self.started(worker, attempt.replacing),
                 None => self.spawn(attempt.replacing, false),
             }
         }
+        self.probe_if_due();
         if self.s.kill_old_at.is_some_and(|at| at <= now) {
             self.s.kill_old_at = None;
             self.kill_old_workers();
@@ -301,11 +320,7 @@ impl Step<'_> {
             let period = log::seconds(self.s.config.watchdog.unwrap_or_default());
             self.hung(&format!("sent no WATCHDOG=1 for {period} secs"));
         }
-        if self.s.phase == Phase::RestartQueued && !self.s.restarting() {
-            self.s.phase = Phase::Running;
-            say!(self, "received HUP, spawning a new worker");
-            self.restart();
-        } else if self.s.auto_restart_at().is_some_and(|at| at <= now) {
+        if !self.queued_restart() && self.s.auto_restart_at().is_some_and(|at| at <= now) {
             let interval = log::seconds(self.s.tunables.auto_restart.unwrap_or_default());
             match self.s.old.is_empty() {
                 true => say!(self, "autorestart triggered (interval={interval})"),
@@ -326,6 +341,73 @@ impl Step<'_> {
         if self.s.phase == Phase::Stopping && self.s.old.is_empty() {
             say!(self, "exiting");
             self.out.push(Effect::Exit);
+        }
+    }
+
+    /// A HUP that came during the restart just ended: the restart it asked for.
+    fn queued_restart(&mut self) -> bool {
+        if self.s.phase != Phase::RestartQueued || self.s.restarting() {
+            return false;
+        }
+        self.s.phase = Phase::Running;
+        say!(self, "received HUP, spawning a new worker");
+        self.restart();
+        true
+    }
+
+    /// `--ready=listening`: the starting worker's tree is looked at when due, and the
+    /// pause before the next look doubles.
+    fn probe_if_due(&mut self) {
+        let now = self.now;
+        let Newest::Starting(Attempt {
+            worker: Some(worker),
+            probe: Some(probe),
+            ..
+        }) = &mut self.s.newest
+        else {
+            return;
+        };
+        if probe.at > now {
+            return;
+        }
+        probe.at = now.after(probe.pause);
+        probe.pause = (probe.pause * 2).min(PROBE_MAX);
+        self.out.push(Effect::Probe { pid: worker.pid });
+    }
+
+    /// What a look at worker `pid`'s tree found, if it is still the one starting.
+    fn probed(&mut self, pid: Pid, probe: Probe) {
+        let Newest::Starting(attempt) = &mut self.s.newest else {
+            return;
+        };
+        if attempt.probe.is_none() || attempt.worker.is_none_or(|w| w.pid != pid) {
+            return;
+        }
+        match probe {
+            Probe::NotYet => {}
+            Probe::Waiting(how) => {
+                let Newest::Starting(attempt) = std::mem::replace(&mut self.s.newest, Newest::None)
+                else {
+                    unreachable!("a worker is starting")
+                };
+                say!(self, "new worker {pid} waits for connections: {how}");
+                if let Some(worker) = attempt.worker {
+                    self.started(worker, attempt.replacing);
+                }
+                // Answered after this turn's tick: a HUP held meanwhile is acted on now.
+                self.queued_restart();
+            }
+            // What the original does, said once.
+            Probe::Blind(why) => {
+                attempt.probe = None;
+                attempt.until = attempt.spawned_at.after(self.s.config.interval);
+                say!(
+                    self,
+                    "cannot tell whether new worker {pid} waits for connections: {why}; it \
+                     counts as started once it has run for --interval ({} secs)",
+                    log::seconds(self.s.config.interval)
+                );
+            }
         }
     }
 
@@ -351,6 +433,7 @@ impl Step<'_> {
             until: self.now,
             replacing,
             reloading,
+            probe: None,
         });
         self.out.push(Effect::Spawn {
             generation: self.s.generation,
@@ -391,11 +474,16 @@ impl Step<'_> {
                 }
                 let generation = self.s.generation;
                 let config = &self.s.config;
-                let wait = match config.ready_notify {
-                    true => config.ready_timeout,
-                    false => config.interval,
+                let wait = match config.ready {
+                    Ready::Notify | Ready::Listening => config.ready_timeout,
+                    Ready::Interval => config.interval,
                 };
+                let probe = (config.ready == Ready::Listening).then(|| Probing {
+                    at: self.now.after(PROBE_FIRST),
+                    pause: PROBE_FIRST,
+                });
                 if let Newest::Starting(attempt) = &mut self.s.newest {
+                    attempt.probe = probe;
                     attempt.worker = Some(Worker {
                         pid,
                         generation,
@@ -451,9 +539,10 @@ impl Step<'_> {
         }
     }
 
-    /// `--ready=notify`: the new worker did not say `READY=1` within
-    /// `--ready-timeout`. It is stopped (TERM, then KILL if it lingers) and counts as a
-    /// failed start, while the old generation goes on serving.
+    /// `--ready=notify` or `--ready=listening`: the new worker did not say `READY=1`
+    /// (or wait for connections) within `--ready-timeout`. It is stopped (TERM, then
+    /// KILL if it lingers) and counts as a failed start, while the old generation goes
+    /// on serving.
     fn not_ready(&mut self, worker: Worker, attempt: Attempt) {
         let timeout = log::seconds(self.s.config.ready_timeout);
         say!(
@@ -461,18 +550,22 @@ impl Step<'_> {
             "new worker {} was not ready within {timeout} secs, stopping it",
             worker.pid
         );
-        // The most common cause: a server that does not speak sd_notify at all.
-        say!(self, "{NOT_READY_HINT}");
+        // The most common cause: a server that does not speak sd_notify at all (or
+        // waits in a way /proc does not show).
+        let hint = match self.s.config.ready {
+            Ready::Listening => NOT_LISTENING_HINT,
+            _ => NOT_READY_HINT,
+        };
+        say!(self, "{hint}");
         self.stop_now(worker, Signal::term(), false);
         // The pause before the next try counts from now, not from the spawn.
         self.s.newest = Newest::Starting(Attempt {
             worker: None,
             spawned_at: self.now,
+            probe: None,
             ..attempt
         });
-        self.failed_start(&format!(
-            "not ready within {timeout} secs ({NOT_READY_HINT})"
-        ));
+        self.failed_start(&format!("not ready within {timeout} secs ({hint})"));
     }
 
     /// `--watchdog`: the serving worker said no `WATCHDOG=1` in time (or said
@@ -500,6 +593,7 @@ impl Step<'_> {
             until: self.now,
             replacing: false,
             reloading: false,
+            probe: None,
         });
         self.failed_start(&format!("worker {} {why}", worker.pid));
     }
