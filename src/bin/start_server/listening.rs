@@ -90,9 +90,11 @@ pub fn probe(tree: &[Pid], listeners: &[u64], look: &impl Look) -> Probe {
         for tid in tids {
             match waits(pid, tid, listeners, look) {
                 Ok(Some(how)) => {
-                    let whose = match i {
-                        0 => format!("thread {tid}"),
-                        _ => format!("thread {tid} of its descendant {pid}"),
+                    let whose = match (i, tid == pid) {
+                        (0, true) => "it".to_string(),
+                        (0, false) => format!("its thread {tid}"),
+                        (_, true) => format!("its descendant {pid}"),
+                        (_, false) => format!("thread {tid} of its descendant {pid}"),
                     };
                     return Probe::Waiting(format!("{whose} waits in {how}"));
                 }
@@ -375,7 +377,7 @@ mod tests {
         ))));
         assert_eq!(
             verdict(&one(line(libc::SYS_accept4, [7, 0, 0, 0, 0, 0]))),
-            Probe::Waiting("thread 10 waits in accept4(7) on socket:[4242]".into())
+            Probe::Waiting("it waits in accept4(7) on socket:[4242]".into())
         );
         // On another socket, or on a pipe: no.
         assert!(!waiting(&one(line(libc::SYS_accept4, [5, 0, 0, 0, 0, 0]))));
