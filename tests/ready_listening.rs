@@ -17,35 +17,51 @@ use common::TempDir;
 use support::*;
 
 /// A Python asyncio HTTP server on the socket start_server hands it, ready `DELAY`
-/// seconds after it starts (a slow loader: it sleeps before it sets its server up,
-/// and stamps `STAMP.GENERATION` just before it does).
+/// seconds after it starts (a slow loader: it sleeps before it sets its listener up,
+/// and stamps `STAMP.GENERATION` just before it does). It accepts in a reader callback
+/// of its own, which serves every connection it accepts: asyncio's `start_server` and
+/// `sock_accept` can accept a connection as they are stopped and drop it (a reset per
+/// restart or so under load, in interval mode as well).
 const ASYNCIO: &str = r#"
 import asyncio, os, signal, socket, time
-generation = os.environ["SERVER_STARTER_GENERATION"]
+generation = os.environ["SERVER_STARTER_GENERATION"].encode()
 active = 0
-async def handle(reader, writer):
+async def handle(loop, conn):
     global active
-    active += 1
     try:
-        await reader.readuntil(b"\r\n\r\n")
-        body = b"hello from pid %d generation %s\n" % (os.getpid(), generation.encode())
-        writer.write(b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n" + body)
-        await writer.drain()
-        writer.close()
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = await loop.sock_recv(conn, 65536)
+            if not chunk:
+                break
+            request += chunk
+        body = b"hello from pid %d generation %s\n" % (os.getpid(), generation)
+        await loop.sock_sendall(conn, b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n" + body)
     finally:
+        conn.close()
         active -= 1
 async def main():
+    global active
     time.sleep(float(os.environ.get("DELAY", "0")))
-    fd = int(os.environ["SERVER_STARTER_PORT"].split("=")[-1])
-    open(os.environ["STAMP"] + "." + generation, "w").close()
-    server = await asyncio.start_server(handle, sock=socket.socket(fileno=fd))
+    loop = asyncio.get_running_loop()
+    listener = socket.socket(fileno=int(os.environ["SERVER_STARTER_PORT"].split("=")[-1]))
+    listener.setblocking(False)
+    open(os.environ["STAMP"] + "." + generation.decode(), "w").close()
+    def accept():
+        # Every connection accepted here is served: none is dropped at the stop.
+        global active
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        active += 1
+        asyncio.ensure_future(handle(loop, conn))
+    loop.add_reader(listener.fileno(), accept)
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
-    # Stops accepting, then answers every connection it accepted (asyncio accepts
-    # them in batches: some may not have started their handler yet).
-    server.close()
-    await asyncio.sleep(0.2)
+    loop.remove_reader(listener.fileno())
     while active:
         await asyncio.sleep(0.05)
 asyncio.run(main())
@@ -523,5 +539,52 @@ fn a_worker_proc_cannot_show_falls_back_to_the_interval() {
     wait_generation(addr("127.0.0.1", port), 1);
     server.signal(libc::SIGHUP);
     server.wait_line("new worker is now running");
+    server.stop();
+}
+
+/// With `--workers=2`, each new worker is looked at on its own: the old generation is
+/// signalled once both have been seen waiting.
+#[test]
+fn each_of_several_workers_is_seen_waiting() {
+    if let Some(missing) = missing(&["python3"]) {
+        eprintln!("skipped: not installed: {missing}");
+        return;
+    }
+    let dir = TempDir::new("listening-workers");
+    let script = dir.path().join("server.py");
+    std::fs::write(&script, ASYNCIO).unwrap();
+    let stamp = dir.path().join("stamp").display().to_string();
+    let script = script.display().to_string();
+    let (mut server, port) = Server::start_retrying(
+        |port| {
+            let mut args = strings(&["--ready=listening", "--workers=2", "--interval=1"]);
+            args.push(format!("--port=127.0.0.1:{port}"));
+            args.extend([String::from("--"), python(), script.clone()]);
+            args
+        },
+        &[("STAMP", &stamp), ("DELAY", "0.5")],
+    );
+    let addr = addr("127.0.0.1", port);
+    wait_generation(addr, 1);
+    let load = Load::start(addr, 4);
+    load.wait_more(20);
+    server.signal(libc::SIGHUP);
+    let new = [worker_pid(&server, 3), worker_pid(&server, 4)];
+    server.wait_line("new worker is now running");
+    let lines = server.lines();
+    let running = lines
+        .iter()
+        .position(|l| l.contains("new worker is now running"))
+        .unwrap();
+    for pid in new {
+        let waits = format!("new worker {pid} waits for connections");
+        assert!(
+            lines[..running].iter().any(|l| l.contains(&waits)),
+            "{pid} not seen waiting before the switch: {lines:?}"
+        );
+    }
+    wait_generation(addr, 2);
+    load.wait_more(20);
+    load.finish_without_failures();
     server.stop();
 }
