@@ -34,11 +34,11 @@ pub enum Probe {
 pub trait Look {
     fn threads(&self, pid: Pid) -> io::Result<Vec<Pid>>;
     /// /proc/PID/task/TID/syscall.
-    fn syscall(&self, pid: Pid, tid: Pid) -> io::Result<Vec<u8>>;
+    fn syscall(&self, pid: Pid, tid: Pid) -> io::Result<String>;
     /// The target of /proc/PID/task/TID/fd/FD.
     fn fd_link(&self, pid: Pid, tid: Pid, fd: i32) -> io::Result<Vec<u8>>;
     /// /proc/PID/task/TID/fdinfo/FD.
-    fn fdinfo(&self, pid: Pid, tid: Pid, fd: i32) -> io::Result<Vec<u8>>;
+    fn fdinfo(&self, pid: Pid, tid: Pid, fd: i32) -> io::Result<String>;
     fn memory(&self, tid: Pid, addr: u64, len: usize) -> io::Result<Vec<u8>>;
 }
 
@@ -49,13 +49,13 @@ impl Look for Proc {
     fn threads(&self, pid: Pid) -> io::Result<Vec<Pid>> {
         sys::threads(pid)
     }
-    fn syscall(&self, pid: Pid, tid: Pid) -> io::Result<Vec<u8>> {
+    fn syscall(&self, pid: Pid, tid: Pid) -> io::Result<String> {
         sys::task_file(pid, tid, "syscall")
     }
     fn fd_link(&self, pid: Pid, tid: Pid, fd: i32) -> io::Result<Vec<u8>> {
         sys::fd_link(pid, tid, fd)
     }
-    fn fdinfo(&self, pid: Pid, tid: Pid, fd: i32) -> io::Result<Vec<u8>> {
+    fn fdinfo(&self, pid: Pid, tid: Pid, fd: i32) -> io::Result<String> {
         sys::task_file(pid, tid, &format!("fdinfo/{fd}"))
     }
     fn memory(&self, tid: Pid, addr: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -143,10 +143,9 @@ fn waits(
     let Some((call, args)) = parse_syscall(&text) else {
         return Ok(None);
     };
-    let listener = |fd: i64| -> Result<Option<u64>, Failed> {
-        let Ok(fd) = i32::try_from(fd) else {
-            return Ok(None);
-        };
+    // A descriptor is an int: an argument that is not one names none.
+    let fd = |arg: u64| i32::try_from(arg).ok();
+    let listener = |fd: i32| -> Result<Option<u64>, Failed> {
         match look.fd_link(pid, tid, fd) {
             Ok(link) => Ok(socket_inode(&link).filter(|ino| listeners.contains(ino))),
             Err(e) if gone(&e) => Ok(None),
@@ -158,11 +157,11 @@ fn waits(
         Err(e) if gone(&e) => Ok(Vec::new()),
         Err(e) => Err(("memory", e)),
     };
-    let found = |fd: i64, ino: u64| Some(format!("{}({fd}) on socket:[{ino}]", call.name()));
-    match call {
-        Call::OnFd(_) => Ok(listener(args[0])?.and_then(|ino| found(args[0], ino))),
+    // The descriptors the call waits on, the first one that is a listener found.
+    let candidates: Vec<i32> = match call {
+        Call::OnFd(_) => fd(args[0]).into_iter().collect(),
         Call::Epoll(_) => {
-            let Ok(epfd) = i32::try_from(args[0]) else {
+            let Some(epfd) = fd(args[0]) else {
                 return Ok(None);
             };
             let info = match look.fdinfo(pid, tid, epfd) {
@@ -171,29 +170,24 @@ fn waits(
                 Err(e) => return Err(("fdinfo", e)),
             };
             let ino = epoll_readers(&info).find(|ino| listeners.contains(ino));
-            Ok(ino.and_then(|ino| found(args[0], ino)))
+            let name = call.name();
+            return Ok(ino.map(|ino| format!("{name} on socket:[{ino}] (epoll fd {epfd})")));
         }
         Call::Poll(_) => {
-            let n = (args[1] as u64).min(MAX_POLLFDS);
-            let array = memory(args[0] as u64, n as usize * 8)?;
-            for fd in poll_readers(&array) {
-                if let Some(ino) = listener(fd.into())? {
-                    return Ok(Some(format!("{} on socket:[{ino}] (fd {fd})", call.name())));
-                }
-            }
-            Ok(None)
+            let n = args[1].min(MAX_POLLFDS) as usize;
+            poll_readers(&memory(args[0], n * 8)?).collect()
         }
         Call::Select(_) => {
-            let nfds = args[0].clamp(0, libc::FD_SETSIZE as i64) as usize;
-            let set = memory(args[1] as u64, nfds.div_ceil(64) * 8)?;
-            for fd in set_members(&set, nfds) {
-                if let Some(ino) = listener(fd.into())? {
-                    return Ok(Some(format!("{} on socket:[{ino}] (fd {fd})", call.name())));
-                }
-            }
-            Ok(None)
+            let nfds = args[0].min(libc::FD_SETSIZE as u64) as usize;
+            set_members(&memory(args[1], nfds.div_ceil(64) * 8)?, nfds).collect()
+        }
+    };
+    for fd in candidates {
+        if let Some(ino) = listener(fd)? {
+            return Ok(Some(format!("{} on socket:[{ino}] (fd {fd})", call.name())));
         }
     }
+    Ok(None)
 }
 
 /// The blocking calls a server waits for connections in, by what their arguments
@@ -245,14 +239,13 @@ impl Call {
 /// /proc/TID/syscall: `NR ARG1 ... ARG6 SP PC` while the thread is blocked in a system
 /// call; `-1 SP PC` blocked elsewhere, or `running`: then `None`, as for a call no
 /// server waits for connections in.
-fn parse_syscall(text: &[u8]) -> Option<(Call, [i64; 6])> {
-    let text = std::str::from_utf8(text).ok()?;
+fn parse_syscall(text: &str) -> Option<(Call, [u64; 6])> {
     let mut words = text.split_ascii_whitespace();
     let call = Call::of(words.next()?.parse().ok()?)?;
-    let mut args = [0i64; 6];
+    let mut args = [0u64; 6];
     for arg in &mut args {
         let hex = words.next()?.strip_prefix("0x")?;
-        *arg = u64::from_str_radix(hex, 16).ok()? as i64;
+        *arg = u64::from_str_radix(hex, 16).ok()?;
     }
     Some((call, args))
 }
@@ -265,9 +258,9 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 
 /// An epoll descriptor's fdinfo: the inodes it watches for reading (`tfd:` rows:
 /// `tfd: FD events: HEX data: HEX pos:N ino:HEX sdev:HEX`).
-fn epoll_readers(info: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    info.split(|&b| b == b'\n').filter_map(|line| {
-        let line = std::str::from_utf8(line).ok()?.strip_prefix("tfd:")?;
+fn epoll_readers(info: &str) -> impl Iterator<Item = u64> + '_ {
+    info.lines().filter_map(|line| {
+        let line = line.strip_prefix("tfd:")?;
         let words: Vec<&str> = line.split_ascii_whitespace().collect();
         let events = words.iter().position(|&w| w == "events:")?;
         let events = u64::from_str_radix(words.get(events + 1)?, 16).ok()?;
@@ -324,20 +317,18 @@ mod tests {
         fn threads(&self, pid: Pid) -> io::Result<Vec<Pid>> {
             self.threads.get(&pid).cloned().ok_or(err(libc::ENOENT))
         }
-        fn syscall(&self, _: Pid, tid: Pid) -> io::Result<Vec<u8>> {
+        fn syscall(&self, _: Pid, tid: Pid) -> io::Result<String> {
             if self.denied.contains(&tid) {
                 return Err(err(libc::EACCES));
             }
-            let text = self.syscall.get(&tid).ok_or(err(libc::ESRCH))?;
-            Ok(text.as_bytes().to_vec())
+            self.syscall.get(&tid).cloned().ok_or(err(libc::ESRCH))
         }
         fn fd_link(&self, _: Pid, _: Pid, fd: i32) -> io::Result<Vec<u8>> {
             let link = self.links.get(&fd).ok_or(err(libc::ENOENT))?;
             Ok(link.as_bytes().to_vec())
         }
-        fn fdinfo(&self, _: Pid, _: Pid, fd: i32) -> io::Result<Vec<u8>> {
-            let info = self.fdinfo.get(&fd).ok_or(err(libc::ENOENT))?;
-            Ok(info.as_bytes().to_vec())
+        fn fdinfo(&self, _: Pid, _: Pid, fd: i32) -> io::Result<String> {
+            self.fdinfo.get(&fd).cloned().ok_or(err(libc::ENOENT))
         }
         fn memory(&self, _: Pid, addr: u64, len: usize) -> io::Result<Vec<u8>> {
             let bytes = self.memory.get(&addr).ok_or(err(libc::EFAULT))?;
@@ -377,7 +368,7 @@ mod tests {
         ))));
         assert_eq!(
             verdict(&one(line(libc::SYS_accept4, [7, 0, 0, 0, 0, 0]))),
-            Probe::Waiting("it waits in accept4(7) on socket:[4242]".into())
+            Probe::Waiting("it waits in accept4 on socket:[4242] (fd 7)".into())
         );
         // On another socket, or on a pipe: no.
         assert!(!waiting(&one(line(libc::SYS_accept4, [5, 0, 0, 0, 0, 0]))));
@@ -479,7 +470,7 @@ mod tests {
         assert_eq!(
             found,
             Probe::Waiting(
-                "thread 13 of its descendant 11 waits in accept(7) on socket:[4242]".into()
+                "thread 13 of its descendant 11 waits in accept on socket:[4242] (fd 7)".into()
             )
         );
     }

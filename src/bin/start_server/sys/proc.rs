@@ -5,83 +5,49 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 
 use super::Pid;
 
 /// The processes below `root` (not `root` itself), found through each thread's
-/// `children` file (or, on a kernel without it, every process's parent). A process
-/// that exits meanwhile is left out; one forked meanwhile may be missed.
+/// `children` file (Linux 3.5 and later, built with `CONFIG_PROC_CHILDREN`, as every
+/// distribution's kernel is; without it, none is found). A process that exits
+/// meanwhile is left out; one forked meanwhile may be missed.
 pub fn descendants(root: Pid) -> Vec<Pid> {
-    let by_children = fs::metadata("/proc/thread-self/children").is_ok();
-    let parents = match by_children {
-        true => Vec::new(),
-        false => all_parents(),
-    };
     let mut found: Vec<Pid> = Vec::new();
     let mut next = vec![root];
     while let Some(pid) = next.pop() {
-        let children = match by_children {
-            true => children(pid),
-            false => parents
-                .iter()
-                .filter(|&&(_, parent)| parent == pid)
-                .map(|&(child, _)| child)
-                .collect(),
-        };
-        for child in children {
-            // A reused pid cannot make the walk go round in circles.
-            if child != root && !found.contains(&child) {
-                found.push(child);
-                next.push(child);
+        for tid in threads(pid).unwrap_or_default() {
+            let children = task_file(pid, tid, "children").unwrap_or_default();
+            for child in children
+                .split_ascii_whitespace()
+                .filter_map(|c| c.parse().ok())
+            {
+                // A reused pid cannot make the walk go round in circles.
+                if child != root && !found.contains(&child) {
+                    found.push(child);
+                    next.push(child);
+                }
             }
         }
     }
     found
 }
 
-/// The children of every thread of `pid`.
-fn children(pid: Pid) -> Vec<Pid> {
-    let mut children = Vec::new();
-    for tid in threads(pid).unwrap_or_default() {
-        if let Ok(text) = fs::read(format!("/proc/{pid}/task/{tid}/children")) {
-            children.extend(numbers(&text));
-        }
-    }
-    children
-}
-
-/// (pid, parent pid) of every process, from each one's `stat`.
-fn all_parents() -> Vec<(Pid, Pid)> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|entry| parse_pid(entry.file_name().as_bytes()))
-        .filter_map(|pid| {
-            let stat = fs::read(format!("/proc/{pid}/stat")).ok()?;
-            // "pid (comm) state ppid ...": the command may hold anything, even ")".
-            let rest = &stat[stat.iter().rposition(|&b| b == b')')? + 1..];
-            let parent = numbers(rest).into_iter().next()?;
-            Some((pid, parent))
-        })
-        .collect()
-}
-
 /// The threads of `pid` (their ids).
 pub fn threads(pid: Pid) -> io::Result<Vec<Pid>> {
     let dir = fs::read_dir(format!("/proc/{pid}/task"))?;
-    Ok(dir
-        .flatten()
-        .filter_map(|entry| parse_pid(entry.file_name().as_bytes()))
+    let names = dir.flatten().map(|entry| entry.file_name());
+    Ok(names
+        .filter_map(|name| name.to_str()?.parse().ok())
         .collect())
 }
 
 /// A file of thread `tid` of `pid`, under /proc/PID/task/TID/ (`syscall`,
 /// `fdinfo/N`): a thread's own view, right even where it does not share its
 /// process's descriptor table.
-pub fn task_file(pid: Pid, tid: Pid, name: &str) -> io::Result<Vec<u8>> {
-    fs::read(format!("/proc/{pid}/task/{tid}/{name}"))
+pub fn task_file(pid: Pid, tid: Pid, name: &str) -> io::Result<String> {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/{name}"))
 }
 
 /// What descriptor `fd` of thread `tid` of `pid` is (`socket:[INODE]`, a path, ...).
@@ -113,17 +79,6 @@ pub fn read_memory(pid: Pid, addr: u64, len: usize) -> io::Result<Vec<u8>> {
     }
     buf.truncate(n as usize);
     Ok(buf)
-}
-
-fn parse_pid(name: &[u8]) -> Option<Pid> {
-    std::str::from_utf8(name).ok()?.parse().ok()
-}
-
-/// The decimal numbers in `text`, separated by white space.
-fn numbers(text: &[u8]) -> Vec<Pid> {
-    text.split(|b| b.is_ascii_whitespace())
-        .filter_map(parse_pid)
-        .collect()
 }
 
 #[cfg(test)]
