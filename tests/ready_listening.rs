@@ -588,3 +588,38 @@ fn each_of_several_workers_is_seen_waiting() {
     load.finish_without_failures();
     server.stop();
 }
+
+/// A worker with only a UDP socket (the C echo example, loading 1.5 s) is seen
+/// waiting on it in poll(2) as well: switched to once it has loaded.
+#[test]
+fn a_udp_only_worker_is_seen_waiting() {
+    let echo = common::example("echo-static").display().to_string();
+    let (mut server, port) = Server::start_retrying(
+        |port| {
+            let mut args = strings(&["--ready=listening", "--interval=1"]);
+            args.push(format!("--port=127.0.0.1:u{port}"));
+            args.extend([String::from("--"), echo.clone()]);
+            args
+        },
+        &[("EXAMPLE_READY_DELAY_MS", "1500")],
+    );
+    let first = worker_pid(&server, 1);
+    server.wait_line(&format!("new worker {first} waits for connections"));
+    let to = addr("127.0.0.1", port);
+    common::udp_echo_eventually(to, b"first");
+    let hup = Instant::now();
+    server.signal(libc::SIGHUP);
+    let second = worker_pid(&server, 2);
+    let line = server.wait_line("new worker is now running");
+    let running = hup.elapsed();
+    assert!(line.contains(&first.to_string()), "{line}");
+    assert!(
+        running >= Duration::from_millis(1500),
+        "switched to {running:?} after the HUP, before the worker had loaded"
+    );
+    let waits = server.wait_line(&format!("new worker {second} waits for connections"));
+    assert!(waits.contains("poll on socket:["), "{waits}");
+    server.wait_line(&format!("old worker {first} died"));
+    common::udp_echo_eventually(to, b"second");
+    server.stop();
+}
