@@ -623,3 +623,36 @@ fn a_udp_only_worker_is_seen_waiting() {
     common::udp_echo_eventually(to, b"second");
     server.stop();
 }
+
+/// /proc is looked at only while a worker starts: once it has, start_server sleeps
+/// (no context switch across half a second), before and after a restart.
+#[test]
+fn no_look_once_started() {
+    let c = common::example("http-static").display().to_string();
+    let (mut server, port) = Server::start_retrying(
+        |port| {
+            let mut args = strings(&["--ready=listening", "--interval=1"]);
+            args.push(format!("--port=127.0.0.1:{port}"));
+            args.extend([String::from("--"), c.clone()]);
+            args
+        },
+        &[],
+    );
+    let idle = || {
+        let mut last = context_switches(server.pid());
+        wait_until("start_server to be idle", || {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = context_switches(server.pid());
+            std::mem::replace(&mut last, now) == now
+        });
+    };
+    let first = worker_pid(&server, 1);
+    server.wait_line(&format!("new worker {first} waits for connections"));
+    idle();
+    server.signal(libc::SIGHUP);
+    server.wait_line("new worker is now running");
+    server.wait_line(&format!("old worker {first} died"));
+    idle();
+    wait_generation(addr("127.0.0.1", port), 2);
+    server.stop();
+}
