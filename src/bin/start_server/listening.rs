@@ -89,14 +89,11 @@ pub fn probe(tree: &[Pid], listeners: &[u64], look: &impl Look) -> Probe {
         };
         for tid in tids {
             match waits(pid, tid, listeners, look) {
-                Ok(Some(how)) => {
-                    let whose = match (i, tid == pid) {
-                        (0, true) => "it".to_string(),
-                        (0, false) => format!("its thread {tid}"),
-                        (_, true) => format!("its descendant {pid}"),
-                        (_, false) => format!("thread {tid} of its descendant {pid}"),
-                    };
-                    return Probe::Waiting(format!("{whose} waits in {how}"));
+                Ok(Some((call, ino, fd))) => {
+                    return Probe::Waiting(format!(
+                        "thread {tid} of process {pid} waits in {call} on socket:[{ino}] \
+                         (descriptor {fd})"
+                    ))
                 }
                 Ok(None) => {}
                 Err((what, e)) => note(&mut denied, pid, what, &e),
@@ -132,13 +129,14 @@ fn gone(e: &io::Error) -> bool {
 
 type Failed = (&'static str, io::Error);
 
-/// Whether thread `tid` of `pid` waits on a listener: in what, if so.
+/// Whether thread `tid` of `pid` waits on a listener: if so, in which call, on which
+/// socket (its inode), through which descriptor (an epoll set's, for epoll).
 fn waits(
     pid: Pid,
     tid: Pid,
     listeners: &[u64],
     look: &impl Look,
-) -> Result<Option<String>, Failed> {
+) -> Result<Option<(&'static str, u64, i32)>, Failed> {
     let text = look.syscall(pid, tid).map_err(|e| ("syscall", e))?;
     let Some((call, args)) = parse_syscall(&text) else {
         return Ok(None);
@@ -170,8 +168,7 @@ fn waits(
                 Err(e) => return Err(("fdinfo", e)),
             };
             let ino = epoll_readers(&info).find(|ino| listeners.contains(ino));
-            let name = call.name();
-            return Ok(ino.map(|ino| format!("{name} on socket:[{ino}] (epoll fd {epfd})")));
+            return Ok(ino.map(|ino| (call.name(), ino, epfd)));
         }
         Call::Poll(_) => {
             let n = args[1].min(MAX_POLLFDS) as usize;
@@ -184,7 +181,7 @@ fn waits(
     };
     for fd in candidates {
         if let Some(ino) = listener(fd)? {
-            return Ok(Some(format!("{} on socket:[{ino}] (fd {fd})", call.name())));
+            return Ok(Some((call.name(), ino, fd)));
         }
     }
     Ok(None)
@@ -261,11 +258,11 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 fn epoll_readers(info: &str) -> impl Iterator<Item = u64> + '_ {
     info.lines().filter_map(|line| {
         let line = line.strip_prefix("tfd:")?;
-        let words: Vec<&str> = line.split_ascii_whitespace().collect();
-        let events = words.iter().position(|&w| w == "events:")?;
-        let events = u64::from_str_radix(words.get(events + 1)?, 16).ok()?;
-        let ino = words.iter().find_map(|w| w.strip_prefix("ino:"))?;
-        let ino = u64::from_str_radix(ino, 16).ok()?;
+        let value = |key: &str| {
+            let word = line.split(key).nth(1)?.split_ascii_whitespace().next()?;
+            u64::from_str_radix(word, 16).ok()
+        };
+        let (events, ino) = (value(" events:")?, value(" ino:")?);
         (events & libc::EPOLLIN as u64 != 0).then_some(ino)
     })
 }
@@ -281,12 +278,12 @@ fn poll_readers(array: &[u8]) -> impl Iterator<Item = i32> + '_ {
 
 /// An `fd_set` (words of `long` bits) of `nfds` descriptors: its members.
 fn set_members(set: &[u8], nfds: usize) -> impl Iterator<Item = i32> + '_ {
-    let words: Vec<u64> = set
-        .chunks_exact(8)
-        .map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")))
-        .collect();
-    (0..nfds.min(words.len() * 64))
-        .filter(move |&fd| words[fd / 64] & (1 << (fd % 64)) != 0)
+    let word = |fd: usize| {
+        let bytes = &set[fd / 64 * 8..][..8];
+        u64::from_ne_bytes(bytes.try_into().expect("8 bytes"))
+    };
+    (0..nfds.min(set.len() / 8 * 64))
+        .filter(move |&fd| word(fd) & (1 << (fd % 64)) != 0)
         .map(|fd| fd as i32)
 }
 
@@ -368,7 +365,9 @@ mod tests {
         ))));
         assert_eq!(
             verdict(&one(line(libc::SYS_accept4, [7, 0, 0, 0, 0, 0]))),
-            Probe::Waiting("it waits in accept4 on socket:[4242] (fd 7)".into())
+            Probe::Waiting(
+                "thread 10 of process 10 waits in accept4 on socket:[4242] (descriptor 7)".into()
+            )
         );
         // On another socket, or on a pipe: no.
         assert!(!waiting(&one(line(libc::SYS_accept4, [5, 0, 0, 0, 0, 0]))));
@@ -470,7 +469,7 @@ mod tests {
         assert_eq!(
             found,
             Probe::Waiting(
-                "thread 13 of its descendant 11 waits in accept on socket:[4242] (fd 7)".into()
+                "thread 13 of process 11 waits in accept on socket:[4242] (descriptor 7)".into()
             )
         );
     }
