@@ -11,6 +11,7 @@ use crate::log::Format;
 use crate::port_names;
 use crate::port_spec::{self, PortSpec};
 use crate::signals::Signal;
+use crate::supervisor::Ready;
 
 /// What start_server was asked to do.
 pub enum Mode {
@@ -59,7 +60,7 @@ pub struct Config {
     pub kill_old_delay: Option<Duration>,
     pub kill_timeout: Option<Duration>,
     pub backoff: Option<Duration>,
-    pub ready_notify: bool,
+    pub ready: Ready,
     pub ready_timeout: Duration,
     pub watchdog: Option<Duration>,
     pub backlog: i32,
@@ -199,8 +200,11 @@ Options:
   --ready=notify          a new worker has started when it sends READY=1 to the
                           NOTIFY_SOCKET it is given (sd_notify), not when it
                           outlives --interval (--ready=interval, the default)
-  --ready-timeout=seconds how long a worker may take to send READY=1 before it is
-                          stopped and counts as a failed start (default: 90)
+  --ready=listening       a new worker has started when it, or a process below
+                          it, waits for connections on a listener (seen in /proc)
+  --ready-timeout=seconds how long a worker may take to send READY=1 (or to wait
+                          for connections) before it is stopped and counts as a
+                          failed start (default: 90)
   --watchdog=seconds      a started worker that sends no WATCHDOG=1 for that long
                           is hung: killed (ABRT) and replaced (WATCHDOG_USEC)
   --workers=N             run N workers of the command per generation, each told
@@ -412,12 +416,13 @@ pub fn parse_with_log_format(args: &[String], format: &mut Format) -> Result<Mod
     };
     let workers = count("workers")?;
     let rolling = count("rolling")?;
-    let ready_notify = match last("ready").as_deref().map(str::trim) {
-        None | Some("interval") => false,
-        Some("notify") => true,
+    let ready = match last("ready").as_deref().map(str::trim) {
+        None | Some("interval") => Ready::Interval,
+        Some("notify") => Ready::Notify,
+        Some("listening") => Ready::Listening,
         Some(other) => {
             return Err(invalid(format!(
-                "invalid --ready value {other:?}: expected notify or interval"
+                "invalid --ready value {other:?}: expected interval, notify or listening"
             )))
         }
     };
@@ -446,7 +451,7 @@ pub fn parse_with_log_format(args: &[String], format: &mut Format) -> Result<Mod
         kill_old_delay: seconds("kill-old-delay")?,
         kill_timeout: seconds("kill-timeout")?,
         backoff: seconds("backoff")?,
-        ready_notify,
+        ready,
         ready_timeout: positive_seconds("ready-timeout")?.unwrap_or(DEFAULT_READY_TIMEOUT),
         watchdog: positive_seconds("watchdog")?,
         backlog,

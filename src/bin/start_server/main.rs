@@ -13,6 +13,7 @@ mod daemon;
 mod envdir;
 mod inherited;
 mod listen_fds;
+mod listening;
 #[macro_use]
 mod log;
 mod log_file;
@@ -138,6 +139,9 @@ fn start(config: Config) -> Result<(), String> {
 
     let inherited = inherited::take()?;
     let mut plan = Plan::new(&config.ports, &config.paths, inherited, config.listen_fds)?;
+    if config.ready == supervisor::Ready::Listening && plan.0.is_empty() {
+        return Err("--ready=listening: no socket to watch (give --port or --path)".into());
+    }
     let reserved = plan.reserve()?;
     // Not before: a descriptor it opens must not take a number a socket is to have.
     log::follow_stderr();
@@ -268,7 +272,7 @@ fn supervise(
         signal_on_term: config.signal_on_term,
         kill_timeout: config.kill_timeout,
         backoff: config.backoff,
-        ready_notify: config.ready_notify,
+        ready: config.ready,
         ready_timeout: config.ready_timeout,
         watchdog: config.watchdog,
         exe: upgrade::own_exe(),

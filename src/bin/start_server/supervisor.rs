@@ -29,4 +29,4 @@ pub use event::Event;
 pub use executor::Executor;
 pub use record::Services;
 pub use run::run;
-pub use state::{Config, State};
+pub use state::{Config, Ready, State};

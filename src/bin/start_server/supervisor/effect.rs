@@ -24,6 +24,9 @@ pub enum Effect {
         tunables: Tunables,
         place: Place,
     },
+    /// `--ready=listening`: look whether worker `pid`, or a process below it, waits
+    /// for connections: answered with `Event::Probed`.
+    Probe { pid: Pid },
     /// Send `signal` to the worker `pid` (a failure is logged, naming the worker).
     Signal { pid: Pid, signal: Signal },
     /// The status file lists exactly these workers, as (generation, pid).

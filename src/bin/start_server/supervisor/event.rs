@@ -5,6 +5,7 @@
 
 use crate::control_socket::Ask;
 use crate::envdir::Tunables;
+use crate::listening::Probe;
 use crate::notify::Said;
 use crate::sys::Pid;
 
@@ -41,6 +42,8 @@ pub enum Event {
         tunables: Option<Tunables>,
         spawned: Spawned,
     },
+    /// The answer to `Effect::Probe`: what a look at worker `pid`'s tree found.
+    Probed { pid: Pid, probe: Probe },
     /// The answer to `Effect::SpawnCheck`: `Err(why)` if it could not be started.
     CheckSpawned(Result<(), String>),
     /// The check exited: the version the new binary said, or why it is refused.

@@ -17,6 +17,7 @@ use crate::control_socket::{self, ControlSocket};
 use crate::daemon::{self, Daemon};
 use crate::envdir;
 use crate::listen_fds::WorkerVars;
+use crate::listening::{self, Probe};
 use crate::log;
 use crate::log_file::LogFile;
 use crate::manager::Manager;
@@ -33,7 +34,7 @@ use super::effect::{Effect, Report, Spawned, Tell};
 use super::event::Event;
 use super::record::Services;
 use super::report;
-use super::state::{Client, Exe, FileId, Mono, Place, State};
+use super::state::{Client, Exe, FileId, Mono, Place, Ready, State};
 use super::step::step;
 
 /// The variables `Command::export_own_pid` is given, which an upgrade's state names.
@@ -135,6 +136,10 @@ impl<'a> Executor<'a> {
                 tunables,
                 place,
             } => return Some(self.spawn(state, generation, tunables, place)),
+            Effect::Probe { pid } => {
+                let probe = self.probe(pid);
+                return Some(Event::Probed { pid, probe });
+            }
             Effect::Signal { pid, signal } => {
                 if let Err(e) = sys::kill(pid, signal.number) {
                     log!(event "signal-failed", "failed to send {} to worker {pid}: {e}", signal.name);
@@ -292,7 +297,7 @@ impl<'a> Executor<'a> {
             env.push(("SERVER_STARTER_WORKER".into(), slot.into()));
         }
         // A worker's own notification socket, when it needs one.
-        let channel = match config.ready_notify || config.watchdog.is_some() {
+        let channel = match config.ready == Ready::Notify || config.watchdog.is_some() {
             true => match Channel::new() {
                 Ok(channel) => Some(channel),
                 Err(e) => {
@@ -339,6 +344,20 @@ impl<'a> Executor<'a> {
             tunables,
             spawned,
         }
+    }
+
+    /// `--ready=listening`: whether worker `pid`, or a process below it, waits for
+    /// connections on one of the listeners (known by their sockets' inodes).
+    fn probe(&self, pid: Pid) -> Probe {
+        let listeners: Vec<u64> = self
+            .context
+            .listeners
+            .iter()
+            .filter_map(|l| sys::inode(l.fd).ok())
+            .collect();
+        let mut tree = vec![pid];
+        tree.extend(sys::descendants(pid));
+        listening::probe(&tree, &listeners, &listening::Proc)
     }
 
     // ------------------------------------------------------------ event sources

@@ -11,8 +11,8 @@ use crate::upgrade::record::{persist, record, Persist};
 use crate::upgrade::state::{Cursor, Field};
 
 use super::state::{
-    Attempt, Canary, Client, Config, Exe, FileId, LastRestart, Mono, Origin, Phase, Retiring, Roll,
-    Serving, Slot, State, Upgrade, UpgradePhase, Waiter, Worker,
+    Attempt, Canary, Client, Config, Exe, FileId, LastRestart, Mono, Origin, Phase, Probing, Ready,
+    Retiring, Roll, Serving, Slot, State, Upgrade, UpgradePhase, Waiter, Worker,
 };
 
 record!(State {
@@ -38,7 +38,7 @@ persist!(Config {
     signal_on_term,
     kill_timeout,
     backoff,
-    ready_notify,
+    ready,
     ready_timeout,
     watchdog,
     exe,
@@ -72,7 +72,9 @@ persist!(Attempt {
     spawned_at,
     until,
     replacing,
+    probe,
 });
+persist!(Probing { at, pause });
 persist!(Serving {
     worker,
     started_at,
@@ -172,6 +174,20 @@ impl Persist for Canary {
                 until: Persist::take(c)?,
             }),
             other => Err(format!("canary: {other:?} is not a phase")),
+        }
+    }
+}
+
+impl Persist for Ready {
+    fn put(&self, out: &mut Vec<Field>) {
+        out.push(Field::text(self.name()));
+    }
+    fn take(c: &mut Cursor) -> Result<Self, String> {
+        let name = String::take(c)?;
+        let rules = [Ready::Interval, Ready::Notify, Ready::Listening];
+        match rules.into_iter().find(|r| r.name() == name) {
+            Some(rule) => Ok(rule),
+            None => Err(format!("ready: {name:?} is not a readiness rule")),
         }
     }
 }
@@ -300,7 +316,7 @@ mod tests {
             signal_on_term: Signal::term(),
             kill_timeout: Some(Duration::from_secs(3)),
             backoff: None,
-            ready_notify: true,
+            ready: Ready::Listening,
             ready_timeout: Duration::from_secs(90),
             watchdog: Some(Duration::from_secs(2)),
             exe: Some("/usr/bin/start_server".into()),
@@ -322,6 +338,10 @@ mod tests {
             spawned_at: Mono(5_000),
             until: Mono(95_000),
             replacing: true,
+            probe: Some(Probing {
+                at: Mono(5_004),
+                pause: Duration::from_millis(4),
+            }),
         };
         state.slots = vec![
             Slot {
@@ -384,6 +404,7 @@ mod tests {
                 spawned_at: Mono(7_000),
                 until: Mono(7_000),
                 replacing: true,
+                probe: None,
             }),
         ] {
             state.roll.as_mut().unwrap().canary = canary;

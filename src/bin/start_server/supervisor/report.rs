@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::log::{self, json_string};
 use crate::sys::Pid;
 
-use super::state::{Canary, Mono, Phase, State, UpgradePhase};
+use super::state::{Canary, Mono, Phase, Ready, State, UpgradePhase};
 
 /// The JSON document's schema version.
 pub const SCHEMA: u32 = 1;
@@ -225,16 +225,13 @@ impl Report<'_> {
         let secs = |d: Duration| log::seconds(d);
         let mut out = vec![
             ("interval", secs(c.interval)),
-            (
-                "ready",
-                if c.ready_notify { "notify" } else { "interval" }.into(),
-            ),
+            ("ready", c.ready.name().into()),
             ("signal-on-hup", c.signal_on_hup.name.clone()),
             ("signal-on-term", c.signal_on_term.name.clone()),
             ("kill-old-delay", secs(t.kill_old_delay)),
             ("workers", c.workers.to_string()),
         ];
-        if c.ready_notify {
+        if c.ready != Ready::Interval {
             out.push(("ready-timeout", secs(c.ready_timeout)));
         }
         let optional = [
@@ -498,7 +495,7 @@ mod tests {
             signal_on_term: Signal::term(),
             kill_timeout: Some(secs(20)),
             backoff: None,
-            ready_notify: true,
+            ready: Ready::Notify,
             ready_timeout: secs(90),
             watchdog: None,
             exe: None,
@@ -535,6 +532,7 @@ mod tests {
                     spawned_at: at(160),
                     until: at(250),
                     replacing: true,
+                    probe: None,
                 }),
                 last_exit: Some(3 << 8),
                 ..Slot::default()

@@ -20,8 +20,8 @@ use crate::signals::Signal;
 use crate::sys::Pid;
 
 use super::effect::{Effect, Report, Status, Tell};
-use super::state::{Canary, LastRestart, Place, Retiring, Roll, Serving, Worker};
-use super::step::{exit_text, say, Step, NOT_READY_HINT};
+use super::state::{Canary, LastRestart, Place, Ready, Retiring, Roll, Serving, Worker};
+use super::step::{exit_text, say, Step};
 use crate::log::Line;
 
 impl Step<'_> {
@@ -247,7 +247,7 @@ impl Step<'_> {
     }
 
     /// The canary is on trial from now on, listed in the status file.
-    fn canary_started(&mut self) {
+    pub(super) fn canary_started(&mut self) {
         let (now, config) = (self.now, &self.s.config);
         let secs = config.canary.unwrap_or_default();
         let watchdog_at = config.watchdog.map(|w| now.after(w));
@@ -293,8 +293,8 @@ impl Step<'_> {
 
     pub(super) fn canary_said(&mut self, pid: Pid, sender: Pid, said: Said) {
         let (now, config) = (self.now, &self.s.config);
-        let (ready_notify, ready_timeout, watchdog) =
-            (config.ready_notify, config.ready_timeout, config.watchdog);
+        let ready_notify = config.ready == Ready::Notify;
+        let (ready_timeout, watchdog) = (config.ready_timeout, config.watchdog);
         let Some(roll) = &mut self.s.roll else {
             return;
         };
@@ -325,14 +325,14 @@ impl Step<'_> {
         let now = self.now;
         match self.s.canary() {
             Some(Canary::Starting(attempt)) if attempt.until <= now => match attempt.worker {
-                Some(worker) if self.s.config.ready_notify => {
+                Some(worker) if self.s.config.ready == Ready::Notify || attempt.probe.is_some() => {
                     let timeout = log::seconds(self.s.config.ready_timeout);
                     say!(
                         self,
                         "new worker {} was not ready within {timeout} secs, stopping it",
                         worker.pid
                     );
-                    say!(self, "{NOT_READY_HINT}");
+                    say!(self, "{}", self.not_ready_hint());
                     self.rollback(&format!(
                         "canary worker {} was not ready within {timeout} secs",
                         worker.pid

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::control_socket::{Ask, ACCEPTED};
 use crate::envdir::Tunables;
+use crate::listening::Probe;
 use crate::log::Format;
 use crate::notify::Said;
 use crate::signals::Signal;
@@ -22,7 +23,9 @@ use crate::upgrade::{check, VERSION};
 use super::effect::{Effect, Spawned, Status};
 use super::event::Event;
 use super::report;
-use super::state::{Canary, Client, Config, Exe, FileId, Mono, Phase, Place, State, UpgradePhase};
+use super::state::{
+    Canary, Client, Config, Exe, FileId, Mono, Phase, Place, Ready, State, UpgradePhase,
+};
 use super::step::{step, RETRY_FLOOR};
 
 /// Events per seed (at most: a stop may end it sooner), and in all.
@@ -67,6 +70,12 @@ struct Proc {
     generation: u64,
     /// It says READY=1 then (with --ready=notify).
     ready_at: Option<Mono>,
+    /// It waits for connections from then on (with --ready=listening); or /proc cannot
+    /// tell (`blind`).
+    listens_at: Option<Mono>,
+    blind: bool,
+    /// A look at its tree found it waiting (or blind): it may be declared started.
+    seen_waiting: bool,
     /// It exits then, with that status; until reaped, it is still a child.
     exit_at: Option<(Mono, Status)>,
     /// It exits soon after a stop signal; if not, only KILL ends it.
@@ -132,7 +141,7 @@ fn config(rng: &mut Rng) -> (Config, Tunables) {
         signal_on_term: Signal::term(),
         kill_timeout: rng.pick(&[None, Some(secs(3000))]),
         backoff: rng.pick(&[None, Some(secs(10_000))]),
-        ready_notify: rng.chance(500),
+        ready: rng.pick(&[Ready::Interval, Ready::Notify, Ready::Listening]),
         ready_timeout: rng.pick(&[secs(1000), secs(5000)]),
         watchdog: rng.pick(&[None, Some(secs(2000))]),
         exe: rng
@@ -340,6 +349,29 @@ impl World {
                 self.last_spawn.insert(slot, now);
                 return Some(self.spawn(state, place));
             }
+            Effect::Probe { pid } => {
+                // Only a starting worker (the canary included) is looked at.
+                let canary = match state.canary() {
+                    Some(Canary::Starting(attempt)) => attempt.worker,
+                    _ => None,
+                };
+                let starting = state.attempts().filter_map(|(_, a)| a.worker);
+                if !starting.chain(canary).any(|w| w.pid == pid)
+                    || state.config.ready != Ready::Listening
+                {
+                    self.fail(&format!("a look at {pid}, which is not starting"));
+                }
+                let Some(proc) = self.procs.get_mut(&pid) else {
+                    self.fail(&format!("a look at {pid}, not a child"));
+                };
+                let probe = match proc.listens_at {
+                    _ if proc.blind => Probe::Blind("process 1 cannot be read".into()),
+                    Some(at) if at <= now => Probe::Waiting("accept4(3)".into()),
+                    _ => Probe::NotYet,
+                };
+                proc.seen_waiting |= probe != Probe::NotYet;
+                return Some(Event::Probed { pid, probe });
+            }
             Effect::Signal { pid, signal } => {
                 let Some(generation) = self.procs.get(&pid).map(|p| p.generation) else {
                     self.fail(&format!("{} sent to {pid}, not a child", signal.name));
@@ -511,6 +543,9 @@ impl World {
         let mut proc = Proc {
             generation,
             ready_at: None,
+            listens_at: None,
+            blind: r.chance(30),
+            seen_waiting: false,
             exit_at: None,
             obeys: config.kill_timeout.is_none() || !r.chance(150),
             ping_at: None,
@@ -542,8 +577,11 @@ impl World {
             26..=32 => proc.hangs = true,
             _ => {}
         }
-        if config.ready_notify && !proc.hangs {
+        if config.ready == Ready::Notify && !proc.hangs {
             proc.ready_at = Some(now.after(r.millis(3000)));
+        }
+        if config.ready == Ready::Listening && !proc.hangs {
+            proc.listens_at = Some(now.after(r.millis(3000)));
         }
         if config.watchdog.is_some() && !proc.hangs {
             proc.ping_at = Some(now.after(r.millis(1500)));
@@ -817,6 +855,40 @@ impl World {
         let origins: Vec<Pid> = state.origins.iter().map(|o| o.pid).collect();
         if origins.len() != known.len() || origins.iter().any(|p| !known.contains_key(p)) {
             self.fail(&format!("origins of {origins:?}, workers {known:?}"));
+        }
+        // --ready=listening: a worker is declared started only once a look at its tree
+        // found it waiting for connections (or found that /proc cannot tell); a look
+        // is due only for a worker starting, and always for one (unless blind).
+        let canary = match state.canary() {
+            Some(Canary::Trial { serving, .. }) => Some(serving),
+            _ => None,
+        };
+        for serving in state.serving().map(|(_, s)| s).chain(canary) {
+            let pid = serving.worker.pid;
+            let seen = self.procs.get(&pid).is_some_and(|p| p.seen_waiting);
+            if state.config.ready == Ready::Listening && !seen {
+                self.fail(&format!(
+                    "worker {pid} started before a look found it waiting"
+                ));
+            }
+        }
+        let canary = match state.canary() {
+            Some(Canary::Starting(attempt)) => Some(attempt),
+            _ => None,
+        };
+        for attempt in state.attempts().map(|(_, a)| a).chain(canary) {
+            if attempt.probe.is_some() && attempt.worker.is_none() {
+                self.fail("a look at a starting worker due, with no worker starting");
+            }
+            let pid = attempt.worker.map(|w| w.pid);
+            let blind = pid.is_some_and(|pid| self.procs.get(&pid).is_some_and(|p| p.blind));
+            if state.config.ready == Ready::Listening
+                && pid.is_some()
+                && attempt.probe.is_none()
+                && !blind
+            {
+                self.fail("a starting worker that nothing looks at");
+            }
         }
         if state.stopping() && (state.upgrade.is_some() || !state.slots.is_empty()) {
             self.fail("stopping, yet starting or upgrading");

@@ -47,10 +47,10 @@ pub struct Config {
     pub kill_timeout: Option<Duration>,
     /// `--backoff`: the longest pause between failed starts, which double up to it.
     pub backoff: Option<Duration>,
-    /// `--ready=notify`: a worker has started when it says `READY=1`, not when it
-    /// outlives the interval.
-    pub ready_notify: bool,
-    /// `--ready-timeout`: how long a worker may take to say `READY=1`.
+    /// `--ready`: when a new worker has started.
+    pub ready: Ready,
+    /// `--ready-timeout`: how long a worker may take to say `READY=1` (or to wait for
+    /// connections).
     pub ready_timeout: Duration,
     /// `--watchdog`: how long a started worker may go without saying `WATCHDOG=1`.
     pub watchdog: Option<Duration>,
@@ -70,6 +70,28 @@ pub struct Config {
     /// `--canary`: a restart first starts one new worker, which must serve this long
     /// beside the old generation before the rest follows.
     pub canary: Option<Duration>,
+}
+
+/// `--ready`: when a new worker has started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// It is still alive after `--interval` (the original's rule).
+    Interval,
+    /// It said `READY=1`.
+    Notify,
+    /// It, or a process below it, waits for connections on a listener (`listening`).
+    Listening,
+}
+
+impl Ready {
+    /// As `--ready=` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ready::Interval => "interval",
+            Ready::Notify => "notify",
+            Ready::Listening => "listening",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +138,17 @@ pub struct Attempt {
     /// Whether it is part of a restart, which retires older workers once it has
     /// started.
     pub replacing: bool,
+    /// `--ready=listening`: when the worker's tree is looked at next; `None` with no
+    /// worker, under another `--ready`, or once /proc was found unable to tell.
+    pub probe: Option<Probing>,
+}
+
+/// The looks at a starting worker's tree (`--ready=listening`): the next, and the
+/// pause after it, which doubles from `step::PROBE_FIRST` up to `step::PROBE_MAX`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Probing {
+    pub at: Mono,
+    pub pause: Duration,
 }
 
 impl Attempt {
@@ -400,11 +433,19 @@ impl State {
     /// an event comes.
     pub fn next_deadline(&self) -> Option<Mono> {
         let attempt = self.attempts().map(|(_, a)| a.until).min();
+        let probe = self
+            .attempts()
+            .filter_map(|(_, a)| a.probe)
+            .map(|p| p.at)
+            .min();
         let watchdog = self.serving().filter_map(|(_, s)| s.watchdog_at).min();
         let kill = self.old.values().filter_map(|o| o.kill.map(|k| k.0)).min();
         let signal = self.old.values().filter_map(|o| o.signal_at).min();
         let canary = match self.canary() {
-            Some(Canary::Starting(attempt)) => Some(attempt.until),
+            Some(Canary::Starting(attempt)) => {
+                let probe = attempt.probe.map(|p| p.at);
+                probe.into_iter().chain([attempt.until]).min()
+            }
             Some(Canary::Trial { serving, until }) => {
                 let at = serving.watchdog_at.into_iter().chain([*until]);
                 at.min()
@@ -420,6 +461,7 @@ impl State {
         };
         [
             attempt,
+            probe,
             self.kill_old_at,
             self.auto_restart_at(),
             kill,

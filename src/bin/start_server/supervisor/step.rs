@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::control_socket::{Ask, ACCEPTED};
 use crate::envdir::Tunables;
+use crate::listening::Probe;
 use crate::log::{self, Line};
 use crate::notify::Said;
 use crate::signals::{self, Signal};
@@ -24,8 +25,8 @@ use crate::upgrade::{check, VERSION};
 use super::effect::{Effect, Report, Spawned, Status, Tell};
 use super::event::Event;
 use super::state::{
-    Attempt, Canary, Client, Mono, Origin, Phase, Place, Retiring, Serving, Slot, State, Upgrade,
-    UpgradePhase, Waiter, Worker,
+    Attempt, Canary, Client, Mono, Origin, Phase, Place, Probing, Ready, Retiring, Serving, Slot,
+    State, Upgrade, UpgradePhase, Waiter, Worker,
 };
 
 /// How long a worker that was told to stop without `--kill-timeout` (because it was
@@ -36,6 +37,19 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// (systemd's default RestartSec), so that a worker that cannot start never makes
 /// start_server spin.
 pub const RETRY_FLOOR: Duration = Duration::from_millis(100);
+
+/// `--ready=listening`: the first look at a new worker's tree comes this long after
+/// its spawn, and the pause between looks doubles up to `PROBE_MAX`, which bounds how
+/// long after the server waits for connections it counts as started: often enough for
+/// a fast server to take over within a few milliseconds, few enough looks for a slow
+/// one that they cost nothing noticeable (none at all once it has started).
+pub const PROBE_FIRST: Duration = Duration::from_millis(1);
+pub const PROBE_MAX: Duration = Duration::from_millis(5);
+
+/// What to do about a worker that never waited for connections.
+const NOT_LISTENING_HINT: &str = "it never waited for connections on its listeners: if \
+    the server waits in a way /proc does not show (io_uring, polling with a zero timeout), \
+    use --ready=notify or --ready=interval; if it only needs longer, raise --ready-timeout";
 
 /// What to do about a worker that never said READY=1.
 pub(super) const NOT_READY_HINT: &str =
@@ -108,6 +122,7 @@ impl Step<'_> {
                 tunables,
                 spawned,
             } => self.spawned(place, tunables, spawned),
+            Event::Probed { pid, probe } => self.probed(pid, probe),
             Event::CheckSpawned(result) => self.check_spawned(result),
             Event::Checked(verdict) => self.checked(verdict),
             Event::ExecFailed(why) => {
@@ -218,6 +233,7 @@ impl Step<'_> {
             if let Some(attempt) = &mut self.s.slots[i].starting {
                 attempt.worker = None;
                 generation = attempt.generation;
+                attempt.probe = None;
             }
             say!(
                 self,
@@ -267,6 +283,7 @@ impl Step<'_> {
                     spawned_at: worker.spawned_at,
                     until: self.now,
                     replacing: false,
+                    probe: None,
                 });
                 self.hint_if_daemonizing(pid, status);
                 self.failed_start(i, &exit_text(status));
@@ -313,7 +330,7 @@ impl Step<'_> {
             (Said::Status(status), _, _) => {
                 say!(self, "worker-status", {worker: pid}; "worker {pid} status: {status}")
             }
-            (Said::Ready, Some(i), _) if config.ready_notify => {
+            (Said::Ready, Some(i), _) if config.ready == Ready::Notify => {
                 let attempt = self.s.slots[i].starting.take().expect("a worker starting");
                 if sender != pid {
                     say!(
@@ -326,7 +343,7 @@ impl Step<'_> {
                     self.started(i, worker);
                 }
             }
-            (Said::ExtendTimeout(by), Some(i), _) if config.ready_notify => {
+            (Said::ExtendTimeout(by), Some(i), _) if config.ready == Ready::Notify => {
                 let ready_timeout = config.ready_timeout;
                 let now = self.now;
                 if let Some(attempt) = &mut self.s.slots[i].starting {
@@ -366,13 +383,15 @@ impl Step<'_> {
             let Some(attempt) = slot.starting.take_if(|a| a.until <= now) else {
                 continue;
             };
+            let waits_for_word = self.s.config.ready == Ready::Notify || attempt.probe.is_some();
             match attempt.worker {
-                Some(worker) if self.s.config.ready_notify => self.not_ready(i, worker, attempt),
+                Some(worker) if waits_for_word => self.not_ready(i, worker, attempt),
                 Some(worker) => self.started(i, worker),
                 None => self.spawn(i, None, attempt.replacing),
             }
         }
         self.canary_tick();
+        self.probe_if_due();
         if self.s.kill_old_at.is_some_and(|at| at <= now) {
             self.s.kill_old_at = None;
             self.kill_old_workers();
@@ -400,11 +419,7 @@ impl Step<'_> {
                 self.hung(i, &format!("sent no WATCHDOG=1 for {period} secs"));
             }
         }
-        if self.s.phase == Phase::RestartQueued && !self.s.restarting() {
-            self.s.phase = Phase::Running;
-            say!(self, "restart", {}; "received HUP, spawning a new worker");
-            self.restart();
-        } else if self.s.auto_restart_at().is_some_and(|at| at <= now) {
+        if !self.queued_restart() && self.s.auto_restart_at().is_some_and(|at| at <= now) {
             let interval = log::seconds(self.s.tunables.auto_restart.unwrap_or_default());
             match self.s.old.is_empty() {
                 true => {
@@ -431,6 +446,102 @@ impl Step<'_> {
         if self.s.phase == Phase::Stopping && self.s.old.is_empty() {
             say!(self, "exiting", {}; "exiting");
             self.out.push(Effect::Exit);
+        }
+    }
+
+    /// A HUP that came during the restart just ended: the restart it asked for.
+    fn queued_restart(&mut self) -> bool {
+        if self.s.phase != Phase::RestartQueued || self.s.restarting() {
+            return false;
+        }
+        self.s.phase = Phase::Running;
+        say!(self, "restart", {}; "received HUP, spawning a new worker");
+        self.restart();
+        true
+    }
+
+    /// `--ready=listening`: each starting worker's tree (the canary's too) is looked
+    /// at when due, and the pause before its next look doubles.
+    fn probe_if_due(&mut self) {
+        let now = self.now;
+        let canary = match self.s.roll.as_mut().map(|r| &mut r.canary) {
+            Some(Canary::Starting(attempt)) => Some(attempt),
+            _ => None,
+        };
+        let slots = self.s.slots.iter_mut().filter_map(|s| s.starting.as_mut());
+        for attempt in slots.chain(canary) {
+            let Attempt {
+                worker: Some(worker),
+                probe: Some(probe),
+                ..
+            } = attempt
+            else {
+                continue;
+            };
+            if probe.at > now {
+                continue;
+            }
+            probe.at = now.after(probe.pause);
+            probe.pause = (probe.pause * 2).min(PROBE_MAX);
+            self.out.push(Effect::Probe { pid: worker.pid });
+        }
+    }
+
+    /// What a look at worker `pid`'s tree found, if it is still starting.
+    fn probed(&mut self, pid: Pid, probe: Probe) {
+        let looked_at = |attempt: &Attempt| {
+            attempt.probe.is_some() && attempt.worker.is_some_and(|w| w.pid == pid)
+        };
+        let place = match self.s.canary() {
+            Some(Canary::Starting(attempt)) if looked_at(attempt) => Place::Canary,
+            _ => match self.s.attempts().find(|(_, a)| looked_at(a)) {
+                Some((i, _)) => Place::Slot(i),
+                None => return,
+            },
+        };
+        match probe {
+            Probe::NotYet => {}
+            Probe::Waiting(how) => {
+                say!(
+                    self,
+                    "worker-listening", {worker: pid};
+                    "new worker {pid} waits for connections: {how}"
+                );
+                match place {
+                    Place::Canary => self.canary_started(),
+                    Place::Slot(i) => {
+                        let attempt = self.s.slots[i].starting.take();
+                        if let Some(worker) = attempt.and_then(|a| a.worker) {
+                            self.started(i, worker);
+                        }
+                    }
+                }
+                // Answered after this turn's tick: a HUP held meanwhile is acted on now.
+                self.queued_restart();
+            }
+            // What the original does, said once.
+            Probe::Blind(why) => {
+                let interval = self.s.config.interval;
+                if let Some(attempt) = self.attempt_at(place) {
+                    attempt.probe = None;
+                    attempt.until = attempt.spawned_at.after(interval);
+                }
+                say!(
+                    self,
+                    "worker-blind", {worker: pid};
+                    "cannot tell whether new worker {pid} waits for connections: {why}; it \
+                     counts as started once it has run for --interval ({} secs)",
+                    log::seconds(interval)
+                );
+            }
+        }
+    }
+
+    /// Why a worker may not have been ready in time, and what to do about it.
+    pub(super) fn not_ready_hint(&self) -> &'static str {
+        match self.s.config.ready {
+            Ready::Listening => NOT_LISTENING_HINT,
+            _ => NOT_READY_HINT,
         }
     }
 
@@ -471,6 +582,7 @@ impl Step<'_> {
             spawned_at: self.now,
             until: self.now,
             replacing,
+            probe: None,
         }
     }
 
@@ -538,11 +650,16 @@ impl Step<'_> {
                     exe,
                 });
                 let config = &self.s.config;
-                let wait = match config.ready_notify {
-                    true => config.ready_timeout,
-                    false => config.interval,
+                let wait = match config.ready {
+                    Ready::Notify | Ready::Listening => config.ready_timeout,
+                    Ready::Interval => config.interval,
                 };
+                let probe = (config.ready == Ready::Listening).then(|| Probing {
+                    at: self.now.after(PROBE_FIRST),
+                    pause: PROBE_FIRST,
+                });
                 if let Some(attempt) = self.attempt_at(place) {
+                    attempt.probe = probe;
                     attempt.worker = Some(Worker {
                         pid,
                         generation,
@@ -565,9 +682,10 @@ impl Step<'_> {
         self.install(i, serving);
     }
 
-    /// `--ready=notify`: the new worker of slot `i` did not say `READY=1` within
-    /// `--ready-timeout`. It is stopped (TERM, then KILL if it lingers) and counts as a
-    /// failed start, while the old generation goes on serving.
+    /// `--ready=notify` or `--ready=listening`: the new worker of slot `i` did not
+    /// say `READY=1` (or wait for connections) within `--ready-timeout`. It is stopped
+    /// (TERM, then KILL if it lingers) and counts as a failed start, while the old
+    /// generation goes on serving.
     fn not_ready(&mut self, i: usize, worker: Worker, attempt: Attempt) {
         let timeout = log::seconds(self.s.config.ready_timeout);
         say!(
@@ -576,19 +694,19 @@ impl Step<'_> {
             "new worker {} was not ready within {timeout} secs, stopping it",
             worker.pid
         );
-        // The most common cause: a server that does not speak sd_notify at all.
-        say!(self, "hint", {generation: worker.generation}; "{NOT_READY_HINT}");
+        // The most common cause: a server that does not speak sd_notify at all (or
+        // waits in a way /proc does not show).
+        let hint = self.not_ready_hint();
+        say!(self, "hint", {generation: worker.generation}; "{hint}");
         self.stop_now(worker, Signal::term(), false);
         // The pause before the next try counts from now, not from the spawn.
         self.s.slots[i].starting = Some(Attempt {
             worker: None,
             spawned_at: self.now,
+            probe: None,
             ..attempt
         });
-        self.failed_start(
-            i,
-            &format!("not ready within {timeout} secs ({NOT_READY_HINT})"),
-        );
+        self.failed_start(i, &format!("not ready within {timeout} secs ({hint})"));
     }
 
     /// `--watchdog`: the serving worker of slot `i` said no `WATCHDOG=1` in time (or
@@ -622,6 +740,7 @@ impl Step<'_> {
             spawned_at: self.now,
             until: self.now,
             replacing: false,
+            probe: None,
         });
         self.failed_start(i, &format!("worker {} {why}", worker.pid));
     }

@@ -339,11 +339,21 @@ pub fn redirect_to_dev_null(fds: &[RawFd]) -> io::Result<()> {
 
 /// The file type bits of an open descriptor (`S_IFSOCK`, `S_IFREG`, ...).
 pub fn file_type(fd: RawFd) -> io::Result<libc::mode_t> {
+    Ok(fstat(fd)?.st_mode & libc::S_IFMT)
+}
+
+/// The inode number of an open descriptor: for a socket, the number /proc shows as
+/// `socket:[INODE]`, whoever holds it at whatever descriptor.
+pub fn inode(fd: RawFd) -> io::Result<u64> {
+    Ok(fstat(fd)?.st_ino)
+}
+
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     // SAFETY: stat is plain data, filled in by fstat.
     let mut st: libc::stat = unsafe { mem::zeroed() };
     // SAFETY: `st` is a writable stat; fstat on an integer descriptor.
     check(unsafe { libc::fstat(fd, &mut st) })?;
-    Ok(st.st_mode & libc::S_IFMT)
+    Ok(st)
 }
 
 /// An anonymous file in memory (memfd_create), close-on-exec: where the upgrade state

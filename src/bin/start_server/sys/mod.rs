@@ -9,6 +9,7 @@
 
 mod child;
 mod fd;
+mod proc;
 mod process;
 mod signal;
 mod socket;
@@ -19,6 +20,7 @@ use std::os::raw::c_int;
 
 pub use child::{spawn, CStrArray, ChildSpec, Program, SpawnError, Stage};
 pub use fd::*;
+pub use proc::*;
 pub use process::*;
 pub use signal::*;
 pub use socket::*;
