@@ -29,6 +29,7 @@ mod supervisor;
 #[allow(unsafe_code)]
 mod sys;
 mod throttle;
+mod tree;
 mod upgrade;
 
 use std::ffi::OsString;
@@ -225,6 +226,8 @@ fn supervise(
     let events = Events::new().map_err(|e| format!("failed to create a signalfd: {e}"))?;
     // After --daemonize's forks, in the process that supervises.
     sys::become_subreaper().map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER) failed: {e}"))?;
+    // Before the logger is spawned, which then runs in start_server's own leaf cgroup.
+    let (trees, mode) = tree::Trees::start()?;
     // Before the logger is spawned, which must not inherit the manager's variables.
     let manager = Manager::from_environment();
     // The logger too: it must be the supervising process's child, to be reaped and
@@ -233,6 +236,7 @@ fn supervise(
         log_file.start(daemon.is_some())?;
         log_file.redirect()?;
     }
+    log!("{mode}");
     let listen_vars = WorkerVars::new(listeners, config.listen_fds);
     if listen_vars.exports() {
         command.export_own_pid("LISTEN_PID");
@@ -275,6 +279,7 @@ fn supervise(
         manager,
         daemon.take(),
         context,
+        trees,
     );
     let mut state = State::new(config, tunables);
     // A daemon's launcher waits to hear how generation 1 went.

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 
 use crate::envdir::Tunables;
 use crate::signals::Signal;
+use crate::tree::TreeRecord;
 use crate::upgrade::record::{persist, record, Persist};
 use crate::upgrade::state::{Cursor, Field};
 
 use super::state::{
-    Attempt, Client, Config, Mono, Newest, Phase, Retiring, Serving, State, Upgrade, UpgradePhase,
-    Waiter, Worker,
+    Attempt, Client, Config, Leftover, Mono, Newest, Phase, Retiring, Serving, State, Upgrade,
+    UpgradePhase, Waiter, Worker,
 };
 
 record!(State {
@@ -20,6 +21,7 @@ record!(State {
     generation,
     newest,
     old,
+    leftovers,
     kill_old_at,
     phase,
     failures,
@@ -67,6 +69,7 @@ persist!(Retiring {
     listed,
     kill
 });
+persist!(Leftover { generation, kill });
 persist!(Waiter { to, after });
 persist!(Upgrade {
     began,
@@ -95,6 +98,10 @@ pub struct Services {
     pub channels: Vec<(i32, i32, String)>,
     /// The service manager's socket.
     pub manager: Option<OsString>,
+    /// The cgroup start_server started in and the subtree it made (cgroup mode), and
+    /// each worker's process tree.
+    pub cgroups: Option<(PathBuf, PathBuf)>,
+    pub trees: Vec<TreeRecord>,
 }
 
 record!(Services {
@@ -108,6 +115,15 @@ record!(Services {
     control,
     channels,
     manager,
+    cgroups,
+    trees,
+});
+persist!(TreeRecord {
+    pid,
+    generation,
+    alive,
+    cgroup,
+    seen
 });
 
 // ---------------------------------------------------------------- enums
@@ -246,6 +262,26 @@ mod tests {
             control: Some(7),
             channels: vec![(4242, 8, "@00001".into()), (4243, 9, "@0000a".into())],
             manager: Some(OsString::from("/run/systemd/notify")),
+            cgroups: Some((
+                "/sys/fs/cgroup/unified".into(),
+                "/sys/fs/cgroup/unified/s".into(),
+            )),
+            trees: vec![
+                TreeRecord {
+                    pid: 4242,
+                    generation: 3,
+                    alive: false,
+                    cgroup: Some("/sys/fs/cgroup/unified/s/generation-3.0".into()),
+                    seen: vec![],
+                },
+                TreeRecord {
+                    pid: 4243,
+                    generation: 4,
+                    alive: true,
+                    cgroup: None,
+                    seen: vec![4250, 4251],
+                },
+            ],
         };
         let mut w = Writer::new();
         services.save(&mut w);

@@ -113,6 +113,16 @@ pub struct Retiring {
     pub kill: Option<(Mono, Duration)>,
 }
 
+/// The processes a worker left running when it exited (orphans, a `setsid` child, a
+/// double-forked daemon): still its generation's, so signalled to stop as soon as the
+/// worker is gone, then killed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Leftover {
+    pub generation: u64,
+    /// When they get SIGKILL, and the grace they had; `None` once they have.
+    pub kill: Option<(Mono, Duration)>,
+}
+
 /// What is under way besides serving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -165,6 +175,9 @@ pub struct State {
     pub newest: Newest,
     /// Workers of older generations, by pid.
     pub old: BTreeMap<Pid, Retiring>,
+    /// What exited workers left running, by the worker's pid: a generation is gone
+    /// only once its whole process tree is.
+    pub leftovers: BTreeMap<Pid, Leftover>,
     /// When to signal the old workers, during `--kill-old-delay`.
     pub kill_old_at: Option<Mono>,
     pub phase: Phase,
@@ -189,6 +202,7 @@ impl State {
             generation: 0,
             newest: Newest::None,
             old: BTreeMap::new(),
+            leftovers: BTreeMap::new(),
             kill_old_at: None,
             phase: Phase::Running,
             failures: 0,
@@ -243,7 +257,9 @@ impl State {
     pub fn next_deadline(&self) -> Option<Mono> {
         let attempt = self.attempt().map(|a| a.until);
         let watchdog = self.serving().and_then(|s| s.watchdog_at);
-        let kill = self.old.values().filter_map(|o| o.kill.map(|k| k.0)).min();
+        let kill = self.old.values().filter_map(|o| o.kill.map(|k| k.0));
+        let leftover = self.leftovers.values().filter_map(|l| l.kill.map(|k| k.0));
+        let kill = kill.chain(leftover).min();
         let check = match &self.upgrade {
             Some(Upgrade {
                 phase: UpgradePhase::Checking { deadline },

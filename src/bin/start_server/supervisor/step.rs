@@ -22,8 +22,8 @@ use crate::upgrade::{check, VERSION};
 use super::effect::{Effect, Report, Spawned, Status, Tell};
 use super::event::Event;
 use super::state::{
-    Attempt, Client, Mono, Newest, Phase, Retiring, Serving, State, Upgrade, UpgradePhase, Waiter,
-    Worker,
+    Attempt, Client, Leftover, Mono, Newest, Phase, Retiring, Serving, State, Upgrade,
+    UpgradePhase, Waiter, Worker,
 };
 
 /// How long a worker that was told to stop without `--kill-timeout` (because it was
@@ -72,6 +72,8 @@ impl Step<'_> {
         match event {
             Event::Start => self.spawn(false, false),
             Event::Exited { pid, status } => self.exited(pid, status),
+            Event::Remains { worker, pids } => self.remains(worker, &pids),
+            Event::TreeGone { worker } => self.tree_gone(worker),
             Event::Ignored { sig, pid } => {
                 say!(
                     self,
@@ -130,6 +132,7 @@ impl Step<'_> {
             if let Some(worker) = newest {
                 self.retire(worker);
             }
+            self.out.push(Effect::Survey);
         }
         // As in the original, INT is passed on as TERM; the other stop signals become
         // --signal-on-term, as TERM does.
@@ -145,6 +148,10 @@ impl Step<'_> {
             self.old_pids()
         );
         self.signal_old(&send);
+        for &worker in self.s.leftovers.keys() {
+            let signal = send.clone();
+            self.out.push(Effect::SignalTree { worker, signal });
+        }
     }
 
     /// A `--restart` client: a HUP, and a wait for its verdict. An `--upgrade`
@@ -216,6 +223,58 @@ impl Step<'_> {
         }
     }
 
+    /// A worker is about to be reported exited, leaving processes of its tree running:
+    /// they are told to stop as its generation was (`--signal-on-hup`, or
+    /// `--signal-on-term` once stopping), and get SIGKILL after `--kill-timeout`
+    /// (`STOP_GRACE` without).
+    fn remains(&mut self, worker: Pid, pids: &[Pid]) {
+        let generation = match (&self.s.newest, self.s.old.get(&worker)) {
+            (_, Some(old)) => old.generation,
+            (
+                Newest::Starting(Attempt {
+                    worker: Some(w), ..
+                }),
+                _,
+            ) if w.pid == worker => w.generation,
+            (Newest::Serving(s), _) if s.worker.pid == worker => s.worker.generation,
+            _ => return,
+        };
+        let signal = match self.s.stopping() {
+            true => self.s.config.signal_on_term.clone(),
+            false => self.s.config.signal_on_hup.clone(),
+        };
+        let grace = self.s.config.kill_timeout.unwrap_or(STOP_GRACE);
+        let kill = Some((self.now.after(grace), grace));
+        self.s
+            .leftovers
+            .insert(worker, Leftover { generation, kill });
+        let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        say!(
+            self,
+            "worker {worker} (generation {generation}) exited, leaving processes {}; sending {}",
+            pids.join(","),
+            signal.name
+        );
+        self.out.push(Effect::SignalTree { worker, signal });
+    }
+
+    /// What an exited worker left running is gone: its generation is, if nothing else
+    /// of it runs.
+    fn tree_gone(&mut self, worker: Pid) {
+        let Some(left) = self.s.leftovers.remove(&worker) else {
+            return;
+        };
+        say!(
+            self,
+            "the processes worker {worker} (generation {}) left are gone",
+            left.generation
+        );
+        if self.s.stopping() && self.s.old.is_empty() && self.s.leftovers.is_empty() {
+            say!(self, "no process of any generation is left");
+        }
+        self.settle();
+    }
+
     /// One thing a worker (`pid`, through `sender`) said.
     fn notified(&mut self, pid: Pid, sender: Pid, said: Said) {
         let starting = self
@@ -281,6 +340,7 @@ impl Step<'_> {
             self.kill_old_workers();
         }
         self.kill_lingering();
+        self.kill_leftovers();
         if let Some(Upgrade {
             phase: UpgradePhase::Checking { deadline },
             ..
@@ -323,7 +383,7 @@ impl Step<'_> {
                 self.out.push(Effect::Exec { version });
             }
         }
-        if self.s.phase == Phase::Stopping && self.s.old.is_empty() {
+        if self.s.phase == Phase::Stopping && self.s.old.is_empty() && self.s.leftovers.is_empty() {
             say!(self, "exiting");
             self.out.push(Effect::Exit);
         }
@@ -339,6 +399,8 @@ impl Step<'_> {
             "restarting: starting generation {}",
             self.s.generation + 1
         ))));
+        // Before the new generation exists: all seen now is older.
+        self.out.push(Effect::Survey);
         self.spawn(true, true);
     }
 
@@ -579,6 +641,9 @@ impl Step<'_> {
 
     fn kill_old_workers(&mut self) {
         say!(self, "killing old workers");
+        if !self.s.old.is_empty() {
+            self.out.push(Effect::Survey);
+        }
         let signal = self.s.config.signal_on_hup.clone();
         self.signal_old(&signal);
     }
@@ -604,6 +669,27 @@ impl Step<'_> {
         }
     }
 
+    /// SIGKILL for what exited workers left, still running at its deadline.
+    fn kill_leftovers(&mut self) {
+        let now = self.now;
+        for (&worker, left) in self.s.leftovers.iter_mut() {
+            let Some((_, grace)) = left.kill.filter(|k| k.0 <= now) else {
+                continue;
+            };
+            left.kill = None;
+            self.out.push(Effect::Log(format!(
+                "the processes worker {worker} (generation {}) left are still running {} secs \
+                 after they were told to stop, sending KILL",
+                left.generation,
+                log::seconds(grace)
+            )));
+            self.out.push(Effect::SignalTree {
+                worker,
+                signal: Signal::parse("KILL").expect("a known signal name"),
+            });
+        }
+    }
+
     /// Moves a worker to the old ones, which are signalled and waited for.
     fn retire(&mut self, worker: Worker) {
         let retiring = Retiring {
@@ -620,7 +706,16 @@ impl Step<'_> {
             return;
         };
         let generation = serving.worker.generation;
-        if self.s.old.values().all(|old| !old.listed) {
+        // Not while any process of an older generation runs: a listed old worker, one
+        // that never started but was not yet reaped, or what one left behind.
+        let older = |g: u64| g < generation;
+        let old_left = self
+            .s
+            .old
+            .values()
+            .any(|old| old.listed || older(old.generation));
+        let leftovers = self.s.leftovers.values().any(|l| older(l.generation));
+        if !old_left && !leftovers {
             self.verdict(generation, &format!("OK generation {generation}"));
         }
     }

@@ -7,8 +7,11 @@
 //! The items are re-exported flat (`crate::sys::kill`), so that callers need not know
 //! which topic a call belongs to.
 
+/// cgroup v2, called by topic (`sys::cgroup::create`): its names are generic.
+pub mod cgroup;
 mod child;
 mod fd;
+mod proc;
 mod process;
 mod signal;
 mod socket;
@@ -19,6 +22,7 @@ use std::os::raw::c_int;
 
 pub use child::{spawn, CStrArray, ChildSpec, Program, SpawnError, Stage};
 pub use fd::*;
+pub use proc::{descendants, env_var, group_and_session, ppid};
 pub use process::*;
 pub use signal::*;
 pub use socket::*;

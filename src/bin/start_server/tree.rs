@@ -1,0 +1,424 @@
+//! A generation is its whole process tree: where each worker's processes are kept
+//! together, and how those a worker leaves behind when it exits are found, signalled
+//! and heard to be gone.
+//!
+//! Two modes, chosen once at start:
+//! - cgroup: where cgroup v2 is writable, start_server moves itself into a leaf of a
+//!   subtree it makes under its own cgroup, and each worker joins a cgroup of its own
+//!   before it executes: membership is exact, `cgroup.kill` ends all of it, and
+//!   `cgroup.events` (watched with inotify) says when it is empty.
+//! - subreaper: elsewhere, each worker gets a process group of its own; what it leaves
+//!   is what is left below start_server (the subreaper) that can be traced to it: its
+//!   group or session, the processes seen below it while it ran (looked at only while
+//!   something is starting or stopping), or `SERVER_STARTER_GENERATION` in the
+//!   environment it was started with.
+
+use std::collections::BTreeMap;
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use crate::spawn::Place;
+use crate::sys::{self, cgroup, Pid};
+
+/// `SERVER_STARTER_PROCESS_TREE`: `cgroup` (required), `subreaper` (forced), or
+/// `auto` (the default: cgroup where it can be had).
+pub const KNOB: &str = "SERVER_STARTER_PROCESS_TREE";
+
+/// What crosses an upgrade's exec about one worker's tree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TreeRecord {
+    pub pid: Pid,
+    pub generation: u64,
+    /// The worker itself has not exited.
+    pub alive: bool,
+    /// Its cgroup (cgroup mode).
+    pub cgroup: Option<PathBuf>,
+    /// The processes seen below it (subreaper mode).
+    pub seen: Vec<Pid>,
+}
+
+pub struct Trees {
+    mode: Mode,
+    workers: BTreeMap<Pid, Tree>,
+}
+
+enum Mode {
+    Cgroup(Cgroups),
+    Subreaper,
+}
+
+struct Cgroups {
+    /// start_server's cgroup at start, where it goes back before removing its subtree.
+    home: PathBuf,
+    /// The subtree it made: `supervisor` (itself, a leaf) and one cgroup per worker.
+    root: PathBuf,
+    watch: cgroup::Watch,
+    /// The cgroup made for the spawn under way, and its `cgroup.procs`.
+    next: Option<(PathBuf, OwnedFd)>,
+}
+
+struct Tree {
+    generation: u64,
+    alive: bool,
+    cgroup: Option<PathBuf>,
+    seen: Vec<Pid>,
+}
+
+impl Trees {
+    /// Chooses the mode (`SERVER_STARTER_PROCESS_TREE`, else cgroup where it can be
+    /// had) and sets it up: the line to log, once, saying which is in force.
+    pub fn start() -> Result<(Trees, String), String> {
+        let knob = std::env::var(KNOB).unwrap_or_default();
+        let why_not = match knob.as_str() {
+            "" | "auto" | "cgroup" => match Cgroups::set_up() {
+                Ok(cgroups) => {
+                    let line = format!(
+                        "process tree: each worker in a cgroup of its own, under {}",
+                        cgroups.root.display()
+                    );
+                    return Ok((Trees::new(Mode::Cgroup(cgroups)), line));
+                }
+                Err(why) if knob == "cgroup" => {
+                    return Err(format!("{KNOB}=cgroup, but no cgroup can be had: {why}"))
+                }
+                Err(why) => why,
+            },
+            "subreaper" => format!("{KNOB}=subreaper"),
+            other => {
+                return Err(format!(
+                    "{KNOB}={other:?}: must be auto, cgroup or subreaper"
+                ))
+            }
+        };
+        let line = format!(
+            "process tree: each worker in a process group of its own, its orphans followed \
+             as subreaper (no cgroup: {why_not})"
+        );
+        Ok((Trees::new(Mode::Subreaper), line))
+    }
+
+    fn new(mode: Mode) -> Trees {
+        Trees {
+            mode,
+            workers: BTreeMap::new(),
+        }
+    }
+
+    /// Where the next worker, of `generation`, is to be spawned.
+    pub fn place(&mut self, generation: u64) -> Result<Place<'_>, String> {
+        let Mode::Cgroup(cgroups) = &mut self.mode else {
+            return Ok(Place::OwnGroup);
+        };
+        let (dir, procs) = cgroups.make(generation)?;
+        let (dir, procs) = &*cgroups.next.insert((dir, procs));
+        Ok(Place::Cgroup(procs.as_raw_fd(), dir))
+    }
+
+    /// The spawn `place` was for made `pid` (`None`: no child).
+    pub fn spawned(&mut self, pid: Option<Pid>, generation: u64) {
+        let cgroup = match &mut self.mode {
+            Mode::Cgroup(cgroups) => match (cgroups.next.take(), pid) {
+                (Some((dir, _)), Some(_)) => {
+                    if let Err(e) = cgroups.watch.add(&dir) {
+                        log!("cannot watch {}/cgroup.events: {e}", dir.display());
+                    }
+                    Some(dir)
+                }
+                (Some((dir, _)), None) => {
+                    let _ = cgroup::remove(&dir);
+                    None
+                }
+                (None, _) => None,
+            },
+            Mode::Subreaper => None,
+        };
+        if let Some(pid) = pid {
+            let tree = Tree {
+                generation,
+                alive: true,
+                cgroup,
+                seen: Vec::new(),
+            };
+            self.workers.insert(pid, tree);
+        }
+    }
+
+    /// The child `pid` exited. A worker: the processes of its tree still running
+    /// (`Some`, with their pids, while any remain). Anything else (an orphan): `None`.
+    pub fn exited(&mut self, pid: Pid, stopping: bool) -> Option<Vec<Pid>> {
+        let tree = self.workers.get_mut(&pid).filter(|t| t.alive)?;
+        tree.alive = false;
+        let remains = match &tree.cgroup {
+            Some(dir) => match cgroup::populated(dir) {
+                Ok(true) => Some(cgroup::procs(dir).unwrap_or_default()),
+                _ => None,
+            },
+            None => {
+                let pids = self.left_by(pid, stopping);
+                (!pids.is_empty()).then_some(pids)
+            }
+        };
+        if remains.is_none() {
+            self.forget(pid);
+        }
+        remains
+    }
+
+    /// The workers whose trees, left behind, are now gone. In cgroup mode, called when
+    /// the watch is readable; in subreaper mode, when an orphan has exited.
+    pub fn gone(&mut self) -> Vec<Pid> {
+        if let Mode::Cgroup(cgroups) = &self.mode {
+            cgroups.watch.drain();
+        }
+        let left: Vec<Pid> = self
+            .workers
+            .iter()
+            .filter(|(_, t)| !t.alive)
+            .map(|(&pid, _)| pid)
+            .collect();
+        let gone: Vec<Pid> = left
+            .into_iter()
+            .filter(|&pid| match &self.workers[&pid].cgroup {
+                Some(dir) => !cgroup::populated(dir).unwrap_or(false),
+                None => self.left_by(pid, false).is_empty(),
+            })
+            .collect();
+        for &pid in &gone {
+            self.forget(pid);
+        }
+        gone
+    }
+
+    /// Sends `sig` to what the exited worker `pid` left (SIGKILL in cgroup mode: all of
+    /// it at once, by `cgroup.kill`).
+    pub fn signal(&self, pid: Pid, sig: i32) {
+        let Some(tree) = self.workers.get(&pid) else {
+            return;
+        };
+        let pids = match &tree.cgroup {
+            Some(dir) if sig == libc::SIGKILL => match cgroup::kill_all(dir) {
+                Ok(()) => return,
+                // Before Linux 5.14: one by one.
+                Err(_) => cgroup::procs(dir).unwrap_or_default(),
+            },
+            Some(dir) => cgroup::procs(dir).unwrap_or_default(),
+            None => {
+                // Its group too, for what forked since the last look.
+                let _ = sys::kill(-pid, sig);
+                self.left_by(pid, false)
+            }
+        };
+        for pid in pids {
+            // One that exited meanwhile is no error.
+            let _ = sys::kill(pid, sig);
+        }
+    }
+
+    /// Subreaper mode: notes the processes below each running worker, so that they can
+    /// be traced to it once orphaned. Only while something starts or stops.
+    pub fn survey(&mut self) {
+        if let Mode::Subreaper = self.mode {
+            for (&pid, tree) in self.workers.iter_mut().filter(|(_, t)| t.alive) {
+                for seen in sys::descendants(pid) {
+                    if !tree.seen.contains(&seen) {
+                        tree.seen.push(seen);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The inotify descriptor the event wait watches (cgroup mode).
+    pub fn fd(&self) -> Option<RawFd> {
+        match &self.mode {
+            Mode::Cgroup(cgroups) => Some(cgroups.watch.fd()),
+            Mode::Subreaper => None,
+        }
+    }
+
+    /// Subreaper mode: the processes below start_server that trace to the exited
+    /// worker `pid` (all that no running worker or start_server's own group holds, at
+    /// a stop with no other worker left).
+    fn left_by(&self, pid: Pid, stopping: bool) -> Vec<Pid> {
+        let Some(tree) = self.workers.get(&pid) else {
+            return Vec::new();
+        };
+        let me = std::process::id() as Pid;
+        let own_group = sys::group_and_session(me).map(|g| g.0);
+        let alive: Vec<Pid> = self
+            .workers
+            .iter()
+            .filter(|(_, t)| t.alive)
+            .map(|(&p, _)| p)
+            .collect();
+        let everything = stopping && alive.is_empty();
+        let generation = tree.generation.to_string();
+        let mut left = Vec::new();
+        // Parents first: a process below one that traces to `pid` does too, and nothing
+        // below a running worker (its own tree) does.
+        let mut skip: Vec<Pid> = alive.clone();
+        for p in sys::descendants(me) {
+            let parent = sys::ppid(p);
+            if parent.is_some_and(|q| skip.contains(&q)) {
+                skip.push(p);
+                continue;
+            }
+            if alive.contains(&p) {
+                continue;
+            }
+            let Some((group, session)) = sys::group_and_session(p) else {
+                continue;
+            };
+            let traced = parent.is_some_and(|q| left.contains(&q))
+                || tree.seen.contains(&p)
+                || [group, session]
+                    .iter()
+                    .any(|g| *g == pid || tree.seen.contains(g))
+                || sys::env_var(p, "SERVER_STARTER_GENERATION")
+                    .is_some_and(|g| g == generation.as_bytes())
+                || (everything && Some(group) != own_group);
+            if traced {
+                left.push(p);
+            }
+        }
+        left
+    }
+
+    fn forget(&mut self, pid: Pid) {
+        if let Some(Tree {
+            cgroup: Some(dir), ..
+        }) = self.workers.remove(&pid)
+        {
+            let _ = cgroup::remove(&dir);
+        }
+    }
+
+    // ------------------------------------------------------------ upgrade in place
+
+    /// What crosses an exec: the cgroup subtree (start_server's cgroup at start, and
+    /// the subtree's root), and each tree.
+    pub fn handover(&self) -> (Option<(PathBuf, PathBuf)>, Vec<TreeRecord>) {
+        let cgroups = match &self.mode {
+            Mode::Cgroup(c) => Some((c.home.clone(), c.root.clone())),
+            Mode::Subreaper => None,
+        };
+        let trees = self
+            .workers
+            .iter()
+            .map(|(&pid, t)| TreeRecord {
+                pid,
+                generation: t.generation,
+                alive: t.alive,
+                cgroup: t.cgroup.clone(),
+                seen: t.seen.clone(),
+            })
+            .collect();
+        (cgroups, trees)
+    }
+
+    /// The trees of the previous image, each cgroup watched again.
+    pub fn taken_over(
+        cgroups: Option<(PathBuf, PathBuf)>,
+        trees: Vec<TreeRecord>,
+    ) -> Result<Trees, String> {
+        let mode = match cgroups {
+            Some((home, root)) => {
+                let watch = cgroup::Watch::new()
+                    .map_err(|e| format!("taking the state over failed: inotify_init1(2): {e}"))?;
+                Mode::Cgroup(Cgroups {
+                    home,
+                    root,
+                    watch,
+                    next: None,
+                })
+            }
+            None => Mode::Subreaper,
+        };
+        let mut taken = Trees::new(mode);
+        for t in trees {
+            if let (Mode::Cgroup(c), Some(dir)) = (&taken.mode, &t.cgroup) {
+                if let Err(e) = c.watch.add(dir) {
+                    log!("cannot watch {}/cgroup.events: {e}", dir.display());
+                }
+            }
+            let tree = Tree {
+                generation: t.generation,
+                alive: t.alive,
+                cgroup: t.cgroup,
+                seen: t.seen,
+            };
+            taken.workers.insert(t.pid, tree);
+        }
+        Ok(taken)
+    }
+}
+
+impl Cgroups {
+    /// Makes `server_starter.PID` under start_server's cgroup, with a leaf
+    /// `supervisor` that start_server moves into (a cgroup with children holds no
+    /// process: the "no internal processes" rule), and the watch.
+    fn set_up() -> Result<Cgroups, String> {
+        let home = cgroup::own_dir()?;
+        let root = home.join(format!("server_starter.{}", std::process::id()));
+        let leaf = root.join("supervisor");
+        cgroup::create(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        let joined = cgroup::create(&leaf)
+            .and_then(|()| cgroup::move_into(&leaf, 0))
+            .map_err(|e| format!("cannot move into {}: {e}", leaf.display()));
+        let watched = joined.and_then(|()| {
+            cgroup::Watch::new().map_err(|e| format!("inotify_init1(2) failed: {e}"))
+        });
+        match watched {
+            Ok(watch) => Ok(Cgroups {
+                home,
+                root,
+                watch,
+                next: None,
+            }),
+            Err(why) => {
+                let _ = cgroup::move_into(&home, 0);
+                let _ = cgroup::remove(&leaf);
+                let _ = cgroup::remove(&root);
+                Err(why)
+            }
+        }
+    }
+
+    /// A new cgroup for a worker of `generation`, and its `cgroup.procs`.
+    fn make(&self, generation: u64) -> Result<(PathBuf, OwnedFd), String> {
+        let mut n = 0;
+        let dir = loop {
+            let dir = self.root.join(format!("generation-{generation}.{n}"));
+            match cgroup::create(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                Err(e) => return Err(format!("cannot create cgroup {}: {e}", dir.display())),
+            }
+        };
+        match cgroup::open_procs(&dir) {
+            Ok(procs) => Ok((dir, procs)),
+            Err(e) => {
+                let _ = cgroup::remove(&dir);
+                Err(format!("cannot open {}/cgroup.procs: {e}", dir.display()))
+            }
+        }
+    }
+}
+
+/// At the end (an exit, a give-up, an error; never an upgrade's exec, which runs no
+/// destructor): start_server (and its logger) go back to the cgroup it started in, and
+/// every cgroup it made that is empty is removed.
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        let leaf = self.root.join("supervisor");
+        for pid in cgroup::procs(&leaf).unwrap_or_default() {
+            let _ = cgroup::move_into(&self.home, pid);
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+                let _ = cgroup::remove(&entry.path());
+            }
+        }
+        let _ = cgroup::remove(&self.root);
+    }
+}
