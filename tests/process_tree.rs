@@ -1,0 +1,362 @@
+//! A generation is its whole process tree (issue 18): what a worker leaves running when
+//! it exits (a prefork server's children, a child that called setsid, a double-forked
+//! grandchild holding the socket) is stopped with its generation, so that after a
+//! restart's OK only the new generation answers, and after a stop nothing does and the
+//! port can be bound again. Each case runs in both modes: subreaper (forced with
+//! `SERVER_STARTER_PROCESS_TREE=subreaper`), always; cgroup where a child cgroup can be
+//! made here, skipped with a message otherwise.
+
+mod common;
+mod support;
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{TempDir, PATIENCE};
+use support::*;
+
+const KNOB: &str = "SERVER_STARTER_PROCESS_TREE";
+
+/// Why no child cgroup can be made here, if none can: the cgroup2 mount (found in
+/// mountinfo, read-write) and a probe directory under this process's own cgroup.
+fn no_cgroup() -> Option<String> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let Some(mount) = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let f: Vec<&str> = left.split(' ').collect();
+        let rw = f.get(5)?.split(',').any(|o| o == "rw");
+        (right.starts_with("cgroup2 ") && rw && f.get(3) == Some(&"/")).then(|| f[4].to_string())
+    }) else {
+        return Some("no read-write cgroup2 mount of the whole hierarchy".into());
+    };
+    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = own.lines().find_map(|l| l.strip_prefix("0::"))?.to_string();
+    let probe = format!("{mount}{own}/tree-test-probe.{}", std::process::id());
+    match fs::create_dir(&probe) {
+        Ok(()) => {
+            let _ = fs::remove_dir(&probe);
+            None
+        }
+        Err(e) => Some(format!("cannot make a child cgroup ({probe}): {e}")),
+    }
+}
+
+/// The modes this machine can test.
+fn mode_available(mode: &str) -> bool {
+    if mode == "cgroup" {
+        if let Some(why) = no_cgroup() {
+            eprintln!("skipping the cgroup mode: {why}");
+            return false;
+        }
+    }
+    true
+}
+
+/// Kills, when dropped, the serving processes seen that are still alive and still
+/// carry this test's marker in their environment: a failed test leaves no orphan
+/// serving, and a reused pid is never hit.
+struct Seen {
+    marker: String,
+    pids: Mutex<Vec<i32>>,
+}
+
+impl Seen {
+    fn new(dir: &TempDir) -> Seen {
+        Seen {
+            marker: dir.path().display().to_string(),
+            pids: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn note(&self, pid: i32) -> i32 {
+        self.pids.lock().unwrap().push(pid);
+        pid
+    }
+}
+
+impl Drop for Seen {
+    fn drop(&mut self) {
+        for &pid in self.pids.lock().unwrap().iter() {
+            if worker_env(pid, "TREE_TEST").as_deref() == Some(self.marker.as_str()) {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Gone: no such process, or a zombie about to be reaped.
+fn gone(pid: i32) -> bool {
+    stat_fields(pid).is_none_or(|f| f[0] == "Z")
+}
+
+/// start_server in `mode` on a fresh port, with a pid file and a status file in `dir`,
+/// then `args`; the server command `command`, with `env`.
+fn start(
+    mode: &str,
+    dir: &TempDir,
+    args: &[&str],
+    command: &[&str],
+    env: &[(&str, &str)],
+) -> (Server, SocketAddr) {
+    let marker = dir.path().display().to_string();
+    let mut env: Vec<(&str, &str)> = env.to_vec();
+    env.extend([(KNOB, mode), ("TREE_TEST", marker.as_str())]);
+    let (pid_file, status_file) = (file_arg(dir, "pid"), file_arg(dir, "status"));
+    let (server, port) = Server::start_retrying(
+        |port| {
+            let mut all = vec![format!("--port=127.0.0.1:{port}"), pid_file.clone()];
+            all.push(status_file.clone());
+            all.extend(args.iter().map(|a| a.to_string()));
+            all.push("--".into());
+            all.extend(command.iter().map(|a| a.to_string()));
+            all
+        },
+        &env,
+    );
+    let line = server.wait_line("process tree: ");
+    let expected = match mode {
+        "cgroup" => "each worker in a cgroup of its own",
+        _ => "each worker in a process group of its own",
+    };
+    assert!(line.contains(expected), "{mode}: {line}");
+    // Started, as `--restart` needs: listed in the status file.
+    server.wait_status(&dir.path().join("status"), &[1]);
+    (server, addr("127.0.0.1", port))
+}
+
+fn file_arg(dir: &TempDir, name: &str) -> String {
+    let option = match name {
+        "pid" => "--pid-file",
+        _ => "--status-file",
+    };
+    format!("{option}={}", dir.path().join(name).display())
+}
+
+/// `start_server --restart`, which must say OK.
+fn restart(dir: &TempDir) {
+    let out = run_within(
+        &["--restart", &file_arg(dir, "pid"), &file_arg(dir, "status")],
+        PATIENCE,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "--restart: {err}");
+}
+
+/// `start_server --stop`, which must succeed; then nothing answers at `addr`, and the
+/// port can be bound again.
+fn stop_leaves_nothing(server: &mut Server, dir: &TempDir, addr: SocketAddr) {
+    let out = run_within(&["--stop", &file_arg(dir, "pid")], PATIENCE);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "--stop: {err}");
+    assert!(server.wait_exit().success(), "{:?}", server.lines());
+    let connected = TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+    assert!(
+        connected.is_err(),
+        "something still answers at {addr} after --stop: {:?}",
+        server.lines()
+    );
+    TcpListener::bind(addr).unwrap_or_else(|e| panic!("binding {addr} after --stop: {e}"));
+}
+
+/// After a restart's OK: every answer comes from `generation`.
+fn only(addr: SocketAddr, generation: u64, seen: &Seen) {
+    for _ in 0..30 {
+        let (pid, g) = http_get(addr).expect("a request after the restart");
+        seen.note(pid);
+        assert_eq!(g, generation, "pid {pid} of generation {g} still answers");
+    }
+}
+
+// ------------------------------------------------------------------ Starlet
+
+/// The issue's case, unchanged from a typical Perl deployment: `--signal-on-hup=QUIT`
+/// kills the Starlet master, whose prefork children would go on accepting.
+fn starlet_quit(mode: &str) {
+    if !mode_available(mode) {
+        return;
+    }
+    if !have("plackup") || !perl_module("Plack::Handler::Starlet") {
+        eprintln!(
+            "skipping: plackup -s Starlet is not installed (apt-get install libstarlet-perl)"
+        );
+        return;
+    }
+    let dir = TempDir::new("tree-starlet");
+    let app = dir.path().join("app.psgi");
+    fs::write(
+        &app,
+        "my $g = $ENV{SERVER_STARTER_GENERATION};\n\
+         sub { [200, ['Content-Type' => 'text/plain'], [\"hello from pid $$ generation $g\\n\"]] }\n",
+    )
+    .unwrap();
+    let app = app.display().to_string();
+    let (mut server, addr) = start(
+        mode,
+        &dir,
+        &["--signal-on-hup=QUIT"],
+        &["plackup", "-s", "Starlet", "--max-workers=4", &app],
+        &[],
+    );
+    let seen = Seen::new(&dir);
+    let old = seen.note(wait_generation(addr, 1));
+    let subtree = server
+        .wait_line("process tree: ")
+        .split(" under ")
+        .nth(1)
+        .map(String::from);
+    restart(&dir);
+    only(addr, 2, &seen);
+    assert!(gone(old), "generation 1's pid {old} still runs");
+    let line = server.wait_line("(generation 1) exited, leaving processes ");
+    assert!(
+        line.contains(&old.to_string()),
+        "the log names {old}: {line}"
+    );
+    server.wait_line("(generation 1) left are gone");
+    stop_leaves_nothing(&mut server, &dir, addr);
+    if let Some(subtree) = subtree {
+        assert!(
+            !Path::new(&subtree).exists(),
+            "{subtree} is left after the stop"
+        );
+    }
+}
+
+#[test]
+fn starlet_quit_cgroup() {
+    starlet_quit("cgroup");
+}
+
+#[test]
+fn starlet_quit_subreaper() {
+    starlet_quit("subreaper");
+}
+
+fn perl_module(name: &str) -> bool {
+    std::process::Command::new("perl")
+        .args([&format!("-M{name}"), "-e1"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+// ------------------------------------------------------------------ setsid, double fork
+
+/// A worker that serves from a child that left its session (`setsid`) or from a
+/// double-forked grandchild; `stubborn`: that process ignores TERM, so only the KILL
+/// after `--kill-timeout` ends it.
+fn detached_server(mode: &str, from: &str, stubborn: bool) {
+    if !mode_available(mode) {
+        return;
+    }
+    let dir = TempDir::new("tree-detached");
+    let worker = perl_worker().display().to_string();
+    let mut env = vec![("SERVE_FROM", from)];
+    if stubborn {
+        env.push(("STUBBORN_CHILD", "1"));
+    }
+    let (mut server, addr) = start(mode, &dir, &["--kill-timeout=1"], &["perl", &worker], &env);
+    let seen = Seen::new(&dir);
+    let first = seen.note(wait_generation(addr, 1));
+    let worker = read_status(&dir.path().join("status"))[0].1;
+    assert_ne!(
+        first, worker,
+        "generation 1 serves from a process of its own"
+    );
+    restart(&dir);
+    only(addr, 2, &seen);
+    assert!(gone(first), "generation 1's pid {first} still runs");
+    let line = server.wait_line("(generation 1) exited, leaving processes ");
+    assert!(
+        line.contains(&first.to_string()),
+        "the log names {first}: {line}"
+    );
+    if stubborn {
+        server.wait_line("(generation 1) left are still running 1 secs after");
+    }
+    let second = seen.note(wait_generation(addr, 2));
+    stop_leaves_nothing(&mut server, &dir, addr);
+    assert!(
+        gone(second),
+        "generation 2's pid {second} runs after --stop"
+    );
+    server.wait_line("no process of any generation is left");
+}
+
+#[test]
+fn setsid_child_cgroup() {
+    detached_server("cgroup", "setsid", false);
+}
+
+#[test]
+fn setsid_child_subreaper() {
+    detached_server("subreaper", "setsid", false);
+}
+
+#[test]
+fn stubborn_setsid_child_cgroup() {
+    detached_server("cgroup", "setsid", true);
+}
+
+#[test]
+fn stubborn_setsid_child_subreaper() {
+    detached_server("subreaper", "setsid", true);
+}
+
+#[test]
+fn double_forked_grandchild_cgroup() {
+    detached_server("cgroup", "double-fork", false);
+}
+
+#[test]
+fn double_forked_grandchild_subreaper() {
+    detached_server("subreaper", "double-fork", false);
+}
+
+// ------------------------------------------------------------------ under load
+
+/// Restarts under load, each generation serving from a double-forked grandchild that
+/// finishes the request in hand on TERM: no request fails, and after each OK only the
+/// new generation answers.
+fn under_load(mode: &str) {
+    if !mode_available(mode) {
+        return;
+    }
+    let dir = TempDir::new("tree-load");
+    let worker = perl_worker().display().to_string();
+    let (mut server, addr) = start(
+        mode,
+        &dir,
+        &["--kill-timeout=10"],
+        &["perl", &worker],
+        &[("SERVE_FROM", "double-fork")],
+    );
+    let seen = Seen::new(&dir);
+    seen.note(wait_generation(addr, 1));
+    let load = Load::start(addr, 4);
+    for generation in 2..=4 {
+        load.wait_more(20);
+        restart(&dir);
+        only(addr, generation, &seen);
+    }
+    load.wait_more(20);
+    let answered = load.finish_without_failures();
+    eprintln!(
+        "{mode}: {} requests through 3 restarts, none failed",
+        answered.len()
+    );
+    stop_leaves_nothing(&mut server, &dir, addr);
+}
+
+#[test]
+fn no_failed_requests_through_restarts_cgroup() {
+    under_load("cgroup");
+}
+
+#[test]
+fn no_failed_requests_through_restarts_subreaper() {
+    under_load("subreaper");
+}
