@@ -55,35 +55,65 @@ fn mode_available(mode: &str) -> bool {
     true
 }
 
-/// Kills, when dropped, the serving processes seen that are still alive and still
-/// carry this test's marker in their environment: a failed test leaves no orphan
-/// serving, and a reused pid is never hit.
-struct Seen {
+/// What a test leaves if it fails (and start_server is killed): when dropped, after
+/// the server, it kills every process that carries this test's marker in its
+/// environment (never a reused pid), and removes the cgroups start_server made.
+struct Cleanup {
     marker: String,
-    pids: Mutex<Vec<i32>>,
+    subtree: Mutex<Option<String>>,
 }
 
-impl Seen {
-    fn new(dir: &TempDir) -> Seen {
-        Seen {
+impl Cleanup {
+    fn new(dir: &TempDir) -> Cleanup {
+        Cleanup {
             marker: dir.path().display().to_string(),
-            pids: Mutex::new(Vec::new()),
+            subtree: Mutex::new(None),
         }
     }
 
-    fn note(&self, pid: i32) -> i32 {
-        self.pids.lock().unwrap().push(pid);
-        pid
+    fn marked(&self) -> Vec<i32> {
+        let Ok(procs) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|&pid| worker_env(pid, "TREE_TEST").as_deref() == Some(self.marker.as_str()))
+            .collect()
     }
 }
 
-impl Drop for Seen {
+impl Drop for Cleanup {
     fn drop(&mut self) {
-        for &pid in self.pids.lock().unwrap().iter() {
-            if worker_env(pid, "TREE_TEST").as_deref() == Some(self.marker.as_str()) {
-                signal(pid, libc::SIGKILL);
+        for pid in self.marked() {
+            signal(pid, libc::SIGKILL);
+        }
+        let Some(subtree) = self.subtree.lock().unwrap().take() else {
+            return;
+        };
+        let _ = wait_for_within(Duration::from_secs(5), || {
+            self.marked().is_empty().then_some(())
+        });
+        if let Ok(children) = fs::read_dir(&subtree) {
+            for child in children.flatten().filter(|c| c.path().is_dir()) {
+                let _ = fs::remove_dir(child.path());
             }
         }
+        let _ = fs::remove_dir(&subtree);
+    }
+}
+
+/// `wait_for` with a bound of its own, `None` past it.
+fn wait_for_within<T>(bound: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        if let Some(found) = f() {
+            return Some(found);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -97,6 +127,7 @@ fn gone(pid: i32) -> bool {
 fn start(
     mode: &str,
     dir: &TempDir,
+    cleanup: &Cleanup,
     args: &[&str],
     command: &[&str],
     env: &[(&str, &str)],
@@ -122,6 +153,7 @@ fn start(
         _ => "each worker in a process group of its own",
     };
     assert!(line.contains(expected), "{mode}: {line}");
+    *cleanup.subtree.lock().unwrap() = line.split(" under ").nth(1).map(String::from);
     // Started, as `--restart` needs: listed in the status file.
     server.wait_status(&dir.path().join("status"), &[1]);
     (server, addr("127.0.0.1", port))
@@ -162,10 +194,9 @@ fn stop_leaves_nothing(server: &mut Server, dir: &TempDir, addr: SocketAddr) {
 }
 
 /// After a restart's OK: every answer comes from `generation`.
-fn only(addr: SocketAddr, generation: u64, seen: &Seen) {
+fn only(addr: SocketAddr, generation: u64) {
     for _ in 0..30 {
         let (pid, g) = http_get(addr).expect("a request after the restart");
-        seen.note(pid);
         assert_eq!(g, generation, "pid {pid} of generation {g} still answers");
     }
 }
@@ -193,22 +224,19 @@ fn starlet_quit(mode: &str) {
     )
     .unwrap();
     let app = app.display().to_string();
+    let cleanup = Cleanup::new(&dir);
     let (mut server, addr) = start(
         mode,
         &dir,
+        &cleanup,
         &["--signal-on-hup=QUIT"],
         &["plackup", "-s", "Starlet", "--max-workers=4", &app],
         &[],
     );
-    let seen = Seen::new(&dir);
-    let old = seen.note(wait_generation(addr, 1));
-    let subtree = server
-        .wait_line("process tree: ")
-        .split(" under ")
-        .nth(1)
-        .map(String::from);
+    let old = wait_generation(addr, 1);
+    let subtree = cleanup.subtree.lock().unwrap().clone();
     restart(&dir);
-    only(addr, 2, &seen);
+    only(addr, 2);
     assert!(gone(old), "generation 1's pid {old} still runs");
     let line = server.wait_line("(generation 1) exited, leaving processes ");
     assert!(
@@ -258,16 +286,23 @@ fn detached_server(mode: &str, from: &str, stubborn: bool) {
     if stubborn {
         env.push(("STUBBORN_CHILD", "1"));
     }
-    let (mut server, addr) = start(mode, &dir, &["--kill-timeout=1"], &["perl", &worker], &env);
-    let seen = Seen::new(&dir);
-    let first = seen.note(wait_generation(addr, 1));
+    let cleanup = Cleanup::new(&dir);
+    let (mut server, addr) = start(
+        mode,
+        &dir,
+        &cleanup,
+        &["--kill-timeout=1"],
+        &["perl", &worker],
+        &env,
+    );
+    let first = wait_generation(addr, 1);
     let worker = read_status(&dir.path().join("status"))[0].1;
     assert_ne!(
         first, worker,
         "generation 1 serves from a process of its own"
     );
     restart(&dir);
-    only(addr, 2, &seen);
+    only(addr, 2);
     assert!(gone(first), "generation 1's pid {first} still runs");
     let line = server.wait_line("(generation 1) exited, leaving processes ");
     assert!(
@@ -277,7 +312,7 @@ fn detached_server(mode: &str, from: &str, stubborn: bool) {
     if stubborn {
         server.wait_line("(generation 1) left are still running 1 secs after");
     }
-    let second = seen.note(wait_generation(addr, 2));
+    let second = wait_generation(addr, 2);
     stop_leaves_nothing(&mut server, &dir, addr);
     assert!(
         gone(second),
@@ -327,20 +362,21 @@ fn under_load(mode: &str) {
     }
     let dir = TempDir::new("tree-load");
     let worker = perl_worker().display().to_string();
+    let cleanup = Cleanup::new(&dir);
     let (mut server, addr) = start(
         mode,
         &dir,
+        &cleanup,
         &["--kill-timeout=10"],
         &["perl", &worker],
         &[("SERVE_FROM", "double-fork")],
     );
-    let seen = Seen::new(&dir);
-    seen.note(wait_generation(addr, 1));
+    wait_generation(addr, 1);
     let load = Load::start(addr, 4);
     for generation in 2..=4 {
         load.wait_more(20);
         restart(&dir);
-        only(addr, generation, &seen);
+        only(addr, generation);
     }
     load.wait_more(20);
     let answered = load.finish_without_failures();

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::spawn::Place;
 use crate::sys::{self, cgroup, Pid};
@@ -359,9 +359,8 @@ impl Cgroups {
     /// process: the "no internal processes" rule), and the watch.
     fn set_up() -> Result<Cgroups, String> {
         let home = cgroup::own_dir()?;
-        let root = home.join(format!("server_starter.{}", std::process::id()));
+        let root = make_unique(&home.join(format!("server_starter.{}", std::process::id())))?;
         let leaf = root.join("supervisor");
-        cgroup::create(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
         let joined = cgroup::create(&leaf)
             .and_then(|()| cgroup::move_into(&leaf, 0))
             .map_err(|e| format!("cannot move into {}: {e}", leaf.display()));
@@ -386,21 +385,30 @@ impl Cgroups {
 
     /// A new cgroup for a worker of `generation`, and its `cgroup.procs`.
     fn make(&self, generation: u64) -> Result<(PathBuf, OwnedFd), String> {
-        let mut n = 0;
-        let dir = loop {
-            let dir = self.root.join(format!("generation-{generation}.{n}"));
-            match cgroup::create(&dir) {
-                Ok(()) => break dir,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
-                Err(e) => return Err(format!("cannot create cgroup {}: {e}", dir.display())),
-            }
-        };
+        let dir = make_unique(&self.root.join(format!("generation-{generation}")))?;
         match cgroup::open_procs(&dir) {
             Ok(procs) => Ok((dir, procs)),
             Err(e) => {
                 let _ = cgroup::remove(&dir);
                 Err(format!("cannot open {}/cgroup.procs: {e}", dir.display()))
             }
+        }
+    }
+}
+
+/// Makes the cgroup `base`, or `base.1`, `base.2`... if taken (by a start_server of
+/// the same pid killed before it could remove its own, or in another PID namespace).
+fn make_unique(base: &Path) -> Result<PathBuf, String> {
+    let mut n = 0;
+    loop {
+        let dir = match n {
+            0 => base.to_path_buf(),
+            n => PathBuf::from(format!("{}.{n}", base.display())),
+        };
+        match cgroup::create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+            Err(e) => return Err(format!("cannot create cgroup {}: {e}", dir.display())),
         }
     }
 }
