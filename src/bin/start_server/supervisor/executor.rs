@@ -134,10 +134,13 @@ impl<'a> Executor<'a> {
     fn execute(&mut self, state: &State, effect: Effect) -> Option<Event> {
         match effect {
             Effect::Log(line) => log!("{line}"),
+            // Nothing more is started once start_server gives up.
+            Effect::Spawn { .. } if self.fatal.is_some() => {}
             Effect::Spawn {
                 generation,
                 tunables,
-            } => return Some(self.spawn(state, generation, tunables)),
+                slot,
+            } => return Some(self.spawn(state, generation, tunables, slot)),
             Effect::Signal { pid, signal } => {
                 if let Err(e) = sys::kill(pid, signal.number) {
                     log!("failed to send {} to worker {pid}: {e}", signal.name);
@@ -217,7 +220,13 @@ impl<'a> Executor<'a> {
 
     /// Forks and execs a worker of `generation`, with start_server's environment
     /// (--envdir read again) plus the variables of the protocol.
-    fn spawn(&mut self, state: &State, generation: u64, previous: envdir::Tunables) -> Event {
+    fn spawn(
+        &mut self,
+        state: &State,
+        generation: u64,
+        previous: envdir::Tunables,
+        slot: usize,
+    ) -> Event {
         let mut env = envdir::current();
         let tunables = match envdir::tunables(&env) {
             Ok(tunables) => Some(tunables),
@@ -249,13 +258,24 @@ impl<'a> Executor<'a> {
         let generation = generation.to_string().into();
         env.push(("SERVER_STARTER_GENERATION".into(), generation));
         let config = &state.config;
+        if config.name_slots {
+            env.retain(|(k, _)| k != "SERVER_STARTER_WORKER");
+            env.push((
+                "SERVER_STARTER_WORKER".into(),
+                (slot + 1).to_string().into(),
+            ));
+        }
         // A worker's own notification socket, when it needs one.
         let channel = match config.ready_notify || config.watchdog.is_some() {
             true => match Channel::new() {
                 Ok(channel) => Some(channel),
                 Err(e) => {
                     let spawned = Spawned::NoChannel(e.to_string());
-                    return Event::Spawned { tunables, spawned };
+                    return Event::Spawned {
+                        slot,
+                        tunables,
+                        spawned,
+                    };
                 }
             },
             false => None,
@@ -273,7 +293,11 @@ impl<'a> Executor<'a> {
             Ok(place) => place,
             Err(e) => {
                 let spawned = Spawned::Failed(e);
-                return Event::Spawned { tunables, spawned };
+                return Event::Spawned {
+                    slot,
+                    tunables,
+                    spawned,
+                };
             }
         };
         let spawned = self.command.spawn(&env, place);
@@ -292,7 +316,11 @@ impl<'a> Executor<'a> {
             }
             Err(e) => Spawned::Failed(e.to_string()),
         };
-        Event::Spawned { tunables, spawned }
+        Event::Spawned {
+            slot,
+            tunables,
+            spawned,
+        }
     }
 
     // ------------------------------------------------------------ event sources
@@ -566,10 +594,9 @@ pub fn now() -> Mono {
 
 /// The pids of the workers `state` knows.
 fn workers_of(state: &State) -> impl Iterator<Item = Pid> + '_ {
-    let newest = match &state.newest {
-        super::state::Newest::Starting(a) => a.worker.map(|w| w.pid),
-        super::state::Newest::Serving(s) => Some(s.worker.pid),
-        super::state::Newest::None => None,
-    };
-    newest.into_iter().chain(state.old.keys().copied())
+    let serving = state.serving().map(|(_, s)| s.worker.pid);
+    let starting = state
+        .attempts()
+        .filter_map(|(_, a)| a.worker.map(|w| w.pid));
+    serving.chain(starting).chain(state.old.keys().copied())
 }

@@ -11,7 +11,7 @@ use crate::upgrade::record::{persist, record, Persist};
 use crate::upgrade::state::{Cursor, Field};
 
 use super::state::{
-    Attempt, Client, Config, Leftover, Mono, Newest, Phase, Retiring, Serving, State, Upgrade,
+    Attempt, Client, Config, Leftover, Mono, Phase, Retiring, Roll, Serving, Slot, State, Upgrade,
     UpgradePhase, Waiter, Worker,
 };
 
@@ -19,13 +19,12 @@ record!(State {
     config,
     tunables,
     generation,
-    newest,
+    slots,
     old,
     leftovers,
     kill_old_at,
     phase,
-    failures,
-    failures_before_start,
+    roll,
     waiters,
     upgrade,
 } transient {
@@ -41,6 +40,8 @@ persist!(Config {
     ready_timeout,
     watchdog,
     exe,
+    workers,
+    name_slots,
 });
 persist!(Tunables {
     auto_restart,
@@ -52,12 +53,18 @@ persist!(Worker {
     generation,
     spawned_at
 });
+persist!(Slot {
+    serving,
+    starting,
+    failures,
+    failures_before_start,
+});
 persist!(Attempt {
+    generation,
     worker,
     spawned_at,
     until,
     replacing,
-    reloading,
 });
 persist!(Serving {
     worker,
@@ -67,7 +74,12 @@ persist!(Serving {
 persist!(Retiring {
     generation,
     listed,
-    kill
+    kill,
+    signal_at,
+});
+persist!(Roll {
+    generation,
+    reloading
 });
 persist!(Leftover { generation, kill });
 persist!(Waiter { to, after });
@@ -127,30 +139,6 @@ persist!(TreeRecord {
 });
 
 // ---------------------------------------------------------------- enums
-
-impl Persist for Newest {
-    fn put(&self, out: &mut Vec<Field>) {
-        match self {
-            Newest::None => out.push(Field::text("none")),
-            Newest::Starting(attempt) => {
-                out.push(Field::text("starting"));
-                attempt.put(out);
-            }
-            Newest::Serving(serving) => {
-                out.push(Field::text("serving"));
-                serving.put(out);
-            }
-        }
-    }
-    fn take(c: &mut Cursor) -> Result<Self, String> {
-        match String::take(c)?.as_str() {
-            "none" => Ok(Newest::None),
-            "starting" => Ok(Newest::Starting(Persist::take(c)?)),
-            "serving" => Ok(Newest::Serving(Persist::take(c)?)),
-            other => Err(format!("newest: {other:?} is not a phase")),
-        }
-    }
-}
 
 impl Persist for Phase {
     fn put(&self, out: &mut Vec<Field>) {
