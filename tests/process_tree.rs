@@ -396,3 +396,56 @@ fn no_failed_requests_through_restarts_cgroup() {
 fn no_failed_requests_through_restarts_subreaper() {
     under_load("subreaper");
 }
+
+// ------------------------------------------------------------------ upgrade in place
+
+/// An upgrade in place between the start and the restart: the new image takes over
+/// the trees (the cgroups, the attributions), so that what generation 1 leaves is
+/// still stopped with it, and the stop still removes every cgroup made before.
+fn across_an_upgrade(mode: &str) {
+    if !mode_available(mode) {
+        return;
+    }
+    let dir = TempDir::new("tree-upgrade");
+    let worker = perl_worker().display().to_string();
+    let cleanup = Cleanup::new(&dir);
+    let (mut server, addr) = start(
+        mode,
+        &dir,
+        &cleanup,
+        &["--kill-timeout=5"],
+        &["perl", &worker],
+        &[("SERVE_FROM", "setsid")],
+    );
+    let first = wait_generation(addr, 1);
+    let out = run_within(&["--upgrade", &file_arg(&dir, "pid")], PATIENCE);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "--upgrade: {said}{:?}",
+        server.lines()
+    );
+    server.wait_line("upgraded from ");
+    restart(&dir);
+    only(addr, 2);
+    assert!(gone(first), "generation 1's pid {first} still runs");
+    server.wait_line(&format!("leaving processes {first}; sending TERM"));
+    stop_leaves_nothing(&mut server, &dir, addr);
+    let subtree = cleanup.subtree.lock().unwrap().clone();
+    if let Some(subtree) = subtree {
+        assert!(
+            !Path::new(&subtree).exists(),
+            "{subtree} is left after the stop"
+        );
+    }
+}
+
+#[test]
+fn across_an_upgrade_cgroup() {
+    across_an_upgrade("cgroup");
+}
+
+#[test]
+fn across_an_upgrade_subreaper() {
+    across_an_upgrade("subreaper");
+}
