@@ -449,3 +449,27 @@ fn across_an_upgrade_cgroup() {
 fn across_an_upgrade_subreaper() {
     across_an_upgrade("subreaper");
 }
+
+/// A wrong `SERVER_STARTER_PROCESS_TREE` is said at once, naming the value, before
+/// anything is bound or written.
+#[test]
+fn a_wrong_knob_is_refused_at_once() {
+    let dir = TempDir::new("tree-knob");
+    let pid_file = dir.path().join("pid");
+    let mut cmd = std::process::Command::new(start_server_bin());
+    cmd.args([
+        "--port=127.0.0.1:0",
+        &format!("--pid-file={}", pid_file.display()),
+        "--",
+        "true",
+    ])
+    .env(KNOB, "cgroups");
+    let out = run_command_within(cmd, PATIENCE);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "start_server: SERVER_STARTER_PROCESS_TREE=\"cgroups\": must be auto, cgroup or subreaper"
+    );
+    assert!(!pid_file.exists(), "the pid file was written");
+}

@@ -118,6 +118,8 @@ fn start(config: Config) -> Result<(), String> {
     signals::block().map_err(|e| format!("failed to block signals: {e}"))?;
     export_options(&config);
     envdir::check()?;
+    // Checked before anything is bound; read again where it is used.
+    tree::Choice::from_env()?;
     let tunables = envdir::tunables(&envdir::current())?;
     let command = Command::new(
         &config.command,
@@ -227,7 +229,7 @@ fn supervise(
     // After --daemonize's forks, in the process that supervises.
     sys::become_subreaper().map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER) failed: {e}"))?;
     // Before the logger is spawned, which then runs in start_server's own leaf cgroup.
-    let (trees, mode) = tree::Trees::start()?;
+    let (trees, mode) = tree::Trees::start(tree::Choice::from_env()?)?;
     // Before the logger is spawned, which must not inherit the manager's variables.
     let manager = Manager::from_environment();
     // The logger too: it must be the supervising process's child, to be reaped and

@@ -37,6 +37,29 @@ pub struct TreeRecord {
     pub seen: Vec<Pid>,
 }
 
+/// What `SERVER_STARTER_PROCESS_TREE` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    Auto,
+    Cgroup,
+    Subreaper,
+}
+
+impl Choice {
+    /// Read at start, before anything is bound: a wrong value is a mistake said at
+    /// once.
+    pub fn from_env() -> Result<Choice, String> {
+        match std::env::var(KNOB).as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(Choice::Auto),
+            Ok("cgroup") => Ok(Choice::Cgroup),
+            Ok("subreaper") => Ok(Choice::Subreaper),
+            Ok(other) => Err(format!(
+                "{KNOB}={other:?}: must be auto, cgroup or subreaper"
+            )),
+        }
+    }
+}
+
 pub struct Trees {
     mode: Mode,
     workers: BTreeMap<Pid, Tree>,
@@ -65,12 +88,12 @@ struct Tree {
 }
 
 impl Trees {
-    /// Chooses the mode (`SERVER_STARTER_PROCESS_TREE`, else cgroup where it can be
-    /// had) and sets it up: the line to log, once, saying which is in force.
-    pub fn start() -> Result<(Trees, String), String> {
-        let knob = std::env::var(KNOB).unwrap_or_default();
-        let why_not = match knob.as_str() {
-            "" | "auto" | "cgroup" => match Cgroups::set_up() {
+    /// Sets up the mode `choice` asks for: the line to log, once, saying which is in
+    /// force.
+    pub fn start(choice: Choice) -> Result<(Trees, String), String> {
+        let why_not = match choice {
+            Choice::Subreaper => format!("{KNOB}=subreaper"),
+            Choice::Auto | Choice::Cgroup => match Cgroups::set_up() {
                 Ok(cgroups) => {
                     let line = format!(
                         "process tree: each worker in a cgroup of its own, under {}",
@@ -78,17 +101,11 @@ impl Trees {
                     );
                     return Ok((Trees::new(Mode::Cgroup(cgroups)), line));
                 }
-                Err(why) if knob == "cgroup" => {
+                Err(why) if choice == Choice::Cgroup => {
                     return Err(format!("{KNOB}=cgroup, but no cgroup can be had: {why}"))
                 }
                 Err(why) => why,
             },
-            "subreaper" => format!("{KNOB}=subreaper"),
-            other => {
-                return Err(format!(
-                    "{KNOB}={other:?}: must be auto, cgroup or subreaper"
-                ))
-            }
         };
         let line = format!(
             "process tree: each worker in a process group of its own, its orphans followed \
