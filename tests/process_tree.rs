@@ -20,27 +20,22 @@ use support::*;
 
 const KNOB: &str = "SERVER_STARTER_PROCESS_TREE";
 
-/// Why no child cgroup can be made here, if none can: the cgroup2 mount (found in
-/// mountinfo, read-write) and a probe directory under this process's own cgroup.
+/// Why no child cgroup can be made here, if none can: a probe directory under this
+/// process's own cgroup.
 fn no_cgroup() -> Option<String> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let Some(mount) = mountinfo.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        let f: Vec<&str> = left.split(' ').collect();
-        let rw = f.get(5)?.split(',').any(|o| o == "rw");
-        (right.starts_with("cgroup2 ") && rw && f.get(3) == Some(&"/")).then(|| f[4].to_string())
-    }) else {
+    let Some(own) = common::own_cgroup_dir() else {
         return Some("no read-write cgroup2 mount of the whole hierarchy".into());
     };
-    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let own = own.lines().find_map(|l| l.strip_prefix("0::"))?.to_string();
-    let probe = format!("{mount}{own}/tree-test-probe.{}", std::process::id());
+    let probe = own.join(format!("tree-test-probe.{}", std::process::id()));
     match fs::create_dir(&probe) {
         Ok(()) => {
             let _ = fs::remove_dir(&probe);
             None
         }
-        Err(e) => Some(format!("cannot make a child cgroup ({probe}): {e}")),
+        Err(e) => Some(format!(
+            "cannot make a child cgroup ({}): {e}",
+            probe.display()
+        )),
     }
 }
 

@@ -13,7 +13,6 @@
 //!   something is starting or stopping), or `SERVER_STARTER_GENERATION` in the
 //!   environment it was started with.
 
-use std::collections::BTreeMap;
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -62,7 +61,7 @@ impl Choice {
 
 pub struct Trees {
     mode: Mode,
-    workers: BTreeMap<Pid, Tree>,
+    workers: Vec<Tree>,
 }
 
 enum Mode {
@@ -81,6 +80,7 @@ struct Cgroups {
 }
 
 struct Tree {
+    pid: Pid,
     generation: u64,
     alive: bool,
     cgroup: Option<PathBuf>,
@@ -117,7 +117,7 @@ impl Trees {
     fn new(mode: Mode) -> Trees {
         Trees {
             mode,
-            workers: BTreeMap::new(),
+            workers: Vec::new(),
         }
     }
 
@@ -151,19 +151,20 @@ impl Trees {
         };
         if let Some(pid) = pid {
             let tree = Tree {
+                pid,
                 generation,
                 alive: true,
                 cgroup,
                 seen: Vec::new(),
             };
-            self.workers.insert(pid, tree);
+            self.workers.push(tree);
         }
     }
 
     /// The child `pid` exited. A worker: the processes of its tree still running
     /// (`Some`, with their pids, while any remain). Anything else (an orphan): `None`.
     pub fn exited(&mut self, pid: Pid, stopping: bool) -> Option<Vec<Pid>> {
-        let tree = self.workers.get_mut(&pid).filter(|t| t.alive)?;
+        let tree = self.workers.iter_mut().find(|t| t.pid == pid && t.alive)?;
         tree.alive = false;
         let remains = match &tree.cgroup {
             Some(dir) => match cgroup::populated(dir) {
@@ -187,18 +188,15 @@ impl Trees {
         if let Mode::Cgroup(cgroups) = &self.mode {
             cgroups.watch.drain();
         }
-        let left: Vec<Pid> = self
+        let gone: Vec<Pid> = self
             .workers
             .iter()
-            .filter(|(_, t)| !t.alive)
-            .map(|(&pid, _)| pid)
-            .collect();
-        let gone: Vec<Pid> = left
-            .into_iter()
-            .filter(|&pid| match &self.workers[&pid].cgroup {
+            .filter(|t| !t.alive)
+            .filter(|t| match &t.cgroup {
                 Some(dir) => !cgroup::populated(dir).unwrap_or(false),
-                None => self.left_by(pid, false).is_empty(),
+                None => self.left_by(t.pid, false).is_empty(),
             })
+            .map(|t| t.pid)
             .collect();
         for &pid in &gone {
             self.forget(pid);
@@ -209,7 +207,7 @@ impl Trees {
     /// Sends `sig` to what the exited worker `pid` left (SIGKILL in cgroup mode: all of
     /// it at once, by `cgroup.kill`).
     pub fn signal(&self, pid: Pid, sig: i32) {
-        let Some(tree) = self.workers.get(&pid) else {
+        let Some(tree) = self.tree(pid) else {
             return;
         };
         let pids = match &tree.cgroup {
@@ -235,8 +233,8 @@ impl Trees {
     /// be traced to it once orphaned. Only while something starts or stops.
     pub fn survey(&mut self) {
         if let Mode::Subreaper = self.mode {
-            for (&pid, tree) in self.workers.iter_mut().filter(|(_, t)| t.alive) {
-                for seen in sys::descendants(pid) {
+            for tree in self.workers.iter_mut().filter(|t| t.alive) {
+                for seen in sys::descendants(tree.pid) {
                     if !tree.seen.contains(&seen) {
                         tree.seen.push(seen);
                     }
@@ -257,7 +255,7 @@ impl Trees {
     /// worker `pid` (all that no running worker or start_server's own group holds, at
     /// a stop with no other worker left).
     fn left_by(&self, pid: Pid, stopping: bool) -> Vec<Pid> {
-        let Some(tree) = self.workers.get(&pid) else {
+        let Some(tree) = self.tree(pid) else {
             return Vec::new();
         };
         let me = std::process::id() as Pid;
@@ -265,8 +263,8 @@ impl Trees {
         let alive: Vec<Pid> = self
             .workers
             .iter()
-            .filter(|(_, t)| t.alive)
-            .map(|(&p, _)| p)
+            .filter(|t| t.alive)
+            .map(|t| t.pid)
             .collect();
         let everything = stopping && alive.is_empty();
         let generation = tree.generation.to_string();
@@ -301,11 +299,15 @@ impl Trees {
         left
     }
 
+    fn tree(&self, pid: Pid) -> Option<&Tree> {
+        self.workers.iter().find(|t| t.pid == pid)
+    }
+
     fn forget(&mut self, pid: Pid) {
-        if let Some(Tree {
-            cgroup: Some(dir), ..
-        }) = self.workers.remove(&pid)
-        {
+        let Some(i) = self.workers.iter().position(|t| t.pid == pid) else {
+            return;
+        };
+        if let Some(dir) = self.workers.remove(i).cgroup {
             let _ = cgroup::remove(&dir);
         }
     }
@@ -322,8 +324,8 @@ impl Trees {
         let trees = self
             .workers
             .iter()
-            .map(|(&pid, t)| TreeRecord {
-                pid,
+            .map(|t| TreeRecord {
+                pid: t.pid,
                 generation: t.generation,
                 alive: t.alive,
                 cgroup: t.cgroup.clone(),
@@ -359,12 +361,13 @@ impl Trees {
                 }
             }
             let tree = Tree {
+                pid: t.pid,
                 generation: t.generation,
                 alive: t.alive,
                 cgroup: t.cgroup,
                 seen: t.seen,
             };
-            taken.workers.insert(t.pid, tree);
+            taken.workers.push(tree);
         }
         Ok(taken)
     }
@@ -432,18 +435,27 @@ fn make_unique(base: &Path) -> Result<PathBuf, String> {
 
 /// At the end (an exit, a give-up, an error; never an upgrade's exec, which runs no
 /// destructor): start_server (and its logger) go back to the cgroup it started in, and
-/// every cgroup it made that is empty is removed.
+/// every cgroup it made is removed once empty: at once after a stop, within a second
+/// otherwise (a worker whose exec failed may still be exiting when start_server gives
+/// up).
 impl Drop for Cgroups {
     fn drop(&mut self) {
         let leaf = self.root.join("supervisor");
         for pid in cgroup::procs(&leaf).unwrap_or_default() {
             let _ = cgroup::move_into(&self.home, pid);
         }
-        if let Ok(entries) = std::fs::read_dir(&self.root) {
-            for entry in entries.flatten().filter(|e| e.path().is_dir()) {
-                let _ = cgroup::remove(&entry.path());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            if let Ok(entries) = std::fs::read_dir(&self.root) {
+                // The interface files are not removable: only the cgroups go.
+                for entry in entries.flatten() {
+                    let _ = cgroup::remove(&entry.path());
+                }
             }
+            if cgroup::remove(&self.root).is_ok() || std::time::Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let _ = cgroup::remove(&self.root);
     }
 }

@@ -81,7 +81,11 @@ persist!(Roll {
     generation,
     reloading
 });
-persist!(Leftover { generation, kill });
+persist!(Leftover {
+    worker,
+    generation,
+    kill
+});
 persist!(Waiter { to, after });
 persist!(Upgrade {
     began,

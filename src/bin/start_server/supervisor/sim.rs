@@ -682,14 +682,15 @@ impl World {
         }
         // What workers left is known, and ends: it will exit, or has a KILL deadline.
         let left: BTreeSet<Pid> = self.left.keys().copied().collect();
-        let leftovers: BTreeSet<Pid> = state.leftovers.keys().copied().collect();
-        if left != leftovers {
+        let leftovers: BTreeSet<Pid> = state.leftovers.iter().map(|l| l.worker).collect();
+        if left != leftovers || leftovers.len() != state.leftovers.len() {
             self.fail(&format!(
                 "the state knows {leftovers:?} left, the world {left:?}"
             ));
         }
-        for (pid, l) in &state.leftovers {
-            if l.kill.is_none() && self.left[pid].exit_at.is_none() {
+        for l in &state.leftovers {
+            let pid = l.worker;
+            if l.kill.is_none() && self.left[&pid].exit_at.is_none() {
                 self.fail(&format!("what {pid} left is waited for forever"));
             }
         }

@@ -146,6 +146,8 @@ pub struct Retiring {
 /// worker is gone, then killed.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Leftover {
+    /// The worker that left them.
+    pub worker: Pid,
     pub generation: u64,
     /// When they get SIGKILL, and the grace they had; `None` once they have.
     pub kill: Option<(Mono, Duration)>,
@@ -204,9 +206,9 @@ pub struct State {
     pub slots: Vec<Slot>,
     /// Workers leaving: of older generations, or failed, or every one once stopping.
     pub old: BTreeMap<Pid, Retiring>,
-    /// What exited workers left running, by the worker's pid: a generation is gone
-    /// only once its whole process tree is.
-    pub leftovers: BTreeMap<Pid, Leftover>,
+    /// What exited workers left running: a generation is gone only once its whole
+    /// process tree is.
+    pub leftovers: Vec<Leftover>,
     /// When to signal the old workers, during `--kill-old-delay`.
     pub kill_old_at: Option<Mono>,
     pub phase: Phase,
@@ -227,7 +229,7 @@ impl State {
             generation: 0,
             slots: Vec::new(),
             old: BTreeMap::new(),
-            leftovers: BTreeMap::new(),
+            leftovers: Vec::new(),
             kill_old_at: None,
             phase: Phase::Running,
             roll: None,
@@ -291,7 +293,7 @@ impl State {
         let attempt = self.attempts().map(|(_, a)| a.until).min();
         let watchdog = self.serving().filter_map(|(_, s)| s.watchdog_at).min();
         let kill = self.old.values().filter_map(|o| o.kill.map(|k| k.0));
-        let leftover = self.leftovers.values().filter_map(|l| l.kill.map(|k| k.0));
+        let leftover = self.leftovers.iter().filter_map(|l| l.kill.map(|k| k.0));
         let kill = kill.chain(leftover).min();
         let signal = self.old.values().filter_map(|o| o.signal_at).min();
         let check = match &self.upgrade {

@@ -152,7 +152,7 @@ impl Step<'_> {
             self.old_pids()
         );
         self.signal_old(&send);
-        for &worker in self.s.leftovers.keys() {
+        for worker in self.s.leftovers.iter().map(|l| l.worker) {
             let signal = send.clone();
             self.out.push(Effect::SignalTree { worker, signal });
         }
@@ -261,9 +261,13 @@ impl Step<'_> {
         };
         let grace = self.s.config.kill_timeout.unwrap_or(STOP_GRACE);
         let kill = Some((self.now.after(grace), grace));
-        self.s
-            .leftovers
-            .insert(worker, Leftover { generation, kill });
+        let left = Leftover {
+            worker,
+            generation,
+            kill,
+        };
+        // A worker exits once: no entry of its own is there yet.
+        self.s.leftovers.push(left);
         let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
         say!(
             self,
@@ -277,9 +281,10 @@ impl Step<'_> {
     /// What an exited worker left running is gone: its generation is, if nothing else
     /// of it runs.
     fn tree_gone(&mut self, worker: Pid) {
-        let Some(left) = self.s.leftovers.remove(&worker) else {
+        let Some(i) = self.s.leftovers.iter().position(|l| l.worker == worker) else {
             return;
         };
+        let left = self.s.leftovers.remove(i);
         say!(
             self,
             "the processes worker {worker} (generation {}) left are gone",
@@ -752,7 +757,8 @@ impl Step<'_> {
     /// SIGKILL for what exited workers left, still running at its deadline.
     fn kill_leftovers(&mut self) {
         let now = self.now;
-        for (&worker, left) in self.s.leftovers.iter_mut() {
+        for left in self.s.leftovers.iter_mut() {
+            let worker = left.worker;
             let Some((_, grace)) = left.kill.filter(|k| k.0 <= now) else {
                 continue;
             };
@@ -798,7 +804,7 @@ impl Step<'_> {
             .old
             .values()
             .any(|old| old.listed || older(old.generation));
-        let leftovers = self.s.leftovers.values().any(|l| older(l.generation));
+        let leftovers = self.s.leftovers.iter().any(|l| older(l.generation));
         if !old_left && !leftovers {
             self.verdict(generation, &format!("OK generation {generation}"));
         }

@@ -106,12 +106,21 @@ fn unescape(field: &str) -> String {
 
 /// Makes the cgroup `dir` (its parent must exist).
 pub fn create(dir: &Path) -> io::Result<()> {
-    fs::create_dir(dir)
+    let path = c_path(dir)?;
+    // SAFETY: `path` is NUL-terminated; mkdir takes it and a mode.
+    check(unsafe { libc::mkdir(path.as_ptr(), 0o755) }).map(drop)
 }
 
 /// Removes the cgroup `dir`, which must be empty (no process, no child cgroup).
 pub fn remove(dir: &Path) -> io::Result<()> {
-    fs::remove_dir(dir)
+    let path = c_path(dir)?;
+    // SAFETY: `path` is NUL-terminated.
+    check(unsafe { libc::rmdir(path.as_ptr()) }).map(drop)
+}
+
+fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 /// `dir`'s `cgroup.procs`, open for writing (close-on-exec): a child writes "0" to it
@@ -169,8 +178,7 @@ impl Watch {
 
     /// Watches the cgroup `dir`'s `cgroup.events` for modification.
     pub fn add(&self, dir: &Path) -> io::Result<()> {
-        let path = std::ffi::CString::new(dir.join("cgroup.events").as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let path = c_path(&dir.join("cgroup.events"))?;
         // SAFETY: `path` is NUL-terminated; the watch descriptor is an integer.
         check(unsafe { libc::inotify_add_watch(self.fd(), path.as_ptr(), libc::IN_MODIFY) })
             .map(drop)
