@@ -218,9 +218,14 @@ impl Trees {
             },
             Some(dir) => cgroup::procs(dir).unwrap_or_default(),
             None => {
-                // Its group too, for what forked since the last look.
-                let _ = sys::kill(-pid, sig);
-                self.left_by(pid, false)
+                let left = self.left_by(pid, false);
+                // Its group too, for what forked since the last look, while a process
+                // of it is left (a group that is gone may be another's by now).
+                let group = |p: &Pid| sys::group_and_session(*p).is_some_and(|g| g.0 == pid);
+                if left.iter().any(group) {
+                    let _ = sys::kill(-pid, sig);
+                }
+                left
             }
         };
         for pid in pids {

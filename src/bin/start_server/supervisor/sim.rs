@@ -764,6 +764,24 @@ impl World {
             self.fail("a deadline due that its turn did not act on");
         }
         self.due = due;
+        // No cost while idle: with nothing starting or stopping (no old worker, nothing
+        // left by one, no upgrade), the only timers are those asked for (--watchdog,
+        // auto-restart).
+        let idle = !state.restarting()
+            && !state.stopping()
+            && state.old.is_empty()
+            && state.leftovers.is_empty()
+            && state.upgrade.is_none();
+        if idle {
+            let watchdog = state.serving().filter_map(|(_, s)| s.watchdog_at);
+            let asked = watchdog.chain(state.auto_restart_at()).min();
+            if state.next_deadline() != asked {
+                self.fail(&format!(
+                    "idle, yet a deadline at {:?} (asked for: {asked:?})",
+                    state.next_deadline()
+                ));
+            }
+        }
         if state.phase == Phase::RestartQueued && !state.restarting() {
             self.fail("a queued restart with nothing under way: it would never come");
         }
