@@ -308,6 +308,14 @@ fn detached_server(mode: &str, from: &str, stubborn: bool) {
         server.wait_line("(generation 1) left are still running 1 secs after");
     }
     let second = wait_generation(addr, 2);
+    // Idle again once the old tree is gone: no timer, no look at /proc (no context
+    // switch across 500 ms).
+    let mut last = context_switches(server.pid());
+    wait_until("start_server to be idle again", || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = context_switches(server.pid());
+        std::mem::replace(&mut last, now) == now
+    });
     stop_leaves_nothing(&mut server, &dir, addr);
     assert!(
         gone(second),
