@@ -226,14 +226,14 @@ impl StartServer {
 
 impl Drop for StartServer {
     fn drop(&mut self) {
-        if self.try_status().is_some() {
-            return;
+        if self.try_status().is_none() {
+            // Still running: the test failed or did not stop it. SIGKILL the whole
+            // group (start_server and its workers, which are ours alone), then reap.
+            // SAFETY: a negative pid names the process group we created at spawn.
+            unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
+            let _ = self.child.wait();
         }
-        // Still running: the test failed or did not stop it. SIGKILL the whole
-        // group (start_server and its workers, which are ours alone), then reap.
-        // SAFETY: a negative pid names the process group we created at spawn.
-        unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
-        let _ = self.child.wait();
+        // Killed (here or by the test), it could not remove its cgroups.
         remove_cgroups(self.pid());
     }
 }
