@@ -476,3 +476,44 @@ fn a_wrong_knob_is_refused_at_once() {
     );
     assert!(!pid_file.exists(), "the pid file was written");
 }
+
+// ------------------------------------------------------------------ no trace
+
+/// A process that left the worker's session and cleared its environment at once,
+/// reparented to start_server before anything looked: in subreaper mode nothing traces
+/// it to a generation while others run, but a stop leaves no process of any generation
+/// (all that remains below start_server outside its own process group goes with the
+/// last worker); in cgroup mode it is in the worker's cgroup all along.
+fn untraceable_orphan(mode: &str) {
+    if !mode_available(mode) {
+        return;
+    }
+    let dir = TempDir::new("tree-untraceable");
+    let pid_file = dir.path().join("orphan.pid");
+    let script = format!(
+        "(setsid env -i sleep 600 & echo $! > {0}.tmp; mv {0}.tmp {0}); exec sleep 600",
+        pid_file.display()
+    );
+    let cleanup = Cleanup::new(&dir);
+    // It carries no marker: killed by its pid if the test fails.
+    let _orphan = KillOnDrop(&pid_file);
+    let (mut server, addr) = start(mode, &dir, &cleanup, &[], &["sh", "-c", &script], &[]);
+    let orphan = wait_pid_file(&pid_file);
+    wait_until("the orphan to be reparented to start_server", || {
+        ppid(orphan) == Some(server.pid())
+    });
+    assert_eq!(worker_env(orphan, "SERVER_STARTER_GENERATION"), None);
+    stop_leaves_nothing(&mut server, &dir, addr);
+    assert!(gone(orphan), "the orphan {orphan} runs after --stop");
+    server.wait_line(&format!("leaving processes {orphan}; sending TERM"));
+}
+
+#[test]
+fn untraceable_orphan_cgroup() {
+    untraceable_orphan("cgroup");
+}
+
+#[test]
+fn untraceable_orphan_subreaper() {
+    untraceable_orphan("subreaper");
+}

@@ -85,6 +85,9 @@ struct Tree {
     alive: bool,
     cgroup: Option<PathBuf>,
     seen: Vec<Pid>,
+    /// Subreaper mode: the last worker to exit at a stop, to which everything left
+    /// below start_server is attributed (no upgrade happens while stopping).
+    last: bool,
 }
 
 impl Trees {
@@ -156,6 +159,7 @@ impl Trees {
                 alive: true,
                 cgroup,
                 seen: Vec::new(),
+                last: false,
             };
             self.workers.push(tree);
         }
@@ -164,15 +168,17 @@ impl Trees {
     /// The child `pid` exited. A worker: the processes of its tree still running
     /// (`Some`, with their pids, while any remain). Anything else (an orphan): `None`.
     pub fn exited(&mut self, pid: Pid, stopping: bool) -> Option<Vec<Pid>> {
+        let others = self.workers.iter().any(|t| t.alive && t.pid != pid);
         let tree = self.workers.iter_mut().find(|t| t.pid == pid && t.alive)?;
         tree.alive = false;
+        tree.last = stopping && !others;
         let remains = match &tree.cgroup {
             Some(dir) => match cgroup::populated(dir) {
                 Ok(true) => Some(cgroup::procs(dir).unwrap_or_default()),
                 _ => None,
             },
             None => {
-                let pids = self.left_by(pid, stopping);
+                let pids = self.left_by(pid);
                 (!pids.is_empty()).then_some(pids)
             }
         };
@@ -194,7 +200,7 @@ impl Trees {
             .filter(|t| !t.alive)
             .filter(|t| match &t.cgroup {
                 Some(dir) => !cgroup::populated(dir).unwrap_or(false),
-                None => self.left_by(t.pid, false).is_empty(),
+                None => self.left_by(t.pid).is_empty(),
             })
             .map(|t| t.pid)
             .collect();
@@ -218,7 +224,7 @@ impl Trees {
             },
             Some(dir) => cgroup::procs(dir).unwrap_or_default(),
             None => {
-                let left = self.left_by(pid, false);
+                let left = self.left_by(pid);
                 // Its group too, for what forked since the last look, while a process
                 // of it is left (a group that is gone may be another's by now).
                 let group = |p: &Pid| sys::group_and_session(*p).is_some_and(|g| g.0 == pid);
@@ -257,9 +263,9 @@ impl Trees {
     }
 
     /// Subreaper mode: the processes below start_server that trace to the exited
-    /// worker `pid` (all that no running worker or start_server's own group holds, at
-    /// a stop with no other worker left).
-    fn left_by(&self, pid: Pid, stopping: bool) -> Vec<Pid> {
+    /// worker `pid` (all that no running worker or start_server's own group holds, for
+    /// the last worker to exit at a stop).
+    fn left_by(&self, pid: Pid) -> Vec<Pid> {
         let Some(tree) = self.tree(pid) else {
             return Vec::new();
         };
@@ -271,7 +277,7 @@ impl Trees {
             .filter(|t| t.alive)
             .map(|t| t.pid)
             .collect();
-        let everything = stopping && alive.is_empty();
+        let everything = tree.last;
         let generation = tree.generation.to_string();
         let mut left = Vec::new();
         // Parents first: a process below one that traces to `pid` does too, and nothing
@@ -371,6 +377,7 @@ impl Trees {
                 alive: t.alive,
                 cgroup: t.cgroup,
                 seen: t.seen,
+                last: false,
             };
             taken.workers.push(tree);
         }
