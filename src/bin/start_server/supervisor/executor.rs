@@ -356,13 +356,13 @@ impl<'a> Executor<'a> {
     }
 
     /// A child exited: a worker whose tree is not empty is said to leave processes
-    /// (before its exit is stepped); in subreaper mode, any other child is an orphan
-    /// whose exit may be the last of what a worker left.
+    /// (before its exit is stepped); any other child is an orphan whose exit may be
+    /// the last of what a worker left (in cgroup mode, the watch says so too).
     fn tree_exited(&mut self, state: &mut State, pid: Pid) {
         let known = workers_of(state).any(|w| w == pid);
         match self.trees.exited(pid, state.stopping()) {
             Some(pids) => self.feed(state, Event::Remains { worker: pid, pids }),
-            None if !known && self.trees.fd().is_none() => {
+            None if !known => {
                 for worker in self.trees.gone() {
                     self.feed(state, Event::TreeGone { worker });
                 }
