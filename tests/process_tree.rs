@@ -517,3 +517,57 @@ fn untraceable_orphan_cgroup() {
 fn untraceable_orphan_subreaper() {
     untraceable_orphan("subreaper");
 }
+
+// ------------------------------------------------------------------ SIGKILL
+
+/// A worker that ignores TERM, as does the child it started: at `--kill-timeout` the
+/// worker gets SIGKILL with everything it started, so the stop takes one
+/// `--kill-timeout`, not one more for what it would have left.
+fn stubborn_tree(mode: &str) {
+    if !mode_available(mode) {
+        return;
+    }
+    let dir = TempDir::new("tree-stubborn");
+    let pid_file = dir.path().join("child.pid");
+    let script = format!(
+        "trap '' TERM; sleep 600 & echo $! > {0}.tmp; mv {0}.tmp {0}; exec sleep 600",
+        pid_file.display()
+    );
+    let cleanup = Cleanup::new(&dir);
+    let (mut server, addr) = start(
+        mode,
+        &dir,
+        &cleanup,
+        &["--kill-timeout=1"],
+        &["sh", "-c", &script],
+        &[],
+    );
+    let child = wait_pid_file(&pid_file);
+    let worker = read_status(&dir.path().join("status"))[0].1;
+    let out = run_within(
+        &["--stop", &file_arg(&dir, "pid"), "--kill-timeout=1"],
+        PATIENCE,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "--stop: {err}");
+    assert!(server.wait_exit().success());
+    assert!(gone(child), "the worker's child {child} runs after --stop");
+    let lines = server.lines();
+    let killed = format!("worker {worker} still running 1 secs after it was told to stop");
+    assert!(lines.iter().any(|l| l.starts_with(&killed)), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.contains("left are still running")),
+        "what the worker left had a grace of its own: {lines:?}"
+    );
+    TcpListener::bind(addr).unwrap_or_else(|e| panic!("binding {addr} after --stop: {e}"));
+}
+
+#[test]
+fn stubborn_tree_cgroup() {
+    stubborn_tree("cgroup");
+}
+
+#[test]
+fn stubborn_tree_subreaper() {
+    stubborn_tree("subreaper");
+}

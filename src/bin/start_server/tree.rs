@@ -210,8 +210,9 @@ impl Trees {
         gone
     }
 
-    /// Sends `sig` to what the exited worker `pid` left (SIGKILL in cgroup mode: all of
-    /// it at once, by `cgroup.kill`).
+    /// Sends `sig` to what the exited worker `pid` left, or to all that the running
+    /// worker `pid` started (SIGKILL in cgroup mode: all of it at once, by
+    /// `cgroup.kill`).
     pub fn signal(&self, pid: Pid, sig: i32) {
         let Some(tree) = self.tree(pid) else {
             return;
@@ -223,6 +224,11 @@ impl Trees {
                 Err(_) => cgroup::procs(dir).unwrap_or_default(),
             },
             Some(dir) => cgroup::procs(dir).unwrap_or_default(),
+            // A running worker's (at its SIGKILL): what is below it.
+            None if tree.alive => {
+                let _ = sys::kill(-pid, sig);
+                sys::descendants(pid)
+            }
             None => {
                 let left = self.left_by(pid);
                 // Its group too, for what forked since the last look, while a process

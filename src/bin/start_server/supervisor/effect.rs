@@ -25,8 +25,8 @@ pub enum Effect {
     },
     /// Send `signal` to the worker `pid` (a failure is logged, naming the worker).
     Signal { pid: Pid, signal: Signal },
-    /// Send `signal` to what the exited worker `worker` left running (SIGKILL: all of
-    /// it, at once where cgroups allow).
+    /// Send `signal` to what the exited worker `worker` left running, or, while it
+    /// runs, to all it started (SIGKILL: all of it, at once where cgroups allow).
     SignalTree { worker: Pid, signal: Signal },
     /// Note the processes below each running worker, so that they can be traced to
     /// it once orphaned (subreaper mode; only while something starts or stops).

@@ -96,6 +96,8 @@ struct World {
     procs: BTreeMap<Pid, Proc>,
     /// What exited workers left running, by the worker's pid.
     left: BTreeMap<Pid, Left>,
+    /// Workers killed with all they started: they leave nothing.
+    tree_killed: BTreeSet<Pid>,
     next_pid: Pid,
     check: Option<CheckProc>,
     /// Children nothing waits for (a forgotten check): their exits come all the same.
@@ -183,6 +185,7 @@ impl World {
             now: Mono(1_000_000),
             procs: BTreeMap::new(),
             left: BTreeMap::new(),
+            tree_killed: BTreeSet::new(),
             next_pid: 100,
             check: None,
             orphans: Vec::new(),
@@ -303,6 +306,10 @@ impl World {
             }
             Effect::SignalTree { worker, signal } => {
                 let delay = self.rng.millis(500);
+                if signal.number == libc::SIGKILL && self.procs.contains_key(&worker) {
+                    self.tree_killed.insert(worker);
+                    return None;
+                }
                 let Some(left) = self.left.get_mut(&worker) else {
                     self.fail(&format!("{} sent to what {worker} left: gone", signal.name));
                 };
@@ -528,7 +535,7 @@ impl World {
             let generation = self.procs[&pid].generation;
             // Now and then a worker leaves processes of its tree running: a prefork
             // server's children, a `setsid` child, a double-forked daemon.
-            if self.rng.chance(250) {
+            if self.rng.chance(250) && !self.tree_killed.contains(&pid) {
                 let left = Left {
                     generation,
                     exit_at: self

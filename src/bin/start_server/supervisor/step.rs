@@ -244,8 +244,9 @@ impl Step<'_> {
 
     /// A worker is about to be reported exited, leaving processes of its tree running:
     /// they are told to stop as its generation was (`--signal-on-hup`, or
-    /// `--signal-on-term` once stopping), and get SIGKILL after `--kill-timeout`
-    /// (`STOP_GRACE` without).
+    /// `--signal-on-term` once stopping), and get SIGKILL when the worker would have
+    /// (`--kill-timeout` after its own stop signal: the generation's time is the
+    /// tree's), else after `--kill-timeout` (`STOP_GRACE` without) from now.
     fn remains(&mut self, worker: Pid, pids: &[Pid]) {
         let serving = self.s.serving().map(|(_, s)| s.worker);
         let starting = self.s.attempts().filter_map(|(_, a)| a.worker);
@@ -260,7 +261,8 @@ impl Step<'_> {
             false => self.s.config.signal_on_hup.clone(),
         };
         let grace = self.s.config.kill_timeout.unwrap_or(STOP_GRACE);
-        let kill = Some((self.now.after(grace), grace));
+        let pending = self.s.old.get(&worker).and_then(|old| old.kill);
+        let kill = Some(pending.unwrap_or((self.now.after(grace), grace)));
         let left = Leftover {
             worker,
             generation,
@@ -751,6 +753,11 @@ impl Step<'_> {
                 pid,
                 signal: kill.clone(),
             });
+            // With everything it started: its generation had its time.
+            self.out.push(Effect::SignalTree {
+                worker: pid,
+                signal: kill.clone(),
+            });
         }
     }
 
@@ -765,7 +772,7 @@ impl Step<'_> {
             left.kill = None;
             self.out.push(Effect::Log(format!(
                 "the processes worker {worker} (generation {}) left are still running {} secs \
-                 after they were told to stop, sending KILL",
+                 after the stop signal, sending KILL",
                 left.generation,
                 log::seconds(grace)
             )));
