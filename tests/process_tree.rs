@@ -479,6 +479,18 @@ fn a_wrong_knob_is_refused_at_once() {
 
 // ------------------------------------------------------------------ no trace
 
+/// A shell worker: `start` (which ends by starting a process in the background), the
+/// pid of that process written to a file by rename, `end`, then `exec sleep 600`. The
+/// file, and the script.
+fn shell_worker(dir: &TempDir, start: &str, end: &str) -> (std::path::PathBuf, String) {
+    let pid_file = dir.path().join("child.pid");
+    let script = format!(
+        "{start} echo $! > {0}.tmp; mv {0}.tmp {0}{end}; exec sleep 600",
+        pid_file.display()
+    );
+    (pid_file, script)
+}
+
 /// A process that left the worker's session and cleared its environment at once,
 /// reparented to start_server before anything looked: in subreaper mode nothing traces
 /// it to a generation while others run, but a stop leaves no process of any generation
@@ -489,11 +501,7 @@ fn untraceable_orphan(mode: &str) {
         return;
     }
     let dir = TempDir::new("tree-untraceable");
-    let pid_file = dir.path().join("orphan.pid");
-    let script = format!(
-        "(setsid env -i sleep 600 & echo $! > {0}.tmp; mv {0}.tmp {0}); exec sleep 600",
-        pid_file.display()
-    );
+    let (pid_file, script) = shell_worker(&dir, "(setsid env -i sleep 600 &", ")");
     let cleanup = Cleanup::new(&dir);
     // It carries no marker: killed by its pid if the test fails.
     let _orphan = KillOnDrop(&pid_file);
@@ -528,11 +536,7 @@ fn stubborn_tree(mode: &str) {
         return;
     }
     let dir = TempDir::new("tree-stubborn");
-    let pid_file = dir.path().join("child.pid");
-    let script = format!(
-        "trap '' TERM; sleep 600 & echo $! > {0}.tmp; mv {0}.tmp {0}; exec sleep 600",
-        pid_file.display()
-    );
+    let (pid_file, script) = shell_worker(&dir, "trap '' TERM; sleep 600 &", "");
     let cleanup = Cleanup::new(&dir);
     let (mut server, addr) = start(
         mode,
