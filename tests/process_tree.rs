@@ -575,3 +575,62 @@ fn stubborn_tree_cgroup() {
 fn stubborn_tree_subreaper() {
     stubborn_tree("subreaper");
 }
+
+// ------------------------------------------------------------------ systemd
+
+/// A cgroup made for the test, removed when dropped (once empty).
+struct TestCgroup(std::path::PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = wait_for_within(Duration::from_secs(5), || fs::remove_dir(&self.0).ok());
+    }
+}
+
+/// start_server in a systemd unit's cgroup (a child cgroup named `*.service`): without
+/// `Delegate=yes` (systemd's `trusted.delegate` attribute) it leaves the unit's cgroup
+/// to systemd and follows the trees as a subreaper; with it, cgroup mode.
+#[test]
+fn a_unit_cgroup_is_used_only_when_delegated() {
+    if !mode_available("cgroup") {
+        return;
+    }
+    let own = common::own_cgroup_dir().expect("a cgroup2 mount");
+    let unit = TestCgroup(own.join(format!("tree-test-{}.service", std::process::id())));
+    fs::create_dir(&unit.0).unwrap();
+    let join = format!("echo $$ > {}/cgroup.procs && exec \"$@\"", unit.0.display());
+    let run = |expected: &str| {
+        let bin = start_server_bin().display().to_string();
+        let args = ["-c", &join, "sh", &bin, "--", "sleep", "600"];
+        let mut server = Server::start_program(Path::new("sh"), &args, &[]);
+        let line = server.wait_line("process tree: ");
+        assert!(line.contains(expected), "{line}");
+        server.stop();
+    };
+    let name = unit.0.file_name().unwrap().to_str().unwrap().to_string();
+    run(&format!(
+        "(no cgroup: {name} is systemd's to arrange: give the unit Delegate=yes)"
+    ));
+    let path = std::ffi::CString::new(unit.0.as_os_str().to_str().unwrap()).unwrap();
+    // SAFETY: NUL-terminated path and name, a value buffer of the length given.
+    let set = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"trusted.delegate".as_ptr(),
+            b"1".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    if set != 0 {
+        eprintln!(
+            "skipping the delegated half: setxattr(trusted.delegate): {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    run(&format!(
+        "each worker in a cgroup of its own, under {}/",
+        unit.0.display()
+    ));
+}

@@ -397,6 +397,15 @@ impl Cgroups {
     /// process: the "no internal processes" rule), and the watch.
     fn set_up() -> Result<Cgroups, String> {
         let home = cgroup::own_dir()?;
+        let unit = home
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if (unit.ends_with(".service") || unit.ends_with(".scope")) && !cgroup::delegated(&home) {
+            return Err(format!(
+                "{unit} is systemd's to arrange: give the unit Delegate=yes"
+            ));
+        }
         let root = make_unique(&home.join(format!("server_starter.{}", std::process::id())))?;
         let leaf = root.join("supervisor");
         let joined = cgroup::create(&leaf)

@@ -45,6 +45,29 @@ pub fn own_dir() -> Result<PathBuf, String> {
     })
 }
 
+/// Whether systemd has handed the cgroup `dir` over to its processes (`Delegate=yes`,
+/// marked by the `trusted.delegate` or `user.delegate` attribute): a unit's cgroup
+/// without it is systemd's alone to arrange.
+pub fn delegated(dir: &Path) -> bool {
+    let Ok(path) = c_path(dir) else {
+        return false;
+    };
+    [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
+        let mut value = [0u8; 8];
+        // SAFETY: `path` and `name` are NUL-terminated; `value` is writable for its
+        // length.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        n > 0 && value[0] == b'1'
+    })
+}
+
 /// `path` relative to `root`, if it is below it (or is it).
 fn below<'a>(path: &'a str, root: &str) -> Option<&'a str> {
     let rest = path.strip_prefix(root.trim_end_matches('/'))?;
