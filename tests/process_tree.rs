@@ -578,12 +578,21 @@ fn stubborn_tree_subreaper() {
 
 // ------------------------------------------------------------------ systemd
 
-/// A cgroup made for the test, removed when dropped (once empty).
+/// A cgroup made for the test, removed when dropped with the cgroups in it (once
+/// empty).
 struct TestCgroup(std::path::PathBuf);
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        let _ = wait_for_within(Duration::from_secs(5), || fs::remove_dir(&self.0).ok());
+        fn remove(dir: &Path) -> Option<()> {
+            for entry in fs::read_dir(dir).ok()?.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&entry.path());
+                }
+            }
+            fs::remove_dir(dir).ok()
+        }
+        let _ = wait_for_within(Duration::from_secs(5), || remove(&self.0));
     }
 }
 
@@ -633,4 +642,53 @@ fn a_unit_cgroup_is_used_only_when_delegated() {
         "each worker in a cgroup of its own, under {}/",
         unit.0.display()
     ));
+}
+
+/// A subtree that a start_server of the same pid left when it was killed (empty) is
+/// taken over, as a stale socket file is, rather than piling up beside: start_server
+/// as PID 1 of a namespace of its own, in a test cgroup where `server_starter.1`
+/// already is.
+#[test]
+fn a_stale_subtree_of_the_same_pid_is_reused() {
+    if !mode_available("cgroup") {
+        return;
+    }
+    if let Some(why) = no_pid_namespace() {
+        eprintln!("skipping: start_server cannot run as PID 1 here: {why}");
+        return;
+    }
+    let own = common::own_cgroup_dir().expect("a cgroup2 mount");
+    let home = TestCgroup(own.join(format!("tree-test-{}", std::process::id())));
+    let stale = home.0.join("server_starter.1");
+    fs::create_dir_all(stale.join("generation-7")).unwrap();
+    let join = format!("echo $$ > {}/cgroup.procs && exec \"$@\"", home.0.display());
+    let bin = start_server_bin().display().to_string();
+    let args = [
+        "-c",
+        &join,
+        "sh",
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        &bin,
+        "--",
+        "sleep",
+        "600",
+    ];
+    let mut server = Server::start_program(Path::new("sh"), &args, &[]);
+    let line = server.wait_line("process tree: ");
+    assert!(
+        line.ends_with(&format!("under {}", stale.display())),
+        "{line}"
+    );
+    assert!(!stale.join("generation-7").exists());
+    let init = namespace_init(&server);
+    signal(init, libc::SIGTERM);
+    assert!(server.wait_exit().success(), "{:?}", server.lines());
+    assert!(
+        !stale.exists(),
+        "{} is left after the stop",
+        stale.display()
+    );
 }

@@ -406,7 +406,13 @@ impl Cgroups {
                 "{unit} is systemd's to arrange: give the unit Delegate=yes"
             ));
         }
-        let root = make_unique(&home.join(format!("server_starter.{}", std::process::id())))?;
+        let root = home.join(format!("server_starter.{}", std::process::id()));
+        // Left by an instance of the same pid that was killed (SIGKILL leaves no
+        // chance to clean up), as a stale socket file is: empty, so nothing is lost.
+        if cgroup::populated(&root).is_ok_and(|p| !p) {
+            remove_tree(&root);
+        }
+        let root = make_unique(&root)?;
         let leaf = root.join("supervisor");
         let joined = cgroup::create(&leaf)
             .and_then(|()| cgroup::move_into(&leaf, 0))
@@ -460,6 +466,18 @@ fn make_unique(base: &Path) -> Result<PathBuf, String> {
     }
 }
 
+/// Removes the cgroup `dir` and the cgroups in it (one level: start_server makes no
+/// more), those that are empty.
+fn remove_tree(dir: &Path) -> bool {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        // The interface files are not removable: only the cgroups go.
+        for entry in entries.flatten() {
+            let _ = cgroup::remove(&entry.path());
+        }
+    }
+    cgroup::remove(dir).is_ok()
+}
+
 /// At the end (an exit, a give-up, an error; never an upgrade's exec, which runs no
 /// destructor): start_server (and its logger) go back to the cgroup it started in, and
 /// every cgroup it made is removed once empty: at once after a stop, within a second
@@ -473,13 +491,7 @@ impl Drop for Cgroups {
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
         loop {
-            if let Ok(entries) = std::fs::read_dir(&self.root) {
-                // The interface files are not removable: only the cgroups go.
-                for entry in entries.flatten() {
-                    let _ = cgroup::remove(&entry.path());
-                }
-            }
-            if cgroup::remove(&self.root).is_ok() || std::time::Instant::now() >= deadline {
+            if remove_tree(&self.root) || std::time::Instant::now() >= deadline {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
