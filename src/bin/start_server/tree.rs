@@ -48,17 +48,20 @@ impl Choice {
     /// Read at start, before anything is bound: a wrong value is a mistake said at
     /// once.
     pub fn from_env() -> Result<Choice, String> {
-        match std::env::var(KNOB).as_deref() {
-            Err(_) | Ok("") | Ok("auto") => Ok(Choice::Auto),
-            Ok("cgroup") => Ok(Choice::Cgroup),
-            Ok("subreaper") => Ok(Choice::Subreaper),
-            Ok(other) => Err(format!(
-                "{KNOB}={other:?}: must be auto, cgroup or subreaper"
+        let value = std::env::var_os(KNOB).unwrap_or_default();
+        match value.to_str() {
+            Some("") | Some("auto") => Ok(Choice::Auto),
+            Some("cgroup") => Ok(Choice::Cgroup),
+            Some("subreaper") => Ok(Choice::Subreaper),
+            _ => Err(format!(
+                "{KNOB}={value:?}: must be auto, cgroup or subreaper"
             )),
         }
     }
 }
 
+/// The executor's part: the mode, and each worker's tree, from its spawn until
+/// nothing of it is left.
 pub struct Trees {
     mode: Mode,
     workers: Vec<Tree>,
