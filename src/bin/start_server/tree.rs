@@ -23,19 +23,6 @@ use crate::sys::{self, cgroup, Pid};
 /// `auto` (the default: cgroup where it can be had).
 pub const KNOB: &str = "SERVER_STARTER_PROCESS_TREE";
 
-/// What crosses an upgrade's exec about one worker's tree.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TreeRecord {
-    pub pid: Pid,
-    pub generation: u64,
-    /// The worker itself has not exited.
-    pub alive: bool,
-    /// Its cgroup (cgroup mode).
-    pub cgroup: Option<PathBuf>,
-    /// The processes seen below it (subreaper mode).
-    pub seen: Vec<Pid>,
-}
-
 /// What `SERVER_STARTER_PROCESS_TREE` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Choice {
@@ -82,15 +69,21 @@ struct Cgroups {
     next: Option<(PathBuf, OwnedFd)>,
 }
 
-struct Tree {
-    pid: Pid,
-    generation: u64,
-    alive: bool,
-    cgroup: Option<PathBuf>,
-    seen: Vec<Pid>,
+/// One worker's tree, from its spawn until nothing of it is left; it crosses an
+/// upgrade's exec (`supervisor::record`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tree {
+    pub pid: Pid,
+    pub generation: u64,
+    /// The worker itself has not exited.
+    pub alive: bool,
+    /// Its cgroup (cgroup mode).
+    pub cgroup: Option<PathBuf>,
+    /// The processes seen below it (subreaper mode).
+    pub seen: Vec<Pid>,
     /// Subreaper mode: the last worker to exit at a stop, to which everything left
     /// below start_server is attributed (no upgrade happens while stopping).
-    last: bool,
+    pub last: bool,
 }
 
 impl Trees {
@@ -334,36 +327,23 @@ impl Trees {
 
     // ------------------------------------------------------------ upgrade in place
 
-    /// What crosses an exec: the cgroup subtree (start_server's cgroup at start, and
-    /// the subtree's root), and each tree.
-    pub fn handover(&self) -> (Option<(PathBuf, PathBuf)>, Vec<TreeRecord>) {
-        let cgroups = match &self.mode {
-            Mode::Cgroup(c) => Some((c.home.clone(), c.root.clone())),
+    /// What crosses an exec: the cgroup subtree's root (cgroup mode; start_server's
+    /// own cgroup at start is its parent), and each tree.
+    pub fn handover(&self) -> (Option<PathBuf>, Vec<Tree>) {
+        let root = match &self.mode {
+            Mode::Cgroup(c) => Some(c.root.clone()),
             Mode::Subreaper => None,
         };
-        let trees = self
-            .workers
-            .iter()
-            .map(|t| TreeRecord {
-                pid: t.pid,
-                generation: t.generation,
-                alive: t.alive,
-                cgroup: t.cgroup.clone(),
-                seen: t.seen.clone(),
-            })
-            .collect();
-        (cgroups, trees)
+        (root, self.workers.clone())
     }
 
     /// The trees of the previous image, each cgroup watched again.
-    pub fn taken_over(
-        cgroups: Option<(PathBuf, PathBuf)>,
-        trees: Vec<TreeRecord>,
-    ) -> Result<Trees, String> {
-        let mode = match cgroups {
-            Some((home, root)) => {
+    pub fn taken_over(root: Option<PathBuf>, workers: Vec<Tree>) -> Result<Trees, String> {
+        let mode = match root {
+            Some(root) => {
                 let watch = cgroup::Watch::new()
                     .map_err(|e| format!("taking the state over failed: inotify_init1(2): {e}"))?;
+                let home = root.parent().unwrap_or(&root).to_path_buf();
                 Mode::Cgroup(Cgroups {
                     home,
                     root,
@@ -373,24 +353,13 @@ impl Trees {
             }
             None => Mode::Subreaper,
         };
-        let mut taken = Trees::new(mode);
-        for t in trees {
-            if let (Mode::Cgroup(c), Some(dir)) = (&taken.mode, &t.cgroup) {
-                if let Err(e) = c.watch.add(dir) {
-                    log!("cannot watch {}/cgroup.events: {e}", dir.display());
-                }
+        if let Mode::Cgroup(c) = &mode {
+            // One that cannot be watched is looked at when an orphan exits.
+            for dir in workers.iter().filter_map(|t| t.cgroup.as_ref()) {
+                let _ = c.watch.add(dir);
             }
-            let tree = Tree {
-                pid: t.pid,
-                generation: t.generation,
-                alive: t.alive,
-                cgroup: t.cgroup,
-                seen: t.seen,
-                last: false,
-            };
-            taken.workers.push(tree);
         }
-        Ok(taken)
+        Ok(Trees { mode, workers })
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::envdir::Tunables;
 use crate::signals::Signal;
-use crate::tree::TreeRecord;
+use crate::tree::Tree;
 use crate::upgrade::record::{persist, record, Persist};
 use crate::upgrade::state::{Cursor, Field};
 
@@ -114,10 +114,10 @@ pub struct Services {
     pub channels: Vec<(i32, i32, String)>,
     /// The service manager's socket.
     pub manager: Option<OsString>,
-    /// The cgroup start_server started in and the subtree it made (cgroup mode), and
-    /// each worker's process tree.
-    pub cgroups: Option<(PathBuf, PathBuf)>,
-    pub trees: Vec<TreeRecord>,
+    /// The cgroup subtree start_server made (cgroup mode), and each worker's process
+    /// tree.
+    pub cgroups: Option<PathBuf>,
+    pub trees: Vec<Tree>,
 }
 
 record!(Services {
@@ -134,12 +134,14 @@ record!(Services {
     cgroups,
     trees,
 });
-persist!(TreeRecord {
+persist!(Tree {
     pid,
     generation,
     alive,
     cgroup,
-    seen
+    seen,
+} transient {
+    last
 });
 
 // ---------------------------------------------------------------- enums
@@ -254,24 +256,23 @@ mod tests {
             control: Some(7),
             channels: vec![(4242, 8, "@00001".into()), (4243, 9, "@0000a".into())],
             manager: Some(OsString::from("/run/systemd/notify")),
-            cgroups: Some((
-                "/sys/fs/cgroup/unified".into(),
-                "/sys/fs/cgroup/unified/s".into(),
-            )),
+            cgroups: Some("/sys/fs/cgroup/unified/s".into()),
             trees: vec![
-                TreeRecord {
+                Tree {
                     pid: 4242,
                     generation: 3,
                     alive: false,
-                    cgroup: Some("/sys/fs/cgroup/unified/s/generation-3.0".into()),
+                    cgroup: Some("/sys/fs/cgroup/unified/s/generation-3.1".into()),
                     seen: vec![],
+                    last: false,
                 },
-                TreeRecord {
+                Tree {
                     pid: 4243,
                     generation: 4,
                     alive: true,
                     cgroup: None,
                     seen: vec![4250, 4251],
+                    last: false,
                 },
             ],
         };
