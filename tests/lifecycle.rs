@@ -1,7 +1,7 @@
 //! Bounded lifecycles, through the built binary: `--kill-timeout` after a HUP and
 //! after a TERM (and `--stop`'s bound), `SIGUSR1` reopening `--log-file` behind a
-//! rename and behind Debian's logrotate, orphans of workers reparented to start_server
-//! and reaped, and start_server as PID 1 of a PID namespace, in the host's root and in
+//! rename and behind Debian's logrotate, orphans of workers reparented to start_server,
+//! stopped with their generation and reaped, and start_server as PID 1 of a PID namespace, in the host's root and in
 //! an empty one built from contrib/docker/Dockerfile.
 //!
 //! Without `--kill-timeout` a worker ignoring TERM is waited for however long it takes:
@@ -546,7 +546,7 @@ fn usr1_with_a_log_pipe_is_logged_and_harmless() {
 // ------------------------------------------------------------------ orphans
 
 #[test]
-fn orphan_of_a_dead_worker_is_reparented_to_start_server_and_reaped() {
+fn orphan_of_a_dead_worker_is_stopped_with_its_generation_and_reaped() {
     let dir = TempDir::new("orphan");
     let ForkChild {
         mut server,
@@ -561,28 +561,24 @@ fn orphan_of_a_dead_worker_is_reparented_to_start_server_and_reaped() {
 
     fs::remove_file(&grandchild_file).unwrap();
     signal(worker, libc::SIGKILL);
+    // Its generation is gone only once its whole tree is: the orphan gets the stop
+    // signal (reparented to start_server, a subreaper, not to PID 1) and is reaped.
+    server.wait_line(&format!(
+        "worker {worker} (generation 1) exited, leaving processes {orphan}; sending TERM"
+    ));
     server.wait_line(&format!(
         "worker {worker} died unexpectedly with status:9, restarting"
     ));
-    // Reparented to start_server (a subreaper), not to PID 1, and left alone.
-    wait_until("the orphan to be reparented", || {
-        ppid(orphan) == Some(server.pid())
-    });
     let next = server.wait_status(&status, &[2])[0].1;
     leftovers.watch(next);
     let next_child = wait_pid_file(&grandchild_file);
     leftovers.watch(next_child);
-    assert!(pid_alive(orphan));
-
-    signal(orphan, libc::SIGTERM);
     wait_until("the orphan to be reaped", || reaped(orphan));
+    server.wait_line(&format!(
+        "the processes worker {worker} (generation 1) left are gone"
+    ));
     assert_eq!(child_pids(server.pid()), vec![next]);
     zombies.finish("orphan of a dead worker");
-    let lines = server.lines();
-    assert!(
-        !lines.iter().any(|l| l.contains(&orphan.to_string())),
-        "start_server spoke of the orphan: {lines:?}"
-    );
     assert_eq!(read_status(&status), vec![(2, next)]);
 
     server.stop();
@@ -606,10 +602,8 @@ fn orphan_of_a_worker_that_forks_and_exits_is_reaped() {
     leftovers.watch(orphan);
     server.wait_line("seems to have failed to start, exit status:0");
     server.wait_line("a server that daemonizes itself (forks and exits) cannot be supervised");
-    wait_until("the orphan to be reparented", || {
-        ppid(orphan) == Some(server.pid())
-    });
-    signal(orphan, libc::SIGTERM);
+    // What it left is its failed generation's, stopped with it.
+    server.wait_line(&format!("leaving processes {orphan}; sending TERM"));
     wait_until("the orphan to be reaped", || reaped(orphan));
     assert_eq!(child_pids(server.pid()), vec![]);
     zombies.finish("orphan of a daemonizing worker");
@@ -654,14 +648,13 @@ fn pid1_of_a_pid_namespace_acts_on_signals_from_outside_and_reaps_orphans() {
     let orphan = wait_for("the first worker's child", || {
         child_pids(first_outer).first().copied()
     });
+    let orphan_inside = pid_in_namespace(orphan).expect("the orphan's pid inside");
 
     signal(init, libc::SIGHUP);
     let second = wait_generation_unix(&sock, 2);
     server.wait_line(&format!("old worker {first} died, status:0"));
-    wait_until("the orphan to be reparented to PID 1", || {
-        ppid(orphan) == Some(init)
-    });
-    signal(orphan, libc::SIGKILL);
+    // The orphan, reparented to PID 1, is stopped with its generation, and reaped.
+    server.wait_line(&format!("exited, leaving processes {orphan_inside}"));
     wait_until("the orphan to be reaped", || reaped(orphan));
     assert_eq!(
         children(init).len(),

@@ -371,8 +371,10 @@ fn log_file_appends() {
     });
     server.stop();
     let text = fs::read_to_string(&log).unwrap();
+    // Then ours, from the line saying how process trees are kept (start_server(1),
+    // A GENERATION IS ITS WHOLE PROCESS TREE).
     assert!(
-        text.starts_with("earlier line\nstarting new worker "),
+        text.starts_with("earlier line\nprocess tree: ") && text.contains("\nstarting new worker "),
         "{text}"
     );
     assert!(text.ends_with("exiting\n"), "{text}");

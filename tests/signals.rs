@@ -397,7 +397,8 @@ fn backoff_grows_and_starts_over_at_interval_0() {
 /// gets the hint, whether its exit is seen before `--interval` has passed (`seems to
 /// have failed to start`) or, at an interval below the floor, after it was declared
 /// started but within a retry pause (`died unexpectedly`, which `exit` names); the child
-/// it leaves is start_server's (a subreaper), which reaps it without a word.
+/// it leaves is its generation's, stopped with it, and reaped by start_server (a
+/// subreaper).
 fn hint_for_a_daemonizing_worker(interval: &str, exit: &str) {
     let mut server = Server::start(&[interval, "--", "sh", "-c", "sleep 30 & exit 0"]);
     let exited = server.wait_line(exit);
@@ -412,24 +413,17 @@ fn hint_for_a_daemonizing_worker(interval: &str, exit: &str) {
         hint.contains("daemonizes itself") && hint.contains("run it in the foreground"),
         "{hint}"
     );
-    let orphan = wait_for("an orphan reparented to start_server", || {
-        children(server.pid())
-            .into_iter()
-            .map(|c| c.0)
-            .find(|&pid| comm(pid).as_deref() == Some("sleep"))
-    });
-    signal(orphan, libc::SIGKILL);
-    wait_until("start_server to reap the orphan", || {
+    let left = server.wait_line(&format!("worker {worker} (generation "));
+    let orphan: i32 = left
+        .split("leaving processes ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the orphan named: {left}"));
+    assert!(left.ends_with("; sending TERM"), "{left}");
+    wait_until("start_server to stop and reap the orphan", || {
         stat_fields(orphan).is_none()
     });
-    assert!(
-        !server
-            .lines()
-            .iter()
-            .any(|l| l.contains(&orphan.to_string())),
-        "{:?}",
-        server.lines()
-    );
+    server.wait_line(&format!("the processes worker {worker} "));
     server.stop();
     // The other orphans were reparented on; they are still in the test's process group.
     for pid in group_members(server.pid()) {

@@ -226,14 +226,49 @@ impl StartServer {
 
 impl Drop for StartServer {
     fn drop(&mut self) {
-        if self.try_status().is_some() {
+        if self.try_status().is_none() {
+            // Still running: the test failed or did not stop it. SIGKILL the whole
+            // group (start_server and its workers, which are ours alone), then reap.
+            // SAFETY: a negative pid names the process group we created at spawn.
+            unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+        // Killed (here or by the test), it could not remove its cgroups.
+        remove_cgroups(self.pid());
+    }
+}
+
+/// The directory of this process's own cgroup in the cgroup2 hierarchy (a child
+/// start_server's too), from /proc/self/mountinfo and /proc/self/cgroup, if the
+/// hierarchy is mounted read-write whole.
+pub fn own_cgroup_dir() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let f: Vec<&str> = left.split(' ').collect();
+        let rw = f.get(5)?.split(',').any(|o| o == "rw");
+        (right.starts_with("cgroup2 ") && rw && f.get(3) == Some(&"/")).then(|| f[4].to_string())
+    })?;
+    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(PathBuf::from(format!("{mount}{own}")))
+}
+
+/// The cgroups a killed start_server `pid` left (it removes them itself when it
+/// exits): removed once their processes are gone, within a bound.
+fn remove_cgroups(pid: i32) {
+    let Some(root) = own_cgroup_dir().map(|d| d.join(format!("server_starter.{pid}"))) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while root.exists() && Instant::now() < deadline {
+        for child in fs::read_dir(&root).into_iter().flatten().flatten() {
+            let _ = fs::remove_dir(child.path());
+        }
+        if fs::remove_dir(&root).is_ok() {
             return;
         }
-        // Still running: the test failed or did not stop it. SIGKILL the whole
-        // group (start_server and its workers, which are ours alone), then reap.
-        // SAFETY: a negative pid names the process group we created at spawn.
-        unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
-        let _ = self.child.wait();
+        thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -16,6 +16,11 @@
 # WATCHDOG_USEC=N         send WATCHDOG=1 every N/2 us (set by --watchdog) ...
 # HUNG_GENERATIONS=2      ... except in those generations
 # TRIGGER_GENERATIONS=all send WATCHDOG=trigger right after READY=1 (all, or a list)
+#
+# SERVE_FROM=setsid       serve from a child that calls setsid(2), the worker itself
+#                         only waiting for TERM, then exiting without stopping it
+# SERVE_FROM=double-fork  the same from a grandchild, whose parent exits at once
+# STUBBORN_CHILD=1        that child (or grandchild) ignores TERM
 use strict;
 use warnings;
 use IO::Select;
@@ -82,6 +87,21 @@ if (!in_list('NOT_READY_GENERATIONS')) {
 }
 my $watchdog = $ENV{WATCHDOG_USEC} && !in_list('HUNG_GENERATIONS') ? $ENV{WATCHDOG_USEC} / 2e6 : undef;
 notify("WATCHDOG=1") if $watchdog;
+
+if (my $from = $ENV{SERVE_FROM}) {
+    my $child = fork // die "fork: $!";
+    if ($child) {
+        Time::HiRes::sleep(0.2) until $stop;
+        exit 0;
+    }
+    require POSIX;
+    POSIX::setsid() or die "setsid: $!";
+    if ($from eq 'double-fork') {
+        my $grandchild = fork // die "fork: $!";
+        POSIX::_exit(0) if $grandchild;
+    }
+    $SIG{TERM} = 'IGNORE' if $ENV{STUBBORN_CHILD};
+}
 
 my $select = IO::Select->new(@socks);
 # Perl runs a signal's handler between ops: a TERM that lands after the loop's test

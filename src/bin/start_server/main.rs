@@ -31,6 +31,7 @@ mod supervisor;
 #[allow(unsafe_code)]
 mod sys;
 mod throttle;
+mod tree;
 mod upgrade;
 
 use std::ffi::OsString;
@@ -130,6 +131,8 @@ fn start(config: Config) -> Result<(), String> {
     signals::block().map_err(|e| format!("failed to block signals: {e}"))?;
     export_options(&config);
     envdir::check()?;
+    // Checked before anything is bound; read again where it is used.
+    tree::Choice::from_env()?;
     let tunables = envdir::tunables(&envdir::current())?;
     let command = Command::new(
         &config.command,
@@ -241,6 +244,8 @@ fn supervise(
     let events = Events::new().map_err(|e| format!("failed to create a signalfd: {e}"))?;
     // After --daemonize's forks, in the process that supervises.
     sys::become_subreaper().map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER) failed: {e}"))?;
+    // Before the logger is spawned, which then runs in start_server's own leaf cgroup.
+    let (trees, mode) = tree::Trees::start(tree::Choice::from_env()?)?;
     // Before the logger is spawned, which must not inherit the manager's variables.
     let manager = Manager::from_environment();
     // The logger too: it must be the supervising process's child, to be reaped and
@@ -249,6 +254,7 @@ fn supervise(
         log_file.start(daemon.is_some())?;
         log_file.redirect()?;
     }
+    log!("{mode}");
     let listen_vars = WorkerVars::new(listeners, config.listen_fds);
     if listen_vars.exports() {
         command.export_own_pid("LISTEN_PID");
@@ -296,6 +302,7 @@ fn supervise(
         manager,
         daemon.take(),
         context,
+        trees,
     );
     let mut state = State::new(config, tunables);
     // A daemon's launcher waits to hear how generation 1 went.

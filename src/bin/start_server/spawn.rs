@@ -4,10 +4,20 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::os::raw::c_int;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::RawFd;
 use std::path::{Path, PathBuf};
 
 pub use crate::sys::SpawnError;
 use crate::sys::{self, CStrArray, ChildSpec, Pid, Program, Stage};
+
+/// Where a worker's processes are kept together, so that they can be found and
+/// stopped after it has exited.
+pub enum Place<'a> {
+    /// In this cgroup (its `cgroup.procs` open for writing, and its directory).
+    Cgroup(RawFd, &'a Path),
+    /// In a process group of its own.
+    OwnGroup,
+}
 
 /// The server command and where to run it, as given on the command line.
 pub struct Command {
@@ -125,13 +135,18 @@ impl Command {
         })
     }
 
-    /// Forks and execs the command with `env` (later entries override earlier ones).
-    pub fn spawn(&self, env: &[(OsString, OsString)]) -> Result<Spawned, SpawnError> {
+    /// Forks and execs the command with `env` (later entries override earlier ones),
+    /// in the tree `place` says.
+    pub fn spawn(&self, env: &[(OsString, OsString)], place: Place) -> Result<Spawned, SpawnError> {
         let candidates = self.candidates(env);
         let mut child = ChildSpec::new(Program::Files(&candidates), &self.argv, env);
         child.own_pid_vars = &self.own_pid_vars;
         child.dir = self.dir.as_deref();
         child.parent_death_signal = Some(self.parent_death_signal);
+        match place {
+            Place::Cgroup(procs, _) => child.cgroup = Some(procs),
+            Place::OwnGroup => child.own_group = true,
+        }
         let spawned = sys::spawn(&child)?;
         let unexecutable = matches!(
             &spawned.failed,
@@ -141,6 +156,10 @@ impl Command {
             (Stage::Chdir, Some(dir)) => {
                 format!("failed to chdir to {}: {err}", dir.to_string_lossy())
             }
+            (Stage::Cgroup, _) => match &place {
+                Place::Cgroup(_, dir) => format!("failed to join cgroup {}: {err}", dir.display()),
+                Place::OwnGroup => format!("failed to join its cgroup: {err}"),
+            },
             _ => format!("failed to exec {}: {err}", self.program().to_string_lossy()),
         });
         Ok(Spawned {

@@ -29,6 +29,12 @@ pub enum Effect {
     Probe { pid: Pid },
     /// Send `signal` to the worker `pid` (a failure is logged, naming the worker).
     Signal { pid: Pid, signal: Signal },
+    /// Send `signal` to what the exited worker `worker` left running, or, while it
+    /// runs, to all it started (SIGKILL: all of it, at once where cgroups allow).
+    SignalTree { worker: Pid, signal: Signal },
+    /// Note the processes below each running worker, so that they can be traced to
+    /// it once orphaned (subreaper mode; only while something starts or stops).
+    Survey,
     /// The status file lists exactly these workers, as (generation, pid).
     WriteStatus(Vec<(u64, Pid)>),
     /// Answer a `--restart` or `--upgrade` client.

@@ -18,6 +18,11 @@ pub enum Event {
     Start,
     /// A child exited (not the logger, not the upgrade check).
     Exited { pid: Pid, status: Status },
+    /// The worker `worker` is about to be reported exited, and processes of its tree
+    /// (`pids`, as far as known) are still running.
+    Remains { worker: Pid, pids: Vec<Pid> },
+    /// What the exited worker `worker` left running is all gone.
+    TreeGone { worker: Pid },
     /// A signal start_server does not act on, from `pid`.
     Ignored { sig: i32, pid: Pid },
     /// A worker `pid` said something on its notification socket, through `sender`.

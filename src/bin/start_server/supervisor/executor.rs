@@ -26,6 +26,7 @@ use crate::spawn::Command;
 use crate::status_file::StatusFile;
 use crate::sys::{self, Pid, SockAddr};
 use crate::throttle::Throttle;
+use crate::tree::Trees;
 use crate::upgrade::check::Check;
 use crate::upgrade::state::Writer;
 use crate::upgrade::{self as up, Context, VERSION};
@@ -64,6 +65,8 @@ pub struct Executor<'a> {
     launcher: Option<Daemon>,
     /// What an upgrade in place hands over besides the state and the services.
     context: Context<'a>,
+    /// Each worker's process tree.
+    trees: Trees,
     /// `Effect::Exit` or `Effect::GiveUp` was carried out: the loop ends with this turn,
     /// with the error given up with, if any.
     pub exited: bool,
@@ -84,6 +87,7 @@ impl<'a> Executor<'a> {
         manager: Option<Manager>,
         launcher: Option<Daemon>,
         context: Context<'a>,
+        trees: Trees,
     ) -> Executor<'a> {
         Executor {
             command,
@@ -99,6 +103,7 @@ impl<'a> Executor<'a> {
             checked: None,
             launcher,
             context,
+            trees,
             exited: false,
             fatal: None,
         }
@@ -119,6 +124,9 @@ impl<'a> Executor<'a> {
     /// Steps `state` through `event`, carrying out the effects in order; an effect's
     /// answer is stepped through at once, before the next effect.
     pub fn feed(&mut self, state: &mut State, event: Event) {
+        if let Event::Exited { pid, .. } = event {
+            self.tree_exited(state, pid);
+        }
         for effect in step(state, event, now()) {
             if let Some(answer) = self.execute(state, effect) {
                 self.feed(state, answer);
@@ -145,6 +153,8 @@ impl<'a> Executor<'a> {
                     log!(event "signal-failed", "failed to send {} to worker {pid}: {e}", signal.name);
                 }
             }
+            Effect::SignalTree { worker, signal } => self.trees.signal(worker, signal.number),
+            Effect::Survey => self.trees.survey(),
             Effect::WriteStatus(workers) => {
                 if let Some(status_file) = &mut self.status_file {
                     if let Err(e) = status_file.write(&workers) {
@@ -288,6 +298,7 @@ impl<'a> Executor<'a> {
             env.push(("AUTO_RESTART_INTERVAL".into(), interval));
         }
         env.push(("SERVER_STARTER_PORT".into(), self.port_env.clone().into()));
+        let generation_number = generation;
         let generation = generation.to_string().into();
         env.push(("SERVER_STARTER_GENERATION".into(), generation));
         let config = &state.config;
@@ -325,7 +336,21 @@ impl<'a> Executor<'a> {
             file: file_id(&path),
             path,
         });
-        let spawned = match self.command.spawn(&env) {
+        let tree = match self.trees.place(generation_number) {
+            Ok(tree) => tree,
+            Err(e) => {
+                let spawned = Spawned::Failed(e);
+                return Event::Spawned {
+                    place,
+                    tunables,
+                    spawned,
+                };
+            }
+        };
+        let spawned = self.command.spawn(&env, tree);
+        let pid = spawned.as_ref().ok().map(|child| child.pid);
+        self.trees.spawned(pid, generation_number);
+        let spawned = match spawned {
             Ok(child) => {
                 if let Some(channel) = channel {
                     self.channels.insert(child.pid, channel);
@@ -395,6 +420,36 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// A child exited: a worker whose tree is not empty is said to leave processes
+    /// (before its exit is stepped); any other child is an orphan whose exit may be
+    /// the last of what a worker left (in cgroup mode, the watch says so too).
+    fn tree_exited(&mut self, state: &mut State, pid: Pid) {
+        let known = workers_of(state).any(|w| w == pid);
+        match self.trees.exited(pid, state.stopping()) {
+            Some(pids) => self.feed(state, Event::Remains { worker: pid, pids }),
+            None if !known => {
+                for worker in self.trees.gone() {
+                    self.feed(state, Event::TreeGone { worker });
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// In cgroup mode, when the watch on the `cgroup.events` files is readable: the
+    /// trees left behind that are now empty.
+    pub fn trees_gone(&mut self, readable: &[RawFd]) -> Vec<Event> {
+        match self.trees.fd() {
+            Some(fd) if readable.contains(&fd) => self
+                .trees
+                .gone()
+                .into_iter()
+                .map(|worker| Event::TreeGone { worker })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Messages on the workers' notification sockets found readable.
     pub fn notifications(&mut self, readable: &[RawFd]) -> Vec<Event> {
         let workers: Vec<Pid> = self.channels.keys().copied().collect();
@@ -442,6 +497,7 @@ impl<'a> Executor<'a> {
         let channels = self.channels.values().map(Channel::fd);
         channels
             .chain(self.control.as_ref().map(ControlSocket::fd))
+            .chain(self.trees.fd())
             .filter(|&fd| self.throttle.watched(fd))
             .collect()
     }
@@ -519,12 +575,14 @@ impl<'a> Executor<'a> {
             // A launcher's pipe does not survive the exec (close-on-exec).
             launcher: _,
             context: _,
+            trees,
             exited: _,
             fatal: _,
         } = self;
         let (argv, dir, own_pid_vars) = command.handover();
         let (listen_strip, listen_set) = listen_vars.handover();
         let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let (cgroups, trees) = trees.handover();
         Services {
             argv: argv.into_iter().map(text).collect(),
             dir: dir.map(|d| OsString::from(std::ffi::OsStr::from_bytes(d)).into()),
@@ -542,6 +600,8 @@ impl<'a> Executor<'a> {
                 .map(|(&pid, c)| (pid, c.fd(), c.address().to_string()))
                 .collect(),
             manager: manager.as_ref().map(|m| m.socket().to_owned()),
+            cgroups,
+            trees,
         }
     }
 
@@ -570,6 +630,7 @@ impl<'a> Executor<'a> {
             let fd = sys::adopt_fd(fd).map_err(fail)?;
             channels.insert(pid, Channel::taken_over(fd, address));
         }
+        let trees = Trees::taken_over(services.cgroups, services.trees)?;
         let mut executor = Executor::new(
             command,
             services.port_env,
@@ -582,6 +643,7 @@ impl<'a> Executor<'a> {
             services.manager.map(Manager::taken_over),
             None,
             context,
+            trees,
         );
         executor.channels = channels;
         Ok(executor)
@@ -618,4 +680,13 @@ fn file_id(path: &std::path::Path) -> Option<FileId> {
 /// The supervisor's clock.
 pub fn now() -> Mono {
     Mono(sys::monotonic_usec())
+}
+
+/// The pids of the workers `state` knows.
+fn workers_of(state: &State) -> impl Iterator<Item = Pid> + '_ {
+    let serving = state.serving().map(|(_, s)| s.worker.pid);
+    let starting = state
+        .attempts()
+        .filter_map(|(_, a)| a.worker.map(|w| w.pid));
+    serving.chain(starting).chain(state.old.keys().copied())
 }

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use crate::envdir::Tunables;
 use crate::log::Format;
 use crate::signals::Signal;
+use crate::tree::Tree;
 use crate::upgrade::record::{persist, record, Persist};
 use crate::upgrade::state::{Cursor, Field};
 
 use super::state::{
-    Attempt, Canary, Client, Config, Exe, FileId, LastRestart, Mono, Origin, Phase, Probing, Ready,
-    Retiring, Roll, Serving, Slot, State, Upgrade, UpgradePhase, Waiter, Worker,
+    Attempt, Canary, Client, Config, Exe, FileId, LastRestart, Leftover, Mono, Origin, Phase,
+    Probing, Ready, Retiring, Roll, Serving, Slot, State, Upgrade, UpgradePhase, Waiter, Worker,
 };
 
 record!(State {
@@ -21,6 +22,7 @@ record!(State {
     generation,
     slots,
     old,
+    leftovers,
     kill_old_at,
     phase,
     roll,
@@ -91,6 +93,11 @@ persist!(Roll {
     reloading,
     canary
 });
+persist!(Leftover {
+    worker,
+    generation,
+    kill
+});
 persist!(Waiter { to, after });
 persist!(Origin {
     pid,
@@ -133,6 +140,10 @@ pub struct Services {
     pub channels: Vec<(i32, i32, String)>,
     /// The service manager's socket.
     pub manager: Option<OsString>,
+    /// The cgroup subtree start_server made (cgroup mode), and each worker's process
+    /// tree.
+    pub cgroups: Option<PathBuf>,
+    pub trees: Vec<Tree>,
 }
 
 record!(Services {
@@ -146,6 +157,17 @@ record!(Services {
     control,
     channels,
     manager,
+    cgroups,
+    trees,
+});
+persist!(Tree {
+    pid,
+    generation,
+    alive,
+    cgroup,
+    seen,
+} transient {
+    last
 });
 
 // ---------------------------------------------------------------- enums
@@ -435,6 +457,25 @@ mod tests {
             control: Some(7),
             channels: vec![(4242, 8, "@00001".into()), (4243, 9, "@0000a".into())],
             manager: Some(OsString::from("/run/systemd/notify")),
+            cgroups: Some("/sys/fs/cgroup/unified/s".into()),
+            trees: vec![
+                Tree {
+                    pid: 4242,
+                    generation: 3,
+                    alive: false,
+                    cgroup: Some("/sys/fs/cgroup/unified/s/generation-3.1".into()),
+                    seen: vec![],
+                    last: false,
+                },
+                Tree {
+                    pid: 4243,
+                    generation: 4,
+                    alive: true,
+                    cgroup: None,
+                    seen: vec![4250, 4251],
+                    last: false,
+                },
+            ],
         };
         let mut w = Writer::new();
         services.save(&mut w);

@@ -41,6 +41,8 @@ impl Step<'_> {
             reloading: true,
             canary: Canary::Passed,
         });
+        // Before the new generation exists: all seen now is older.
+        self.out.push(Effect::Survey);
         match self.s.config.canary {
             Some(secs) => self.spawn_canary(generation, secs),
             None => self.roll_on(),
@@ -199,10 +201,22 @@ impl Step<'_> {
         let now = self.now;
         let kill = self.s.config.kill_timeout.map(|t| (now.after(t), t));
         let signal = self.s.config.signal_on_hup.clone();
-        let mut signalled = false;
-        for (&pid, old) in self.s.old.iter_mut() {
-            if old.signal_at.take_if(|at| *at <= now).is_none() {
-                continue;
+        let due: Vec<Pid> = self
+            .s
+            .old
+            .iter()
+            .filter(|(_, old)| old.signal_at.is_some_and(|at| at <= now))
+            .map(|(&pid, _)| pid)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        // While they live: what they started is seen as theirs.
+        self.out.push(Effect::Survey);
+        for pid in due {
+            if let Some(old) = self.s.old.get_mut(&pid) {
+                old.signal_at = None;
+                old.kill = old.kill.or(kill);
             }
             self.out.push(Effect::Log(
                 Line::new("old-workers-signalled", format!("killing old worker {pid}"))
@@ -212,12 +226,8 @@ impl Step<'_> {
                 pid,
                 signal: signal.clone(),
             });
-            old.kill = old.kill.or(kill);
-            signalled = true;
         }
-        if signalled {
-            self.roll_on();
-        }
+        self.roll_on();
     }
 
     // ------------------------------------------------------------ the canary

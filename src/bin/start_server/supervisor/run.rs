@@ -37,6 +37,9 @@ pub fn run(state: &mut State, executor: &mut Executor, events: &Events) -> Resul
         for notice in executor.notifications(&arrived.readable) {
             executor.feed(state, notice);
         }
+        for gone in executor.trees_gone(&arrived.readable) {
+            executor.feed(state, gone);
+        }
         let mut turn = Vec::new();
         turn.extend(arrived.stop().map(|sig| Event::Stop { sig }));
         if arrived.has(Meaning::Reopen) {

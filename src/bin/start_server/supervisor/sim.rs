@@ -89,6 +89,14 @@ struct Proc {
     told: bool,
 }
 
+/// What a worker left running when it exited (orphans, a `setsid` child): it exits
+/// by itself then, or when signalled if it obeys, or at SIGKILL.
+struct Left {
+    generation: u64,
+    exit_at: Option<Mono>,
+    obeys: bool,
+}
+
 /// The upgrade check, running.
 struct CheckProc {
     exits_at: Mono,
@@ -103,6 +111,10 @@ struct World {
     degraded: bool,
     now: Mono,
     procs: BTreeMap<Pid, Proc>,
+    /// What exited workers left running, by the worker's pid.
+    left: BTreeMap<Pid, Left>,
+    /// Workers killed with all they started: they leave nothing.
+    tree_killed: BTreeSet<Pid>,
     next_pid: Pid,
     check: Option<CheckProc>,
     /// Children nothing waits for (a forgotten check): their exits come all the same.
@@ -208,6 +220,8 @@ impl World {
             degraded: false,
             now: Mono(1_000_000),
             procs: BTreeMap::new(),
+            left: BTreeMap::new(),
+            tree_killed: BTreeSet::new(),
             next_pid: 100,
             check: None,
             orphans: Vec::new(),
@@ -408,6 +422,32 @@ impl World {
                     proc.exit_at = Some((now.after(delay), signal.number));
                 }
             }
+            Effect::SignalTree { worker, signal } => {
+                let delay = self.rng.millis(500);
+                if signal.number == libc::SIGKILL && self.procs.contains_key(&worker) {
+                    self.tree_killed.insert(worker);
+                    return None;
+                }
+                let Some(left) = self.left.get_mut(&worker) else {
+                    self.fail(&format!("{} sent to what {worker} left: gone", signal.name));
+                };
+                if signal.number == libc::SIGKILL {
+                    left.exit_at = Some(now);
+                } else if left.obeys && left.exit_at.is_none_or(|at| at > now.after(delay)) {
+                    left.exit_at = Some(now.after(delay));
+                }
+            }
+            // No cost while idle: /proc is looked at only while something starts or
+            // stops.
+            Effect::Survey => {
+                let busy = state.restarting()
+                    || state.stopping()
+                    || !state.old.is_empty()
+                    || !state.leftovers.is_empty();
+                if !busy {
+                    self.fail("a survey of the process trees while nothing starts or stops");
+                }
+            }
             Effect::WriteStatus(listed) => {
                 // A generation the status file lists has started.
                 let newest = listed.iter().map(|l| l.0).max().unwrap_or_default();
@@ -445,6 +485,15 @@ impl World {
                 replies.push(text);
             }
             Effect::Reply { to, text } => {
+                // A restart's OK only once no process of an older generation runs.
+                if let Some(n) = text.strip_prefix("OK generation ") {
+                    let n: u64 = n.parse().expect("a generation");
+                    let procs = self.procs.values().map(|p| p.generation);
+                    let left = self.left.values().map(|l| l.generation);
+                    if let Some(g) = procs.chain(left).find(|&g| g < n) {
+                        self.fail(&format!("OK generation {n} while generation {g} runs"));
+                    }
+                }
                 if text != ACCEPTED {
                     let replies = self.replies.entry(to.0.clone()).or_default();
                     replies.push(text);
@@ -498,6 +547,9 @@ impl World {
             Effect::Exit => {
                 if let Some((pid, _)) = self.procs.iter().next() {
                     self.fail(&format!("exited with worker {pid} not reaped"));
+                }
+                if let Some((pid, _)) = self.left.iter().next() {
+                    self.fail(&format!("exited with what worker {pid} left running"));
                 }
                 self.exited = true;
             }
@@ -608,7 +660,13 @@ impl World {
         });
         let check = self.check.as_ref().map(|c| c.exits_at);
         let orphans = self.orphans.iter().map(|o| Some(o.1));
-        procs.chain([check]).chain(orphans).flatten().min()
+        let left = self.left.values().map(|l| l.exit_at);
+        procs
+            .chain([check])
+            .chain(orphans)
+            .chain(left)
+            .flatten()
+            .min()
     }
 
     /// One turn of the loop: time moves to the next deadline or world event (or a
@@ -638,8 +696,34 @@ impl World {
             .filter_map(|(&pid, p)| p.exit_at.filter(|e| e.0 <= now).map(|e| (pid, e.1)))
             .collect();
         for (pid, status) in dead {
+            let generation = self.procs[&pid].generation;
+            // Now and then a worker leaves processes of its tree running: a prefork
+            // server's children, a `setsid` child, a double-forked daemon.
+            if self.rng.chance(250) && !self.tree_killed.contains(&pid) {
+                let left = Left {
+                    generation,
+                    exit_at: self
+                        .rng
+                        .chance(500)
+                        .then(|| now.after(self.rng.millis(5000))),
+                    obeys: self.rng.chance(700),
+                };
+                self.left.insert(pid, left);
+                let pids = vec![pid + 100_000];
+                self.feed(state, Event::Remains { worker: pid, pids });
+            }
             self.procs.remove(&pid);
             self.feed(state, Event::Exited { pid, status });
+        }
+        let gone: Vec<Pid> = self
+            .left
+            .iter()
+            .filter(|(_, l)| l.exit_at.is_some_and(|at| at <= now))
+            .map(|(&pid, _)| pid)
+            .collect();
+        for worker in gone {
+            self.left.remove(&worker);
+            self.feed(state, Event::TreeGone { worker });
         }
         let orphans: Vec<Pid> = self
             .orphans
@@ -780,6 +864,20 @@ impl World {
                 "the state knows {known:?}, the children are {children:?}"
             ));
         }
+        // What workers left is known, and ends: it will exit, or has a KILL deadline.
+        let left: BTreeSet<Pid> = self.left.keys().copied().collect();
+        let leftovers: BTreeSet<Pid> = state.leftovers.iter().map(|l| l.worker).collect();
+        if left != leftovers || leftovers.len() != state.leftovers.len() {
+            self.fail(&format!(
+                "the state knows {leftovers:?} left, the world {left:?}"
+            ));
+        }
+        for l in &state.leftovers {
+            let pid = l.worker;
+            if l.kill.is_none() && self.left[&pid].exit_at.is_none() {
+                self.fail(&format!("what {pid} left is waited for forever"));
+            }
+        }
         // At most one restart in flight: besides the workers told to stop, no more than
         // a serving worker and one starting per slot (or the old ones waiting for
         // --kill-old-delay and those replacing them).
@@ -905,11 +1003,33 @@ impl World {
             self.fail("a deadline due that its turn did not act on");
         }
         self.due = due;
-        // No --restart client waits once nothing is under way: every one heard OK or
-        // FAILED.
+        // No --restart client waits once nothing is under way (no process of an older
+        // generation left either): every one heard OK or FAILED.
         let quiet = !state.restarting() && state.settled() && state.phase == Phase::Running;
-        if quiet && state.old.values().all(|o| !o.listed) && !state.waiters.is_empty() {
+        let newest = state.serving().map(|(_, s)| s.worker.generation).min();
+        let older = |g: u64| newest.is_some_and(|n| g < n);
+        let old_left = state.old.values().any(|o| o.listed || older(o.generation))
+            || state.leftovers.iter().any(|l| older(l.generation));
+        if quiet && !old_left && !state.waiters.is_empty() {
             self.fail("a --restart client waits with nothing under way");
+        }
+        // No cost while idle: with nothing starting or stopping (no old worker, nothing
+        // left by one, no upgrade), the only timers are those asked for (--watchdog,
+        // auto-restart).
+        let idle = !state.restarting()
+            && !state.stopping()
+            && state.old.is_empty()
+            && state.leftovers.is_empty()
+            && state.upgrade.is_none();
+        if idle {
+            let watchdog = state.serving().filter_map(|(_, s)| s.watchdog_at);
+            let asked = watchdog.chain(state.auto_restart_at()).min();
+            if state.next_deadline() != asked {
+                self.fail(&format!(
+                    "idle, yet a deadline at {:?} (asked for: {asked:?})",
+                    state.next_deadline()
+                ));
+            }
         }
         if state.phase == Phase::RestartQueued && !state.restarting() {
             self.fail("a queued restart with nothing under way: it would never come");

@@ -230,6 +230,18 @@ pub struct Retiring {
     pub signal_at: Option<Mono>,
 }
 
+/// The processes a worker left running when it exited (orphans, a `setsid` child, a
+/// double-forked daemon): still its generation's, so signalled to stop as soon as the
+/// worker is gone, then killed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Leftover {
+    /// The worker that left them.
+    pub worker: Pid,
+    pub generation: u64,
+    /// When they get SIGKILL, and the grace they had; `None` once they have.
+    pub kill: Option<(Mono, Duration)>,
+}
+
 /// What is under way besides serving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -323,6 +335,9 @@ pub struct State {
     pub slots: Vec<Slot>,
     /// Workers leaving: of older generations, or failed, or every one once stopping.
     pub old: BTreeMap<Pid, Retiring>,
+    /// What exited workers left running: a generation is gone only once its whole
+    /// process tree is.
+    pub leftovers: Vec<Leftover>,
     /// When to signal the old workers, during `--kill-old-delay`.
     pub kill_old_at: Option<Mono>,
     pub phase: Phase,
@@ -348,6 +363,7 @@ impl State {
             generation: 0,
             slots: Vec::new(),
             old: BTreeMap::new(),
+            leftovers: Vec::new(),
             kill_old_at: None,
             phase: Phase::Running,
             roll: None,
@@ -439,7 +455,9 @@ impl State {
             .map(|p| p.at)
             .min();
         let watchdog = self.serving().filter_map(|(_, s)| s.watchdog_at).min();
-        let kill = self.old.values().filter_map(|o| o.kill.map(|k| k.0)).min();
+        let kill = self.old.values().filter_map(|o| o.kill.map(|k| k.0));
+        let leftover = self.leftovers.iter().filter_map(|l| l.kill.map(|k| k.0));
+        let kill = kill.chain(leftover).min();
         let signal = self.old.values().filter_map(|o| o.signal_at).min();
         let canary = match self.canary() {
             Some(Canary::Starting(attempt)) => {

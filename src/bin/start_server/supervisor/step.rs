@@ -25,8 +25,8 @@ use crate::upgrade::{check, VERSION};
 use super::effect::{Effect, Report, Spawned, Status, Tell};
 use super::event::Event;
 use super::state::{
-    Attempt, Canary, Client, Mono, Origin, Phase, Place, Probing, Ready, Retiring, Serving, Slot,
-    State, Upgrade, UpgradePhase, Waiter, Worker,
+    Attempt, Canary, Client, Leftover, Mono, Origin, Phase, Place, Probing, Ready, Retiring,
+    Serving, Slot, State, Upgrade, UpgradePhase, Waiter, Worker,
 };
 
 /// How long a worker that was told to stop without `--kill-timeout` (because it was
@@ -102,6 +102,8 @@ impl Step<'_> {
         match event {
             Event::Start => self.start(),
             Event::Exited { pid, status } => self.exited(pid, status),
+            Event::Remains { worker, pids } => self.remains(worker, &pids),
+            Event::TreeGone { worker } => self.tree_gone(worker),
             Event::Ignored { sig, pid } => {
                 say!(
                     self,
@@ -168,6 +170,7 @@ impl Step<'_> {
                     self.retire(worker);
                 }
             }
+            self.out.push(Effect::Survey);
         }
         // As in the original, INT is passed on as TERM; the other stop signals become
         // --signal-on-term, as TERM does.
@@ -184,6 +187,10 @@ impl Step<'_> {
             self.old_pids()
         );
         self.signal_old(&send);
+        for worker in self.s.leftovers.iter().map(|l| l.worker) {
+            let signal = send.clone();
+            self.out.push(Effect::SignalTree { worker, signal });
+        }
     }
 
     /// A `--restart` client: a HUP, and a wait for its verdict. An `--upgrade`
@@ -311,6 +318,68 @@ impl Step<'_> {
         }
     }
 
+    /// A worker is about to be reported exited, leaving processes of its tree running:
+    /// they are told to stop as its generation was (`--signal-on-hup`, or
+    /// `--signal-on-term` once stopping), and get SIGKILL when the worker would have
+    /// (`--kill-timeout` after its own stop signal: the generation's time is the
+    /// tree's), else after `--kill-timeout` (`STOP_GRACE` without) from now.
+    fn remains(&mut self, worker: Pid, pids: &[Pid]) {
+        let serving = self.s.serving().map(|(_, s)| s.worker);
+        let starting = self.s.attempts().filter_map(|(_, a)| a.worker);
+        let canary = self.s.canary_worker();
+        let found = serving
+            .chain(starting)
+            .chain(canary)
+            .find(|w| w.pid == worker);
+        let generation = match (self.s.old.get(&worker), found) {
+            (Some(old), _) => old.generation,
+            (None, Some(w)) => w.generation,
+            (None, None) => return,
+        };
+        let signal = match self.s.stopping() {
+            true => self.s.config.signal_on_term.clone(),
+            false => self.s.config.signal_on_hup.clone(),
+        };
+        let grace = self.s.config.kill_timeout.unwrap_or(STOP_GRACE);
+        let pending = self.s.old.get(&worker).and_then(|old| old.kill);
+        let kill = Some(pending.unwrap_or((self.now.after(grace), grace)));
+        let left = Leftover {
+            worker,
+            generation,
+            kill,
+        };
+        // A worker exits once: no entry of its own is there yet.
+        self.s.leftovers.push(left);
+        let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        say!(
+            self,
+            "tree-remains", {generation: generation, worker: worker};
+            "worker {worker} (generation {generation}) exited, leaving processes {}; sending {}",
+            pids.join(","),
+            signal.name
+        );
+        self.out.push(Effect::SignalTree { worker, signal });
+    }
+
+    /// What an exited worker left running is gone: its generation is, if nothing else
+    /// of it runs.
+    fn tree_gone(&mut self, worker: Pid) {
+        let Some(i) = self.s.leftovers.iter().position(|l| l.worker == worker) else {
+            return;
+        };
+        let left = self.s.leftovers.remove(i);
+        say!(
+            self,
+            "tree-gone", {generation: left.generation, worker: worker};
+            "the processes worker {worker} (generation {}) left are gone",
+            left.generation
+        );
+        if self.s.stopping() && self.s.old.is_empty() && self.s.leftovers.is_empty() {
+            say!(self, "all-gone", {}; "no process of any generation is left");
+        }
+        self.settle();
+    }
+
     /// One thing a worker (`pid`, through `sender`) said.
     fn notified(&mut self, pid: Pid, sender: Pid, said: Said) {
         if self.s.canary_worker().is_some_and(|w| w.pid == pid) {
@@ -398,6 +467,7 @@ impl Step<'_> {
         }
         self.signal_due();
         self.kill_lingering();
+        self.kill_leftovers();
         if let Some(Upgrade {
             phase: UpgradePhase::Checking { deadline },
             ..
@@ -443,7 +513,7 @@ impl Step<'_> {
                 self.out.push(Effect::Exec { version });
             }
         }
-        if self.s.phase == Phase::Stopping && self.s.old.is_empty() {
+        if self.s.phase == Phase::Stopping && self.s.old.is_empty() && self.s.leftovers.is_empty() {
             say!(self, "exiting", {}; "exiting");
             self.out.push(Effect::Exit);
         }
@@ -852,6 +922,9 @@ impl Step<'_> {
 
     pub(super) fn kill_old_workers(&mut self) {
         say!(self, "old-workers-signalled", {}; "killing old workers");
+        if !self.s.old.is_empty() {
+            self.out.push(Effect::Survey);
+        }
         let signal = self.s.config.signal_on_hup.clone();
         self.signal_old(&signal);
     }
@@ -877,6 +950,36 @@ impl Step<'_> {
                 pid,
                 signal: kill.clone(),
             });
+            // With everything it started: its generation had its time.
+            self.out.push(Effect::SignalTree {
+                worker: pid,
+                signal: kill.clone(),
+            });
+        }
+    }
+
+    /// SIGKILL for what exited workers left, still running at its deadline.
+    fn kill_leftovers(&mut self) {
+        let now = self.now;
+        for left in self.s.leftovers.iter_mut() {
+            let worker = left.worker;
+            let Some((_, grace)) = left.kill.filter(|k| k.0 <= now) else {
+                continue;
+            };
+            left.kill = None;
+            let text = format!(
+                "the processes worker {worker} (generation {}) left are still running {} secs \
+                 after the stop signal, sending KILL",
+                left.generation,
+                log::seconds(grace)
+            );
+            let line = Line::new("tree-killed", text).set("worker", worker.into());
+            self.out
+                .push(Effect::Log(line.set("generation", left.generation as i64)));
+            self.out.push(Effect::SignalTree {
+                worker,
+                signal: Signal::parse("KILL").expect("a known signal name"),
+            });
         }
     }
 
@@ -901,7 +1004,16 @@ impl Step<'_> {
         let Some(generation) = self.s.serving().map(|(_, s)| s.worker.generation).min() else {
             return;
         };
-        if self.s.old.values().all(|old| !old.listed) {
+        // Not while any process of an older generation runs: a listed old worker, one
+        // that never started but was not yet reaped, or what one left behind.
+        let older = |g: u64| g < generation;
+        let old_left = self
+            .s
+            .old
+            .values()
+            .any(|old| old.listed || older(old.generation));
+        let leftovers = self.s.leftovers.iter().any(|l| older(l.generation));
+        if !old_left && !leftovers {
             self.verdict(generation, &format!("OK generation {generation}"));
             self.outcome(generation, None);
         }

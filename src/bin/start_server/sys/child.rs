@@ -88,6 +88,9 @@ pub struct ChildSpec<'a> {
     pub parent_death_signal: Option<c_int>,
     /// A process group of its own (setpgid(0, 0)).
     pub own_group: bool,
+    /// A cgroup's `cgroup.procs`, open for writing: the child joins that cgroup first
+    /// thing, so that every process it ever starts is in it too.
+    pub cgroup: Option<RawFd>,
 }
 
 impl<'a> ChildSpec<'a> {
@@ -106,6 +109,7 @@ impl<'a> ChildSpec<'a> {
             dir: None,
             parent_death_signal: None,
             own_group: false,
+            cgroup: None,
         }
     }
 }
@@ -117,6 +121,8 @@ pub enum Stage {
     Setup = 1,
     Chdir = 2,
     Exec = 3,
+    /// Joining its cgroup (`ChildSpec::cgroup`).
+    Cgroup = 4,
 }
 
 /// A child that exists (it is to be reaped either way); `failed` says why it could not
@@ -165,6 +171,7 @@ pub fn spawn(spec: &ChildSpec) -> Result<Spawned, SpawnError> {
                 let stage = match buf[0] {
                     1 => Stage::Setup,
                     2 => Stage::Chdir,
+                    4 => Stage::Cgroup,
                     _ => Stage::Exec,
                 };
                 let errno = c_int::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]);
@@ -241,6 +248,13 @@ impl Prepared {
     /// allocation, no panic. Exits 255 (as the original's child does when exec fails)
     /// after writing `[stage, errno]` to `report`.
     fn exec(&mut self, spec: &ChildSpec, parent: Pid, report: RawFd) -> ! {
+        if let Some(procs) = spec.cgroup {
+            // "0" is the writer itself: nothing to format, nothing to allocate.
+            // SAFETY: a write of a static buffer, async-signal-safe.
+            if unsafe { libc::write(procs, b"0".as_ptr().cast(), 1) } != 1 {
+                fail(report, Stage::Cgroup, errno());
+            }
+        }
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
         for (entry, slot) in self.own_pids.iter_mut() {

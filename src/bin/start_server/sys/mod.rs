@@ -7,6 +7,8 @@
 //! The items are re-exported flat (`crate::sys::kill`), so that callers need not know
 //! which topic a call belongs to.
 
+/// cgroup v2, called by topic (`sys::cgroup::create`): its names are generic.
+pub mod cgroup;
 mod child;
 mod fd;
 mod proc;

@@ -1,7 +1,9 @@
 //! /proc, read about start_server's own descendants: the process tree below a worker,
-//! and what each of its threads is blocked in (`--ready=listening`). Reading /proc
-//! never waits for the process read; a process or thread that is gone by the time it
-//! is read answers `ENOENT` or `ESRCH`, which callers take as "not there".
+//! each one's process group, session and environment, and what each of its threads is
+//! blocked in (`--ready=listening`). Reading /proc never waits for the process read.
+//! Every read tolerates the process vanishing under it (`ENOENT`, `ESRCH`: it then
+//! counts as having no children, no group, no environment, no threads), since any of
+//! them may exit at any moment.
 
 use std::fs;
 use std::io;
@@ -9,27 +11,36 @@ use std::os::unix::ffi::OsStringExt;
 
 use super::Pid;
 
-/// The processes below `root` (not `root` itself), found through each thread's
-/// `children` file (Linux 3.5 and later, built with `CONFIG_PROC_CHILDREN`, as every
-/// distribution's kernel is; without it, none is found). A process that exits
-/// meanwhile is left out; one forked meanwhile may be missed.
+/// The children of `pid` (of every thread of it: a child belongs to the thread that
+/// forked it), from /proc/PID/task/TID/children (Linux 3.5 and later, built with
+/// `CONFIG_PROC_CHILDREN`, as every distribution's kernel is; without it, none is
+/// found).
+pub fn children(pid: Pid) -> Vec<Pid> {
+    let mut children = Vec::new();
+    for tid in threads(pid).unwrap_or_default() {
+        let text = task_file(pid, tid, "children").unwrap_or_default();
+        children.extend(
+            text.split_ascii_whitespace()
+                .filter_map(|p| p.parse::<Pid>().ok()),
+        );
+    }
+    children
+}
+
+/// Every descendant of `root` (not `root` itself), parents before their children. A
+/// process that exits during the walk is left out with its subtree, or listed though
+/// gone: a caller that signals them must expect ESRCH.
 pub fn descendants(root: Pid) -> Vec<Pid> {
-    let mut found: Vec<Pid> = Vec::new();
-    let mut next = vec![root];
-    while let Some(pid) = next.pop() {
-        for tid in threads(pid).unwrap_or_default() {
-            let children = task_file(pid, tid, "children").unwrap_or_default();
-            for child in children
-                .split_ascii_whitespace()
-                .filter_map(|c| c.parse().ok())
-            {
-                // A reused pid cannot make the walk go round in circles.
-                if child != root && !found.contains(&child) {
-                    found.push(child);
-                    next.push(child);
-                }
+    let mut found = children(root);
+    let mut next = 0;
+    while next < found.len() {
+        // A pid reused during the walk could close a loop: each is listed once.
+        for child in children(found[next]) {
+            if child != root && !found.contains(&child) {
+                found.push(child);
             }
         }
+        next += 1;
     }
     found
 }
@@ -81,9 +92,52 @@ pub fn read_memory(pid: Pid, addr: u64, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The process group and session of `pid`.
+pub fn group_and_session(pid: Pid) -> Option<(Pid, Pid)> {
+    stat(pid).map(|[_, pgrp, session]| (pgrp, session))
+}
+
+/// The parent of `pid`.
+pub fn ppid(pid: Pid) -> Option<Pid> {
+    stat(pid).map(|[ppid, _, _]| ppid)
+}
+
+/// The parent, process group and session of `pid`, from /proc/PID/stat.
+fn stat(pid: Pid) -> Option<[Pid; 3]> {
+    let stat = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields start after the
+    // last ')'. Then: state, ppid, pgrp, session.
+    let end = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[end + 1..]).ok()?;
+    let mut fields = rest.split_ascii_whitespace().skip(1);
+    let mut next = || fields.next()?.parse().ok();
+    Some([next()?, next()?, next()?])
+}
+
+/// The value of `name` in the environment `pid` was executed with (/proc/PID/environ:
+/// readable by its own user and root).
+pub fn env_var(pid: Pid, name: &str) -> Option<Vec<u8>> {
+    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|&b| b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        Some(value.to_vec())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_group_and_environment() {
+        let me = std::process::id() as Pid;
+        // SAFETY: getpgrp and getsid have no preconditions.
+        let (pgrp, sid) = unsafe { (libc::getpgrp(), libc::getsid(0)) };
+        assert_eq!(group_and_session(me), Some((pgrp, sid)));
+        assert!(env_var(me, "PATH").is_some() || std::env::var_os("PATH").is_none());
+        assert_eq!(group_and_session(-1), None);
+        assert!(descendants(Pid::MAX).is_empty());
+    }
 
     /// A shell's background sleeps, and theirs, are found below the test process;
     /// the test process is not.
