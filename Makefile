@@ -49,8 +49,16 @@ SOFILE  := libserver_starter.so.$(VERSION)
 
 all: bin lib
 
+# The static start_server is built with std compiled from source (rustup component
+# rust-src) without std's `backtrace` feature, which brings in a DWARF symbolizer
+# (gimli, addr2line, miniz_oxide, libunwind: 300 KB of the binary) used only to
+# print a backtrace after a panic. A panic still prints its message; `cargo build`
+# alone still builds the same program on stable Rust, only bigger. -Z on the stable
+# toolchain needs RUSTC_BOOTSTRAP=1, given to this one command (DESIGN.md, "Size").
+BUILD_STD := -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size
+
 bin:
-	$(CARGO) build --release --locked --target $(MUSL) --bin start_server
+	RUSTC_BOOTSTRAP=1 $(CARGO) build --release --locked --target $(MUSL) --bin start_server $(BUILD_STD)
 
 # The C library is built without std (core and libc only): a tenth of the size,
 # and nothing to link but libc.

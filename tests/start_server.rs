@@ -557,14 +557,34 @@ fn worker_starts_with_default_signal_dispositions_and_mask() {
     assert_eq!(sigset(&worker, "SigIgn:"), 0, "{worker}");
 }
 
+/// The shipped binary, as `make bin` builds it.
+fn release_binary() -> std::path::PathBuf {
+    common::artifact(
+        "target/x86_64-unknown-linux-musl/release/start_server",
+        "make bin",
+    )
+}
+
+/// The shipped binary's budget: 700 KB with every feature. A plain `cargo build` of it
+/// keeps std's backtrace symbolizer and does not fit (DESIGN.md, "Size").
+#[test]
+fn release_binary_fits_its_size_budget() {
+    const BUDGET: u64 = 700 * 1024;
+    let bin = release_binary();
+    let size = std::fs::metadata(&bin).unwrap().len();
+    assert!(
+        size <= BUDGET,
+        "{} is {size} bytes, over the budget of {BUDGET}: build it with `make bin`, and \
+         see DESIGN.md, \"Size\", for where the bytes go",
+        bin.display()
+    );
+}
+
 /// The shipped binary (what `make` builds) needs nothing from the host: it runs alone in
 /// an empty root, as in a `FROM scratch` container.
 #[test]
 fn release_binary_is_static_and_runs_in_an_empty_root() {
-    let bin = common::artifact(
-        "target/x86_64-unknown-linux-musl/release/start_server",
-        "make bin",
-    );
+    let bin = release_binary();
     let file = std::process::Command::new("file")
         .arg(&bin)
         .output()
