@@ -58,8 +58,14 @@ pub struct Config {
     pub backlog: i32,
     /// Also hand the sockets to the workers as systemd does (LISTEN_FDS).
     pub listen_fds: bool,
+    /// `--workers`, if given: how many workers a generation has.
+    pub workers: Option<u32>,
     pub command: Vec<String>,
 }
+
+/// The most `--workers` a generation may have: far beyond any machine's cores, low
+/// enough that a typo is not taken as a fork bomb.
+pub const MAX_WORKERS: u32 = 1024;
 
 /// A command-line error: the message, and the exit status the original uses for it
 /// (1 for what Getopt::Long rejects, 255 for what it dies on later).
@@ -110,6 +116,7 @@ const OPTIONS: &[(&str, bool)] = &[
     ("watchdog", true),
     ("listen-fds", false),
     ("upgrade", false),
+    ("workers", true),
 ];
 
 /// How many of `OPTIONS` are the original's.
@@ -174,6 +181,9 @@ Options:
                           stopped and counts as a failed start (default: 90)
   --watchdog=seconds      a started worker that sends no WATCHDOG=1 for that long
                           is hung: killed (ABRT) and replaced (WATCHDOG_USEC)
+  --workers=N             run N workers of the command per generation, each told
+                          its slot in SERVER_STARTER_WORKER (1..N) and supervised
+                          alone (default: 1)
   --backlog=size          listen backlog (default: SOMAXCONN)
   --listen-fds            also hand the sockets to the workers as systemd socket
                           activation does (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES),
@@ -329,6 +339,17 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
             }
         },
     };
+    let workers = match last("workers") {
+        None => None,
+        Some(text) => match text.trim().parse::<u32>() {
+            Ok(n) if (1..=MAX_WORKERS).contains(&n) => Some(n),
+            _ => {
+                return Err(invalid(format!(
+                    "invalid --workers value {text:?}: expected a number from 1 to {MAX_WORKERS}"
+                )))
+            }
+        },
+    };
     let ready_notify = match last("ready").as_deref().map(str::trim) {
         None | Some("interval") => false,
         Some("notify") => true,
@@ -368,6 +389,7 @@ pub fn parse(args: &[String]) -> Result<Mode, Error> {
         watchdog: positive_seconds("watchdog")?,
         backlog,
         listen_fds: m.opt_present("listen-fds"),
+        workers,
         command: m.free.clone(),
     };
     if config.command.is_empty() {
@@ -690,6 +712,14 @@ mod tests {
         assert!(error(&["--backlog=x", "--", "x"])
             .message
             .contains("backlog"));
+        for bad in ["0", "-2", "x", "1025", ""] {
+            let e = error(&[&format!("--workers={bad}"), "--", "x"]);
+            assert_eq!(e.status, 255);
+            assert!(
+                e.message.contains(&format!("--workers value {bad:?}")),
+                "{e:?}"
+            );
+        }
         assert!(error(&["--daemonize", "--", "x"])
             .message
             .contains("--log-file"));

@@ -260,6 +260,8 @@ fn supervise(
         ready_timeout: config.ready_timeout,
         watchdog: config.watchdog,
         exe: upgrade::own_exe(),
+        workers: config.workers.unwrap_or(1),
+        name_slots: config.workers.is_some(),
     };
     let context = Context {
         listeners,

@@ -15,9 +15,14 @@ use super::state::Client;
 pub enum Effect {
     /// One line of start_server's log.
     Log(String),
-    /// Spawn a worker of `generation`, its environment read afresh (`tunables` are
-    /// kept if --envdir cannot be read): answered with `Event::Spawned`.
-    Spawn { generation: u64, tunables: Tunables },
+    /// Spawn a worker of `generation` in `slot` (0-based), its environment read afresh
+    /// (`tunables` are kept if --envdir cannot be read): answered with
+    /// `Event::Spawned`.
+    Spawn {
+        generation: u64,
+        tunables: Tunables,
+        slot: usize,
+    },
     /// Send `signal` to the worker `pid` (a failure is logged, naming the worker).
     Signal { pid: Pid, signal: Signal },
     /// The status file lists exactly these workers, as (generation, pid).

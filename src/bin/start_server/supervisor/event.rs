@@ -34,9 +34,10 @@ pub enum Event {
     /// The end of a turn of the loop: the deadlines due at `now` fire, then an upgrade
     /// that passed its check is executed.
     Tick,
-    /// The answer to `Effect::Spawn`: the settings read from the environment (`None`
-    /// if they could not be), and the child.
+    /// The answer to `Effect::Spawn` for `slot`: the settings read from the
+    /// environment (`None` if they could not be), and the child.
     Spawned {
+        slot: usize,
         tunables: Option<Tunables>,
         spawned: Spawned,
     },

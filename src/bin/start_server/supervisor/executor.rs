@@ -126,10 +126,13 @@ impl<'a> Executor<'a> {
     fn execute(&mut self, state: &State, effect: Effect) -> Option<Event> {
         match effect {
             Effect::Log(line) => log!("{line}"),
+            // Nothing more is started once start_server gives up.
+            Effect::Spawn { .. } if self.fatal.is_some() => {}
             Effect::Spawn {
                 generation,
                 tunables,
-            } => return Some(self.spawn(state, generation, tunables)),
+                slot,
+            } => return Some(self.spawn(state, generation, tunables, slot)),
             Effect::Signal { pid, signal } => {
                 if let Err(e) = sys::kill(pid, signal.number) {
                     log!("failed to send {} to worker {pid}: {e}", signal.name);
@@ -207,7 +210,13 @@ impl<'a> Executor<'a> {
 
     /// Forks and execs a worker of `generation`, with start_server's environment
     /// (--envdir read again) plus the variables of the protocol.
-    fn spawn(&mut self, state: &State, generation: u64, previous: envdir::Tunables) -> Event {
+    fn spawn(
+        &mut self,
+        state: &State,
+        generation: u64,
+        previous: envdir::Tunables,
+        slot: usize,
+    ) -> Event {
         let mut env = envdir::current();
         let tunables = match envdir::tunables(&env) {
             Ok(tunables) => Some(tunables),
@@ -238,13 +247,24 @@ impl<'a> Executor<'a> {
         let generation = generation.to_string().into();
         env.push(("SERVER_STARTER_GENERATION".into(), generation));
         let config = &state.config;
+        if config.name_slots {
+            env.retain(|(k, _)| k != "SERVER_STARTER_WORKER");
+            env.push((
+                "SERVER_STARTER_WORKER".into(),
+                (slot + 1).to_string().into(),
+            ));
+        }
         // A worker's own notification socket, when it needs one.
         let channel = match config.ready_notify || config.watchdog.is_some() {
             true => match Channel::new() {
                 Ok(channel) => Some(channel),
                 Err(e) => {
                     let spawned = Spawned::NoChannel(e.to_string());
-                    return Event::Spawned { tunables, spawned };
+                    return Event::Spawned {
+                        slot,
+                        tunables,
+                        spawned,
+                    };
                 }
             },
             false => None,
@@ -271,7 +291,11 @@ impl<'a> Executor<'a> {
             }
             Err(e) => Spawned::Failed(e.to_string()),
         };
-        Event::Spawned { tunables, spawned }
+        Event::Spawned {
+            slot,
+            tunables,
+            spawned,
+        }
     }
 
     // ------------------------------------------------------------ event sources

@@ -10,20 +10,19 @@ use crate::upgrade::record::{persist, record, Persist};
 use crate::upgrade::state::{Cursor, Field};
 
 use super::state::{
-    Attempt, Client, Config, Mono, Newest, Phase, Retiring, Serving, State, Upgrade, UpgradePhase,
-    Waiter, Worker,
+    Attempt, Client, Config, Mono, Phase, Retiring, Roll, Serving, Slot, State, Upgrade,
+    UpgradePhase, Waiter, Worker,
 };
 
 record!(State {
     config,
     tunables,
     generation,
-    newest,
+    slots,
     old,
     kill_old_at,
     phase,
-    failures,
-    failures_before_start,
+    roll,
     waiters,
     upgrade,
 } transient {
@@ -39,6 +38,8 @@ persist!(Config {
     ready_timeout,
     watchdog,
     exe,
+    workers,
+    name_slots,
 });
 persist!(Tunables {
     auto_restart,
@@ -50,12 +51,18 @@ persist!(Worker {
     generation,
     spawned_at
 });
+persist!(Slot {
+    serving,
+    starting,
+    failures,
+    failures_before_start,
+});
 persist!(Attempt {
+    generation,
     worker,
     spawned_at,
     until,
     replacing,
-    reloading,
 });
 persist!(Serving {
     worker,
@@ -65,7 +72,12 @@ persist!(Serving {
 persist!(Retiring {
     generation,
     listed,
-    kill
+    kill,
+    signal_at,
+});
+persist!(Roll {
+    generation,
+    reloading
 });
 persist!(Waiter { to, after });
 persist!(Upgrade {
@@ -111,30 +123,6 @@ record!(Services {
 });
 
 // ---------------------------------------------------------------- enums
-
-impl Persist for Newest {
-    fn put(&self, out: &mut Vec<Field>) {
-        match self {
-            Newest::None => out.push(Field::text("none")),
-            Newest::Starting(attempt) => {
-                out.push(Field::text("starting"));
-                attempt.put(out);
-            }
-            Newest::Serving(serving) => {
-                out.push(Field::text("serving"));
-                serving.put(out);
-            }
-        }
-    }
-    fn take(c: &mut Cursor) -> Result<Self, String> {
-        match String::take(c)?.as_str() {
-            "none" => Ok(Newest::None),
-            "starting" => Ok(Newest::Starting(Persist::take(c)?)),
-            "serving" => Ok(Newest::Serving(Persist::take(c)?)),
-            other => Err(format!("newest: {other:?} is not a phase")),
-        }
-    }
-}
 
 impl Persist for Phase {
     fn put(&self, out: &mut Vec<Field>) {

@@ -20,7 +20,7 @@ use crate::upgrade::{check, VERSION};
 
 use super::effect::{Effect, Spawned, Status};
 use super::event::Event;
-use super::state::{Client, Config, Mono, Newest, Phase, State, UpgradePhase};
+use super::state::{Client, Config, Mono, Phase, State, UpgradePhase};
 use super::step::{step, RETRY_FLOOR};
 
 /// Events per seed (at most: a stop may end it sooner), and in all.
@@ -102,8 +102,8 @@ struct World {
     /// What `--daemonize`'s launcher was told, and whether start_server gave up.
     reports: u32,
     gave_up: bool,
-    /// When the last worker was spawned.
-    last_spawn: Option<Mono>,
+    /// When the last worker was spawned, by slot.
+    last_spawn: BTreeMap<usize, Mono>,
     /// A deadline already due at the end of the last turn.
     due: Option<(Mono, State)>,
     /// Events fed to `step` from outside it (its answers to effects aside).
@@ -127,6 +127,8 @@ fn config(rng: &mut Rng) -> (Config, Tunables) {
         exe: rng
             .pick(&[true, true, false])
             .then(|| "/sim/start_server".into()),
+        workers: 1 + rng.below(4) as u32,
+        name_slots: rng.chance(500),
     };
     let tunables = Tunables {
         auto_restart: rng.pick(&[None, Some(secs(30_000))]),
@@ -137,14 +139,14 @@ fn config(rng: &mut Rng) -> (Config, Tunables) {
 
 /// Every worker the state waits for, with its generation.
 fn workers(state: &State) -> BTreeMap<Pid, u64> {
-    let newest = match &state.newest {
-        Newest::Starting(a) => a.worker,
-        Newest::Serving(s) => Some(s.worker),
-        Newest::None => None,
-    };
-    let newest = newest.map(|w| (w.pid, w.generation));
+    let starting = state.attempts().filter_map(|(_, a)| a.worker);
+    let serving = state.serving().map(|(_, s)| s.worker);
+    let newest = starting.chain(serving).map(|w| (w.pid, w.generation));
     let old = state.old.iter().map(|(&pid, old)| (pid, old.generation));
-    newest.into_iter().chain(old).collect()
+    let all: Vec<(Pid, u64)> = newest.chain(old).collect();
+    let known: BTreeMap<Pid, u64> = all.iter().copied().collect();
+    assert_eq!(known.len(), all.len(), "a worker known twice: {all:?}");
+    known
 }
 
 /// The state written as an upgrade writes it, and read back.
@@ -183,7 +185,7 @@ impl World {
             reports: 0,
             gave_up: false,
             steps: 0,
-            last_spawn: None,
+            last_spawn: BTreeMap::new(),
             due: None,
             trace: Vec::new(),
         }
@@ -207,9 +209,14 @@ impl World {
 
     fn nested(&mut self, state: &mut State, event: Event) {
         self.trace.push(format!("{:?} <- {event:?}", self.now));
+        let exit = matches!(event, Event::Exited { .. });
         let effects = step(state, event, self.now);
-        if let Some(serving) = state.serving() {
+        for (_, serving) in state.serving() {
             self.max_started = self.max_started.max(serving.worker.generation);
+        }
+        // A worker that dies is replaced alone: the others serve on, unsignalled.
+        if exit && effects.iter().any(|e| matches!(e, Effect::Signal { .. })) {
+            self.fail("an exit led to a signal");
         }
         let count = effects.len();
         for (i, effect) in effects.into_iter().enumerate() {
@@ -243,21 +250,24 @@ impl World {
                 self.exited = true;
                 self.gave_up = true;
             }
-            Effect::Spawn { .. } => {
-                // Never a spin: a spawn that is not a restart asked for comes a retry
-                // pause after the last one at the soonest (a crash loop, a worker that
-                // hangs or triggers its watchdog at once, failed forks).
-                let asked = state.attempt().is_some_and(|a| a.replacing);
-                if let Some(last) = self.last_spawn.filter(|_| !asked) {
+            // Nothing is started once start_server has given up (the executor's rule).
+            Effect::Spawn { .. } if self.gave_up => {}
+            Effect::Spawn { slot, .. } => {
+                // Never a spin: a spawn in a slot that is not a restart asked for comes
+                // a retry pause after the slot's last one at the soonest (a crash loop,
+                // a worker that hangs or triggers its watchdog at once, failed forks).
+                let attempt = state.slots.get(slot).and_then(|s| s.starting.as_ref());
+                let asked = attempt.is_some_and(|a| a.replacing);
+                if let Some(&last) = self.last_spawn.get(&slot).filter(|_| !asked) {
                     if now < last.after(RETRY_FLOOR) {
                         self.fail(&format!(
-                            "a respawn {:?} after the last spawn",
+                            "a respawn in slot {slot} {:?} after its last spawn",
                             last.until(now)
                         ));
                     }
                 }
-                self.last_spawn = Some(now);
-                return Some(self.spawn(state));
+                self.last_spawn.insert(slot, now);
+                return Some(self.spawn(state, slot));
             }
             Effect::Signal { pid, signal } => {
                 let Some(generation) = self.procs.get(&pid).map(|p| p.generation) else {
@@ -352,24 +362,37 @@ impl World {
     }
 
     /// A fork: it fails, or makes a worker of some temper.
-    fn spawn(&mut self, state: &State) -> Event {
+    fn spawn(&mut self, state: &State, slot: usize) -> Event {
         let tunables = (!self.rng.chance(20)).then_some(state.tunables);
         if self.rng.chance(30) {
             let spawned =
                 Spawned::Failed("fork(2) failed: Resource temporarily unavailable".into());
-            return Event::Spawned { tunables, spawned };
+            return Event::Spawned {
+                slot,
+                tunables,
+                spawned,
+            };
         }
         if self.rng.chance(10) {
             let spawned = Spawned::NoChannel("Too many open files".into());
-            return Event::Spawned { tunables, spawned };
+            return Event::Spawned {
+                slot,
+                tunables,
+                spawned,
+            };
         }
+        let generation = state.slots[slot]
+            .starting
+            .as_ref()
+            .expect("a spawn for a slot being started")
+            .generation;
         let pid = self.next_pid;
         self.next_pid += 1;
         let now = self.now;
         let config = &state.config;
         let r = &mut self.rng;
         let mut proc = Proc {
-            generation: state.generation,
+            generation,
             ready_at: None,
             exit_at: None,
             obeys: config.kill_timeout.is_none() || !r.chance(150),
@@ -406,7 +429,11 @@ impl World {
             exec_error,
             unexecutable,
         };
-        Event::Spawned { tunables, spawned }
+        Event::Spawned {
+            slot,
+            tunables,
+            spawned,
+        }
     }
 
     /// When something happens in the world next, if anything will.
@@ -489,8 +516,9 @@ impl World {
             }
         }
         // A serving worker that says it is hung, now and then at once.
-        if let Some(serving) = state.serving().filter(|_| self.rng.chance(15)) {
-            said.push((serving.worker.pid, Said::WatchdogTrigger));
+        let serving: Vec<Pid> = state.serving().map(|(_, s)| s.worker.pid).collect();
+        if !serving.is_empty() && self.rng.chance(15) {
+            said.push((self.rng.pick(&serving), Said::WatchdogTrigger));
         }
         for (pid, said) in said {
             let sender = if self.rng.chance(100) {
@@ -576,17 +604,27 @@ impl World {
             ));
         }
         // At most one restart in flight: besides the workers told to stop, no more than
-        // the serving generation and the one starting (or the old one waiting for
-        // --kill-old-delay and the one replacing it).
+        // a serving worker and one starting per slot (or the old ones waiting for
+        // --kill-old-delay and those replacing them).
+        let n = state.config.workers.max(1) as usize;
         if !state.stopping() {
-            let untold: BTreeSet<u64> = self
-                .procs
-                .values()
-                .filter(|p| !p.told)
-                .map(|p| p.generation)
-                .collect();
-            if untold.len() > 2 {
-                self.fail(&format!("generations {untold:?} all serve"));
+            let untold = self.procs.values().filter(|p| !p.told).count();
+            if untold > 2 * n {
+                self.fail(&format!("{untold} workers serve, for {n} slots"));
+            }
+            // Every slot is supervised: it has a worker serving, or one on its way.
+            if state.slots.len() != n {
+                self.fail(&format!("{} slots for --workers={n}", state.slots.len()));
+            }
+            if let Some(i) = state
+                .slots
+                .iter()
+                .position(|s| s.serving.is_none() && s.starting.is_none())
+            {
+                self.fail(&format!(
+                    "slot {} has no worker, and none on its way",
+                    i + 1
+                ));
             }
         }
         // No deadline lost: every old worker will exit (it was told and obeys), or
@@ -594,14 +632,18 @@ impl World {
         // --kill-old-delay.
         for (pid, old) in &state.old {
             let exits = self.procs[pid].exit_at.is_some();
-            let waits = state.kill_old_at.is_some() || state.attempt().is_some();
+            let waits = state.kill_old_at.is_some()
+                || state.attempts().next().is_some()
+                || state.roll.is_some()
+                || old.signal_at.is_some();
             if !(exits || old.kill.is_some() || waits) {
                 self.fail(&format!("old worker {pid} is waited for forever"));
             }
         }
-        if state.serving().is_some_and(|s| s.watchdog_at.is_none())
-            && state.config.watchdog.is_some()
-        {
+        let unwatched = state.slots.iter().any(|s| {
+            s.starting.is_none() && s.serving.as_ref().is_some_and(|s| s.watchdog_at.is_none())
+        });
+        if unwatched && state.config.watchdog.is_some() {
             self.fail("a serving worker without its watchdog deadline");
         }
         match &state.upgrade {
@@ -616,7 +658,7 @@ impl World {
             }
             _ => {}
         }
-        if state.stopping() && (state.upgrade.is_some() || state.newest != Newest::None) {
+        if state.stopping() && (state.upgrade.is_some() || !state.slots.is_empty()) {
             self.fail("stopping, yet starting or upgrading");
         }
     }

@@ -56,6 +56,10 @@ pub struct Config {
     /// The path start_server was started by (`AT_EXECFN`, made absolute), which an
     /// upgrade opens, following a symbolic link then; `None` if it was not known.
     pub exe: Option<PathBuf>,
+    /// `--workers`: how many workers a generation has (at least 1).
+    pub workers: u32,
+    /// `--workers` was given: each worker is told its slot (`SERVER_STARTER_WORKER`).
+    pub name_slots: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,19 +69,29 @@ pub struct Worker {
     pub spawned_at: Mono,
 }
 
-/// The newest generation: nothing yet (or stopping), being started, or serving.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Newest {
-    None,
-    Starting(Attempt),
-    Serving(Serving),
+/// One of the `--workers` places of a generation (`SERVER_STARTER_WORKER`, 1..N), each
+/// supervised alone: the worker serving in it, of whatever generation, and the one
+/// being started for it (its first, a replacement in a restart, or a refill after the
+/// serving one died).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Slot {
+    pub serving: Option<Serving>,
+    pub starting: Option<Attempt>,
+    /// Failed starts in a row in this slot, for the pause before its next try.
+    pub failures: u32,
+    /// `failures` before the serving worker's start reset it: at an `--interval` below
+    /// `RETRY_FLOOR`, a worker declared started that dies within a retry pause is a
+    /// failed start after all, and the count goes on from there.
+    pub failures_before_start: u32,
 }
 
-/// A generation being started. A worker has *started* when it is still alive after
+/// A worker being started. It has *started* when it is still alive after
 /// `--interval`, or, with `--ready=notify`, when it says `READY=1`. If it dies first
-/// (or is not ready in time), the attempt is retried, paced.
+/// (or is not ready in time), it is retried in its slot, paced.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attempt {
+    /// The generation it is (to be) spawned as.
+    pub generation: u64,
     /// The spawned worker; `None` once it has died (or could not be forked): the next
     /// try is at `until`.
     pub worker: Option<Worker>,
@@ -85,24 +99,34 @@ pub struct Attempt {
     pub spawned_at: Mono,
     /// When the worker counts as started, or when to try again.
     pub until: Mono,
-    /// Whether it replaces running workers (a restart), which are signalled once it
-    /// has started.
+    /// Whether it is part of a restart, which retires older workers once it has
+    /// started.
     pub replacing: bool,
-    /// The service manager was told of this restart, and not yet of its outcome.
-    pub reloading: bool,
 }
 
-/// The started worker of the newest generation.
+/// A started worker.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Serving {
     pub worker: Worker,
     pub started_at: Mono,
-    /// `--watchdog`: it is hung unless it says `WATCHDOG=1` before this.
+    /// `--watchdog`: it is hung unless it says `WATCHDOG=1` before this; `None` once
+    /// its replacement is being started (as an old worker, it is no longer watched).
     pub watchdog_at: Option<Mono>,
 }
 
+/// A restart under way: a new generation started in every slot; the old workers are
+/// signalled once all have started.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Roll {
+    /// The generation the restart started; a worker retried after a failed start takes
+    /// a number of its own.
+    pub generation: u64,
+    /// The service manager was told of this restart, and not yet of its outcome.
+    pub reloading: bool,
+}
+
 /// A worker of an older generation (or any worker, once stopping): signalled to stop,
-/// or about to be (`kill_old_at`), and waited for.
+/// or about to be (`kill_old_at`, `signal_at`), and waited for.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Retiring {
     pub generation: u64,
@@ -111,6 +135,10 @@ pub struct Retiring {
     /// When it gets SIGKILL, and the grace it had since its stop signal; `None` until
     /// it has been signalled (or with no `--kill-timeout`).
     pub kill: Option<(Mono, Duration)>,
+    /// `--rolling`: when it gets `--signal-on-hup` (after `--kill-old-delay`), its
+    /// replacement having started; `None` once signalled, or in a whole restart
+    /// (`kill_old_at`).
+    pub signal_at: Option<Mono>,
 }
 
 /// What is under way besides serving.
@@ -162,18 +190,15 @@ pub struct State {
     pub tunables: Tunables,
     /// The last generation number given out; every spawn attempt takes the next one.
     pub generation: u64,
-    pub newest: Newest,
-    /// Workers of older generations, by pid.
+    /// The workers, slot 1..N at 0..N-1 (empty once stopping, or given up).
+    pub slots: Vec<Slot>,
+    /// Workers leaving: of older generations, or failed, or every one once stopping.
     pub old: BTreeMap<Pid, Retiring>,
     /// When to signal the old workers, during `--kill-old-delay`.
     pub kill_old_at: Option<Mono>,
     pub phase: Phase,
-    /// Failed starts in a row, for the pause before the next try.
-    pub failures: u32,
-    /// `failures` before the current worker's start reset it: at an `--interval` below
-    /// `RETRY_FLOOR`, a worker declared started that dies within a retry pause is a
-    /// failed start after all, and the count goes on from there.
-    pub failures_before_start: u32,
+    /// The restart under way, until every slot's new worker has started.
+    pub roll: Option<Roll>,
     pub waiters: Vec<Waiter>,
     pub upgrade: Option<Upgrade>,
     /// `--daemonize`'s launcher waits to hear how generation 1 went (its pipe does
@@ -187,63 +212,72 @@ impl State {
             config,
             tunables,
             generation: 0,
-            newest: Newest::None,
+            slots: Vec::new(),
             old: BTreeMap::new(),
             kill_old_at: None,
             phase: Phase::Running,
-            failures: 0,
-            failures_before_start: 0,
+            roll: None,
             waiters: Vec::new(),
             upgrade: None,
             launcher: false,
         }
     }
 
-    pub fn attempt(&self) -> Option<&Attempt> {
-        match &self.newest {
-            Newest::Starting(attempt) => Some(attempt),
-            _ => None,
-        }
+    /// The workers being started, with their slots (0-based).
+    pub fn attempts(&self) -> impl Iterator<Item = (usize, &Attempt)> {
+        let slots = self.slots.iter().enumerate();
+        slots.filter_map(|(i, slot)| slot.starting.as_ref().map(|a| (i, a)))
     }
 
-    pub fn serving(&self) -> Option<&Serving> {
-        match &self.newest {
-            Newest::Serving(serving) => Some(serving),
-            _ => None,
-        }
+    /// The started workers, with their slots (0-based).
+    pub fn serving(&self) -> impl Iterator<Item = (usize, &Serving)> {
+        let slots = self.slots.iter().enumerate();
+        slots.filter_map(|(i, slot)| slot.serving.as_ref().map(|s| (i, s)))
+    }
+
+    /// Every slot has a started worker and none is being started: the generation
+    /// runs whole.
+    pub fn settled(&self) -> bool {
+        !self.slots.is_empty()
+            && self
+                .slots
+                .iter()
+                .all(|s| s.serving.is_some() && s.starting.is_none())
     }
 
     pub fn stopping(&self) -> bool {
         matches!(self.phase, Phase::Stopping | Phase::GaveUp)
     }
 
-    /// A restart is under way: a generation is being started, or the old workers are
+    /// A restart is under way: a worker is being started, or the old workers are
     /// about to be signalled.
     pub fn restarting(&self) -> bool {
-        self.attempt().is_some() || self.kill_old_at.is_some()
+        self.attempts().next().is_some() || self.roll.is_some() || self.kill_old_at.is_some()
     }
 
-    /// With auto-restart on, when the serving worker is due for replacement: once the
-    /// interval has passed and no old worker remains, or at twice the interval anyway.
-    /// (The original checks every second; this is a timer at the exact moment.)
+    /// With auto-restart on, when the serving workers are due for replacement: once
+    /// the interval has passed since the oldest started and no old worker remains, or
+    /// at twice the interval anyway. (The original checks every second; this is a timer
+    /// at the exact moment.)
     pub fn auto_restart_at(&self) -> Option<Mono> {
         let interval = self.tunables.auto_restart?;
-        let serving = self.serving()?;
-        if self.stopping() || self.kill_old_at.is_some() {
+        if self.stopping() || self.restarting() || !self.settled() {
             return None;
         }
+        let started_at = self.serving().map(|(_, s)| s.started_at).min()?;
         Some(match self.old.is_empty() {
-            true => serving.started_at.after(interval),
-            false => serving.started_at.after(interval * 2),
+            true => started_at.after(interval),
+            false => started_at.after(interval * 2),
         })
     }
 
     /// The one deadline the event loop sleeps until, if any: with none, it sleeps until
     /// an event comes.
     pub fn next_deadline(&self) -> Option<Mono> {
-        let attempt = self.attempt().map(|a| a.until);
-        let watchdog = self.serving().and_then(|s| s.watchdog_at);
+        let attempt = self.attempts().map(|(_, a)| a.until).min();
+        let watchdog = self.serving().filter_map(|(_, s)| s.watchdog_at).min();
         let kill = self.old.values().filter_map(|o| o.kill.map(|k| k.0)).min();
+        let signal = self.old.values().filter_map(|o| o.signal_at).min();
         let check = match &self.upgrade {
             Some(Upgrade {
                 phase: UpgradePhase::Checking { deadline },
@@ -256,6 +290,7 @@ impl State {
             self.kill_old_at,
             self.auto_restart_at(),
             kill,
+            signal,
             watchdog,
             check,
         ]

@@ -13,6 +13,7 @@ use std::os::raw::c_int;
 use std::time::Duration;
 
 use crate::control_socket::{Ask, ACCEPTED};
+use crate::envdir::Tunables;
 use crate::log;
 use crate::notify::Said;
 use crate::signals::{self, Signal};
@@ -22,8 +23,8 @@ use crate::upgrade::{check, VERSION};
 use super::effect::{Effect, Report, Spawned, Status, Tell};
 use super::event::Event;
 use super::state::{
-    Attempt, Client, Mono, Newest, Phase, Retiring, Serving, State, Upgrade, UpgradePhase, Waiter,
-    Worker,
+    Attempt, Client, Mono, Phase, Retiring, Roll, Serving, Slot, State, Upgrade, UpgradePhase,
+    Waiter, Worker,
 };
 
 /// How long a worker that was told to stop without `--kill-timeout` (because it was
@@ -70,7 +71,7 @@ macro_rules! say {
 impl Step<'_> {
     fn event(&mut self, event: Event) {
         match event {
-            Event::Start => self.spawn(false, false),
+            Event::Start => self.start(),
             Event::Exited { pid, status } => self.exited(pid, status),
             Event::Ignored { sig, pid } => {
                 say!(
@@ -86,7 +87,11 @@ impl Step<'_> {
             Event::Restart => self.hup(),
             Event::Request { pid, from, ask } => self.request(pid, from, ask),
             Event::Tick => self.tick(),
-            Event::Spawned { tunables, spawned } => self.spawned(tunables, spawned),
+            Event::Spawned {
+                slot,
+                tunables,
+                spawned,
+            } => self.spawned(slot, tunables, spawned),
             Event::CheckSpawned(result) => self.check_spawned(result),
             Event::Checked(verdict) => self.checked(verdict),
             Event::ExecFailed(why) => {
@@ -122,13 +127,12 @@ impl Step<'_> {
             self.verdict(u64::MAX, STOPPING);
             self.abandon_upgrade("start_server is stopping");
             self.s.kill_old_at = None;
-            let newest = match std::mem::replace(&mut self.s.newest, Newest::None) {
-                Newest::Starting(attempt) => attempt.worker,
-                Newest::Serving(serving) => Some(serving.worker),
-                Newest::None => None,
-            };
-            if let Some(worker) = newest {
-                self.retire(worker);
+            self.s.roll = None;
+            for slot in std::mem::take(&mut self.s.slots) {
+                let starting = slot.starting.and_then(|a| a.worker);
+                for worker in slot.serving.map(|s| s.worker).into_iter().chain(starting) {
+                    self.retire(worker);
+                }
             }
         }
         // As in the original, INT is passed on as TERM; the other stop signals become
@@ -168,20 +172,34 @@ impl Step<'_> {
     /// A child exited: a worker, or an orphan of one (reparented to start_server as
     /// subreaper), which is ignored.
     fn exited(&mut self, pid: Pid, status: Status) {
-        if let Newest::Starting(attempt) = &mut self.s.newest {
-            if attempt.worker.is_some_and(|w| w.pid == pid) {
+        let is = |w: &Worker| w.pid == pid;
+        let starting = |slot: &Slot| {
+            slot.starting
+                .as_ref()
+                .and_then(|a| a.worker)
+                .is_some_and(|w| is(&w))
+        };
+        if let Some(i) = self.s.slots.iter().position(starting) {
+            if let Some(attempt) = &mut self.s.slots[i].starting {
                 attempt.worker = None;
-                say!(
-                    self,
-                    "new worker {pid} seems to have failed to start, exit status:{status}"
-                );
-                self.hint_if_daemonizing(pid, status);
-                return self.failed_start(&exit_text(status));
             }
+            say!(
+                self,
+                "new worker {pid} seems to have failed to start, exit status:{status}"
+            );
+            self.hint_if_daemonizing(pid, status);
+            return self.failed_start(i, &exit_text(status));
         }
-        if let Some(serving) = self.s.serving().filter(|s| s.worker.pid == pid) {
-            let worker = serving.worker;
-            self.s.newest = Newest::None;
+        let serving = |slot: &Slot| slot.serving.as_ref().is_some_and(|s| is(&s.worker));
+        if let Some(i) = self.s.slots.iter().position(serving) {
+            let slot = &mut self.s.slots[i];
+            let worker = slot.serving.take().expect("a serving worker").worker;
+            // Its replacement is on its way: it was an old worker already.
+            if slot.starting.is_some() {
+                say!(self, "old worker {pid} died, status:{status}");
+                self.write_status();
+                return self.settle();
+            }
             // The file never lists a dead worker for the interval a respawn takes.
             self.write_status();
             say!(
@@ -191,18 +209,19 @@ impl Step<'_> {
             // One that dies before a retry pause has passed is a crash loop: paced as
             // a failed start, whether or not it was declared started.
             if self.now < worker.spawned_at.after(self.retry_base()) {
-                self.s.failures = self.s.failures_before_start;
-                self.hint_if_daemonizing(pid, status);
-                self.s.newest = Newest::Starting(Attempt {
+                let slot = &mut self.s.slots[i];
+                slot.failures = slot.failures_before_start;
+                slot.starting = Some(Attempt {
+                    generation: worker.generation,
                     worker: None,
                     spawned_at: worker.spawned_at,
                     until: self.now,
                     replacing: false,
-                    reloading: false,
                 });
-                self.failed_start(&exit_text(status));
+                self.hint_if_daemonizing(pid, status);
+                self.failed_start(i, &exit_text(status));
             } else {
-                self.spawn(false, false);
+                self.spawn(i, None, false);
             }
             return;
         }
@@ -218,42 +237,43 @@ impl Step<'_> {
 
     /// One thing a worker (`pid`, through `sender`) said.
     fn notified(&mut self, pid: Pid, sender: Pid, said: Said) {
-        let starting = self
-            .s
-            .attempt()
-            .is_some_and(|a| a.worker.is_some_and(|w| w.pid == pid));
-        let serving = self.s.serving().is_some_and(|s| s.worker.pid == pid);
+        let starting = self.s.slots.iter().position(|slot| {
+            let worker = slot.starting.as_ref().and_then(|a| a.worker);
+            worker.is_some_and(|w| w.pid == pid)
+        });
+        // A worker whose replacement is being started is no longer watched.
+        let serving = self.s.slots.iter().position(|slot| {
+            let serving = slot.serving.as_ref();
+            serving.is_some_and(|s| s.worker.pid == pid) && slot.starting.is_none()
+        });
         let config = &self.s.config;
-        match said {
-            Said::Status(status) => say!(self, "worker {pid} status: {status}"),
-            Said::Ready if starting && config.ready_notify => {
-                let Newest::Starting(attempt) = std::mem::replace(&mut self.s.newest, Newest::None)
-                else {
-                    unreachable!("a worker is starting")
-                };
+        match (said, starting, serving) {
+            (Said::Status(status), _, _) => say!(self, "worker {pid} status: {status}"),
+            (Said::Ready, Some(i), _) if config.ready_notify => {
+                let attempt = self.s.slots[i].starting.take().expect("a worker starting");
                 if sender != pid {
                     say!(self, "worker {pid} is ready (said pid {sender})");
                 }
                 if let Some(worker) = attempt.worker {
-                    self.started(worker, attempt.replacing);
+                    self.started(i, worker);
                 }
             }
-            Said::ExtendTimeout(by) if starting && config.ready_notify => {
+            (Said::ExtendTimeout(by), Some(i), _) if config.ready_notify => {
                 let ready_timeout = config.ready_timeout;
                 let now = self.now;
-                if let Newest::Starting(attempt) = &mut self.s.newest {
+                if let Some(attempt) = &mut self.s.slots[i].starting {
                     // As systemd does: the last extension counts, and the deadline is
                     // never sooner than --ready-timeout allowed.
                     attempt.until = attempt.spawned_at.after(ready_timeout).max(now.after(by));
                 }
             }
-            Said::Watchdog if serving => {
+            (Said::Watchdog, _, Some(i)) => {
                 let at = config.watchdog.map(|w| self.now.after(w));
-                if let Newest::Serving(serving) = &mut self.s.newest {
+                if let Some(serving) = &mut self.s.slots[i].serving {
                     serving.watchdog_at = at;
                 }
             }
-            Said::WatchdogTrigger if serving => self.hung("sent WATCHDOG=trigger"),
+            (Said::WatchdogTrigger, _, Some(i)) => self.hung(i, "sent WATCHDOG=trigger"),
             // A repeated READY=1, or one from an old worker: nothing to do.
             _ => {}
         }
@@ -265,15 +285,17 @@ impl Step<'_> {
     /// with every worker gone, start_server exits.
     fn tick(&mut self) {
         let now = self.now;
-        if self.s.attempt().is_some_and(|a| a.until <= now) {
-            let Newest::Starting(attempt) = std::mem::replace(&mut self.s.newest, Newest::None)
-            else {
-                unreachable!("an attempt is under way")
+        for i in 0..self.s.slots.len() {
+            let Some(slot) = self.s.slots.get_mut(i) else {
+                break;
+            };
+            let Some(attempt) = slot.starting.take_if(|a| a.until <= now) else {
+                continue;
             };
             match attempt.worker {
-                Some(worker) if self.s.config.ready_notify => self.not_ready(worker, attempt),
-                Some(worker) => self.started(worker, attempt.replacing),
-                None => self.spawn(attempt.replacing, false),
+                Some(worker) if self.s.config.ready_notify => self.not_ready(i, worker, attempt),
+                Some(worker) => self.started(i, worker),
+                None => self.spawn(i, None, attempt.replacing),
             }
         }
         if self.s.kill_old_at.is_some_and(|at| at <= now) {
@@ -292,14 +314,15 @@ impl Step<'_> {
                 self.out.push(Effect::KillCheck { forget: false });
             }
         }
-        if self
-            .s
-            .serving()
-            .and_then(|s| s.watchdog_at)
-            .is_some_and(|at| at <= now)
-        {
-            let period = log::seconds(self.s.config.watchdog.unwrap_or_default());
-            self.hung(&format!("sent no WATCHDOG=1 for {period} secs"));
+        for i in 0..self.s.slots.len() {
+            let serving = self.s.slots.get(i).and_then(|s| s.serving.as_ref());
+            if serving
+                .and_then(|s| s.watchdog_at)
+                .is_some_and(|at| at <= now)
+            {
+                let period = log::seconds(self.s.config.watchdog.unwrap_or_default());
+                self.hung(i, &format!("sent no WATCHDOG=1 for {period} secs"));
+            }
         }
         if self.s.phase == Phase::RestartQueued && !self.s.restarting() {
             self.s.phase = Phase::Running;
@@ -331,46 +354,75 @@ impl Step<'_> {
 
     // ------------------------------------------------------------ transitions
 
-    fn restart(&mut self) {
-        if let Newest::Serving(serving) = std::mem::replace(&mut self.s.newest, Newest::None) {
-            self.retire(serving.worker);
+    /// The first generation: a worker in every slot.
+    fn start(&mut self) {
+        let workers = self.s.config.workers.max(1) as usize;
+        self.s.slots = vec![Slot::default(); workers];
+        self.spawn(0, None, false);
+        let generation = self.s.generation;
+        for i in 1..workers {
+            self.spawn(i, Some(generation), false);
         }
-        self.out.push(Effect::Manager(Tell::Reloading(format!(
-            "restarting: starting generation {}",
-            self.s.generation + 1
-        ))));
-        self.spawn(true, true);
     }
 
-    /// A new generation is tried: the executor answers with `Event::Spawned`.
-    fn spawn(&mut self, replacing: bool, reloading: bool) {
-        self.s.generation += 1;
-        self.s.newest = Newest::Starting(Attempt {
+    /// A new generation in every slot; each slot's worker serves until its
+    /// replacement has started, and is signalled once all have.
+    fn restart(&mut self) {
+        let generation = self.s.generation + 1;
+        self.out.push(Effect::Manager(Tell::Reloading(format!(
+            "restarting: starting generation {generation}"
+        ))));
+        self.s.roll = Some(Roll {
+            generation,
+            reloading: true,
+        });
+        for i in 0..self.s.slots.len() {
+            if let Some(serving) = &mut self.s.slots[i].serving {
+                serving.watchdog_at = None;
+            }
+            let shared = (i > 0).then_some(generation);
+            self.spawn(i, shared, true);
+        }
+    }
+
+    /// A worker is tried in slot `i`, of `generation` (`None`: the next number, as
+    /// every try takes but those a restart starts together): the executor answers
+    /// with `Event::Spawned`.
+    fn spawn(&mut self, i: usize, generation: Option<u64>, replacing: bool) {
+        let generation = generation.unwrap_or_else(|| {
+            self.s.generation += 1;
+            self.s.generation
+        });
+        self.s.slots[i].starting = Some(Attempt {
+            generation,
             worker: None,
             spawned_at: self.now,
             until: self.now,
             replacing,
-            reloading,
         });
         self.out.push(Effect::Spawn {
-            generation: self.s.generation,
+            generation,
             tunables: self.s.tunables,
+            slot: i,
         });
     }
 
-    fn spawned(&mut self, tunables: Option<crate::envdir::Tunables>, spawned: Spawned) {
+    fn spawned(&mut self, i: usize, tunables: Option<Tunables>, spawned: Spawned) {
         if let Some(tunables) = tunables {
             self.s.tunables = tunables;
         }
+        let Some(generation) = self.slot_attempt(i).map(|a| a.generation) else {
+            return;
+        };
         match spawned {
             Spawned::NoChannel(e) => {
                 say!(self, "failed to create a notification socket: {e}");
-                self.failed_start(&format!("no notification socket: {e}"));
+                self.failed_start(i, &format!("no notification socket: {e}"));
             }
             Spawned::Failed(e) => {
-                let pause = self.pause_after(self.s.failures.saturating_add(1));
+                let pause = self.pause_after(self.s.slots[i].failures.saturating_add(1));
                 say!(self, "{e}; trying again in {} secs", log::seconds(pause));
-                self.failed_start("it could not be spawned");
+                self.failed_start(i, "it could not be spawned");
             }
             Spawned::Child {
                 pid,
@@ -382,20 +434,19 @@ impl Step<'_> {
                     // Unlike a later generation's (a bad deploy, while the old one
                     // serves on), the first's is a mistake in the command line: said
                     // at once, not retried forever.
-                    if unexecutable && self.s.generation == 1 {
+                    if unexecutable && generation == 1 {
                         self.s.phase = Phase::GaveUp;
-                        self.s.newest = Newest::None;
+                        self.s.slots.clear();
                         return self.out.push(Effect::GiveUp(error));
                     }
                     say!(self, "{error}");
                 }
-                let generation = self.s.generation;
                 let config = &self.s.config;
                 let wait = match config.ready_notify {
                     true => config.ready_timeout,
                     false => config.interval,
                 };
-                if let Newest::Starting(attempt) = &mut self.s.newest {
+                if let Some(attempt) = &mut self.s.slots[i].starting {
                     attempt.worker = Some(Worker {
                         pid,
                         generation,
@@ -407,26 +458,42 @@ impl Step<'_> {
         }
     }
 
-    /// The new worker outlived `--interval`, or said `READY=1`: it is now the serving
-    /// one.
-    fn started(&mut self, worker: Worker, replacing: bool) {
-        if std::mem::take(&mut self.s.launcher) {
-            self.out.push(Effect::Launcher(Report::Started));
-        }
-        self.s.newest = Newest::Serving(Serving {
+    /// The new worker of slot `i` outlived `--interval`, or said `READY=1`: it is now
+    /// the slot's serving one, and the worker it replaces is an old one. Once every
+    /// slot's has started, a restart signals the old workers.
+    fn started(&mut self, i: usize, worker: Worker) {
+        let slot = &mut self.s.slots[i];
+        let replaced = slot.serving.replace(Serving {
             worker,
             started_at: self.now,
             watchdog_at: self.s.config.watchdog.map(|w| self.now.after(w)),
         });
-        self.s.failures_before_start = self.s.failures;
-        self.s.failures = 0;
+        slot.failures_before_start = slot.failures;
+        slot.failures = 0;
+        if let Some(replaced) = replaced {
+            self.retire(replaced.worker);
+        }
+        if self.s.attempts().next().is_some() {
+            return self.write_status();
+        }
+        if std::mem::take(&mut self.s.launcher) {
+            self.out.push(Effect::Launcher(Report::Started));
+        }
+        let roll = self.s.roll.take();
         self.write_status();
         self.settle();
+        let pids: Vec<String> = self
+            .s
+            .serving()
+            .map(|(_, s)| s.worker.pid.to_string())
+            .collect();
+        let s = if pids.len() == 1 { "" } else { "s" };
         self.out.push(Effect::Manager(Tell::Ready(format!(
-            "generation {} serving (worker {})",
-            worker.generation, worker.pid
+            "generation {} serving (worker{s} {})",
+            worker.generation,
+            pids.join(",")
         ))));
-        if !replacing {
+        if roll.is_none() {
             return;
         }
         let old = match self.s.old.is_empty() {
@@ -451,10 +518,10 @@ impl Step<'_> {
         }
     }
 
-    /// `--ready=notify`: the new worker did not say `READY=1` within
+    /// `--ready=notify`: the new worker of slot `i` did not say `READY=1` within
     /// `--ready-timeout`. It is stopped (TERM, then KILL if it lingers) and counts as a
     /// failed start, while the old generation goes on serving.
-    fn not_ready(&mut self, worker: Worker, attempt: Attempt) {
+    fn not_ready(&mut self, i: usize, worker: Worker, attempt: Attempt) {
         let timeout = log::seconds(self.s.config.ready_timeout);
         say!(
             self,
@@ -465,23 +532,24 @@ impl Step<'_> {
         say!(self, "{NOT_READY_HINT}");
         self.stop_now(worker, Signal::term(), false);
         // The pause before the next try counts from now, not from the spawn.
-        self.s.newest = Newest::Starting(Attempt {
+        self.s.slots[i].starting = Some(Attempt {
             worker: None,
             spawned_at: self.now,
             ..attempt
         });
-        self.failed_start(&format!(
-            "not ready within {timeout} secs ({NOT_READY_HINT})"
-        ));
+        self.failed_start(
+            i,
+            &format!("not ready within {timeout} secs ({NOT_READY_HINT})"),
+        );
     }
 
-    /// `--watchdog`: the serving worker said no `WATCHDOG=1` in time (or said
-    /// `WATCHDOG=trigger`): `why`. It gets SIGABRT, as systemd sends, then SIGKILL if
-    /// it lingers, and is replaced, paced as a failed start: its start counts as failed
-    /// after all, so that a worker that hangs as soon as it starts is retried after the
-    /// retry floor, then `--backoff`'s doubling pauses, never in a loop.
-    fn hung(&mut self, why: &str) {
-        let Newest::Serving(serving) = std::mem::replace(&mut self.s.newest, Newest::None) else {
+    /// `--watchdog`: the serving worker of slot `i` said no `WATCHDOG=1` in time (or
+    /// said `WATCHDOG=trigger`): `why`. It gets SIGABRT, as systemd sends, then SIGKILL
+    /// if it lingers, and is replaced, paced as a failed start: its start counts as
+    /// failed after all, so that a worker that hangs as soon as it starts is retried
+    /// after the retry floor, then `--backoff`'s doubling pauses, never in a loop.
+    fn hung(&mut self, i: usize, why: &str) {
+        let Some(serving) = self.s.slots[i].serving.take() else {
             return;
         };
         let worker = serving.worker;
@@ -493,15 +561,16 @@ impl Step<'_> {
         let abrt = Signal::parse("ABRT").expect("a known signal name");
         self.stop_now(worker, abrt, true);
         self.write_status();
-        self.s.failures = self.s.failures_before_start;
-        self.s.newest = Newest::Starting(Attempt {
+        let slot = &mut self.s.slots[i];
+        slot.failures = slot.failures_before_start;
+        slot.starting = Some(Attempt {
+            generation: worker.generation,
             worker: None,
             spawned_at: self.now,
             until: self.now,
             replacing: false,
-            reloading: false,
         });
-        self.failed_start(&format!("worker {} {why}", worker.pid));
+        self.failed_start(i, &format!("worker {} {why}", worker.pid));
     }
 
     /// Signals one worker to stop now, outside a restart's order, with a KILL deadline.
@@ -515,15 +584,18 @@ impl Step<'_> {
             generation: worker.generation,
             listed,
             kill: Some((self.now.after(grace), grace)),
+            signal_at: None,
         };
         self.s.old.insert(worker.pid, retiring);
     }
 
-    /// The attempt's worker died before it had started, or could not be spawned: the
-    /// next try comes after the interval, never sooner than `RETRY_FLOOR`, doubling up
-    /// to `--backoff` while the failures go on.
-    fn failed_start(&mut self, why: &str) {
-        let generation = self.s.generation;
+    /// Slot `i`'s worker died before it had started, or could not be spawned: the next
+    /// try comes after the interval, never sooner than `RETRY_FLOOR`, doubling up to
+    /// `--backoff` while the failures in that slot go on.
+    fn failed_start(&mut self, i: usize, why: &str) {
+        let Some(generation) = self.slot_attempt(i).map(|a| a.generation) else {
+            return;
+        };
         if std::mem::take(&mut self.s.launcher) {
             let why = why.to_string();
             self.out
@@ -533,10 +605,17 @@ impl Step<'_> {
             generation,
             &format!("FAILED generation {generation}: {why}"),
         );
-        if self.s.attempt().is_some_and(|a| a.reloading) {
-            let serving = match self.s.old.iter().rev().find(|(_, old)| old.listed) {
-                Some((pid, old)) => {
-                    format!("generation {} serves on (worker {pid})", old.generation)
+        if let Some(roll) = self.s.roll.as_mut().filter(|r| r.reloading) {
+            roll.reloading = false;
+            let listed = self.s.old.iter().filter(|(_, old)| old.listed);
+            let listed = listed.map(|(&pid, old)| (pid, old.generation));
+            let serving = self
+                .s
+                .serving()
+                .map(|(_, s)| (s.worker.pid, s.worker.generation));
+            let serving = match listed.chain(serving).max() {
+                Some((pid, generation)) => {
+                    format!("generation {generation} serves on (worker {pid})")
                 }
                 None => "no generation serves".into(),
             };
@@ -544,20 +623,24 @@ impl Step<'_> {
                 "restart failed: generation {generation} {why}; {serving}"
             ))));
         }
-        self.s.failures = self.s.failures.saturating_add(1);
-        let delay = self.pause_after(self.s.failures);
-        if let Newest::Starting(attempt) = &mut self.s.newest {
-            attempt.reloading = false;
+        let slot = &mut self.s.slots[i];
+        slot.failures = slot.failures.saturating_add(1);
+        let failures = slot.failures;
+        let delay = self.pause_after(failures);
+        if let Some(attempt) = &mut self.s.slots[i].starting {
             attempt.until = attempt.spawned_at.after(delay);
         }
         if delay != self.s.config.interval {
             say!(
                 self,
-                "failed starts in a row: {}; trying again in {} secs",
-                self.s.failures,
+                "failed starts in a row: {failures}; trying again in {} secs",
                 log::seconds(delay)
             );
         }
+    }
+
+    fn slot_attempt(&self, i: usize) -> Option<&Attempt> {
+        self.s.slots.get(i).and_then(|slot| slot.starting.as_ref())
     }
 
     /// The pause after `failures` (at least 1) failed starts in a row.
@@ -610,16 +693,20 @@ impl Step<'_> {
             generation: worker.generation,
             listed: true,
             kill: None,
+            signal_at: None,
         };
         self.s.old.insert(worker.pid, retiring);
     }
 
-    /// A restart succeeded once its generation runs alone: no older worker is left.
+    /// A restart succeeded once its generation runs alone: every slot's worker has
+    /// started and no older worker is left.
     fn settle(&mut self) {
-        let Some(serving) = self.s.serving() else {
+        if !self.s.settled() || self.s.roll.is_some() {
+            return;
+        }
+        let Some(generation) = self.s.serving().map(|(_, s)| s.worker.generation).min() else {
             return;
         };
-        let generation = serving.worker.generation;
         if self.s.old.values().all(|old| !old.listed) {
             self.verdict(generation, &format!("OK generation {generation}"));
         }
@@ -646,6 +733,7 @@ impl Step<'_> {
                 signal: signal.clone(),
             });
             old.kill = old.kill.or(kill);
+            old.signal_at = None;
         }
     }
 
@@ -662,11 +750,8 @@ impl Step<'_> {
             .filter(|(_, old)| old.listed)
             .map(|(&pid, old)| (old.generation, pid))
             .collect();
-        workers.extend(
-            self.s
-                .serving()
-                .map(|s| (s.worker.generation, s.worker.pid)),
-        );
+        let serving = self.s.serving().map(|(_, s)| s.worker);
+        workers.extend(serving.map(|w| (w.generation, w.pid)));
         self.out.push(Effect::WriteStatus(workers));
     }
 
