@@ -821,10 +821,10 @@ def reloads_under_load(port, reload):
                 rps=float(rps.group(1)) if rps else None)
 
 
-def ours_reloads(reg, readiness):
-    """--workers=WORKERS --rolling=1 under load, restarted RELOADS times."""
+def ours_reloads(reg, args):
+    """--workers=WORKERS and args under load, restarted RELOADS times."""
     port = free_ports(1)[0]
-    s = start_ours_workers(reg, WORKERS, port, ["--rolling=1", *readiness])
+    s = start_ours_workers(reg, WORKERS, port, args)
     try:
         time.sleep(1.0)  # past --interval, when that is the readiness
         return reloads_under_load(port, lambda: ours_restart(s))
@@ -875,17 +875,23 @@ def many_workers(reg):
     rows (ours, PM2, ratio) and notes of the second table."""
     rows, notes = [], []
     has_workers = ours_has("--workers", str(WORKERS))
+    rolling = ["--rolling=1"] if ours_has("--rolling", "1") else []
     readiness = ["--ready=listening"] if ours_has("--ready", "listening") else []
-    ours_args = " ".join([f"--workers={WORKERS}", "--rolling=1", *readiness])
+    args = [*rolling, *readiness]
+    ours_args = " ".join([f"--workers={WORKERS}", *args])
     if not has_workers:
         notes.append(skipped("--workers", "its side of the many-workers comparison"))
-    elif not readiness:
-        notes.append("Ours without --ready=listening: each new worker counts as started "
-                     "after --interval (1 s).")
+    else:
+        if not rolling:
+            notes.append("This build of ours has no --rolling: each restart starts the "
+                         "whole new generation at once.")
+        if not readiness:
+            notes.append("Ours without --ready=listening: each new worker counts as started "
+                         "after --interval (1 s).")
     ensure_pm2()
     note(f"{RELOADS} reloads of {WORKERS} Node workers under load: PM2, then ours")
     pm2 = pm2_reloads(reg)
-    ours = ours_reloads(reg, readiness) if has_workers else None
+    ours = ours_reloads(reg, args) if has_workers else None
     note(f"idle cost of the supervisors with 1 and {IDLE_WORKERS} Node workers")
     idl = idle_workers(reg, has_workers)
 
