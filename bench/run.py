@@ -845,15 +845,15 @@ def pm2_reloads(reg):
         reg.stop(p)
 
 
-def idle_workers(reg, with_ours):
+def idle_workers(reg, with_ours, args):
     """The supervisors' own cost with 1 and IDLE_WORKERS Node workers, all side by
     side in one idle window: start_server (when it has --workers) and PM2's daemon
-    (which is also the cluster's master). RSS, private memory, context switches of
-    all its threads (each a wake-up)."""
+    (which is also the cluster's master), ours with args. RSS, private memory,
+    context switches of all its threads (each a wake-up)."""
     sups = {}
     for n in (1, IDLE_WORKERS):
         if with_ours:
-            sups[("ours", n)] = start_ours_workers(reg, n, free_ports(1)[0])
+            sups[("ours", n)] = start_ours_workers(reg, n, free_ports(1)[0], args)
         p = reg.start_pm2(n, free_ports(1)[0])
         p.wait_online()
         sups[("pm2", n)] = p
@@ -893,7 +893,7 @@ def many_workers(reg):
     pm2 = pm2_reloads(reg)
     ours = ours_reloads(reg, args) if has_workers else None
     note(f"idle cost of the supervisors with 1 and {IDLE_WORKERS} Node workers")
-    idl = idle_workers(reg, has_workers)
+    idl = idle_workers(reg, has_workers, args)
 
     def side(x, fmt):
         return "n/a (no --workers)" if x is None else fmt(x)
