@@ -14,12 +14,21 @@ Environment:
 
 The upgrade-in-place rows are ours only: the original dies of SIGUSR2.
 
+A second table sets `start_server --workers=4 --rolling=1` beside PM2's cluster mode
+on the same Node app (bench/node/app.js, Debian's nodejs): reloads under load, and
+the supervisor's idle cost with 16 workers. PM2 comes from npm, installed once into
+build/bench/pm2, and runs under a private PM2_HOME that `pm2 kill` ends.
+
+Options this build of ours lacks (--workers, --ready=listening: the bench runs
+against whatever main has) are said in one line, and their rows are skipped.
+
 Every process is started here and stopped here, by its PID, with bounded waits; every
 server listens on 127.0.0.1 only, on ports the kernel handed out as free.
 """
 
 import datetime
 import itertools
+import json
 import os
 import platform
 import re
@@ -58,6 +67,15 @@ MANY_PORTS = 1000
 
 IMPLS = ("ours", "perl")
 
+NODE_APP = os.path.join(ROOT, "bench/node/app.js")
+PM2_VERSION = "7.0.4"
+PM2_DIR = os.path.join(OUT_DIR, "pm2")
+PM2 = os.path.join(PM2_DIR, "node_modules/.bin/pm2")
+WORKERS = 4  # Node workers in the reload comparison
+IDLE_WORKERS = 16  # in the idle-cost comparison
+RELOADS = 10
+RELOAD_PACE = 0.5  # seconds between the end of a reload and the next one
+
 
 def now():
     return time.clock_gettime(time.CLOCK_MONOTONIC)
@@ -70,12 +88,16 @@ def note(msg):
 # ---------------------------------------------------------------- setup
 
 def ensure_tools():
-    """Installs the Perl original and wrk from Debian when missing."""
+    """Installs the Perl original, wrk, nodejs and npm from Debian when missing."""
     missing = []
     if not (os.path.exists(PERL_SCRIPT) and os.path.exists(PERL_MODULE)):
         missing.append("libserver-starter-perl")
     if shutil.which("wrk") is None:
         missing.append("wrk")
+    if shutil.which("node") is None:
+        missing.append("nodejs")
+    if shutil.which("npm") is None:
+        missing.append("npm")
     if not missing:
         return
     sudo = [] if os.geteuid() == 0 else ["sudo"]
@@ -86,6 +108,42 @@ def ensure_tools():
         # A fresh machine has no package lists yet.
         subprocess.run(sudo + ["apt-get", "update"], env=env, check=True)
         subprocess.run(install, env=env, check=True)
+
+
+def ensure_pm2():
+    """PM2 from npm into build/bench/pm2, once: later runs reuse it."""
+    if os.access(PM2, os.X_OK):
+        return
+    note(f"installing pm2@{PM2_VERSION} from npm into {os.path.relpath(PM2_DIR, ROOT)}")
+    os.makedirs(PM2_DIR, exist_ok=True)
+    subprocess.run(["npm", "install", "--prefix", PM2_DIR, "--no-audit", "--no-fund",
+                    "--loglevel=error", f"pm2@{PM2_VERSION}"],
+                   stdout=subprocess.DEVNULL, check=True, timeout=600)
+
+
+def ours_has(option, value):
+    """Whether our binary takes option=value. Its parser checks some values only when
+    it runs, so it is run, on a free port with a worker that waits: refused, it exits
+    at once (with a line naming the option); taken, it is still running a second
+    later, and is stopped."""
+    port = free_ports(1)[0]
+    p = subprocess.Popen([OURS, f"{option}={value}", f"--port=127.0.0.1:{port}", "--",
+                          "sleep", "30"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        p.wait(timeout=1.0)
+        return False
+    except subprocess.TimeoutExpired:
+        return True
+    finally:
+        if p.poll() is None:
+            p.terminate()
+            p.wait(timeout=15)
+
+
+def skipped(what, rows):
+    note(f"{os.path.basename(OURS)} has no {what}: skipping {rows}")
+    return f"This build of ours has no {what}: {rows} skipped."
 
 
 def build_stamp_worker():
@@ -112,6 +170,46 @@ def free_ports(n):
 
 # ---------------------------------------------------------------- processes
 
+def proc_status(pid, task=None):
+    fields = {}
+    path = f"/proc/{pid}/task/{task}/status" if task else f"/proc/{pid}/status"
+    with open(path) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            fields[k] = v.strip()
+    return fields
+
+
+def rss_kib(pid):
+    return int(proc_status(pid)["VmRSS"].split()[0])
+
+
+def private_kib(pid):
+    """Memory that is this process's alone: its dirty private pages plus anonymous
+    memory not counted there (smaps_rollup), what a second instance would add."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if v.strip().endswith("kB"):
+                fields[k] = int(v.split()[0])
+    anon_clean = max(fields.get("Anonymous", 0) - fields.get("Private_Dirty", 0), 0)
+    return fields.get("Private_Dirty", 0) + anon_clean
+
+
+def ctxt(pid):
+    """Context switches of every thread of pid (ours has one; node has several): each
+    is a wake-up."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            st = proc_status(pid, task)
+        except FileNotFoundError:  # a thread that just ended
+            continue
+        total += int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
+    return total
+
+
 class Server:
     """One start_server process (either implementation) and what it logs."""
 
@@ -132,7 +230,8 @@ class Server:
                 full_env.pop(k, None)
         self.log = open(self.log_file, "wb")
         self.spawned_at = now()
-        self.proc = subprocess.Popen(exe + args + ["--", worker], stdin=subprocess.DEVNULL,
+        worker = worker if isinstance(worker, list) else [worker]
+        self.proc = subprocess.Popen(exe + args + ["--"] + worker, stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
         self.pid = self.proc.pid
 
@@ -181,32 +280,14 @@ class Server:
     def worker_pids(self):
         return [int(p) for p in re.findall(r"starting new worker (\d+)", self.log_text())]
 
-    def status(self):
-        fields = {}
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                fields[k] = v.strip()
-        return fields
-
     def rss_kib(self):
-        return int(self.status()["VmRSS"].split()[0])
+        return rss_kib(self.pid)
 
     def private_kib(self):
-        """Memory that is this process's alone: its dirty private pages plus anonymous
-        memory not counted there (smaps_rollup), what a second instance would add."""
-        fields = {}
-        with open(f"/proc/{self.pid}/smaps_rollup") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if v.strip().endswith("kB"):
-                    fields[k] = int(v.split()[0])
-        anon_clean = max(fields.get("Anonymous", 0) - fields.get("Private_Dirty", 0), 0)
-        return fields.get("Private_Dirty", 0) + anon_clean
+        return private_kib(self.pid)
 
     def ctxt(self):
-        st = self.status()
-        return int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
+        return ctxt(self.pid)
 
     forced = {impl: 0 for impl in IMPLS}  # start_servers that needed KILL
 
@@ -229,11 +310,85 @@ class Server:
                 # child of the start_server we just reaped, but check the command.
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     if os.path.basename(f.read().split(b"\0")[0]).decode() in (
-                            "stampworker", "http-static"):
+                            "stampworker", "http-static", "node"):
                         os.kill(pid, signal.SIGKILL)
             except (FileNotFoundError, ProcessLookupError):
                 pass
         self.log.close()
+
+
+class Pm2:
+    """A PM2 daemon of our own (a private PM2_HOME) running the Node app in cluster
+    mode, as `pm2 start app.js -i N` does, listening on port."""
+
+    impl = "pm2"
+
+    def __init__(self, tmp, workers, port):
+        self.home = tempfile.mkdtemp(prefix="pm2-home-", dir=tmp)
+        self.env = dict(os.environ, PM2_HOME=self.home, PORT=str(port))
+        self.workers = workers
+
+    def start(self):
+        self.cli("start", NODE_APP, "-i", str(self.workers), "--name", "app")
+
+    @property
+    def pid(self):
+        try:
+            with open(os.path.join(self.home, "pm2.pid")) as f:
+                return int(f.read())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def cli(self, *args, timeout=120):
+        r = subprocess.run([PM2, *args], env=self.env, stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"pm2 {' '.join(args)}: exit {r.returncode}\n{r.stdout}{r.stderr}")
+        return r
+
+    def online(self):
+        return sum(p["pm2_env"]["status"] == "online" for p in json.loads(self.cli("jlist").stdout))
+
+    def wait_online(self, timeout=60):
+        deadline = now() + timeout
+        while self.online() < self.workers:
+            if now() > deadline:
+                raise RuntimeError(f"pm2: fewer than {self.workers} workers online after "
+                                   f"{timeout} s; log:\n{self.log_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def reload(self):
+        """`pm2 reload app`, which returns once every worker has been replaced."""
+        return subprocess.run([PM2, "reload", "app"], env=self.env, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=120).returncode == 0
+
+    def log_text(self):
+        with open(os.path.join(self.home, "pm2.log"), errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        """`pm2 kill`; the daemon, which is ours, killed by its pid if it outlives that."""
+        pid = self.pid  # pm2 kill removes the file
+        try:
+            if pid:
+                self.cli("kill", timeout=30)
+        finally:
+            deadline = now() + 10
+            while pid and now() < deadline and is_pm2_daemon(pid):
+                time.sleep(0.05)
+            if pid and is_pm2_daemon(pid):
+                note(f"pm2 daemon {pid} still running after `pm2 kill`: killing it")
+                os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+def is_pm2_daemon(pid):
+    """Whether pid is still a PM2 daemon (not a pid reused since)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"PM2" in f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 class Registry:
@@ -247,6 +402,12 @@ class Registry:
         s = Server(*a, tmp=self.tmp, **kw)
         self.live.append(s)
         return s
+
+    def start_pm2(self, workers, port):
+        p = Pm2(self.tmp, workers, port)
+        self.live.append(p)  # before it starts, so that a failed start is cleaned up too
+        p.start()
+        return p
 
     def stop(self, s):
         s.stop()
@@ -335,12 +496,14 @@ def restart_latency(reg, impl, interval):
 
 
 def switch_over(reg, impl, args, ready_delay):
-    """Restarts of a stamp worker that needs `ready_delay` seconds to get ready (and
-    then says READY=1 where NOTIFY_SOCKET is set), REPS times: seconds from SIGHUP to
-    the old worker's SIGTERM, seconds from the new worker's readiness to that SIGTERM
-    (negative: the old one was signalled before the new one was ready)."""
-    s = reg.start(impl, args, STAMP_WORKER, env={"BENCH_READY_DELAY": str(ready_delay)},
-                  tag="-switch")
+    """Restarts of a stamp worker that needs `ready_delay` seconds to get ready (then
+    says READY=1 where NOTIFY_SOCKET is set and waits in epoll_wait on its listener),
+    REPS times: seconds from SIGHUP to the old worker's SIGTERM, seconds from the new
+    worker's readiness to that SIGTERM (negative: the old one was signalled before the
+    new one was ready)."""
+    port = free_ports(1)[0]
+    s = reg.start(impl, [f"--port=127.0.0.1:{port}"] + args, STAMP_WORKER,
+                  env={"BENCH_READY_DELAY": str(ready_delay)}, tag="-switch")
     try:
         s.wait_stamp("ready", 1, timeout=ready_delay + 15)
         # Past the original's --interval too (2 at most here), so that the first HUP
@@ -351,6 +514,20 @@ def switch_over(reg, impl, args, ready_delay):
                 [term - s.wait_stamp("ready", gen + 1)[3] for gen, _, term in rounds])
     finally:
         reg.stop(s)
+
+
+def switch_over_rows(ready, mode, interval, ours, perl):
+    """The rows of one readiness mode of ours beside the original's --interval, from
+    switch_over()'s results for each."""
+    (oh, oready), (ph, pready) = ours, perl
+    return [(f"switch-over, worker ready {ready} after exec: SIGHUP → old worker's SIGTERM "
+             f"(ours --ready={mode}; original --interval={interval}, the smallest safe for it)",
+             fmt_ms(oh), fmt_ms(ph), ratio(med(oh), med(ph))),
+            ("the same restarts: new worker ready → old worker's SIGTERM",
+             fmt_ms(oready), fmt_ms(pready), ratio(med(oready), med(pready))),
+            ("the same restarts: old worker signalled before the new one was ready",
+             f"{sum(x < 0 for x in oready)} of {len(oready)}",
+             f"{sum(x < 0 for x in pready)} of {len(pready)}", "—")]
 
 
 def http_get(port, timeout=1.0):
@@ -580,6 +757,204 @@ def upgrades_under_load(reg):
         reg.stop(s)
 
 
+def status_workers(path, generation):
+    """How many workers of generation the status file lists (one gen:pid line each)."""
+    try:
+        with open(path) as f:
+            return sum(line.split(":")[0] == str(generation) for line in f)
+    except FileNotFoundError:
+        return 0
+
+
+def start_ours_workers(reg, workers, port, args=()):
+    """Our start_server with --workers=N running the Node app; returns once all N of
+    generation 1 are in the status file and the port answers."""
+    pid_file = os.path.join(reg.tmp, f"workers-{port}.pid")
+    status = os.path.join(reg.tmp, f"workers-{port}.status")
+    s = reg.start("ours", [f"--port=127.0.0.1:{port}", f"--workers={workers}",
+                           f"--pid-file={pid_file}", f"--status-file={status}", *args],
+                  ["node", NODE_APP], tag="-workers")
+    s.pid_file, s.status_file = pid_file, status
+    deadline = now() + 60
+    while status_workers(status, 1) < workers:
+        if now() > deadline or s.proc.poll() is not None:
+            raise RuntimeError(f"ours: {workers} workers not started; log:\n{s.log_text()}")
+        time.sleep(0.05)
+    wait_serving(s, port)
+    return s
+
+
+def ours_restart(s):
+    """`start_server --restart`, which returns with the verdict: True once the new
+    generation runs alone."""
+    r = subprocess.run([OURS, "--restart", f"--pid-file={s.pid_file}",
+                        f"--status-file={s.status_file}"], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=120)
+    return r.returncode == 0
+
+
+def reloads_under_load(port, reload):
+    """wrk -t2 -c64 (Connection: close) against the app on port while reload() (which
+    returns once its reload is over, True if it succeeded) runs RELOADS times:
+    requests failed, the slowest one, and how long each reload took."""
+    wrk = subprocess.Popen(
+        ["wrk", "-t2", "-c64", "-d600s", "--timeout", "5s", "--latency",
+         "-H", "Connection: close", f"http://127.0.0.1:{port}/"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        times, failures = [], 0
+        for _ in range(RELOADS):
+            started = now()
+            failures += not reload()
+            times.append(now() - started)
+            time.sleep(RELOAD_PACE)
+        # wrk stops on SIGINT and prints what it measured so far.
+        wrk.send_signal(signal.SIGINT)
+        out, err = wrk.communicate(timeout=30)
+    except BaseException:
+        wrk.kill()
+        wrk.wait()
+        raise
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return dict(wrk_result(out, err), times=times, failed_reloads=failures,
+                rps=float(rps.group(1)) if rps else None)
+
+
+def ours_reloads(reg, args):
+    """--workers=WORKERS and args under load, restarted RELOADS times."""
+    port = free_ports(1)[0]
+    s = start_ours_workers(reg, WORKERS, port, args)
+    try:
+        time.sleep(1.0)  # past --interval, when that is the readiness
+        return reloads_under_load(port, lambda: ours_restart(s))
+    finally:
+        reg.stop(s)
+
+
+def pm2_reloads(reg):
+    """PM2's cluster mode, WORKERS workers, under load, `pm2 reload`-ed RELOADS times."""
+    port = free_ports(1)[0]
+    p = reg.start_pm2(WORKERS, port)
+    try:
+        p.wait_online()
+        wait_serving(p, port)
+        time.sleep(1.0)
+        return reloads_under_load(port, p.reload)
+    finally:
+        reg.stop(p)
+
+
+def idle_workers(reg, with_ours, args):
+    """The supervisors' own cost with 1 and IDLE_WORKERS Node workers, all side by
+    side in one idle window: start_server (when it has --workers) and PM2's daemon
+    (which is also the cluster's master), ours with args. RSS, private memory,
+    context switches of all its threads (each a wake-up)."""
+    sups = {}
+    for n in (1, IDLE_WORKERS):
+        if with_ours:
+            sups[("ours", n)] = start_ours_workers(reg, n, free_ports(1)[0], args)
+        p = reg.start_pm2(n, free_ports(1)[0])
+        p.wait_online()
+        sups[("pm2", n)] = p
+    # Past --interval (1 s) after the last start, and the Node workers past their
+    # start-up, which PM2's daemon hears about.
+    time.sleep(2.0)
+    before = {k: ctxt(x.pid) for k, x in sups.items()}
+    note(f"idle window of {IDLE_SECONDS:g} s, {len(sups)} supervisors")
+    time.sleep(IDLE_SECONDS)
+    result = {k: {"ctxt": ctxt(x.pid) - before[k], "rss": rss_kib(x.pid),
+                  "private": private_kib(x.pid)} for k, x in sups.items()}
+    for x in sups.values():
+        reg.stop(x)
+    return result
+
+
+def many_workers(reg):
+    """start_server --workers beside PM2's cluster mode on the Node app: the header,
+    rows (ours, PM2, ratio) and notes of the second table."""
+    rows, notes = [], []
+    has_workers = ours_has("--workers", str(WORKERS))
+    rolling = ["--rolling=1"] if ours_has("--rolling", "1") else []
+    readiness = ["--ready=listening"] if ours_has("--ready", "listening") else []
+    args = [*rolling, *readiness]
+    ours_args = " ".join([f"--workers={WORKERS}", *args])
+    if not has_workers:
+        notes.append(skipped("--workers", "its side of the many-workers comparison"))
+    else:
+        if not rolling:
+            notes.append("This build of ours has no --rolling: each restart starts the "
+                         "whole new generation at once.")
+        if not readiness:
+            notes.append("Ours without --ready=listening: each new worker counts as started "
+                         "after --interval (1 s).")
+    ensure_pm2()
+    note(f"{RELOADS} reloads of {WORKERS} Node workers under load: PM2, then ours")
+    pm2 = pm2_reloads(reg)
+    ours = ours_reloads(reg, args) if has_workers else None
+    note(f"idle cost of the supervisors with 1 and {IDLE_WORKERS} Node workers")
+    idl = idle_workers(reg, has_workers, args)
+
+    def side(x, fmt):
+        return "n/a (no --workers)" if x is None else fmt(x)
+
+    def row(label, fmt, value=lambda x: x):
+        o = None if ours is None else value(ours)
+        rows.append((label, side(ours, lambda x: fmt(x)), fmt(pm2), ratio(o, value(pm2))))
+
+    row(f"time per reload, to its verdict (`start_server --restart`, `pm2 reload app`), "
+        f"{RELOADS} reloads", lambda x: fmt_ms(x["times"]), lambda x: med(x["times"]))
+    row(f"requests failed across the {RELOADS} reloads (wrk -t2 -c64 Connection: close "
+        "throughout)", lambda x: f"{failed(x)} of {x['served']}", lambda x: x["failed"])
+    row("slowest request during the reloads (same run)", fmt_latency, lambda x: x["max"])
+    row("requests per second during the reloads (same run)", lambda x: f"{x['rps']:.0f}",
+        lambda x: x["rps"])
+    row("reloads whose verdict was a failure (same run)", lambda x: str(x["failed_reloads"]),
+        lambda x: x["failed_reloads"])
+
+    def idle_row(label, fmt, value):
+        o = value(idl, "ours") if has_workers else None
+        rows.append((label, side(o, fmt), fmt(value(idl, "pm2")), ratio(o, value(idl, "pm2"))))
+
+    n = IDLE_WORKERS
+    idle_row(f"supervisor RSS, idle, {n} workers", fmt_kib, lambda d, k: d[(k, n)]["rss"])
+    idle_row(f"supervisor private memory (smaps_rollup), idle, {n} workers", fmt_kib,
+             lambda d, k: d[(k, n)]["private"])
+    idle_row(f"private memory per worker (({n} workers − 1 worker) / {n - 1})", fmt_kib,
+             lambda d, k: (d[(k, n)]["private"] - d[(k, 1)]["private"]) / (n - 1))
+    for workers in (n, 1):
+        idle_row(f"wake-ups (context switches, all threads) in {IDLE_SECONDS:g} s idle, "
+                 f"{workers} worker{'s' if workers > 1 else ''}", str,
+                 lambda d, k, w=workers: d[(k, w)]["ctxt"])
+    for who, ld in (("ours", ours), ("PM2", pm2)):
+        if ld is not None and ld["errors"]:
+            notes.append(f"{who}: failed requests by kind: {failed(ld)}.")
+    notes.append("PM2's daemon is also the cluster's master: it accepts every connection "
+                 "and hands it to a worker (round-robin), and it is the process measured "
+                 "here. Ours: the workers accept from the listener they inherit.")
+    notes.append("Time per reload is the command's wall time to its verdict: "
+                 "`start_server --restart` is a client of a few ms; `pm2 reload` a Node CLI, "
+                 "its own start-up included.")
+    header = [
+        "## Many workers: start_server --workers beside PM2's cluster mode",
+        "",
+        f"The same Node app (`bench/node/app.js`, node {tool_version(['node', '--version'])}) "
+        f"with {WORKERS} workers: ours `start_server {ours_args}`; PM2 {pm2_version()} "
+        f"`pm2 start app.js -i {WORKERS}`, `pm2 reload app`. {RELOADS} reloads "
+        f"{RELOAD_PACE:g} s apart; latencies median (min–max); ratio = ours / PM2.",
+    ]
+    return header, rows, notes
+
+
+def tool_version(cmd):
+    return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+
+
+def pm2_version():
+    with open(os.path.join(PM2_DIR, "node_modules/pm2/package.json")) as f:
+        return json.load(f)["version"]
+
+
 # ---------------------------------------------------------------- table
 
 def failed(ld):
@@ -709,19 +1084,15 @@ def main():
                      "n/a (integer seconds only)", "—"))
 
         note("switch-over at the worker's own readiness")
+        listening = ours_has("--ready", "listening")
+        if not listening:
+            notes.append(skipped("--ready=listening", "its switch-over rows"))
         for delay, interval in ((0.05, "1"), (1.5, "2")):
             ready = f"{delay * 1000:g} ms" if delay < 1 else f"{delay:g} s"
-            (oh, oready), (ph, pready) = (
-                switch_over(reg, "ours", ["--ready=notify"], delay),
-                switch_over(reg, "perl", [f"--interval={interval}"], delay))
-            rows.append((f"switch-over, worker ready {ready} after exec: SIGHUP → old worker's "
-                         f"SIGTERM (ours --ready=notify; original --interval={interval}, the "
-                         "smallest safe for it)", fmt_ms(oh), fmt_ms(ph), ratio(med(oh), med(ph))))
-            rows.append(("the same restarts: new worker ready → old worker's SIGTERM",
-                         fmt_ms(oready), fmt_ms(pready), ratio(med(oready), med(pready))))
-            rows.append(("the same restarts: old worker signalled before the new one was ready",
-                         f"{sum(x < 0 for x in oready)} of {len(oready)}",
-                         f"{sum(x < 0 for x in pready)} of {len(pready)}", "—"))
+            perl = switch_over(reg, "perl", [f"--interval={interval}"], delay)
+            for mode in ("notify", "listening") if listening else ("notify",):
+                ours = switch_over(reg, "ours", [f"--ready={mode}"], delay)
+                rows += switch_over_rows(ready, mode, interval, ours, perl)
 
         note("exec → first response")
         first = {impl: [first_response(reg, impl) for _ in range(REPS)] for impl in IMPLS}
@@ -795,6 +1166,7 @@ def main():
                      "error in wrk (it never retries) when the old worker closes a keep-alive "
                      "connection under a request already on its way: http-static's drain "
                      "policy, whichever start_server runs it.")
+        workers_header, workers_rows, workers_notes = many_workers(reg)
     finally:
         reg.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -816,6 +1188,10 @@ def main():
     ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     lines += [""] + [f"- {n}" for n in notes]
+    lines += [""] + workers_header + ["", "| measurement | ours | PM2 | ours/PM2 |",
+                                      "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in workers_rows]
+    lines += [""] + [f"- {n}" for n in workers_notes]
     for impl in IMPLS:
         if Server.forced[impl]:
             lines.append(f"- {impl}: start_server was still running 5 s after TERM "

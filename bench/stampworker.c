@@ -12,8 +12,13 @@
  * these. Each line is one write() to an O_APPEND file, so generations that overlap
  * during a restart never interleave their lines.
  *
- * SIGTERM is taken with sigwaitinfo() rather than a handler: the stamp is taken the
+ * SIGTERM is taken from a signalfd rather than a handler: the stamp is taken the
  * moment the process is scheduled with the signal pending, with nothing in between.
+ * Once ready it waits in epoll_wait() on a set holding that signalfd and every
+ * listener it inherited (SERVER_STARTER_PORT), as an event-loop server waits for
+ * connections: what --ready=listening looks for. It never accepts (no client
+ * connects to it); the listeners are edge-triggered so that one that does cannot
+ * make it spin.
  *
  * With BENCH_READY_DELAY=SECONDS (fractions allowed) it plays a server that needs
  * that long to get ready: it sleeps, stamps "ready", then says READY=1 to
@@ -27,6 +32,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -97,22 +104,58 @@ static void get_ready(void)
     notify_ready();
 }
 
+/* The descriptors named in SERVER_STARTER_PORT ("host:port=fd;path=fd"), added to
+ * the epoll set ep. */
+static void watch_listeners(int ep)
+{
+    const char *ports = getenv("SERVER_STARTER_PORT");
+    for (const char *p = ports; p != NULL && *p != '\0';) {
+        const char *end = strchr(p, ';');
+        const char *eq = NULL;
+        for (const char *q = p; q < (end ? end : p + strlen(p)); q++)
+            if (*q == '=')
+                eq = q;
+        if (eq != NULL) {
+            struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.fd = atoi(eq + 1)};
+            if (epoll_ctl(ep, EPOLL_CTL_ADD, ev.data.fd, &ev) != 0)
+                perror("stampworker: epoll_ctl (listener)");
+        }
+        p = end ? end + 1 : NULL;
+    }
+}
+
 int main(void)
 {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
-    /* A disposition inherited as SIG_IGN would still let sigwaitinfo() see the
+    /* A disposition inherited as SIG_IGN would still let the signalfd see the
      * signal while blocked, but reset it so nothing depends on that detail. */
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     sigprocmask(SIG_BLOCK, &set, NULL);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (sfd < 0 || ep < 0) {
+        perror("stampworker: signalfd/epoll_create1");
+        return 1;
+    }
+    struct epoll_event sev = {.events = EPOLLIN, .data.fd = sfd};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &sev) != 0) {
+        perror("stampworker: epoll_ctl (signalfd)");
+        return 1;
+    }
     stamp("start");
     get_ready();
+    watch_listeners(ep);
     for (;;) {
-        int sig = sigwaitinfo(&set, NULL);
-        if (sig == SIGTERM || sig == SIGINT) {
+        struct epoll_event ev;
+        if (epoll_wait(ep, &ev, 1, -1) != 1 || ev.data.fd != sfd)
+            continue; /* EINTR, or a connection nobody will serve */
+        struct signalfd_siginfo si;
+        if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si &&
+            (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)) {
             stamp("term");
             return 0;
         }
