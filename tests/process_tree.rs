@@ -324,6 +324,73 @@ fn detached_server(mode: &str, from: &str, stubborn: bool) {
     server.wait_line("no process of any generation is left");
 }
 
+/// While what an exited worker left runs out its grace, `--status` lists it, as
+/// `left`, in its generation (which drains until then); once it is gone, it is not.
+fn status_shows_what_was_left(mode: &str) {
+    if !mode_available(mode) {
+        return;
+    }
+    let dir = TempDir::new("tree-status");
+    let worker = perl_worker().display().to_string();
+    // Generation 1's child ignores TERM; generation 2's does not (--envdir), so that
+    // the stop at the end is quick.
+    let envdir = dir.path().join("env");
+    fs::create_dir(&envdir).unwrap();
+    fs::write(envdir.join("STUBBORN_CHILD"), "1\n").unwrap();
+    let envdir_arg = format!("--envdir={}", envdir.display());
+    let cleanup = Cleanup::new(&dir);
+    let (mut server, addr) = start(
+        mode,
+        &dir,
+        &cleanup,
+        &["--kill-timeout=60", &envdir_arg],
+        &["perl", &worker],
+        &[("SERVE_FROM", "setsid")],
+    );
+    let first = wait_generation(addr, 1);
+    fs::remove_file(envdir.join("STUBBORN_CHILD")).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_line("(generation 1) exited, leaving processes ");
+    let status = |json: bool| {
+        let mode = if json { "--status=json" } else { "--status" };
+        let out = run_within(&[mode, &file_arg(&dir, "pid")], PATIENCE);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let json = status(true);
+    let entry = format!(r#"{{"pid":{first},"generation":1,"slot":null,"state":"left","#);
+    assert!(json.contains(&entry), "{entry} in {json}");
+    assert!(
+        json.contains(r#"{"generation":1,"state":"draining"}"#),
+        "{json}"
+    );
+    let table = status(false);
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&first.to_string()));
+    let row: Vec<&str> = row
+        .unwrap_or_else(|| panic!("{first} in {table}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1..4], ["1", "-", "left"], "{table}");
+    // Ours to end: it is the test's server's child.
+    signal(first, libc::SIGKILL);
+    server.wait_line("(generation 1) left are gone");
+    let json = status(true);
+    assert!(!json.contains(r#""state":"left""#), "{json}");
+    stop_leaves_nothing(&mut server, &dir, addr);
+}
+
+#[test]
+fn status_shows_what_was_left_cgroup() {
+    status_shows_what_was_left("cgroup");
+}
+
+#[test]
+fn status_shows_what_was_left_subreaper() {
+    status_shows_what_was_left("subreaper");
+}
+
 #[test]
 fn setsid_child_cgroup() {
     detached_server("cgroup", "setsid", false);

@@ -355,8 +355,8 @@ fn a_broken_file_at_the_path_is_refused_and_the_old_image_serves_on() {
         ),
         (
             "a format it does not read",
-            Some(b"#!/bin/sh\necho server_starter upgrade-check version=9.0 formats=2\n"),
-            "version 9.0 reads state formats [2], not format 1",
+            Some(b"#!/bin/sh\necho server_starter upgrade-check version=9.0 formats=9\n"),
+            "version 9.0 reads state formats [9], not format 2",
         ),
     ];
     for (what, contents, why) in cases {

@@ -242,6 +242,19 @@ impl Trees {
         }
     }
 
+    /// What the exited worker `pid` left running (`--status`).
+    pub fn left(&self, pid: Pid) -> Vec<Pid> {
+        match self.tree(pid) {
+            Some(Tree {
+                alive: false,
+                cgroup: Some(dir),
+                ..
+            }) => cgroup::procs(dir).unwrap_or_default(),
+            Some(Tree { alive: false, .. }) => self.left_by(pid),
+            _ => Vec::new(),
+        }
+    }
+
     /// Subreaper mode: notes the processes below each running worker, so that they can
     /// be traced to it once orphaned. Only while something starts or stops.
     pub fn survey(&mut self) {

@@ -255,6 +255,11 @@ impl<'a> Executor<'a> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default(),
             changed: changed.collect(),
+            left: state
+                .leftovers
+                .iter()
+                .map(|l| (l.worker, self.trees.left(l.worker)))
+                .collect(),
         }
     }
 

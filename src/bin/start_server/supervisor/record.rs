@@ -96,6 +96,7 @@ persist!(Roll {
 persist!(Leftover {
     worker,
     generation,
+    since,
     kill
 });
 persist!(Waiter { to, after });

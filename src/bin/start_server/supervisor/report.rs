@@ -26,6 +26,8 @@ pub struct Facts<'a> {
     /// Each worker whose executable was recorded: whether the file at its path is
     /// another one now (`None`: it cannot be told, such as when it is gone).
     pub changed: Vec<(Pid, Option<bool>)>,
+    /// What each exited worker that left processes running left (by its pid).
+    pub left: Vec<(Pid, Vec<Pid>)>,
 }
 
 /// One worker, as the report shows it.
@@ -128,6 +130,20 @@ impl Report<'_> {
                 false => "draining",
             };
             rows.push(row(pid, old.generation, state, None));
+        }
+        // What exited workers left running: their generation's until gone.
+        for leftover in &s.leftovers {
+            let left = self.facts.left.iter().find(|l| l.0 == leftover.worker);
+            for &pid in left.map(|l| l.1.as_slice()).unwrap_or_default() {
+                rows.push(Row {
+                    pid,
+                    generation: leftover.generation,
+                    slot: None,
+                    state: "left",
+                    since: leftover.since,
+                    exe: None,
+                });
+            }
         }
         // In order of generation, slot, pid: a few rows, put in place by hand (a sort
         // costs the binary a few KB).
@@ -480,7 +496,8 @@ mod tests {
     use crate::log::Format;
     use crate::signals::Signal;
     use crate::supervisor::state::{
-        Attempt, Config, Exe, LastRestart, Origin, Retiring, Serving, Slot, Upgrade, Worker,
+        Attempt, Config, Exe, LastRestart, Leftover, Origin, Retiring, Serving, Slot, Upgrade,
+        Worker,
     };
 
     /// Generation 2 starting in slot 1 while generation 1 serves there, slot 2 refilled
@@ -551,6 +568,13 @@ mod tests {
             signal_at: None,
         };
         state.old.insert(9, retiring);
+        // Worker 8 of generation 0 exited at 120 s, leaving 21 running.
+        state.leftovers.push(Leftover {
+            worker: 8,
+            generation: 0,
+            since: at(120),
+            kill: Some((at(220), secs(20))),
+        });
         let origin = |pid, slot, s| Origin {
             pid,
             slot,
@@ -584,6 +608,7 @@ mod tests {
             // 2026-12-05T13:29:30.000Z at 200 s.
             wall: secs(1_796_477_370),
             changed: vec![(11, Some(true)), (12, Some(false))],
+            left: vec![(8, vec![21])],
         };
         let (serving, table) = render(&state, at(200), &facts, false);
         assert!(serving);
@@ -595,6 +620,7 @@ mod tests {
             "      9     0     1  draining  2026-12-05T13:27:00.000Z        0     exit 3  /srv/app/server (cannot be read now)",
             "     11     1     1  ready     2026-12-05T13:27:51.000Z        0     exit 3  /srv/app/server (changed on disk)",
             "     12     1     2  ready     2026-12-05T13:28:21.000Z        1   signal 9  /srv/app/server",
+            "     21     0     -  left      2026-12-05T13:28:10.000Z        -          -  -",
             "     13     3     1  starting  2026-12-05T13:28:50.000Z        0     exit 3  /srv/app/server (cannot be read now)",
         ];
         for line in expected {
@@ -607,6 +633,7 @@ mod tests {
             r#""generations":[{"generation":0,"state":"draining"},{"generation":1,"state":"serving"},{"generation":3,"state":"starting"}]"#,
             r#"{"pid":12,"generation":1,"slot":2,"state":"ready","since":"2026-12-05T13:28:21.000Z","refills":1,"last_exit":{"signal":9},"executable":"/srv/app/server","executable_changed":false}"#,
             r#""last_restart":{"began":"2026-12-05T13:28:40.000Z","verdict":"retrying","generation":2,"at":"2026-12-05T13:28:45.000Z","reason":"exited with status 3"}"#,
+            r#"{"pid":21,"generation":0,"slot":null,"state":"left","since":"2026-12-05T13:28:10.000Z","refills":null,"last_exit":null,"executable":null,"executable_changed":null}"#,
             r#""upgrade":{"began":"2026-12-05T13:28:48.000Z","phase":"checking"}}"#,
         ] {
             assert!(json.contains(part), "{part} in\n{json}");

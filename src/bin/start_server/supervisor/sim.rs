@@ -473,6 +473,11 @@ impl World {
                     build: "git:sim",
                     wall: Duration::from_secs(1_796_477_370),
                     changed: changed.collect(),
+                    left: state
+                        .leftovers
+                        .iter()
+                        .map(|l| (l.worker, vec![l.worker + 1]))
+                        .collect(),
                 };
                 let (serving, text) = report::render(state, now, &facts, json);
                 if serving != report::serving(state) || text.is_empty() {

@@ -238,6 +238,8 @@ pub struct Leftover {
     /// The worker that left them.
     pub worker: Pid,
     pub generation: u64,
+    /// When the worker exited (`--status`).
+    pub since: Mono,
     /// When they get SIGKILL, and the grace they had; `None` once they have.
     pub kill: Option<(Mono, Duration)>,
 }

@@ -346,6 +346,7 @@ impl Step<'_> {
         let left = Leftover {
             worker,
             generation,
+            since: self.now,
             kill,
         };
         // A worker exits once: no entry of its own is there yet.

@@ -178,12 +178,12 @@ mod tests {
         let ok = parse(b"server_starter upgrade-check version=0.2.0 formats=1,2 more=x\n");
         let ok = ok.unwrap();
         assert_eq!((ok.version.as_str(), ok.build), ("0.2.0", None));
-        let ok = parse(b"server_starter upgrade-check version=0.3.0 formats=1 build=git:ab12\n");
+        let ok = parse(b"server_starter upgrade-check version=0.3.0 formats=2 build=git:ab12\n");
         assert_eq!(ok.unwrap().build.as_deref(), Some("git:ab12"));
         let e = |out: &[u8]| parse(out).err().unwrap();
         assert!(e(b"").contains("not a start_server"));
         assert!(e(b"Unknown option: upgrade-check\n").contains("Unknown option"));
         assert!(e(b"server_starter upgrade-check formats=1\n").contains("not a start_server"));
-        assert!(e(b"server_starter upgrade-check version=9 formats=2\n").contains("[2]"));
+        assert!(e(b"server_starter upgrade-check version=9 formats=1,3\n").contains("[1, 3]"));
     }
 }

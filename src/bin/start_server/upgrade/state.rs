@@ -2,7 +2,7 @@
 //! execve, as text.
 //!
 //! ```text
-//! server_starter-state 1
+//! server_starter-state 2
 //! version 0.1.0
 //! listeners 1 127.0.0.1:8080 3 0 - -
 //! pid_file + 4 /run/app.pid 1
@@ -30,10 +30,12 @@ use std::time::{Duration, Instant};
 
 use crate::sys;
 
-/// The format this build writes.
-pub const FORMAT: u32 = 1;
+/// The format this build writes. 2: the workers' slots, the roll and its canary,
+/// `--ready`, the process trees, what `--status` reports (format 1's images are
+/// refused by the check, before the exec, rather than handed back after it).
+pub const FORMAT: u32 = 2;
 /// The formats this build reads.
-pub const READS: &[u32] = &[1];
+pub const READS: &[u32] = &[2];
 
 const MAGIC: &str = "server_starter-state";
 
@@ -412,7 +414,7 @@ mod tests {
         w.put("many", &[Field::num(1)]);
         w.put("many", &[Field::num(2)]);
         let text = w.finish();
-        assert!(text.starts_with("server_starter-state 1\n"));
+        assert!(text.starts_with("server_starter-state 2\n"));
         assert!(text.contains("thing a%20b%25c%0A 42 1 - % %2D\n"), "{text}");
 
         let mut r = Reader::parse(text.as_bytes()).unwrap();
@@ -458,14 +460,14 @@ mod tests {
     fn refusals() {
         let parse = |text: &str| Reader::parse(text.as_bytes()).err().unwrap_or_default();
         assert!(parse("hello\nend\n").contains("not an upgrade state"));
-        assert!(parse("server_starter-state 2\nend\n").contains("format 2"));
+        assert!(parse("server_starter-state 9\nend\n").contains("format 9"));
         assert!(parse("server_starter-state x\nend\n").contains("not a number"));
-        assert!(parse("server_starter-state 1\ngeneration 3\n").contains("cut short"));
-        assert!(parse("server_starter-state 1\nend\nx 1\n").contains("after the end"));
+        assert!(parse("server_starter-state 2\ngeneration 3\n").contains("cut short"));
+        assert!(parse("server_starter-state 2\nend\nx 1\n").contains("after the end"));
         assert!(Reader::parse(b"\xff").is_err());
 
         let mut r =
-            Reader::parse(b"server_starter-state 1\nnew-thing 1\ngeneration 3 4\nend\n").unwrap();
+            Reader::parse(b"server_starter-state 2\nnew-thing 1\ngeneration 3 4\nend\n").unwrap();
         let mut generation = r.one("generation").unwrap().cursor();
         generation.next(|f, i| f.num::<u64>(i)).unwrap();
         assert!(generation
@@ -476,7 +478,7 @@ mod tests {
         assert!(r.one("missing").err().unwrap().contains("no \"missing\""));
         assert!(r.finish().err().unwrap().contains("new-thing"));
 
-        let mut r = Reader::parse(b"server_starter-state 1\nn x %G1 2\nend\n").unwrap();
+        let mut r = Reader::parse(b"server_starter-state 2\nn x %G1 2\nend\n").unwrap();
         let n = r.one("n").unwrap();
         assert!(n.num::<u64>(0).is_err());
         assert!(n.bytes(1).is_err());
