@@ -254,7 +254,7 @@ fn supervise(
         log_file.start(daemon.is_some())?;
         log_file.redirect()?;
     }
-    log!("{mode}");
+    log!(event "process-tree", "{mode}");
     let listen_vars = WorkerVars::new(listeners, config.listen_fds);
     if listen_vars.exports() {
         command.export_own_pid("LISTEN_PID");

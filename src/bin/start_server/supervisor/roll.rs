@@ -142,7 +142,7 @@ impl Step<'_> {
             return;
         };
         if self.s.config.rolling.is_some() {
-            return say!(self, "generation {} rolled out", roll.generation);
+            return say!(self, "rolled-out", {generation: roll.generation}; "generation {} rolled out", roll.generation);
         }
         let old = match self.s.old.is_empty() {
             true => "none".to_string(),
@@ -150,6 +150,7 @@ impl Step<'_> {
         };
         say!(
             self,
+            "worker-started", {};
             "new worker is now running, sending {} to old workers:{old}",
             self.s.config.signal_on_hup.name
         );
@@ -159,6 +160,7 @@ impl Step<'_> {
         } else {
             say!(
                 self,
+                "kill-old-delay", {};
                 "sleeping {} secs before killing old workers",
                 log::seconds(delay)
             );
@@ -172,6 +174,7 @@ impl Step<'_> {
         let delay = self.s.tunables.kill_old_delay;
         say!(
             self,
+            "worker-started", {worker: by};
             "new worker {by} is now running, sending {} to old worker {}",
             self.s.config.signal_on_hup.name,
             old.pid
@@ -179,6 +182,7 @@ impl Step<'_> {
         if !delay.is_zero() {
             say!(
                 self,
+                "kill-old-delay", {worker: old.pid};
                 "sleeping {} secs before killing old worker {}",
                 log::seconds(delay),
                 old.pid
@@ -239,6 +243,7 @@ impl Step<'_> {
         }
         say!(
             self,
+            "canary-starting", {generation: generation};
             "starting a canary of generation {generation}, to serve {} secs beside the old \
              generation",
             log::seconds(secs)
@@ -279,6 +284,7 @@ impl Step<'_> {
         roll.canary = Canary::Trial { serving, until };
         say!(
             self,
+            "canary-started", {worker: worker.pid};
             "canary worker {} has started, on trial for {} secs",
             worker.pid,
             log::seconds(secs)
@@ -290,9 +296,12 @@ impl Step<'_> {
         match self.s.canary() {
             Some(Canary::Starting(_)) => say!(
                 self,
+                "start-failed", {worker: pid, status: status};
                 "new worker {pid} seems to have failed to start, exit status:{status}"
             ),
-            _ => say!(self, "canary worker {pid} died with status:{status}"),
+            _ => {
+                say!(self, "canary-exited", {worker: pid, status: status}; "canary worker {pid} died with status:{status}")
+            }
         }
         // Gone: nothing to stop.
         if let Some(roll) = &mut self.s.roll {
@@ -309,10 +318,12 @@ impl Step<'_> {
             return;
         };
         match (said, &mut roll.canary) {
-            (Said::Status(status), _) => say!(self, "worker {pid} status: {status}"),
+            (Said::Status(status), _) => {
+                say!(self, "worker-status", {worker: pid}; "worker {pid} status: {status}")
+            }
             (Said::Ready, Canary::Starting(_)) if ready_notify => {
                 if sender != pid {
-                    say!(self, "worker {pid} is ready (said pid {sender})");
+                    say!(self, "worker-ready", {worker: pid, sender: sender}; "worker {pid} is ready (said pid {sender})");
                 }
                 self.canary_started();
             }
@@ -339,10 +350,11 @@ impl Step<'_> {
                     let timeout = log::seconds(self.s.config.ready_timeout);
                     say!(
                         self,
+                        "worker-not-ready", {worker: worker.pid};
                         "new worker {} was not ready within {timeout} secs, stopping it",
                         worker.pid
                     );
-                    say!(self, "{}", self.not_ready_hint());
+                    say!(self, "hint", {}; "{}", self.not_ready_hint());
                     self.rollback(&format!(
                         "canary worker {} was not ready within {timeout} secs",
                         worker.pid
@@ -378,6 +390,7 @@ impl Step<'_> {
         let secs = log::seconds(self.s.config.canary.unwrap_or_default());
         say!(
             self,
+            "canary-passed", {worker: serving.worker.pid};
             "canary worker {} served {secs} secs: rolling out generation {}",
             serving.worker.pid,
             roll.generation
@@ -395,6 +408,7 @@ impl Step<'_> {
         let generation = roll.generation;
         say!(
             self,
+            "rollback", {generation: generation};
             "rolling back generation {generation}: {why}; the old generation serves on"
         );
         let worker = match roll.canary {
