@@ -92,6 +92,13 @@ impl Signal {
             number: libc::SIGTERM,
         }
     }
+
+    pub fn kill() -> Signal {
+        Signal {
+            name: "KILL".into(),
+            number: libc::SIGKILL,
+        }
+    }
 }
 
 /// What a signal sent to start_server means. Every catchable signal that would

@@ -365,10 +365,7 @@ impl World {
             }
             Effect::Probe { pid } => {
                 // Only a starting worker (the canary included) is looked at.
-                let canary = match state.canary() {
-                    Some(Canary::Starting(attempt)) => attempt.worker,
-                    _ => None,
-                };
+                let canary = state.canary_attempt().and_then(|a| a.worker);
                 let starting = state.attempts().filter_map(|(_, a)| a.worker);
                 if !starting.chain(canary).any(|w| w.pid == pid)
                     || state.config.ready != Ready::Listening
@@ -584,10 +581,7 @@ impl World {
         }
         let attempt = match place {
             Place::Slot(i) => state.slots[i].starting.as_ref(),
-            Place::Canary => match state.canary() {
-                Some(Canary::Starting(attempt)) => Some(attempt),
-                _ => None,
-            },
+            Place::Canary => state.canary_attempt(),
         };
         let generation = attempt
             .expect("a spawn for a worker being started")
@@ -975,10 +969,7 @@ impl World {
                 ));
             }
         }
-        let canary = match state.canary() {
-            Some(Canary::Starting(attempt)) => Some(attempt),
-            _ => None,
-        };
+        let canary = state.canary_attempt();
         for attempt in state.attempts().map(|(_, a)| a).chain(canary) {
             if attempt.probe.is_some() && attempt.worker.is_none() {
                 self.fail("a look at a starting worker due, with no worker starting");

@@ -399,6 +399,14 @@ impl State {
         self.roll.as_ref().map(|r| &r.canary)
     }
 
+    /// The canary's attempt, while it is being started.
+    pub fn canary_attempt(&self) -> Option<&Attempt> {
+        match self.canary()? {
+            Canary::Starting(attempt) => Some(attempt),
+            _ => None,
+        }
+    }
+
     /// The canary's worker, if one runs.
     pub fn canary_worker(&self) -> Option<Worker> {
         match self.canary()? {

@@ -563,9 +563,9 @@ impl Step<'_> {
         let looked_at = |attempt: &Attempt| {
             attempt.probe.is_some() && attempt.worker.is_some_and(|w| w.pid == pid)
         };
-        let place = match self.s.canary() {
-            Some(Canary::Starting(attempt)) if looked_at(attempt) => Place::Canary,
-            _ => match self.s.attempts().find(|(_, a)| looked_at(a)) {
+        let place = match self.s.canary_attempt().is_some_and(looked_at) {
+            true => Place::Canary,
+            false => match self.s.attempts().find(|(_, a)| looked_at(a)) {
                 Some((i, _)) => Place::Slot(i),
                 None => return,
             },
@@ -934,7 +934,7 @@ impl Step<'_> {
     /// (`--kill-timeout`, or `STOP_GRACE` for one that failed to start or hung).
     fn kill_lingering(&mut self) {
         let now = self.now;
-        let kill = Signal::parse("KILL").expect("a known signal name");
+        let kill = Signal::kill();
         for (&pid, old) in self.s.old.iter_mut() {
             let Some((_, grace)) = old.kill.filter(|k| k.0 <= now) else {
                 continue;
@@ -979,7 +979,7 @@ impl Step<'_> {
                 .push(Effect::Log(line.set("generation", left.generation as i64)));
             self.out.push(Effect::SignalTree {
                 worker,
-                signal: Signal::parse("KILL").expect("a known signal name"),
+                signal: Signal::kill(),
             });
         }
     }
